@@ -1,1 +1,231 @@
-//! placeholder
+//! The Tandem daemon: the only crate that wires everything together.
+//!
+//! It owns configuration, the mutual-TLS peer transport, the Raft instance,
+//! the implementation of the admin API's backend, shutdown, and the `tandem`
+//! command line. It must not contain storage-format or HTTP-routing logic:
+//! those live in `tandem-storage` and `tandem-web`.
+//!
+//! Modules:
+//! - [`config`]: `node.toml` and the data directory (lock, paths).
+//! - [`frame`]: the length-prefixed, size-limited frame codec.
+//! - [`protocol`]: peer messages and the handshake.
+//! - [`transport`]: the peer listener and the Raft network client.
+//! - [`node`]: a running node and its operations.
+//! - [`backend`]: the `AdminBackend` the web crate serves.
+//! - [`bootstrap`]: `init` and `join`.
+//! - [`client`]: the admin API client the CLI uses.
+//! - [`cli`], [`demo`], [`bench`]: the commands.
+
+pub mod backend;
+pub mod bench;
+pub mod bootstrap;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod frame;
+pub mod node;
+pub mod protocol;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::DataDir;
+use crate::node::Node;
+use crate::transport::{serve_peers, PeerServer};
+
+/// The Raft instance type of a Tandem node.
+pub type TandemRaft = openraft::Raft<tandem_storage::TypeConfig, tandem_storage::StateMachineStore>;
+
+/// Each shutdown step is bounded by this.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
+/// Flags of `run` that override `node.toml` for this run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOverrides {
+    /// Peer listener bind address.
+    pub peer_listen: Option<SocketAddr>,
+    /// Admin listener bind address.
+    pub api_listen: Option<SocketAddr>,
+}
+
+/// Runs the node in `dir` until `shutdown` is cancelled, then stops it in
+/// order: admin listener, leadership hand-over, peer listener, Raft, sled.
+///
+/// # Errors
+/// The directory is missing, locked or unreadable, a listener cannot bind,
+/// or a critical task died.
+pub async fn run(
+    dir: PathBuf,
+    overrides: RunOverrides,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let dir = DataDir::new(dir);
+    let _lock = dir.lock()?;
+    let mut cfg = dir.load()?;
+    if let Some(a) = overrides.peer_listen {
+        cfg.peer_listen = a;
+    }
+    if let Some(a) = overrides.api_listen {
+        cfg.api_listen = a;
+    }
+    let peer_listener = TcpListener::bind(cfg.peer_listen)
+        .await
+        .with_context(|| format!("binding the peer listener on {}", cfg.peer_listen))?;
+    let api_listener = TcpListener::bind(cfg.api_listen)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", cfg.api_listen))?;
+
+    let cert_pem = std::fs::read_to_string(dir.node_cert()).context("reading node.pem")?;
+    let key_pem = std::fs::read_to_string(dir.node_key()).context("reading node.key")?;
+    let node = Arc::new(Node::open(dir.clone(), cfg.clone()).await?);
+    let peer_tls = tandem_certs::peer_server_config(&node.ca_pem, &cert_pem, &key_pem)?;
+    let admin_tls = tandem_certs::admin_server_config(
+        &tandem_certs::chain_pem(&cert_pem, &node.ca_pem),
+        &key_pem,
+    )?;
+
+    let tasks = TaskTracker::new();
+    let peer_stop = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let background_stop = CancellationToken::new();
+    // A critical task that ends on its own stops the node loudly.
+    let failed = CancellationToken::new();
+
+    let peer_server = Arc::new(PeerServer {
+        me: node.identity.clone(),
+        raft: node.raft.clone(),
+        snapshot_dir: node.snapshot_dir.join("incoming"),
+        on_epoch: Box::new(|_epoch| {}),
+    });
+    let peer_task = tasks.spawn({
+        let (stop, tasks2, failed) = (peer_stop.clone(), tasks.clone(), failed.clone());
+        async move {
+            serve_peers(peer_listener, peer_tls, peer_server, stop.clone(), tasks2).await;
+            if !stop.is_cancelled() {
+                tracing::error!("peer listener stopped unexpectedly");
+                failed.cancel();
+            }
+        }
+    });
+    let backend = Arc::new(backend::Backend::new(node.clone()));
+    let admin_task = tokio::spawn({
+        let (stop, failed) = (admin_stop.clone(), failed.clone());
+        async move {
+            let app = tandem_web::router(backend);
+            let r = tandem_web::serve_tls(api_listener, admin_tls, app, stop.clone()).await;
+            if !stop.is_cancelled() {
+                tracing::error!(result = ?r, "admin listener stopped unexpectedly");
+                failed.cancel();
+            }
+        }
+    });
+    tasks.spawn(background(node.clone(), background_stop.clone()));
+
+    tracing::info!(
+        node = cfg.node_id,
+        name = %cfg.name,
+        peer = %cfg.peer_listen,
+        api = %cfg.api_advertise,
+        "node running"
+    );
+    tokio::select! {
+        _ = shutdown.cancelled() => tracing::info!("shutting down"),
+        _ = failed.cancelled() => tracing::error!("a critical task died; shutting down"),
+    }
+
+    // 1. Stop the admin listener: no new requests.
+    admin_stop.cancel();
+    if tokio::time::timeout(SHUTDOWN_STEP, admin_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin listener did not stop in time");
+    }
+    background_stop.cancel();
+    // 2. Hand leadership over so the cluster does not wait for an election timeout.
+    if tokio::time::timeout(SHUTDOWN_STEP, hand_over(&node))
+        .await
+        .is_err()
+    {
+        tracing::warn!("leadership hand-over timed out");
+    }
+    // 3. Close the peer listener and its connections.
+    peer_stop.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(SHUTDOWN_STEP, peer_task).await;
+    if tokio::time::timeout(SHUTDOWN_STEP, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("peer connections did not close in time");
+    }
+    // 4. Stop Raft, 5. flush sled.
+    match tokio::time::timeout(SHUTDOWN_STEP, node.raft.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
+        Err(_) => tracing::warn!("raft shutdown timed out"),
+    }
+    node.flush().await.context("flushing storage")?;
+    tracing::info!("stopped");
+    if failed.is_cancelled() && !shutdown.is_cancelled() {
+        anyhow::bail!("a critical task died");
+    }
+    Ok(())
+}
+
+/// Periodic leader duties: promote caught-up learners, sweep expired sessions.
+async fn background(node: Arc<Node>, stop: CancellationToken) {
+    let mut promote = tokio::time::interval(Duration::from_millis(300));
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    promote.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = promote.tick() => node.promote_caught_up_learners().await,
+            _ = sweep.tick() => node.sweep_sessions().await,
+        }
+    }
+}
+
+/// If this node leads, transfers leadership to an up-to-date voter and waits
+/// (bounded by the caller) until another node leads.
+async fn hand_over(node: &Node) {
+    let m = node.metrics();
+    if m.current_leader != Some(node.cfg.node_id) {
+        return;
+    }
+    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    let progress = node.replication_progress();
+    let best = voters
+        .iter()
+        .filter(|id| **id != node.cfg.node_id)
+        .filter(|id| {
+            m.membership_config
+                .get_node(id)
+                .is_some_and(|n| n.kind == tandem_storage::NodeKind::Appliance)
+        })
+        .max_by_key(|id| progress.get(id).copied().flatten());
+    let Some(&target) = best else { return };
+    tracing::info!(to = target, "handing leadership over before shutdown");
+    if node.raft.trigger().transfer_leader(target).await.is_err() {
+        return;
+    }
+    let _ = node
+        .raft
+        .wait(Some(Duration::from_secs(3)))
+        .metrics(
+            |m| m.current_leader != Some(node.cfg.node_id),
+            "leadership moved",
+        )
+        .await;
+}

@@ -1,1 +1,126 @@
-//! placeholder
+//! Tandem's replicated storage: the openraft type configuration, the
+//! replicated commands and their responses, the Raft log store and the state
+//! machine on sled, and snapshot files.
+//!
+//! This crate does no networking: no sockets, no axum, no rustls. It never
+//! reads the clock to decide anything (every time comes inside a command), so
+//! applying the same log gives the same state on every node. The node crate
+//! wires it to openraft and the transport.
+//!
+//! Modules:
+//! - [`codec`]: the single bincode configuration (with a size limit) behind a
+//!   version byte, for every encoded value and the node's wire frames.
+//! - [`types`]: [`TypeConfig`], [`NodeInfo`], [`Request`], [`Response`] and the
+//!   records readers return.
+//! - `log_store`: [`LogStore`], the Raft log and vote (group-committed flushes).
+//! - `state_machine`: [`StateMachineStore`] and its [`SnapshotBuilder`].
+//! - `apply`: deterministic application of commands, one atomic batch per
+//!   applied batch of entries.
+//! - `snapshot`: the snapshot file format and directory;
+//!   [`incoming_snapshot_file`].
+//! - `reader`: [`StateReader`], concurrent reads and the state digest.
+//! - `keys`: tree names, key encodings and stored records.
+//!
+//! See `storage/DESIGN.md` for the on-disk format and the crash-safety
+//! argument.
+
+pub mod codec;
+pub mod types;
+
+mod apply;
+mod error;
+mod keys;
+mod log_store;
+mod reader;
+mod snapshot;
+mod state_machine;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use apply::MAX_VALUE_BYTES;
+pub use codec::{decode, encode, CodecError, BINCODE_LIMIT};
+pub use error::StorageError;
+pub use log_store::LogStore;
+pub use reader::StateReader;
+pub use snapshot::{incoming_snapshot_file, SNAPSHOT_FORMAT};
+pub use state_machine::{SnapshotBuilder, StateMachineStore};
+pub use types::{
+    ConfigEntry, Entry, LogId, NodeInfo, NodeKind, Request, Response, Session, Snapshot, SnapshotMeta,
+    StoredMembership, TypeConfig, Vote,
+};
+
+/// Default sled page cache size for a node: 16 MiB.
+pub const DEFAULT_CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
+
+const SLED_DIR: &str = "sled";
+const SNAPSHOT_DIR: &str = "snapshots";
+
+/// An opened storage directory: the log store and state machine for
+/// openraft, a reader for everyone else, and the sled database underneath.
+pub struct Store {
+    /// Raft log and vote; give it to `Raft::new`.
+    pub log: LogStore,
+    /// State machine; give it to `Raft::new`.
+    pub sm: StateMachineStore,
+    /// Concurrent reads of the replicated state.
+    pub reader: StateReader,
+    /// The sled database (one per data directory, separate trees).
+    pub db: sled::Db,
+    snapshot_dir: PathBuf,
+    sled_dir: PathBuf,
+}
+
+impl Store {
+    /// Makes every write so far durable (sled flush plus `fdatasync` of its
+    /// data file). Blocking: call it from `spawn_blocking` or at shutdown.
+    ///
+    /// # Errors
+    /// I/O errors from sled or the fsync.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        File::open(self.sled_dir.join("db"))?.sync_data()?;
+        Ok(())
+    }
+
+    /// The directory snapshot files live in (and incoming ones are received
+    /// into, see [`incoming_snapshot_file`]).
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshot_dir
+    }
+}
+
+/// Opens (creating if needed) the storage in `dir`: sled in `dir/sled` with
+/// the given page cache size, snapshots in `dir/snapshots`. Finishes or rolls
+/// back whatever a crash interrupted (see DESIGN.md).
+///
+/// sled locks its files: a second open of the same directory fails.
+///
+/// # Errors
+/// I/O or sled errors, or undecodable stored data.
+pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Store, StorageError> {
+    let sled_dir = dir.join(SLED_DIR);
+    let snapshot_dir = dir.join(SNAPSHOT_DIR);
+    std::fs::create_dir_all(&sled_dir)?;
+    std::fs::create_dir_all(&snapshot_dir)?;
+    let db = sled::Config::new()
+        .path(&sled_dir)
+        .cache_capacity(cache_capacity_bytes)
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
+    // sled's data file, for the fdatasync after each log flush (see
+    // log_store). Read-only is enough for fsync on Linux.
+    let data_file = File::open(sled_dir.join("db"))?;
+    snapshot::cleanup(&snapshot_dir)?;
+    let log = LogStore::new(log_store::LogShared::open(db.clone(), Some(data_file))?);
+    let shared = Arc::new(state_machine::SmShared::open(db.clone(), snapshot_dir.clone())?);
+    Ok(Store {
+        log,
+        sm: StateMachineStore { shared: shared.clone() },
+        reader: StateReader { shared },
+        db,
+        snapshot_dir,
+        sled_dir,
+    })
+}

@@ -1,0 +1,191 @@
+//! A small client of the admin API, used by the CLI, the demo and the
+//! benchmark. It trusts only the cluster CA.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::bootstrap::base_url;
+use crate::config::DataDir;
+
+/// An error answered by the API, with its status, or a transport failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{status}: {message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The server's message.
+        message: String,
+        /// `Location` of a 421 answer (the leader).
+        location: Option<String>,
+    },
+    /// No answer.
+    #[error("cannot reach {url}: {source}")]
+    Transport {
+        /// The URL tried.
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// Admin API client bound to one node.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client of the node at `api` (URL or `host:port`) trusting `ca_pem`.
+    ///
+    /// # Errors
+    /// If the CA does not parse.
+    pub fn new(api: &str, ca_pem: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let tls = tandem_certs::admin_client_config(ca_pem)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured((*tls).clone())
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(512)
+            .build()
+            .context("building the HTTPS client")?;
+        Ok(Self {
+            base: base_url(api),
+            token,
+            http,
+        })
+    }
+
+    /// A client of the node whose data directory is `dir` (API address and
+    /// CA from there).
+    ///
+    /// # Errors
+    /// If the directory is not initialised.
+    pub fn for_dir(dir: &Path, token: Option<String>) -> anyhow::Result<Self> {
+        let d = DataDir::new(dir);
+        let cfg = d.load()?;
+        let ca = std::fs::read_to_string(d.ca_cert()).context("reading ca.pem")?;
+        Self::new(&cfg.api_advertise, &ca, token)
+    }
+
+    /// The same client aimed at another node of the cluster.
+    pub fn with_base(&self, api: &str) -> Self {
+        Self {
+            base: base_url(api),
+            token: self.token.clone(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and decodes a JSON answer.
+    ///
+    /// # Errors
+    /// [`ClientError::Api`] for an error status, [`ClientError::Transport`] otherwise.
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            if status == StatusCode::NO_CONTENT {
+                return serde_json::from_value(serde_json::Value::Null).map_err(|e| {
+                    ClientError::Api {
+                        status,
+                        message: e.to_string(),
+                        location: None,
+                    }
+                });
+            }
+            return resp.json::<T>().await.map_err(transport);
+        }
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or(text);
+        Err(ClientError::Api {
+            status,
+            message,
+            location,
+        })
+    }
+
+    /// GET returning JSON.
+    ///
+    /// # Errors
+    /// As [`ApiClient::call`].
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call::<(), T>(Method::GET, path, None).await
+    }
+
+    /// Like [`ApiClient::call`], following a 421 to the leader a few times.
+    ///
+    /// # Errors
+    /// As [`ApiClient::call`].
+    pub async fn call_leader<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut client = self.clone();
+        let mut last = None;
+        for _ in 0..4 {
+            match client.call(method.clone(), path, body).await {
+                Err(ClientError::Api {
+                    status: StatusCode::MISDIRECTED_REQUEST,
+                    location: Some(loc),
+                    ..
+                }) => {
+                    // Location is the leader's URL for the same path.
+                    let base = loc.strip_suffix(path).unwrap_or(&loc).to_string();
+                    client = client.with_base(&base);
+                    last = Some(loc);
+                }
+                other => return other,
+            }
+        }
+        Err(ClientError::Api {
+            status: StatusCode::MISDIRECTED_REQUEST,
+            message: "too many redirections to the leader".into(),
+            location: last,
+        })
+    }
+}

@@ -1,0 +1,303 @@
+//! The node's own configuration file (`node.toml` in the data directory) and
+//! the layout of the data directory.
+//!
+//! The file is written by `init` and `join`, read by `run`; flags given to
+//! `run` override it for that run only. It carries a format version so a
+//! later release can migrate it.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tandem_storage::NodeKind;
+
+/// Current `node.toml` format.
+pub const CONFIG_FORMAT: u32 = 1;
+
+/// Errors reading or writing the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `node.toml` is missing: the directory was never initialised.
+    #[error("{0} is not a tandem data directory (no node.toml): run `tandem init` or `tandem join` first")]
+    NotInitialised(PathBuf),
+    /// The directory already holds a node.
+    #[error("{0} already holds a tandem node (node.toml exists); use another --dir")]
+    AlreadyInitialised(PathBuf),
+    /// The file exists but does not parse.
+    #[error("cannot parse {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file was written by a newer release.
+    #[error("{path} has format {found}, this release reads format {CONFIG_FORMAT}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The format found.
+        found: u32,
+    },
+    /// Another process uses the directory.
+    #[error("data directory {0} is in use by another tandem process")]
+    Locked(PathBuf),
+    /// Filesystem error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Raft timing and storage tuning. Defaults suit a pair on a LAN.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Lower bound of the randomised election timeout.
+    pub election_min_ms: u64,
+    /// Upper bound of the randomised election timeout.
+    pub election_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot (for followers slightly behind).
+    pub keep_behind_snapshot: u64,
+    /// sled page cache, in MiB (sled's own default of 1 GiB is too much for an appliance).
+    pub cache_mb: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+            snapshot_every: 10_000,
+            keep_behind_snapshot: 1_000,
+            cache_mb: 16,
+        }
+    }
+}
+
+/// Contents of `node.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// File format version ([`CONFIG_FORMAT`]).
+    pub format: u32,
+    /// Human name of the node (`a`, `b`, `w`, a host name…).
+    pub name: String,
+    /// Appliance or witness.
+    pub kind: NodeKind,
+    /// Raft node id, assigned at init (1) or by the cluster at join.
+    pub node_id: u64,
+    /// The cluster this node belongs to.
+    pub cluster_id: String,
+    /// Address the peer listener binds.
+    pub peer_listen: SocketAddr,
+    /// Address peers dial (`host:port`).
+    pub peer_advertise: String,
+    /// Address the admin listener binds.
+    pub api_listen: SocketAddr,
+    /// Base URL of the admin API as others should use it (`https://host:port`).
+    pub api_advertise: String,
+    /// Timing and storage tuning.
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+/// Paths inside a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Wraps `root` (not created here).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `node.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("node.toml")
+    }
+    /// The cluster CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    /// The cluster CA key (appliances only; mode 0600).
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    /// This node's certificate.
+    pub fn node_cert(&self) -> PathBuf {
+        self.root.join("node.pem")
+    }
+    /// This node's key (mode 0600).
+    pub fn node_key(&self) -> PathBuf {
+        self.root.join("node.key")
+    }
+    /// sled database directory.
+    pub fn db(&self) -> PathBuf {
+        self.root.join("db")
+    }
+    /// Snapshot files and the spool for incoming ones.
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("snapshots")
+    }
+    /// The lock file held while a process uses the directory.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+
+    /// Reads and validates `node.toml`.
+    ///
+    /// # Errors
+    /// [`ConfigError::NotInitialised`], [`ConfigError::Parse`], [`ConfigError::Format`].
+    pub fn load(&self) -> Result<NodeConfig, ConfigError> {
+        let path = self.config();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotInitialised(self.root.clone()))
+            }
+            Err(source) => return Err(ConfigError::Io { path, source }),
+        };
+        let cfg: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if cfg.format != CONFIG_FORMAT {
+            return Err(ConfigError::Format {
+                path,
+                found: cfg.format,
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Writes `node.toml` atomically (temp file, fsync, rename, fsync dir).
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`].
+    pub fn save(&self, cfg: &NodeConfig) -> Result<(), ConfigError> {
+        // Serialising a plain struct of strings and numbers cannot fail.
+        let text = toml::to_string_pretty(cfg).expect("NodeConfig serialises to TOML");
+        let path = self.config();
+        tandem_certs::write_public_file(&path, &text)
+            .map_err(|source| ConfigError::Io { path, source })
+    }
+
+    /// Fails if the directory already holds a node.
+    ///
+    /// # Errors
+    /// [`ConfigError::AlreadyInitialised`].
+    pub fn ensure_fresh(&self) -> Result<(), ConfigError> {
+        if self.config().exists() {
+            return Err(ConfigError::AlreadyInitialised(self.root.clone()));
+        }
+        std::fs::create_dir_all(&self.root).map_err(|source| ConfigError::Io {
+            path: self.root.clone(),
+            source,
+        })
+    }
+
+    /// Takes the exclusive lock on the directory for as long as the returned
+    /// guard lives.
+    ///
+    /// # Errors
+    /// [`ConfigError::Locked`] if another process holds it.
+    pub fn lock(&self) -> Result<DirLock, ConfigError> {
+        std::fs::create_dir_all(&self.root).map_err(|source| ConfigError::Io {
+            path: self.root.clone(),
+            source,
+        })?;
+        let path = self.lock_file();
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| ConfigError::Io { path, source })?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(DirLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(ConfigError::Locked(self.root.clone())),
+            Err((_, errno)) => Err(ConfigError::Io {
+                path: self.lock_file(),
+                source: std::io::Error::from(errno),
+            }),
+        }
+    }
+}
+
+/// Holds the data directory's lock; released on drop (and by the kernel if
+/// the process dies).
+pub struct DirLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeConfig {
+        NodeConfig {
+            format: CONFIG_FORMAT,
+            name: "a".into(),
+            kind: NodeKind::Appliance,
+            node_id: 1,
+            cluster_id: "c0ffee".into(),
+            peer_listen: "127.0.0.1:7001".parse().expect("literal address"),
+            peer_advertise: "127.0.0.1:7001".into(),
+            api_listen: "127.0.0.1:8001".parse().expect("literal address"),
+            api_advertise: "https://127.0.0.1:8001".into(),
+            tuning: Tuning::default(),
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path());
+        dir.ensure_fresh().expect("fresh");
+        dir.save(&sample()).expect("save");
+        assert_eq!(dir.load().expect("load"), sample());
+        assert!(matches!(
+            dir.ensure_fresh(),
+            Err(ConfigError::AlreadyInitialised(_))
+        ));
+    }
+
+    #[test]
+    fn missing_and_future_format_are_clear_errors() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path());
+        assert!(matches!(dir.load(), Err(ConfigError::NotInitialised(_))));
+        let mut cfg = sample();
+        cfg.format = 99;
+        dir.save(&cfg).expect("save");
+        assert!(matches!(
+            dir.load(),
+            Err(ConfigError::Format { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path());
+        let held = dir.lock().expect("first lock");
+        assert!(matches!(dir.lock(), Err(ConfigError::Locked(_))));
+        drop(held);
+        dir.lock().expect("lock again after release");
+    }
+}

@@ -1,0 +1,299 @@
+//! `tandem demo`: a primary `a`, a backup `b` and a witness `w` as three
+//! real processes on loopback, joined through the real join flow.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use crate::bootstrap::InitOutcome;
+use crate::cli::poll;
+use crate::client::ApiClient;
+
+/// One started node process.
+pub struct DemoNode {
+    /// Its name.
+    pub name: String,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// Its API base URL.
+    pub api: String,
+    /// The process.
+    pub child: Child,
+}
+
+/// A running local cluster of three processes (used by the demo and the benchmark).
+pub struct LocalCluster {
+    /// Root directory.
+    pub root: PathBuf,
+    /// Admin token.
+    pub token: String,
+    /// CA certificate file.
+    pub ca_file: PathBuf,
+    /// The nodes: a, b, w.
+    pub nodes: Vec<DemoNode>,
+}
+
+fn tandem_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the tandem executable")
+}
+
+async fn run_to_end(args: &[&str], log: &Path) -> anyhow::Result<String> {
+    let out = Command::new(tandem_exe()?)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("running tandem {}", args.join(" ")))?;
+    std::fs::write(log, &out.stderr).ok();
+    if !out.status.success() {
+        bail!(
+            "tandem {} failed: {}",
+            args.first().unwrap_or(&""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn spawn_run(dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = Command::new(tandem_exe()?);
+    cmd.arg("run")
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().context("starting tandem run")
+}
+
+impl LocalCluster {
+    /// Creates and starts `a` (init), then joins `b` and witness `w`, each
+    /// with free loopback ports. Extra `init` flags (tuning) go to every node.
+    ///
+    /// # Errors
+    /// Any step of init, join or start-up failing.
+    pub async fn start(root: &Path, tuning_flags: &[&str]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        let dir_a = root.join("a");
+        let dir_a_s = dir_a.to_string_lossy().into_owned();
+        let mut args = vec![
+            "init",
+            "--dir",
+            &dir_a_s,
+            "--name",
+            "a",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--json",
+        ];
+        args.extend_from_slice(tuning_flags);
+        let out = run_to_end(&args, &root.join("a-init.log")).await?;
+        let init: InitOutcome = serde_json::from_str(&out).context("reading init output")?;
+        let ca_pem = std::fs::read_to_string(&init.ca_file).context("reading the CA")?;
+        let child = spawn_run(&dir_a, &root.join("a.log"), &[])?;
+        let mut cluster = Self {
+            root: root.to_path_buf(),
+            token: init.admin_token.clone(),
+            ca_file: init.ca_file.clone(),
+            nodes: vec![DemoNode {
+                name: "a".into(),
+                dir: dir_a,
+                api: init.api.clone(),
+                child,
+            }],
+        };
+        let client = ApiClient::new(&init.api, &ca_pem, Some(init.admin_token.clone()))?;
+        wait_healthy(&client).await?;
+        for (name, witness) in [("b", false), ("w", true)] {
+            let v: Value = client
+                .call_leader(
+                    Method::POST,
+                    "/api/v1/join-tokens",
+                    Some(&json!({ "kind": if witness { "witness" } else { "appliance" } })),
+                )
+                .await?;
+            let token = v
+                .get("token")
+                .and_then(Value::as_str)
+                .context("no token in answer")?;
+            let dir = root.join(name);
+            let dir_s = dir.to_string_lossy().into_owned();
+            let mut args = vec![
+                "join",
+                "--dir",
+                &dir_s,
+                "--name",
+                name,
+                "--token",
+                token,
+                "--peer",
+                &init.api,
+                "--peer-listen",
+                "127.0.0.1:0",
+                "--api-listen",
+                "127.0.0.1:0",
+            ];
+            if witness {
+                args.push("--witness");
+            }
+            args.extend_from_slice(tuning_flags);
+            run_to_end(&args, &root.join(format!("{name}-join.log"))).await?;
+            let cfg = crate::config::DataDir::new(&dir).load()?;
+            let child = spawn_run(&dir, &root.join(format!("{name}.log")), &[])?;
+            cluster.nodes.push(DemoNode {
+                name: name.into(),
+                dir,
+                api: cfg.api_advertise,
+                child,
+            });
+        }
+        let voters = poll(300, Duration::from_millis(100), || async {
+            let v: Value = client.get("/api/v1/cluster").await.ok()?;
+            let members = v.get("members")?.as_array()?;
+            let voters = members
+                .iter()
+                .filter(|m| m.get("voter").and_then(Value::as_bool) == Some(true))
+                .count();
+            (voters == 3).then_some(voters)
+        })
+        .await;
+        if voters.is_none() {
+            bail!(
+                "the three nodes did not become voters within 30 s (logs in {})",
+                root.display()
+            );
+        }
+        Ok(cluster)
+    }
+
+    /// A client of node `i` with the admin token.
+    ///
+    /// # Errors
+    /// If the CA cannot be read.
+    pub fn client(&self, i: usize) -> anyhow::Result<ApiClient> {
+        let ca = std::fs::read_to_string(&self.ca_file)?;
+        ApiClient::new(&self.nodes[i].api, &ca, Some(self.token.clone()))
+    }
+
+    /// The `demo.json` document.
+    pub fn describe(&self) -> Value {
+        json!({
+            "token": self.token,
+            "ca": self.ca_file,
+            "nodes": self.nodes.iter().map(|n| json!({
+                "name": n.name,
+                "api": n.api,
+                "dir": n.dir,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Sends SIGTERM to every node and waits for each (bounded), killing
+    /// any that does not stop.
+    pub async fn stop(&mut self) {
+        for n in &self.nodes {
+            if let Some(pid) = n.child.id() {
+                // Only our own children, by PID.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for n in &mut self.nodes {
+            if tokio::time::timeout(Duration::from_secs(15), n.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = n.child.kill().await;
+            }
+        }
+    }
+}
+
+async fn wait_healthy(client: &ApiClient) -> anyhow::Result<()> {
+    let ok = poll(200, Duration::from_millis(50), || async {
+        client.get::<Value>("/health").await.ok().map(|_| ())
+    })
+    .await;
+    ok.context("the first node did not answer /health within 10 s")
+}
+
+/// Runs the demo until `shutdown`.
+///
+/// # Errors
+/// If the cluster cannot be started.
+pub async fn run_demo(dir: Option<PathBuf>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let root = match dir {
+        Some(d) => {
+            if d.join("a").exists() {
+                bail!("{} already holds a demo; choose another --dir", d.display());
+            }
+            d
+        }
+        None => tempfile::Builder::new()
+            .prefix("tandem-demo-")
+            .tempdir()
+            .context("creating a temporary directory")?
+            .keep(),
+    };
+    println!("starting a, b and witness w in {} ...", root.display());
+    let mut cluster = LocalCluster::start(&root, &[]).await?;
+    let doc = cluster.describe();
+    let json_path = root.join("demo.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&doc)?).context("writing demo.json")?;
+    println!();
+    for n in &cluster.nodes {
+        println!("  {:<2} {}   (data: {})", n.name, n.api, n.dir.display());
+    }
+    println!();
+    println!("admin token: {}", cluster.token);
+    println!("CA file:     {}", cluster.ca_file.display());
+    println!("written to:  {}", json_path.display());
+    println!();
+    println!("try:");
+    println!(
+        "  curl --cacert {} -H 'Authorization: Bearer {}' -X PUT -H 'content-type: application/json' \\\n       -d '{{\"value\":{{\"hello\":\"world\"}}}}' {}/api/v1/config/greeting",
+        cluster.ca_file.display(),
+        cluster.token,
+        cluster.nodes[0].api
+    );
+    println!(
+        "  tandem status --dir {} --token {}",
+        cluster.nodes[0].dir.display(),
+        cluster.token
+    );
+    println!();
+    println!("Ctrl-C stops all three.");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    'watch: loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break 'watch,
+            _ = tick.tick() => {
+                for n in &mut cluster.nodes {
+                    if let Ok(Some(status)) = n.child.try_wait() {
+                        eprintln!("node {} exited ({status}); see {}", n.name, root.join(format!("{}.log", n.name)).display());
+                        break 'watch;
+                    }
+                }
+            }
+        }
+    }
+    println!("stopping ...");
+    cluster.stop().await;
+    println!("stopped; data kept in {}", root.display());
+    Ok(())
+}

@@ -1,0 +1,584 @@
+//! A running node: storage, certificates and the Raft instance, plus the
+//! operations the admin API and the background tasks perform on them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
+use rand::RngCore;
+use tandem_certs::ClusterCa;
+use tandem_storage::{NodeInfo, NodeKind, Request, Response, StateReader};
+
+use crate::config::{DataDir, NodeConfig, Tuning};
+use crate::transport::{PeerIdentity, PeerNetwork};
+use crate::TandemRaft;
+
+/// How long a join token lives unless the caller asks otherwise.
+pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
+/// The longest a join token may live.
+pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Failures of node operations, in the terms the API maps to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Writes (and linearizable reads) go to the leader.
+    #[error("this node is not the leader")]
+    NotLeader {
+        /// The leader's API base URL, when known.
+        leader_api: Option<String>,
+    },
+    /// The replicated state machine refused the command.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The caller's input is wrong.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The cluster cannot answer now (no quorum, shutting down).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A local failure (disk, certificate signing).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Milliseconds since the Unix epoch, the unit every replicated timestamp uses.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// SHA-256 of `secret`, hex: how tokens are stored.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        secret.as_bytes(),
+    ))
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `n` random bytes from the OS generator, URL-safe base64 without padding.
+pub fn random_secret(n: usize) -> String {
+    use base64::Engine;
+    let mut bytes = vec![0u8; n];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The openraft configuration derived from the node's tuning.
+///
+/// # Errors
+/// If the tuning values are inconsistent (openraft validates them).
+pub fn raft_config(t: &Tuning) -> anyhow::Result<Arc<openraft::Config>> {
+    let cfg = openraft::Config {
+        cluster_name: "tandem".into(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_min_ms,
+        election_timeout_max: t.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+        max_in_snapshot_log_to_keep: t.keep_behind_snapshot,
+        // Bounds one AppendEntries frame: 256 entries of at most 64 KiB each
+        // stay well inside the 32 MiB frame limit.
+        max_payload_entries: 256,
+        ..Default::default()
+    };
+    Ok(Arc::new(cfg.validate()?))
+}
+
+/// A node with its Raft instance running.
+pub struct Node {
+    /// The node's configuration as in force for this run.
+    pub cfg: NodeConfig,
+    /// Its data directory.
+    pub dir: DataDir,
+    /// The Raft handle.
+    pub raft: TandemRaft,
+    /// Concurrent reader of the replicated state.
+    pub reader: StateReader,
+    /// The cluster CA (with its key on appliances, to sign joiners).
+    pub ca: Option<ClusterCa>,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    /// Identity shared with the transport.
+    pub identity: Arc<PeerIdentity>,
+    /// Where snapshots live (incoming ones are spooled below it).
+    pub snapshot_dir: std::path::PathBuf,
+    db: sled::Db,
+}
+
+impl Node {
+    /// Opens storage and certificates and starts Raft (not the listeners).
+    ///
+    /// # Errors
+    /// Unreadable certificates or storage, invalid tuning.
+    pub async fn open(dir: DataDir, cfg: NodeConfig) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let ca_pem = std::fs::read_to_string(dir.ca_cert()).context("reading ca.pem")?;
+        let ca = match std::fs::read_to_string(dir.ca_key()) {
+            Ok(key) => Some(ClusterCa::from_pem(&ca_pem, &key).context("loading the cluster CA")?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).context("reading ca.key"),
+        };
+        let cert_pem = std::fs::read_to_string(dir.node_cert()).context("reading node.pem")?;
+        let key_pem = std::fs::read_to_string(dir.node_key()).context("reading node.key")?;
+        let client_tls = tandem_certs::peer_client_config(&ca_pem, &cert_pem, &key_pem)?;
+
+        let db_dir = dir.db();
+        let cache = cfg.tuning.cache_mb * 1024 * 1024;
+        let store = tokio::task::spawn_blocking(move || tandem_storage::open(&db_dir, cache))
+            .await?
+            .context("opening storage")?;
+        let reader = store.reader.clone();
+        let snapshot_dir = store.snapshot_dir().to_path_buf();
+        let db = store.db.clone();
+        let identity = Arc::new(PeerIdentity {
+            node_id: cfg.node_id,
+            cluster_id: cfg.cluster_id.clone(),
+            // Epochs (fencing on changes of primary) arrive with the failover
+            // roles; until then every node is in epoch 0.
+            epoch: Box::new(|| 0),
+        });
+        let network = PeerNetwork::new(identity.clone(), client_tls);
+        let raft = TandemRaft::new(
+            cfg.node_id,
+            raft_config(&cfg.tuning)?,
+            network,
+            store.log,
+            store.sm,
+        )
+        .await
+        .context("starting raft")?;
+        Ok(Self {
+            cfg,
+            dir,
+            raft,
+            reader,
+            ca,
+            ca_pem,
+            identity,
+            snapshot_dir,
+            db,
+        })
+    }
+
+    /// A copy of the current Raft metrics.
+    pub fn metrics(&self) -> openraft::RaftMetrics<tandem_storage::TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// This node's membership entry.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            name: self.cfg.name.clone(),
+            kind: self.cfg.kind,
+            peer_addr: self.cfg.peer_advertise.clone(),
+            api_addr: self.cfg.api_advertise.clone(),
+        }
+    }
+
+    /// The leader's API base URL, if a leader is known.
+    pub fn leader_api(&self) -> Option<String> {
+        let m = self.metrics();
+        let leader = m.current_leader?;
+        m.membership_config
+            .get_node(&leader)
+            .map(|n| n.api_addr.clone())
+    }
+
+    fn not_leader(&self) -> NodeError {
+        NodeError::NotLeader {
+            leader_api: self.leader_api(),
+        }
+    }
+
+    /// Proposes `req` and waits until it is committed (fsynced on a quorum)
+    /// and applied.
+    ///
+    /// # Errors
+    /// [`NodeError::NotLeader`] on a follower, [`NodeError::Unavailable`] when
+    /// the outcome is unknown or Raft stopped.
+    pub async fn write(&self, req: Request) -> Result<Response, NodeError> {
+        match self.raft.client_write(req).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
+            Err(RaftError::APIError(e)) => Err(NodeError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!("raft stopped: {e}"))),
+        }
+    }
+
+    /// Waits until this node may serve a linearizable read (it is the leader,
+    /// confirmed by a quorum, and has applied everything committed before the
+    /// read began). A stale read skips the check.
+    ///
+    /// # Errors
+    /// [`NodeError::NotLeader`] or [`NodeError::Unavailable`].
+    pub async fn read_barrier(&self, stale: bool) -> Result<(), NodeError> {
+        if stale {
+            return Ok(());
+        }
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
+            Err(RaftError::APIError(e)) => Err(NodeError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(format!("raft stopped: {e}"))),
+        }
+    }
+
+    /// Checks an admin bearer token against the replicated hash.
+    pub fn authorize(&self, bearer: &str) -> bool {
+        match self.reader.admin_token_hash() {
+            Some(expected) => {
+                let got = hash_secret(bearer);
+                constant_time_eq(got.as_bytes(), expected.as_bytes())
+            }
+            None => false,
+        }
+    }
+
+    /// Creates a one-time join token: `<id>.<secret>.<ca-fingerprint>`.
+    ///
+    /// # Errors
+    /// As [`Node::write`]; [`NodeError::BadRequest`] for a TTL over the maximum.
+    pub async fn create_join_token(
+        &self,
+        ttl: Option<Duration>,
+        kind: NodeKind,
+        actor: &str,
+    ) -> Result<(String, u64), NodeError> {
+        let ttl = ttl.unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
+        if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
+            return Err(NodeError::BadRequest(format!(
+                "ttl must be between 1 s and {} s",
+                MAX_JOIN_TOKEN_TTL.as_secs()
+            )));
+        }
+        let id = hex::encode(random_secret(6));
+        let secret = random_secret(24);
+        let expires_ms = now_ms() + ttl.as_millis() as u64;
+        let fp = tandem_certs::fingerprint_of_pem(&self.ca_pem)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        match self
+            .write(Request::JoinTokenCreate {
+                id: id.clone(),
+                secret_hash: hash_secret(&secret),
+                expires_ms,
+                kind,
+                created_by: actor.to_string(),
+            })
+            .await?
+        {
+            Response::Refused { reason } => Err(NodeError::Refused(reason)),
+            _ => Ok((format!("{id}.{secret}.{fp}"), expires_ms)),
+        }
+    }
+
+    /// Serves a join request: checks and consumes the token (a replicated,
+    /// one-time operation), signs the joiner's certificate and adds it as a
+    /// learner; the promotion task makes it a voter once it has caught up.
+    ///
+    /// # Errors
+    /// [`NodeError::Refused`] for a bad, reused or expired token;
+    /// [`NodeError::BadRequest`] for a malformed request; [`NodeError::NotLeader`].
+    pub async fn handle_join(&self, req: JoinRequest) -> Result<JoinGrant, NodeError> {
+        if !self.raft.is_leader() {
+            return Err(self.not_leader());
+        }
+        let ca = self.ca.as_ref().ok_or_else(|| {
+            NodeError::Refused(
+                "this node holds no CA key (a witness); join through an appliance".into(),
+            )
+        })?;
+        let token = ParsedToken::parse(&req.token).map_err(NodeError::Refused)?;
+        let fp = ca.fingerprint();
+        if !token.ca_fingerprint.eq_ignore_ascii_case(&fp) {
+            return Err(NodeError::Refused(
+                "token was issued by another cluster".into(),
+            ));
+        }
+        validate_name(&req.name).map_err(NodeError::BadRequest)?;
+        let sans = sans_for(&req.peer_addr, &req.api_addr).map_err(NodeError::BadRequest)?;
+        // Check the CSR before the token is consumed, so a bad request does not burn it.
+        tandem_certs::check_csr(&req.csr_pem)
+            .map_err(|e| NodeError::BadRequest(format!("bad CSR: {e}")))?;
+        let node_id = match self
+            .write(Request::JoinTokenConsume {
+                id: token.id,
+                secret_hash: hash_secret(&token.secret),
+                now_ms: now_ms(),
+            })
+            .await?
+        {
+            Response::NodeIdAssigned { node_id } => node_id,
+            Response::Refused { reason } => return Err(NodeError::Refused(reason)),
+            other => {
+                return Err(NodeError::Internal(format!(
+                    "unexpected response {other:?}"
+                )))
+            }
+        };
+        let cert_pem = ca
+            .sign_csr(&req.csr_pem, node_id, &sans)
+            .map_err(|e| NodeError::Internal(format!("signing certificate: {e}")))?;
+        let info = NodeInfo {
+            name: req.name.clone(),
+            kind: req.kind,
+            peer_addr: req.peer_addr.clone(),
+            api_addr: req.api_addr.clone(),
+        };
+        match self.raft.add_learner(node_id, info, false).await {
+            Ok(_) => {}
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                return Err(self.not_leader())
+            }
+            Err(e) => return Err(NodeError::Unavailable(e.to_string())),
+        }
+        tracing::info!(node = node_id, name = %req.name, kind = ?req.kind, "node joined as learner");
+        Ok(JoinGrant {
+            node_id,
+            cluster_id: self.cfg.cluster_id.clone(),
+            cert_pem,
+            ca_pem: self.ca_pem.clone(),
+            ca_key_pem: (req.kind == NodeKind::Appliance).then(|| ca.key_pem().to_string()),
+        })
+    }
+
+    /// On the leader, promotes learners that have caught up to voters.
+    /// Level-triggered: whichever node is leader finishes a join that a
+    /// previous leader started.
+    pub async fn promote_caught_up_learners(&self) {
+        let m = self.metrics();
+        if m.state != ServerState::Leader {
+            return;
+        }
+        let Some(last) = m.last_log_index else { return };
+        let Some(repl) = m.replication.as_ref() else {
+            return;
+        };
+        let learners: BTreeSet<u64> = m.membership_config.membership().learner_ids().collect();
+        let ready: BTreeSet<u64> = learners
+            .into_iter()
+            .filter(|id| {
+                repl.get(id)
+                    .and_then(|l| l.as_ref())
+                    .is_some_and(|l| l.index + 100 >= last)
+            })
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        match self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(ready.clone()), true)
+            .await
+        {
+            Ok(_) => tracing::info!(nodes = ?ready, "learners promoted to voters"),
+            Err(e) => tracing::debug!(error = %e, "promotion deferred"),
+        }
+    }
+
+    /// On the leader, removes expired sessions through the log.
+    pub async fn sweep_sessions(&self) {
+        if !self.raft.is_leader() || self.reader.session_count() == 0 {
+            return;
+        }
+        if let Err(e) = self.write(Request::SessionSweep { now_ms: now_ms() }).await {
+            tracing::debug!(error = %e, "session sweep deferred");
+        }
+    }
+
+    /// Per-node progress as the leader sees it (match index), or empty on a follower.
+    pub fn replication_progress(&self) -> BTreeMap<u64, Option<u64>> {
+        let m = self.metrics();
+        m.replication
+            .map(|r| {
+                r.into_iter()
+                    .map(|(id, l)| (id, l.map(|l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Flushes sled (shutdown's last step).
+    ///
+    /// # Errors
+    /// sled's flush error.
+    pub async fn flush(&self) -> anyhow::Result<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush()).await??;
+        Ok(())
+    }
+}
+
+/// What a joining node sends.
+#[derive(Debug, Clone)]
+pub struct JoinRequest {
+    /// The one-time token.
+    pub token: String,
+    /// Its name.
+    pub name: String,
+    /// Appliance or witness.
+    pub kind: NodeKind,
+    /// Its advertised peer address.
+    pub peer_addr: String,
+    /// Its advertised API base URL.
+    pub api_addr: String,
+    /// Its certificate signing request.
+    pub csr_pem: String,
+}
+
+/// What a joining node receives.
+#[derive(Debug, Clone)]
+pub struct JoinGrant {
+    /// Assigned node id.
+    pub node_id: u64,
+    /// The cluster id.
+    pub cluster_id: String,
+    /// Its signed certificate.
+    pub cert_pem: String,
+    /// The CA certificate.
+    pub ca_pem: String,
+    /// The CA key, for appliances (so any appliance can sign the next joiner).
+    pub ca_key_pem: Option<String>,
+}
+
+/// A join token split into its parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedToken {
+    /// Token id (public, names the stored hash).
+    pub id: String,
+    /// The secret (only its hash is stored).
+    pub secret: String,
+    /// SHA-256 fingerprint of the cluster CA, hex.
+    pub ca_fingerprint: String,
+}
+
+impl ParsedToken {
+    /// Splits `id.secret.fingerprint`.
+    ///
+    /// # Errors
+    /// A message saying what is malformed.
+    pub fn parse(token: &str) -> Result<Self, String> {
+        let mut parts = token.trim().split('.');
+        let (Some(id), Some(secret), Some(fp), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("malformed join token (expected id.secret.ca-fingerprint)".into());
+        };
+        if id.is_empty()
+            || secret.is_empty()
+            || fp.len() != 64
+            || !fp.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Err("malformed join token (expected id.secret.ca-fingerprint)".into());
+        }
+        Ok(Self {
+            id: id.to_string(),
+            secret: secret.to_string(),
+            ca_fingerprint: fp.to_ascii_lowercase(),
+        })
+    }
+}
+
+/// Node names: 1 to 63 characters of letters, digits, `-`, `_`, `.`.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid node name {name:?}: use 1-63 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// Host part of `host:port` or `https://host:port/...`.
+pub fn host_of(addr: &str) -> Option<String> {
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let hostport = rest.split('/').next()?;
+    let host = if let Some(stripped) = hostport.strip_prefix('[') {
+        stripped.split(']').next()?
+    } else {
+        hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// Certificate SANs for a node advertised at these addresses.
+///
+/// # Errors
+/// If either address has no host part.
+pub fn sans_for(peer_addr: &str, api_addr: &str) -> Result<Vec<String>, String> {
+    let mut sans = Vec::new();
+    for a in [peer_addr, api_addr] {
+        let h = host_of(a).ok_or_else(|| format!("address {a:?} has no host"))?;
+        if !sans.contains(&h) {
+            sans.push(h);
+        }
+    }
+    if !sans.iter().any(|s| s == "localhost") {
+        sans.push("localhost".into());
+    }
+    Ok(sans)
+}
+
+/// The kind of a node from its membership entry, for display.
+pub fn kind_name(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Appliance => "appliance",
+        NodeKind::Witness => "witness",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_parse() {
+        let fp = "ab".repeat(32);
+        let t = ParsedToken::parse(&format!("0a1b.s3cret.{fp}")).expect("valid");
+        assert_eq!(t.id, "0a1b");
+        assert_eq!(t.secret, "s3cret");
+        assert!(ParsedToken::parse("a.b").is_err());
+        assert!(ParsedToken::parse(&format!("a.b.{fp}.d")).is_err());
+        assert!(ParsedToken::parse("a.b.nothex").is_err());
+    }
+
+    #[test]
+    fn hosts_and_sans() {
+        assert_eq!(host_of("127.0.0.1:7001").as_deref(), Some("127.0.0.1"));
+        assert_eq!(host_of("https://[::1]:8443/x").as_deref(), Some("::1"));
+        assert_eq!(
+            host_of("https://node-a.example:8443").as_deref(),
+            Some("node-a.example")
+        );
+        let sans = sans_for("10.0.0.1:7001", "https://10.0.0.1:8001").expect("valid");
+        assert_eq!(sans, vec!["10.0.0.1".to_string(), "localhost".to_string()]);
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("node-a.1").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("a b").is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! The messages peers exchange over the mutual-TLS peer listener.
+//!
+//! Every connection starts with [`Hello`] from the dialing side; the
+//! listener answers [`PeerResponse::Welcome`] or [`PeerResponse::Refused`] and
+//! closes. After the welcome, the dialer sends [`Envelope`]s one at a time and
+//! reads one response for each (snapshot transfer: `SnapshotBegin`, chunks,
+//! `SnapshotEnd`, each acknowledged). Each envelope carries the sender's
+//! epoch so that a node that learns of a higher epoch can step down at once.
+
+use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::raft::TransferLeaderRequest;
+use openraft::raft::TransferLeaderResponse;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use tandem_storage::TypeConfig;
+
+/// Version of this protocol; a peer speaking another one is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// First message on every peer connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The cluster the dialer belongs to; must equal the listener's.
+    pub cluster_id: String,
+    /// The dialer's node id; must equal the id in its client certificate.
+    pub node_id: u64,
+    /// The dialer's epoch.
+    pub epoch: u64,
+}
+
+/// One request after the handshake.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sender's epoch when it sent this request.
+    pub epoch: u64,
+    /// The request itself.
+    pub body: PeerRequest,
+}
+
+/// Requests a peer can make.
+#[derive(Debug, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)]
+pub enum PeerRequest {
+    /// Raft AppendEntries (also heartbeats).
+    Append(AppendEntriesRequest<TypeConfig>),
+    /// Raft RequestVote.
+    Vote(VoteRequest<TypeConfig>),
+    /// Raft pre-vote.
+    PreVote(VoteRequest<TypeConfig>),
+    /// Start of a snapshot transfer; chunks follow.
+    SnapshotBegin {
+        /// The leader's vote.
+        vote: VoteOf<TypeConfig>,
+        /// What the snapshot covers.
+        meta: SnapshotMetaOf<TypeConfig>,
+        /// Total number of bytes that will follow in chunks.
+        len: u64,
+    },
+    /// A piece of the snapshot file, in order.
+    SnapshotChunk(Vec<u8>),
+    /// End of the snapshot: install it.
+    SnapshotEnd,
+    /// Leadership transfer notification.
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
+}
+
+/// Responses to [`Hello`] and [`Envelope`]s.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Handshake accepted.
+    Welcome {
+        /// The listener's node id.
+        node_id: u64,
+        /// The listener's epoch.
+        epoch: u64,
+    },
+    /// Handshake or request refused; the connection is closed after this.
+    Refused {
+        /// Why, for the log of the other side.
+        reason: String,
+    },
+    /// AppendEntries result.
+    Append(Result<AppendEntriesResponse<TypeConfig>, String>),
+    /// Vote or pre-vote result.
+    Vote(Result<VoteResponse<TypeConfig>, String>),
+    /// A snapshot chunk (or begin) was stored.
+    ChunkStored,
+    /// Snapshot installed.
+    Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
+    /// Leadership transfer handled.
+    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
+}

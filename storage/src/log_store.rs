@@ -1,0 +1,261 @@
+//! The Raft log and vote on sled: implements openraft's [`RaftLogStorage`]
+//! and [`RaftLogReader`].
+//!
+//! Appends are acknowledged by group commit: `append` writes its entries as
+//! one `sled::Batch` (readable at once) and queues its callback; a single
+//! flusher task flushes everything queued so far with one sled flush plus one
+//! `fdatasync`, then completes the callbacks in order. While a flush runs, new
+//! appends queue up for the next one.
+
+use std::fmt::Debug;
+use std::fs::File;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+
+use crate::codec;
+use crate::error::StorageError;
+use crate::keys::RaftMetaKey;
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+
+pub(crate) struct LogShared {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    /// sled's data file, opened a second time: sled's own flush ends with
+    /// `sync_file_range`, which neither persists file metadata nor flushes
+    /// the drive's write cache; an `fdatasync` on this handle does both.
+    data_file: Option<File>,
+    queue: Mutex<FlushQueue>,
+}
+
+#[derive(Default)]
+struct FlushQueue {
+    pending: Vec<IOFlushed<TypeConfig>>,
+    running: bool,
+}
+
+impl LogShared {
+    pub(crate) fn open(db: sled::Db, data_file: Option<File>) -> Result<Self, StorageError> {
+        let log = db.open_tree(crate::keys::LOG_TREE)?;
+        let meta = db.open_tree(crate::keys::RAFT_META_TREE)?;
+        let shared = Self {
+            db,
+            log,
+            meta,
+            data_file,
+            queue: Mutex::new(FlushQueue::default()),
+        };
+        // Finish a purge interrupted after its marker was written.
+        if let Some(purged) = shared.get_meta::<LogId>(RaftMetaKey::LastPurged)? {
+            shared.remove_range(..=purged.index)?;
+        }
+        Ok(shared)
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: RaftMetaKey) -> Result<Option<T>, StorageError> {
+        match self.meta.get(key.as_bytes())? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: RaftMetaKey, value: &T) -> Result<(), StorageError> {
+        self.meta.insert(key.as_bytes(), codec::encode(value)?)?;
+        Ok(())
+    }
+
+    /// Removes the log entries with index in `range`, as one atomic batch.
+    fn remove_range(&self, range: impl RangeBounds<u64>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for kv in self.log.range(key_range(range)) {
+            let (k, _) = kv?;
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Makes every write done so far durable. Blocking.
+    fn durable_flush_blocking(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        if let Some(f) = &self.data_file {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    async fn durable_flush(self: &Arc<Self>) -> Result<(), StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.durable_flush_blocking()).await?
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, FlushQueue> {
+        // The queue is a Vec and a flag, each updated in one step: a panic
+        // elsewhere cannot leave it inconsistent.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn enqueue(self: &Arc<Self>, callback: IOFlushed<TypeConfig>) {
+        let mut q = self.lock_queue();
+        q.pending.push(callback);
+        if !q.running {
+            q.running = true;
+            drop(q);
+            tokio::spawn(self.clone().flush_loop());
+        }
+    }
+
+    /// Flushes until the queue is empty, then exits; `enqueue` starts a new
+    /// loop when needed, so no task lives while the log is idle.
+    async fn flush_loop(self: Arc<Self>) {
+        loop {
+            let callbacks = {
+                let mut q = self.lock_queue();
+                if q.pending.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                std::mem::take(&mut q.pending)
+            };
+            // Every callback taken above belongs to an append whose batch was
+            // applied before it was queued, so this flush covers it.
+            let res = self.durable_flush().await;
+            if let Err(e) = &res {
+                tracing::error!(error = %e, "log flush failed");
+            }
+            for cb in callbacks {
+                let r = match &res {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::other(e.to_string())),
+                };
+                cb.io_completed(r);
+            }
+        }
+    }
+}
+
+fn key_range(range: impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
+    let map = |b: Bound<&u64>| match b {
+        Bound::Included(i) => Bound::Included(i.to_be_bytes()),
+        Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (map(range.start_bound()), map(range.end_bound()))
+}
+
+/// The Raft log store. Cheap to clone; clones (and log readers) share the
+/// same trees.
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<LogShared>,
+    /// Reused encode buffer, so `append` does not allocate per entry for
+    /// encoding (sled still copies each value once).
+    scratch: Vec<u8>,
+}
+
+impl LogStore {
+    pub(crate) fn new(shared: LogShared) -> Self {
+        Self {
+            shared: Arc::new(shared),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self.shared.log.last()? {
+            Some((_, v)) => Ok(Some(codec::decode::<Entry>(&v)?.log_id)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let mut out = Vec::new();
+        for kv in self.shared.log.range(key_range(range)) {
+            let (_, v) = kv.map_err(StorageError::from)?;
+            out.push(codec::decode::<Entry>(&v).map_err(StorageError::from)?);
+        }
+        Ok(out)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.shared.get_meta(RaftMetaKey::Vote)?)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let last_purged_log_id = self.shared.get_meta::<LogId>(RaftMetaKey::LastPurged)?;
+        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogStore {
+            shared: self.shared.clone(),
+            scratch: Vec::new(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        self.shared.put_meta(RaftMetaKey::Vote, vote)?;
+        self.shared.durable_flush().await?;
+        Ok(())
+    }
+
+    /// Stored without a flush of its own: it becomes durable with the next
+    /// append or vote flush. A stale value after a crash only means fewer
+    /// entries are re-applied at startup, never a wrong one.
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+        self.shared.put_meta(RaftMetaKey::Committed, &committed)?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
+        Ok(self.shared.get_meta::<Option<LogId>>(RaftMetaKey::Committed)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            self.scratch.clear();
+            codec::encode_into(&mut self.scratch, &entry).map_err(StorageError::from)?;
+            batch.insert(&entry.log_id.index.to_be_bytes()[..], &self.scratch[..]);
+        }
+        self.shared.log.apply_batch(batch).map_err(StorageError::from)?;
+        self.shared.enqueue(callback);
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.shared.remove_range(from..)?;
+        self.shared.durable_flush().await?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // The marker first: if the removal is interrupted, `open` finishes it.
+        self.shared.put_meta(RaftMetaKey::LastPurged, &log_id)?;
+        self.shared.remove_range(..=log_id.index)?;
+        self.shared.durable_flush().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! Read access to the replicated state for the node and the web layer.
+
+use std::sync::Arc;
+
+use ring::digest;
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::error::StorageError;
+use crate::keys::{self, ConfigRecord, SessionRecord, SmMetaKey};
+use crate::state_machine::{read_applied_state, SmShared};
+use crate::types::{ConfigEntry, Session};
+
+/// Read-only view of the state machine. Cheap to clone; reads run
+/// concurrently with apply (sled is concurrent) and always see the current
+/// generation, also after a snapshot install.
+///
+/// The plain accessors never fail: a storage error is logged at `error` and
+/// reads as absent/empty. [`StateReader::try_digest`] reports errors.
+#[derive(Clone)]
+pub struct StateReader {
+    pub(crate) shared: Arc<SmShared>,
+}
+
+fn logged<T>(what: &str, r: Result<T, StorageError>, default: T) -> T {
+    r.unwrap_or_else(|e| {
+        tracing::error!(error = %e, what, "state read failed");
+        default
+    })
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, StorageError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| StorageError::Corrupt("key is not UTF-8".into()))
+}
+
+impl StateReader {
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let cur = self.shared.current();
+        match cur.tree.get(key)? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The cluster id set by `Bootstrap`, if bootstrapped.
+    pub fn cluster_id(&self) -> Option<String> {
+        logged("cluster_id", self.get(SmMetaKey::ClusterId.as_bytes()), None)
+    }
+
+    /// The current admin token hash.
+    pub fn admin_token_hash(&self) -> Option<String> {
+        logged("admin_token_hash", self.get(SmMetaKey::AdminTokenHash.as_bytes()), None)
+    }
+
+    /// Index of the last applied log entry.
+    pub fn applied_index(&self) -> Option<u64> {
+        logged(
+            "applied_index",
+            self.shared.applied_state().map(|(l, _)| l.map(|l| l.index)),
+            None,
+        )
+    }
+
+    /// One configuration value.
+    pub fn config_get(&self, key: &str) -> Option<ConfigEntry> {
+        let r = self
+            .get::<ConfigRecord>(&keys::config_key(key))
+            .map(|o| o.map(|r| config_entry(key.to_owned(), r)));
+        logged("config_get", r, None)
+    }
+
+    /// Up to `limit` configuration values whose key starts with `prefix`, in
+    /// key order.
+    pub fn config_list(&self, prefix: &str, limit: usize) -> Vec<ConfigEntry> {
+        let r = (|| {
+            let cur = self.shared.current();
+            let mut out = Vec::new();
+            for kv in cur.tree.scan_prefix(keys::config_key(prefix)).take(limit) {
+                let (k, v) = kv?;
+                out.push(config_entry(utf8(&k[1..])?, codec::decode(&v)?));
+            }
+            Ok(out)
+        })();
+        logged("config_list", r, Vec::new())
+    }
+
+    /// A session, unless absent or expired at `now_ms`.
+    pub fn session_get(&self, id: &str, now_ms: u64) -> Option<Session> {
+        let r = self
+            .get::<SessionRecord>(&keys::session_key(id))
+            .map(|o| o.filter(|s| s.expires_ms > now_ms).map(|s| session(id.to_owned(), s)));
+        logged("session_get", r, None)
+    }
+
+    /// Up to `limit` sessions not expired at `now_ms`, in id order.
+    pub fn session_list(&self, now_ms: u64, limit: usize) -> Vec<Session> {
+        let r = (|| {
+            let cur = self.shared.current();
+            let mut out = Vec::new();
+            for kv in cur.tree.scan_prefix([keys::prefix::SESSION]) {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, v) = kv?;
+                let rec: SessionRecord = codec::decode(&v)?;
+                if rec.expires_ms > now_ms {
+                    out.push(session(utf8(&k[1..])?, rec));
+                }
+            }
+            Ok(out)
+        })();
+        logged("session_list", r, Vec::new())
+    }
+
+    /// Number of stored sessions, expired-but-not-yet-swept ones included.
+    /// Counts keys, so it costs O(sessions).
+    pub fn session_count(&self) -> u64 {
+        let cur = self.shared.current();
+        cur.tree.scan_prefix([keys::prefix::SESSION]).keys().count() as u64
+    }
+
+    /// Applied index and SHA-256 (hex) of the whole replicated state, taken at
+    /// one point between two applied batches. Errors read as `(None, "")`.
+    /// Blocking: scans all state; call it from `spawn_blocking`.
+    pub fn digest(&self) -> (Option<u64>, String) {
+        logged("digest", self.try_digest(), (None, String::new()))
+    }
+
+    /// As [`StateReader::digest`], reporting storage errors.
+    ///
+    /// The hash covers every key/value of the state machine tree in key order,
+    /// each as `len(key) u32 BE ++ key ++ len(value) u32 BE ++ value`.
+    ///
+    /// # Errors
+    /// sled or decoding errors.
+    pub fn try_digest(&self) -> Result<(Option<u64>, String), StorageError> {
+        let _gate = self.shared.gate_shared();
+        let cur = self.shared.current();
+        let (applied, _) = read_applied_state(&cur.tree)?;
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        for kv in cur.tree.iter() {
+            let (k, v) = kv?;
+            ctx.update(&(k.len() as u32).to_be_bytes());
+            ctx.update(&k);
+            ctx.update(&(v.len() as u32).to_be_bytes());
+            ctx.update(&v);
+        }
+        Ok((applied.map(|l| l.index), hex::encode(ctx.finish())))
+    }
+}
+
+fn config_entry(key: String, r: ConfigRecord) -> ConfigEntry {
+    ConfigEntry {
+        key,
+        value_json: r.value_json,
+        version: r.version,
+        updated_by: r.updated_by,
+        updated_ms: r.updated_ms,
+    }
+}
+
+fn session(id: String, s: SessionRecord) -> Session {
+    Session {
+        id,
+        owner: s.owner,
+        data_json: s.data_json,
+        created_ms: s.created_ms,
+        expires_ms: s.expires_ms,
+    }
+}

@@ -1,0 +1,261 @@
+//! The replicated state machine on sled, and its snapshots.
+
+use std::io::{self, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{OptionalSend, RaftSnapshotBuilder};
+
+use crate::apply;
+use crate::codec;
+use crate::error::StorageError;
+use crate::keys::{self, SmMetaKey};
+use crate::snapshot;
+use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// The current state machine generation: its number and its tree.
+pub(crate) struct Generation {
+    pub(crate) number: u64,
+    pub(crate) tree: sled::Tree,
+}
+
+/// State shared by the state machine, its snapshot builders and readers.
+pub(crate) struct SmShared {
+    pub(crate) db: sled::Db,
+    /// Holds the persistent pointer to the current generation.
+    root: sled::Tree,
+    /// The current generation. Readers hold the read lock while they use the
+    /// tree, so installing a snapshot never frees a tree under a reader.
+    current: RwLock<Generation>,
+    /// Apply and install take it exclusively; `digest` takes it shared so it
+    /// sees the state between two batches, never in the middle of one.
+    gate: RwLock<()>,
+    pub(crate) snapshot_dir: PathBuf,
+}
+
+impl SmShared {
+    /// Opens the current generation and drops leftovers of interrupted
+    /// installs (generations that are not current).
+    pub(crate) fn open(db: sled::Db, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
+        let root = db.open_tree(keys::SM_ROOT_TREE)?;
+        let number = match root.get(keys::SM_ROOT_CURRENT)? {
+            Some(v) => codec::decode::<u64>(&v)?,
+            None => 0,
+        };
+        let current_name = keys::sm_tree_name(number);
+        for name in db.tree_names() {
+            if name.starts_with(keys::SM_TREE_PREFIX.as_bytes()) && name != current_name.as_bytes() {
+                tracing::info!(tree = %String::from_utf8_lossy(&name), "dropping stale state machine generation");
+                db.drop_tree(&name)?;
+            }
+        }
+        let tree = db.open_tree(&current_name)?;
+        Ok(Self {
+            db,
+            root,
+            current: RwLock::new(Generation { number, tree }),
+            gate: RwLock::new(()),
+            snapshot_dir,
+        })
+    }
+
+    /// The current generation, locked for reading. Lock poisoning is ignored:
+    /// the guarded value is replaced in one assignment, so a panic elsewhere
+    /// cannot leave it half-updated.
+    pub(crate) fn current(&self) -> RwLockReadGuard<'_, Generation> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn gate_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn applied_state(&self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let cur = self.current();
+        read_applied_state(&cur.tree)
+    }
+
+    fn apply_blocking(&self, entries: &[crate::types::Entry]) -> Result<Vec<crate::Response>, StorageError> {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let cur = self.current();
+        apply::apply_entries(&cur.tree, entries)
+    }
+
+    /// Writes the current state to a snapshot file. Called on the state
+    /// machine task, so no entry is applied meanwhile.
+    fn dump_snapshot(&self) -> Result<(PathBuf, SnapshotMeta), StorageError> {
+        let cur = self.current();
+        let (last_log_id, last_membership) = read_applied_state(&cur.tree)?;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+        };
+        let path = snapshot::write_snapshot(&self.snapshot_dir, &cur.tree, &meta)?;
+        Ok((path, meta))
+    }
+
+    /// Loads a snapshot into a fresh generation and switches to it.
+    fn install_blocking(&self, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), StorageError> {
+        let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let old_number = self.current().number;
+        let new_number = old_number + 1;
+        let new_name = keys::sm_tree_name(new_number);
+        // A leftover of an interrupted install would already have been
+        // dropped at open; drop defensively anyway.
+        self.db.drop_tree(&new_name)?;
+        let new_tree = self.db.open_tree(&new_name)?;
+
+        let mut file = file;
+        file.seek(SeekFrom::Start(0))?;
+        let (seq, tmp, copy) = snapshot::create_copy(&self.snapshot_dir)?;
+        let loaded = snapshot::load_snapshot(BufReader::with_capacity(256 * 1024, file), meta, &new_tree, Some(copy));
+        let copy = match loaded {
+            Ok(copy) => copy.expect("load_snapshot returns the copy writer it was given"),
+            Err(e) => {
+                drop(new_tree);
+                let _ = self.db.drop_tree(&new_name);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        // 1. The new generation is durable (but not yet current).
+        self.db.flush()?;
+        // 2. The snapshot file is durable and the newest one.
+        let path = snapshot::publish_copy(&self.snapshot_dir, seq, &tmp, copy)?;
+        // 3. One durable insert makes the new generation current.
+        self.root
+            .insert(keys::SM_ROOT_CURRENT, codec::encode(&new_number)?)?;
+        self.db.flush()?;
+        {
+            let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            *cur = Generation {
+                number: new_number,
+                tree: new_tree,
+            };
+            // Dropped under the write lock: no reader uses the old tree.
+            self.db.drop_tree(keys::sm_tree_name(old_number))?;
+        }
+        tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, generation = new_number, "snapshot installed");
+        Ok(())
+    }
+}
+
+pub(crate) fn read_applied_state(tree: &sled::Tree) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    let applied = match tree.get(SmMetaKey::LastApplied.as_bytes())? {
+        Some(v) => codec::decode::<Option<LogId>>(&v)?,
+        None => None,
+    };
+    let membership = match tree.get(SmMetaKey::LastMembership.as_bytes())? {
+        Some(v) => codec::decode::<StoredMembership>(&v)?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+/// The state machine: implements openraft's [`RaftStateMachine`].
+///
+/// Cheap to clone; clones share the same state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    pub(crate) shared: Arc<SmShared>,
+}
+
+impl StateMachineStore {
+    async fn make_builder(&self) -> SnapshotBuilder {
+        let shared = self.shared.clone();
+        let result = blocking(move || shared.dump_snapshot()).await;
+        SnapshotBuilder { result: Some(result) }
+    }
+}
+
+/// A snapshot of the state machine, already written to disk when this
+/// builder is created (see [`StateMachineStore`]'s snapshot notes in
+/// DESIGN.md): `build_snapshot` only opens the file.
+pub struct SnapshotBuilder {
+    result: Option<Result<(PathBuf, SnapshotMeta), StorageError>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = tokio::fs::File;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (path, meta) = self
+            .result
+            .take()
+            .unwrap_or_else(|| Err(StorageError::Task("snapshot builder used twice".into())))?;
+        let file = tokio::fs::File::open(&path).await?;
+        Ok(Snapshot { meta, snapshot: file })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = tokio::fs::File;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        Ok(self.shared.applied_state()?)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            batch.push(entry);
+            responders.push(responder);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let responses = blocking(move || shared.apply_blocking(&batch)).await?;
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(r) = responder {
+                r.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn try_create_snapshot_builder(&mut self, _force: bool) -> Option<Self::SnapshotBuilder> {
+        Some(self.make_builder().await)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.make_builder().await
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: tokio::fs::File) -> Result<(), io::Error> {
+        let file = snapshot.into_std().await;
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        Ok(blocking(move || shared.install_blocking(&meta, file)).await?)
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let dir = self.shared.snapshot_dir.clone();
+        let found = blocking(move || match snapshot::current_snapshot(&dir)? {
+            Some(path) => Ok(Some((snapshot::read_meta(&path)?, path))),
+            None => Ok(None),
+        })
+        .await?;
+        match found {
+            Some((meta, path)) => Ok(Some(Snapshot {
+                meta,
+                snapshot: tokio::fs::File::open(&path).await?,
+            })),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The one error type of the admin API and its single HTTP mapping.
+
+use axum::http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+/// Seconds a client is told to wait (`Retry-After`) on a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Every failure the admin API can report.
+///
+/// [`IntoResponse`] maps each variant to exactly one status code and renders
+/// an [`ErrorBody`]. Backends return these from [`crate::AdminBackend`]
+/// methods; the router also produces them for client mistakes (bad JSON,
+/// wrong content type, oversized bodies, invalid keys…).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// This node cannot serve the request; the leader can.
+    ///
+    /// With a known leader: 421 Misdirected Request and
+    /// `Location: <leader_api><original path and query>` (added by the
+    /// router, which knows the original URI). Without one: 503 with
+    /// `Retry-After`.
+    #[error("{}", not_leader_message(.leader_api.as_deref()))]
+    NotLeader {
+        /// Base URL of the leader's admin API (e.g. `https://10.0.0.1:8443`),
+        /// when known.
+        leader_api: Option<String>,
+    },
+    /// Missing or wrong bearer token: 401.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// Authenticated but not allowed (or a join token that is invalid): 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such key, session, route…: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed or fails validation: 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Method not supported on this route: 405.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A precondition (such as `if_version`) does not hold: 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request body exceeds the limit: 413.
+    #[error("request body too large")]
+    PayloadTooLarge,
+    /// The body is not `application/json`: 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Temporarily unable to serve (no quorum, shutting down…): 503 with
+    /// `Retry-After`.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure: 500. The detail is logged at `error`
+    /// and the client gets a generic message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn not_leader_message(leader_api: Option<&str>) -> String {
+    match leader_api {
+        Some(api) => format!("this node is not the leader; the leader serves the API at {api}"),
+        None => "this node is not the leader and no leader is known; retry later".to_owned(),
+    }
+}
+
+impl ApiError {
+    /// The status code this error maps to.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotLeader {
+                leader_api: Some(_),
+            } => StatusCode::MISDIRECTED_REQUEST,
+            Self::NotLeader { leader_api: None } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable `error` field of the body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotLeader { .. } => "not_leader",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::BadRequest(_) => "bad_request",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// Maps an axum extractor rejection (by its status) to an `ApiError`,
+    /// keeping axum's explanation as the message.
+    pub(crate) fn from_rejection(status: StatusCode, text: String) -> Self {
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(text),
+            s if s.is_server_error() => Self::Internal(text),
+            // 400 (syntax), 422 (unknown field, wrong type, missing field) and
+            // anything else the client sent wrong.
+            _ => Self::BadRequest(text),
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable kind, e.g. `not_found` (see [`ApiError::kind`]).
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// For `not_leader`: the leader's API base URL, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_api: Option<String>,
+}
+
+/// Response extension asking the router's redirect middleware to set
+/// `Location` to this base URL followed by the original path and query.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaderRedirect(pub(crate) String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Self::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error in admin API");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let leader_api = match &self {
+            Self::NotLeader { leader_api } => leader_api.clone(),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error: self.kind().to_owned(),
+            message,
+            leader_api: leader_api.clone(),
+        };
+        let mut resp = (status, Json(body)).into_response();
+        match self {
+            Self::NotLeader {
+                leader_api: Some(api),
+            } => {
+                resp.extensions_mut().insert(LeaderRedirect(api));
+            }
+            Self::NotLeader { leader_api: None } | Self::Unavailable(_) => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            }
+            Self::Unauthorized => {
+                resp.headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,532 @@
+//! The axum router: routes, handlers, authentication and the middleware that
+//! keeps every error JSON and points `NotLeader` answers at the leader.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
+use axum::http::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION,
+};
+use axum::http::{StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{
+    AdminBackend, ConfigPut, JoinRequest, JoinTokenRequest, ListView, ReadMeta, SessionCreate,
+};
+use crate::error::{ErrorBody, LeaderRedirect};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::ApiError;
+
+/// Largest accepted request body (1 MiB); larger bodies get a 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Longest configuration key.
+pub const MAX_KEY_LEN: usize = 256;
+/// Longest session lifetime (one year).
+pub const MAX_TTL_SECS: u64 = 31_536_000;
+/// List size when `?limit=` is absent.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// Largest accepted `?limit=`.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// Response header: applied index of the state machine that served a read.
+pub const APPLIED_INDEX_HEADER: HeaderName = HeaderName::from_static("x-tandem-applied-index");
+/// Response header: `true` when a read was served locally (`?stale=true`).
+pub const STALE_HEADER: HeaderName = HeaderName::from_static("x-tandem-stale");
+/// Optional request header naming who makes a write (recorded as
+/// `updated_by`); `api` when absent. 1..=64 chars of `[A-Za-z0-9._@:-]`.
+pub const ACTOR_HEADER: HeaderName = HeaderName::from_static("x-tandem-actor");
+
+/// Actor recorded for writes without an [`ACTOR_HEADER`].
+const DEFAULT_ACTOR: &str = "api";
+const MAX_ACTOR_LEN: usize = 64;
+const MAX_ID_LEN: usize = 256;
+const MAX_NAME_LEN: usize = 256;
+
+/// Builds the admin API router over `backend`.
+///
+/// Routes (all JSON; every error is an [`ErrorBody`]):
+/// - `GET /health` — open.
+/// - `POST /api/v1/join` — open; the join token in the body is the credential.
+/// - Bearer-protected (`Authorization: Bearer <token>`, checked with
+///   [`AdminBackend::authorize`]):
+///   `GET /api/v1/config` (`?prefix=&limit=&stale=`),
+///   `GET|PUT|DELETE /api/v1/config/{*key}`,
+///   `POST|GET /api/v1/sessions` (`?limit=&stale=`),
+///   `GET|DELETE /api/v1/sessions/{id}`,
+///   `GET /api/v1/cluster` (`?stale=`), `POST /api/v1/join-tokens`.
+///
+/// Reads carry [`APPLIED_INDEX_HEADER`] (when known) and [`STALE_HEADER`].
+/// Creations answer 201, deletions 204. Unknown routes answer 404, bodies
+/// over [`MAX_BODY_BYTES`] 413.
+pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
+    let protected = Router::new()
+        .route("/api/v1/config", get(config_list::<B>))
+        .route(
+            "/api/v1/config/{*key}",
+            get(config_get::<B>)
+                .put(config_put::<B>)
+                .delete(config_delete::<B>),
+        )
+        .route(
+            "/api/v1/sessions",
+            get(session_list::<B>).post(session_create::<B>),
+        )
+        .route(
+            "/api/v1/sessions/{id}",
+            get(session_get::<B>).delete(session_delete::<B>),
+        )
+        .route("/api/v1/cluster", get(cluster::<B>))
+        .route("/api/v1/join-tokens", post(create_join_token::<B>))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&backend),
+            require_bearer::<B>,
+        ));
+
+    Router::new()
+        .route("/health", get(health::<B>))
+        .route("/api/v1/join", post(join::<B>))
+        .merge(protected)
+        .fallback(not_found)
+        .with_state(backend)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(leader_location))
+        .layer(middleware::map_response(ensure_json_error))
+}
+
+// ---- middleware ----------------------------------------------------------
+
+async fn require_bearer<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let allowed = bearer_token(req.headers()).is_some_and(|t| backend.authorize(t));
+    if allowed {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme
+/// case-insensitive), if there is a non-empty one.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Completes 421 `NotLeader` answers with `Location: <leader><path?query>`;
+/// only here is the original URI known.
+async fn leader_location(req: Request, next: Next) -> Response {
+    let uri = req
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| req.uri().clone(), |o| o.0.clone());
+    let mut resp = next.run(req).await;
+    if let Some(LeaderRedirect(base)) = resp.extensions_mut().remove::<LeaderRedirect>() {
+        let location = leader_url(&base, &uri);
+        match HeaderValue::from_str(&location) {
+            Ok(v) => {
+                resp.headers_mut().insert(LOCATION, v);
+            }
+            Err(_) => tracing::warn!(%location, "leader address is not a valid Location"),
+        }
+    }
+    resp
+}
+
+fn leader_url(base: &str, uri: &Uri) -> String {
+    let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    format!("{}{}", base.trim_end_matches('/'), path_and_query)
+}
+
+/// Safety net: any error response that is not JSON yet (axum's 405, a
+/// rejection from a layer…) gets an [`ErrorBody`], keeping its status and
+/// headers (such as `Allow`).
+async fn ensure_json_error(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (mut parts, _) = resp.into_parts();
+    let body = ErrorBody {
+        error: kind_for_status(status).to_owned(),
+        message: status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase(),
+        leader_api: None,
+    };
+    let bytes = match serde_json::to_vec(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialize an error body");
+            Vec::new()
+        }
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+fn kind_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+// ---- helpers -------------------------------------------------------------
+
+/// A read answer: JSON body plus the read-metadata headers.
+fn read_response<T: Serialize>(body: T, meta: ReadMeta) -> Response {
+    let mut resp = Json(body).into_response();
+    let headers = resp.headers_mut();
+    if let Some(index) = meta.applied_index {
+        headers.insert(APPLIED_INDEX_HEADER, HeaderValue::from(index));
+    }
+    headers.insert(
+        STALE_HEADER,
+        HeaderValue::from_static(if meta.stale { "true" } else { "false" }),
+    );
+    resp
+}
+
+fn is_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '-')
+}
+
+/// Checks a configuration key: 1..=256 chars of `[A-Za-z0-9._:/-]`.
+///
+/// # Errors
+/// `BadRequest` naming the problem.
+pub fn validate_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "key must be 1..={MAX_KEY_LEN} characters long"
+        )));
+    }
+    if !key.chars().all(is_key_char) {
+        return Err(ApiError::BadRequest(
+            "key may only contain A-Z a-z 0-9 . _ : / -".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "session id must be 1..={MAX_ID_LEN} characters of A-Z a-z 0-9 . _ : -"
+        )))
+    }
+}
+
+fn validate_ttl(ttl_secs: u64) -> Result<(), ApiError> {
+    if (1..=MAX_TTL_SECS).contains(&ttl_secs) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "ttl_secs must be between 1 and {MAX_TTL_SECS}"
+        )))
+    }
+}
+
+fn validate_kind(kind: &str) -> Result<(), ApiError> {
+    if matches!(kind, "appliance" | "witness") {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "kind must be \"appliance\" or \"witness\"".to_owned(),
+        ))
+    }
+}
+
+fn validate_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        Err(ApiError::BadRequest(format!(
+            "{field} must be 1..={max} characters without control characters"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn validate_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIST_LIMIT),
+        Some(n) if (1..=MAX_LIST_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIST_LIMIT}"
+        ))),
+    }
+}
+
+/// The writer recorded for a mutation: [`ACTOR_HEADER`] or `api`.
+fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get(ACTOR_HEADER) else {
+        return Ok(DEFAULT_ACTOR.to_owned());
+    };
+    let ok = value.to_str().ok().filter(|s| {
+        !s.is_empty()
+            && s.len() <= MAX_ACTOR_LEN
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | ':' | '-'))
+    });
+    ok.map(str::to_owned).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "x-tandem-actor must be 1..={MAX_ACTOR_LEN} characters of A-Z a-z 0-9 . _ @ : -"
+        ))
+    })
+}
+
+// ---- query strings -------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+struct ReadQuery {
+    #[serde(default)]
+    stale: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ConfigListQuery {
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    stale: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    stale: bool,
+}
+
+// ---- handlers ------------------------------------------------------------
+
+async fn health<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
+    let view = backend.health().await?;
+    Ok(Json(view).into_response())
+}
+
+async fn config_list<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(q): ApiQuery<ConfigListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = validate_limit(q.limit)?;
+    let prefix = q.prefix.filter(|p| !p.is_empty());
+    if let Some(p) = &prefix {
+        if p.len() > MAX_KEY_LEN || !p.chars().all(is_key_char) {
+            return Err(ApiError::BadRequest(format!(
+                "prefix must be at most {MAX_KEY_LEN} characters of A-Z a-z 0-9 . _ : / -"
+            )));
+        }
+    }
+    let (items, meta) = backend.config_list(prefix, limit, q.stale).await?;
+    Ok(read_response(ListView { items }, meta))
+}
+
+async fn config_get<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(key): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
+) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    let (entry, meta) = backend.config_get(key, q.stale).await?;
+    Ok(read_response(entry, meta))
+}
+
+async fn config_put<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(key): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ConfigPut>,
+) -> Result<Response, ApiError> {
+    validate_key(&key)?;
+    let actor = actor(&headers)?;
+    let entry = backend
+        .config_put(key, body.value, body.if_version, actor)
+        .await?;
+    Ok(Json(entry).into_response())
+}
+
+async fn config_delete<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(key): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    validate_key(&key)?;
+    let actor = actor(&headers)?;
+    backend.config_delete(key, actor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn session_create<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiJson(body): ApiJson<SessionCreate>,
+) -> Result<Response, ApiError> {
+    validate_text("owner", &body.owner, MAX_NAME_LEN)?;
+    validate_ttl(body.ttl_secs)?;
+    let view = backend.session_create(body).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn session_list<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let limit = validate_limit(q.limit)?;
+    let (items, meta) = backend.session_list(limit, q.stale).await?;
+    Ok(read_response(ListView { items }, meta))
+}
+
+async fn session_get<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
+) -> Result<Response, ApiError> {
+    validate_id(&id)?;
+    let (view, meta) = backend.session_get(id, q.stale).await?;
+    Ok(read_response(view, meta))
+}
+
+async fn session_delete<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    validate_id(&id)?;
+    backend.session_delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn cluster<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(q): ApiQuery<ReadQuery>,
+) -> Result<Response, ApiError> {
+    let view = backend.cluster(q.stale).await?;
+    // The answering node's own applied index is the one that matters for
+    // the read-metadata headers.
+    let applied_index = view
+        .members
+        .iter()
+        .find(|m| m.id == view.this_node)
+        .and_then(|m| m.applied_index);
+    let meta = ReadMeta {
+        applied_index,
+        stale: q.stale,
+    };
+    Ok(read_response(view, meta))
+}
+
+async fn create_join_token<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<JoinTokenRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(ttl) = body.ttl_secs {
+        validate_ttl(ttl)?;
+    }
+    if let Some(kind) = &body.kind {
+        validate_kind(kind)?;
+    }
+    let actor = actor(&headers)?;
+    let view = backend.create_join_token(body, actor).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn join<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiJson(body): ApiJson<JoinRequest>,
+) -> Result<Response, ApiError> {
+    validate_text("token", &body.token, MAX_NAME_LEN)?;
+    validate_text("name", &body.name, MAX_NAME_LEN)?;
+    validate_kind(&body.kind)?;
+    validate_text("peer_addr", &body.peer_addr, MAX_NAME_LEN)?;
+    validate_text("api_addr", &body.api_addr, MAX_NAME_LEN)?;
+    if body.csr_pem.trim().is_empty() {
+        return Err(ApiError::BadRequest("csr_pem must not be empty".to_owned()));
+    }
+    let view = backend.join(body).await?;
+    Ok(Json(view).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert!(validate_key("a").is_ok());
+        assert!(validate_key("app/db.url:v1_x-y").is_ok());
+        assert!(validate_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
+        assert!(validate_key("").is_err());
+        assert!(validate_key(&"k".repeat(MAX_KEY_LEN + 1)).is_err());
+        assert!(validate_key("a b").is_err());
+        assert!(validate_key("é").is_err());
+        assert!(validate_key("a?b").is_err());
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer_token(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer_token(&h), Some("abc"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer  abc "));
+        assert_eq!(bearer_token(&h), Some("abc"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer_token(&h), None);
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer_token(&h), None);
+    }
+
+    #[test]
+    fn leader_urls() {
+        let uri: Uri = "/api/v1/config/a/b?stale=false".parse().expect("valid uri");
+        assert_eq!(
+            leader_url("https://10.0.0.2:8443/", &uri),
+            "https://10.0.0.2:8443/api/v1/config/a/b?stale=false"
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The HTTPS accept loop: tokio-rustls for TLS, hyper-util for HTTP/1.1 and
+//! HTTP/2, graceful shutdown with a bound.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/1 client may take to send request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long in-flight connections get to finish after shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after an accept error such as EMFILE, so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `app` over TLS on `listener` until `shutdown` is cancelled.
+///
+/// Each connection runs in its own task: TLS handshake (bounded by 10 s; a
+/// failure is logged at `debug` and only drops that connection), then HTTP/1.1
+/// or HTTP/2 (auto-detected; offer `h2` in `tls.alpn_protocols` to let
+/// clients negotiate it). Requests carry `ConnectInfo<SocketAddr>` of the
+/// peer. On shutdown the loop stops accepting, asks every connection to finish
+/// its in-flight requests and close, waits up to [`SHUTDOWN_GRACE`], then
+/// aborts what is left; the function returns once every connection task has
+/// ended.
+///
+/// # Errors
+/// An accept error that says the listener itself is unusable (anything but
+/// per-connection failures and resource exhaustion, which are logged and
+/// retried).
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let local = listener.local_addr().ok();
+    let mut conns = JoinSet::new();
+    let mut result = Ok(());
+
+    loop {
+        let (tcp, peer) = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            // Reap finished connection tasks so the set does not grow.
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) if is_connection_error(&e) => {
+                    tracing::debug!(error = %e, "accept failed for one connection");
+                    continue;
+                }
+                Err(e) if is_fatal_accept_error(&e) => {
+                    tracing::error!(error = %e, ?local, "admin listener failed");
+                    result = Err(e);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ?local, "accept failed; backing off");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+
+        // Taken before the spawn so shutdown also waits for connections that
+        // are still in their TLS handshake.
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let app = app.clone();
+        conns.spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let svc = app.map_request(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                req
+            });
+            let conn =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    tracing::debug!(
+        ?local,
+        open = conns.len(),
+        "admin listener closed; draining connections"
+    );
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?local,
+            open = conns.len(),
+            "admin connections did not finish in time; aborting them"
+        );
+    }
+    conns.shutdown().await;
+    result
+}
+
+/// Failures of one incoming connection, not of the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+    )
+}
+
+/// Errors meaning the listening socket itself is unusable.
+fn is_fatal_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidInput | io::ErrorKind::NotConnected | io::ErrorKind::Unsupported
+    )
+}
