@@ -62,6 +62,8 @@ impl Backend {
             applied_index: m.last_applied.map(|l| l.index),
             last_log_index: m.last_log_index,
             committed_index: m.local_committed.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
         }
     }
 }

@@ -199,7 +199,7 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
         cluster_id,
         node_id: 1,
         admin_token,
-        ca_file: dir.ca_cert(),
+        ca_file: std::fs::canonicalize(dir.ca_cert()).unwrap_or_else(|_| dir.ca_cert()),
         api: api_advertise,
     })
 }

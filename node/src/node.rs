@@ -65,6 +65,13 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `n` random bytes from the OS generator, hex.
+pub fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
 /// `n` random bytes from the OS generator, URL-safe base64 without padding.
 pub fn random_secret(n: usize) -> String {
     use base64::Engine;
@@ -264,7 +271,7 @@ impl Node {
                 MAX_JOIN_TOKEN_TTL.as_secs()
             )));
         }
-        let id = hex::encode(random_secret(6));
+        let id = random_hex(8);
         let secret = random_secret(24);
         let expires_ms = now_ms() + ttl.as_millis() as u64;
         let fp = tandem_certs::fingerprint_of_pem(&self.ca_pem)
@@ -390,7 +397,7 @@ impl Node {
 
     /// On the leader, removes expired sessions through the log.
     pub async fn sweep_sessions(&self) {
-        if !self.raft.is_leader() || self.reader.session_count() == 0 {
+        if !self.raft.is_leader() || !self.reader.has_expired_sessions(now_ms()) {
             return;
         }
         if let Err(e) = self.write(Request::SessionSweep { now_ms: now_ms() }).await {

@@ -25,6 +25,9 @@ use crate::types::{Entry, Request, Response, StoredMembership};
 /// state machine refuses them; the node should refuse them before proposing.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
+/// Longest configuration key, session id or token id a command may use.
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// The first node id handed to a joiner (the initializing node is 1).
 pub(crate) const FIRST_JOINER_NODE_ID: u64 = 2;
 
@@ -56,7 +59,11 @@ impl<'t> Overlay<'t> {
         }
     }
 
-    pub(crate) fn put<T: Serialize + ?Sized>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StorageError> {
+    pub(crate) fn put<T: Serialize + ?Sized>(
+        &mut self,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), StorageError> {
         let v = codec::encode(value)?;
         self.pending.insert(key, Some(IVec::from(v)));
         Ok(())
@@ -73,7 +80,10 @@ impl<'t> Overlay<'t> {
             let (k, _) = kv?;
             out.insert(k.to_vec(), ());
         }
-        let range = (Bound::Included(start.to_vec()), Bound::Excluded(end.to_vec()));
+        let range = (
+            Bound::Included(start.to_vec()),
+            Bound::Excluded(end.to_vec()),
+        );
         for (k, v) in self.pending.range(range) {
             match v {
                 Some(_) => {
@@ -101,7 +111,10 @@ impl<'t> Overlay<'t> {
 
 /// Applies `entries` (consecutive, in log order) to `tree` in one atomic
 /// batch and returns one response per entry.
-pub(crate) fn apply_entries(tree: &sled::Tree, entries: &[Entry]) -> Result<Vec<Response>, StorageError> {
+pub(crate) fn apply_entries(
+    tree: &sled::Tree,
+    entries: &[Entry],
+) -> Result<Vec<Response>, StorageError> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
@@ -119,7 +132,10 @@ pub(crate) fn apply_entries(tree: &sled::Tree, entries: &[Entry]) -> Result<Vec<
         };
         out.push(resp);
     }
-    ov.put(SmMetaKey::LastApplied.as_bytes().to_vec(), &Some(last.log_id))?;
+    ov.put(
+        SmMetaKey::LastApplied.as_bytes().to_vec(),
+        &Some(last.log_id),
+    )?;
     if let Some(m) = membership {
         ov.put(SmMetaKey::LastMembership.as_bytes().to_vec(), &m)?;
     }
@@ -137,11 +153,34 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn too_large(what: &str, len: usize) -> Option<Response> {
-    (len > MAX_VALUE_BYTES).then(|| Response::refused(format!("{what} larger than {MAX_VALUE_BYTES} bytes")))
+    (len > MAX_VALUE_BYTES)
+        .then(|| Response::refused(format!("{what} larger than {MAX_VALUE_BYTES} bytes")))
+}
+
+fn key_too_long(key: &str) -> Option<Response> {
+    (key.len() > MAX_KEY_BYTES)
+        .then(|| Response::refused(format!("key or id longer than {MAX_KEY_BYTES} bytes")))
+}
+
+/// The key or id a command addresses, if any.
+fn addressed_key(req: &Request) -> Option<&str> {
+    match req {
+        Request::ConfigPut { key, .. } | Request::ConfigDelete { key, .. } => Some(key),
+        Request::SessionPut { id, .. }
+        | Request::SessionDelete { id }
+        | Request::JoinTokenCreate { id, .. }
+        | Request::JoinTokenConsume { id, .. } => Some(id),
+        Request::Bootstrap { .. }
+        | Request::SessionSweep { .. }
+        | Request::SetAdminTokenHash { .. } => None,
+    }
 }
 
 /// Applies one command. Refusals leave the overlay untouched.
 pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Response, StorageError> {
+    if let Some(r) = addressed_key(req).and_then(key_too_long) {
+        return Ok(r);
+    }
     Ok(match req {
         Request::Bootstrap {
             cluster_id,
@@ -152,7 +191,10 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
                 return Ok(Response::refused("already bootstrapped"));
             }
             ov.put(key.to_vec(), cluster_id)?;
-            ov.put(SmMetaKey::AdminTokenHash.as_bytes().to_vec(), admin_token_hash)?;
+            ov.put(
+                SmMetaKey::AdminTokenHash.as_bytes().to_vec(),
+                admin_token_hash,
+            )?;
             Response::Ok
         }
         Request::SetAdminTokenHash { hash } => {
@@ -316,7 +358,13 @@ mod tests {
     use crate::types::{LogId, NodeKind};
 
     pub(crate) fn log_id(index: u64) -> LogId {
-        LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index)
+        LogId::new(
+            openraft::impls::leader_id_adv::LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
     }
 
     struct Fixture {
@@ -399,7 +447,10 @@ mod tests {
         assert_eq!(f.one(boot("c1")), Response::Ok);
         assert_eq!(refused(&f.one(boot("c2"))), "already bootstrapped");
         assert_eq!(f.store.reader.cluster_id().as_deref(), Some("c1"));
-        assert_eq!(f.one(Request::SetAdminTokenHash { hash: "h2".into() }), Response::Ok);
+        assert_eq!(
+            f.one(Request::SetAdminTokenHash { hash: "h2".into() }),
+            Response::Ok
+        );
         assert_eq!(f.store.reader.admin_token_hash().as_deref(), Some("h2"));
         assert_eq!(f.store.reader.applied_index(), Some(3));
     }
@@ -410,19 +461,43 @@ mod tests {
         // Two writes of one key in one batch see each other.
         assert_eq!(
             f.apply(vec![put("a", "1", None), put("a", "2", Some(1))]),
-            vec![Response::ConfigWritten { version: 1 }, Response::ConfigWritten { version: 2 }]
+            vec![
+                Response::ConfigWritten { version: 1 },
+                Response::ConfigWritten { version: 2 }
+            ]
         );
-        assert_eq!(f.one(put("a", "3", None)), Response::ConfigWritten { version: 3 });
+        assert_eq!(
+            f.one(put("a", "3", None)),
+            Response::ConfigWritten { version: 3 }
+        );
         assert!(refused(&f.one(put("a", "4", Some(2)))).starts_with("version conflict"));
         assert!(refused(&f.one(put("b", "4", Some(1)))).starts_with("version conflict"));
-        assert_eq!(f.one(put("b", "{\"x\":1}", Some(0))), Response::ConfigWritten { version: 1 });
-        assert_eq!(refused(&f.one(put("c", "{nope", None))), "value is not valid JSON");
+        assert_eq!(
+            f.one(put("b", "{\"x\":1}", Some(0))),
+            Response::ConfigWritten { version: 1 }
+        );
+        assert_eq!(
+            refused(&f.one(put("c", "{nope", None))),
+            "value is not valid JSON"
+        );
         let big = format!("\"{}\"", "x".repeat(MAX_VALUE_BYTES));
         assert!(refused(&f.one(put("c", &big, None))).contains("larger than"));
+        assert!(
+            refused(&f.one(put(&"k".repeat(MAX_KEY_BYTES + 1), "1", None))).contains("longer than")
+        );
 
         let a = f.store.reader.config_get("a").expect("a exists");
-        assert_eq!((a.value_json.as_str(), a.version, a.updated_by.as_str()), ("3", 3, "admin"));
-        let keys: Vec<_> = f.store.reader.config_list("", 10).into_iter().map(|e| e.key).collect();
+        assert_eq!(
+            (a.value_json.as_str(), a.version, a.updated_by.as_str()),
+            ("3", 3, "admin")
+        );
+        let keys: Vec<_> = f
+            .store
+            .reader
+            .config_list("", 10)
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
         assert_eq!(keys, ["a", "b"]);
         assert_eq!(f.store.reader.config_list("b", 10).len(), 1);
         assert_eq!(f.store.reader.config_list("", 1).len(), 1);
@@ -451,38 +526,71 @@ mod tests {
         // Moving s3's expiry earlier re-indexes it.
         f.one(sess("s3", 150));
         assert!(f.store.reader.session_get("s1", 99).is_some());
-        assert!(f.store.reader.session_get("s1", 100).is_none(), "expired reads as absent");
+        assert!(
+            f.store.reader.session_get("s1", 100).is_none(),
+            "expired reads as absent"
+        );
         assert_eq!(f.store.reader.session_list(120, 10).len(), 2);
         assert_eq!(f.store.reader.session_count(), 3);
+        assert!(!f.store.reader.has_expired_sessions(99));
+        assert!(f.store.reader.has_expired_sessions(100));
         // Sweep in the same batch as a put that is already expired.
         assert_eq!(
             f.apply(vec![sess("s4", 10), Request::SessionSweep { now_ms: 150 }]),
             vec![Response::Ok, Response::Swept { removed: 3 }]
         );
         assert_eq!(f.store.reader.session_count(), 1);
+        assert!(!f.store.reader.has_expired_sessions(150));
         assert!(f.store.reader.session_get("s2", 150).is_some());
-        assert_eq!(f.one(Request::SessionDelete { id: "s2".into() }), Response::Deleted { existed: true });
-        assert_eq!(f.one(Request::SessionSweep { now_ms: u64::MAX }), Response::Swept { removed: 0 });
+        assert_eq!(
+            f.one(Request::SessionDelete { id: "s2".into() }),
+            Response::Deleted { existed: true }
+        );
+        assert_eq!(
+            f.one(Request::SessionSweep { now_ms: u64::MAX }),
+            Response::Swept { removed: 0 }
+        );
         assert_eq!(f.store.reader.session_count(), 0);
     }
 
     #[test]
     fn join_tokens() {
         let mut f = Fixture::new();
-        assert_eq!(f.apply(vec![token("t1", "h1", 1000), token("t2", "h2", 1000)]), vec![Response::Ok; 2]);
-        assert_eq!(refused(&f.one(token("t1", "other", 5000))), "token id already exists");
+        assert_eq!(
+            f.apply(vec![token("t1", "h1", 1000), token("t2", "h2", 1000)]),
+            vec![Response::Ok; 2]
+        );
+        assert_eq!(
+            refused(&f.one(token("t1", "other", 5000))),
+            "token id already exists"
+        );
 
         let before = state_without_applied(&f);
         assert_eq!(refused(&f.one(consume("nope", "h1", 10))), "unknown token");
-        assert_eq!(refused(&f.one(consume("t1", "h2", 10))), "token does not match");
+        assert_eq!(
+            refused(&f.one(consume("t1", "h2", 10))),
+            "token does not match"
+        );
         assert_eq!(refused(&f.one(consume("t1", "h1", 1000))), "token expired");
         assert_eq!(before, state_without_applied(&f), "refusals change nothing");
 
-        assert_eq!(f.one(consume("t1", "h1", 999)), Response::NodeIdAssigned { node_id: 2 });
-        assert_eq!(refused(&f.one(consume("t1", "h1", 999))), "token already used");
-        assert_eq!(f.one(consume("t2", "h2", 10)), Response::NodeIdAssigned { node_id: 3 });
+        assert_eq!(
+            f.one(consume("t1", "h1", 999)),
+            Response::NodeIdAssigned { node_id: 2 }
+        );
+        assert_eq!(
+            refused(&f.one(consume("t1", "h1", 999))),
+            "token already used"
+        );
+        assert_eq!(
+            f.one(consume("t2", "h2", 10)),
+            Response::NodeIdAssigned { node_id: 3 }
+        );
         f.one(token("t3", "h3", 1000));
-        assert_eq!(f.one(consume("t3", "h3", 10)), Response::NodeIdAssigned { node_id: 4 });
+        assert_eq!(
+            f.one(consume("t3", "h3", 10)),
+            Response::NodeIdAssigned { node_id: 4 }
+        );
     }
 
     /// All records except the applied log id, which every entry advances.
@@ -519,7 +627,10 @@ mod tests {
         let mut singles = Fixture::new();
         let r2: Vec<_> = reqs.into_iter().map(|r| singles.one(r)).collect();
         assert_eq!(r1, r2);
-        assert_eq!(one_batch.store.reader.digest(), singles.store.reader.digest());
+        assert_eq!(
+            one_batch.store.reader.digest(),
+            singles.store.reader.digest()
+        );
         assert_eq!(one_batch.store.reader.digest().0, Some(8));
     }
 }

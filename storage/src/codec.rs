@@ -145,14 +145,20 @@ mod tests {
     #[test]
     fn garbage_is_refused() {
         assert!(matches!(decode::<Sample>(&[]), Err(CodecError::Empty)));
-        assert!(matches!(decode::<Sample>(&[42, 1, 2]), Err(CodecError::UnknownVersion(42))));
+        assert!(matches!(
+            decode::<Sample>(&[42, 1, 2]),
+            Err(CodecError::UnknownVersion(42))
+        ));
         assert!(matches!(
             decode::<Sample>(&[FORMAT_VERSION, 0xff, 0xff]),
             Err(CodecError::Decode(_))
         ));
         let mut bytes = encode(&5u64).unwrap();
         bytes.push(0);
-        assert!(matches!(decode::<u64>(&bytes), Err(CodecError::TrailingBytes(1))));
+        assert!(matches!(
+            decode::<u64>(&bytes),
+            Err(CodecError::TrailingBytes(1))
+        ));
     }
 
     #[test]
@@ -163,19 +169,31 @@ mod tests {
         bytes.push(0xfc); // varint: u32 follows
         bytes.extend_from_slice(&(1u32 << 30).to_le_bytes());
         bytes.extend_from_slice(&[0u8; 16]);
-        assert!(matches!(decode::<Vec<u8>>(&bytes), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode::<Vec<u8>>(&bytes),
+            Err(CodecError::Decode(_))
+        ));
 
         // An input longer than the limit is refused without decoding.
         let big = vec![0u8; BINCODE_LIMIT + 2];
-        assert!(matches!(decode::<Vec<u8>>(&big[..]).map(|_| ()), Err(CodecError::UnknownVersion(0))));
+        assert!(matches!(
+            decode::<Vec<u8>>(&big[..]).map(|_| ()),
+            Err(CodecError::UnknownVersion(0))
+        ));
         let mut big = big;
         big[0] = FORMAT_VERSION;
-        assert!(matches!(decode::<Vec<u8>>(&big), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            decode::<Vec<u8>>(&big),
+            Err(CodecError::TooLarge { .. })
+        ));
 
         // Encoding a value over the limit is refused too.
         let huge = "a".repeat(BINCODE_LIMIT + 1);
         let mut buf = vec![1];
-        assert!(matches!(encode_into(&mut buf, &huge), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            encode_into(&mut buf, &huge),
+            Err(CodecError::TooLarge { .. })
+        ));
         assert_eq!(buf, vec![1]);
     }
 }

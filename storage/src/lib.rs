@@ -39,7 +39,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use apply::MAX_VALUE_BYTES;
+pub use apply::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use codec::{decode, encode, CodecError, BINCODE_LIMIT};
 pub use error::StorageError;
 pub use log_store::LogStore;
@@ -47,8 +47,8 @@ pub use reader::StateReader;
 pub use snapshot::{incoming_snapshot_file, SNAPSHOT_FORMAT};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use types::{
-    ConfigEntry, Entry, LogId, NodeInfo, NodeKind, Request, Response, Session, Snapshot, SnapshotMeta,
-    StoredMembership, TypeConfig, Vote,
+    ConfigEntry, Entry, JoinToken, LogId, NodeInfo, NodeKind, Request, Response, Session, Snapshot,
+    SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
 
 /// Default sled page cache size for a node: 16 MiB.
@@ -114,10 +114,15 @@ pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Store, StorageError
     let data_file = File::open(sled_dir.join("db"))?;
     snapshot::cleanup(&snapshot_dir)?;
     let log = LogStore::new(log_store::LogShared::open(db.clone(), Some(data_file))?);
-    let shared = Arc::new(state_machine::SmShared::open(db.clone(), snapshot_dir.clone())?);
+    let shared = Arc::new(state_machine::SmShared::open(
+        db.clone(),
+        snapshot_dir.clone(),
+    )?);
     Ok(Store {
         log,
-        sm: StateMachineStore { shared: shared.clone() },
+        sm: StateMachineStore {
+            shared: shared.clone(),
+        },
         reader: StateReader { shared },
         db,
         snapshot_dir,

@@ -56,14 +56,21 @@ impl LogShared {
         Ok(shared)
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: RaftMetaKey) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: RaftMetaKey,
+    ) -> Result<Option<T>, StorageError> {
         match self.meta.get(key.as_bytes())? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: RaftMetaKey, value: &T) -> Result<(), StorageError> {
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: RaftMetaKey,
+        value: &T,
+    ) -> Result<(), StorageError> {
         self.meta.insert(key.as_bytes(), codec::encode(value)?)?;
         Ok(())
     }
@@ -225,10 +232,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.shared.get_meta::<Option<LogId>>(RaftMetaKey::Committed)?.flatten())
+        Ok(self
+            .shared
+            .get_meta::<Option<LogId>>(RaftMetaKey::Committed)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -239,7 +253,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             codec::encode_into(&mut self.scratch, &entry).map_err(StorageError::from)?;
             batch.insert(&entry.log_id.index.to_be_bytes()[..], &self.scratch[..]);
         }
-        self.shared.log.apply_batch(batch).map_err(StorageError::from)?;
+        self.shared
+            .log
+            .apply_batch(batch)
+            .map_err(StorageError::from)?;
         self.shared.enqueue(callback);
         Ok(())
     }

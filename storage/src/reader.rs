@@ -7,9 +7,9 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::StorageError;
-use crate::keys::{self, ConfigRecord, SessionRecord, SmMetaKey};
+use crate::keys::{self, ConfigRecord, SessionRecord, SmMetaKey, TokenRecord};
 use crate::state_machine::{read_applied_state, SmShared};
-use crate::types::{ConfigEntry, Session};
+use crate::types::{ConfigEntry, JoinToken, Session};
 
 /// Read-only view of the state machine. Cheap to clone; reads run
 /// concurrently with apply (sled is concurrent) and always see the current
@@ -44,12 +44,20 @@ impl StateReader {
 
     /// The cluster id set by `Bootstrap`, if bootstrapped.
     pub fn cluster_id(&self) -> Option<String> {
-        logged("cluster_id", self.get(SmMetaKey::ClusterId.as_bytes()), None)
+        logged(
+            "cluster_id",
+            self.get(SmMetaKey::ClusterId.as_bytes()),
+            None,
+        )
     }
 
     /// The current admin token hash.
     pub fn admin_token_hash(&self) -> Option<String> {
-        logged("admin_token_hash", self.get(SmMetaKey::AdminTokenHash.as_bytes()), None)
+        logged(
+            "admin_token_hash",
+            self.get(SmMetaKey::AdminTokenHash.as_bytes()),
+            None,
+        )
     }
 
     /// Index of the last applied log entry.
@@ -86,9 +94,10 @@ impl StateReader {
 
     /// A session, unless absent or expired at `now_ms`.
     pub fn session_get(&self, id: &str, now_ms: u64) -> Option<Session> {
-        let r = self
-            .get::<SessionRecord>(&keys::session_key(id))
-            .map(|o| o.filter(|s| s.expires_ms > now_ms).map(|s| session(id.to_owned(), s)));
+        let r = self.get::<SessionRecord>(&keys::session_key(id)).map(|o| {
+            o.filter(|s| s.expires_ms > now_ms)
+                .map(|s| session(id.to_owned(), s))
+        });
         logged("session_get", r, None)
     }
 
@@ -112,11 +121,36 @@ impl StateReader {
         logged("session_list", r, Vec::new())
     }
 
+    /// A join token's public fields (never its secret hash).
+    pub fn join_token(&self, id: &str) -> Option<JoinToken> {
+        let r = self.get::<TokenRecord>(&keys::token_key(id)).map(|o| {
+            o.map(|t| JoinToken {
+                id: id.to_owned(),
+                kind: t.kind,
+                expires_ms: t.expires_ms,
+                created_by: t.created_by,
+                used_by: t.used_by,
+            })
+        });
+        logged("join_token", r, None)
+    }
+
     /// Number of stored sessions, expired-but-not-yet-swept ones included.
     /// Counts keys, so it costs O(sessions).
     pub fn session_count(&self) -> u64 {
         let cur = self.shared.current();
         cur.tree.scan_prefix([keys::prefix::SESSION]).keys().count() as u64
+    }
+
+    /// Whether any stored session has expired by `now_ms` (and so a sweep has
+    /// work to do). Reads one key of the expiry index.
+    pub fn has_expired_sessions(&self, now_ms: u64) -> bool {
+        let cur = self.shared.current();
+        let start = [keys::prefix::SESSION_EXPIRY];
+        cur.tree
+            .range(start.as_slice()..keys::expiry_upper_bound(now_ms).as_slice())
+            .next()
+            .is_some()
     }
 
     /// Applied index and SHA-256 (hex) of the whole replicated state, taken at

@@ -116,7 +116,8 @@ fn read_len_prefixed(r: &mut impl Read, max: usize, buf: &mut Vec<u8>) -> Result
 }
 
 fn write_len_prefixed(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(bytes.len()).map_err(|_| io::Error::other("snapshot field over 4 GiB"))?;
+    let len =
+        u32::try_from(bytes.len()).map_err(|_| io::Error::other("snapshot field over 4 GiB"))?;
     w.write_all(&len.to_be_bytes())?;
     w.write_all(bytes)
 }
@@ -145,7 +146,11 @@ pub(crate) fn read_meta(path: &Path) -> Result<SnapshotMeta, StorageError> {
 /// place, and deletes older snapshot files. Returns the final path.
 ///
 /// The caller guarantees no writes to `tree` happen meanwhile.
-pub(crate) fn write_snapshot(dir: &Path, tree: &sled::Tree, meta: &SnapshotMeta) -> Result<PathBuf, StorageError> {
+pub(crate) fn write_snapshot(
+    dir: &Path,
+    tree: &sled::Tree,
+    meta: &SnapshotMeta,
+) -> Result<PathBuf, StorageError> {
     let seq = next_seq(dir)?;
     let tmp = dir.join(format!("snap-{seq:020}.{TMP_EXT}"));
     let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
@@ -207,7 +212,8 @@ pub(crate) fn load_snapshot<R: Read, W: Write>(
         tee: copy_to,
     };
     let meta = read_header(&mut r)?;
-    if meta.last_log_id != expected.last_log_id || meta.last_membership != expected.last_membership {
+    if meta.last_log_id != expected.last_log_id || meta.last_membership != expected.last_membership
+    {
         return Err(bad(format!(
             "snapshot header {meta} does not match the expected {expected}"
         )));
@@ -236,7 +242,9 @@ pub(crate) fn load_snapshot<R: Read, W: Write>(
     target.apply_batch(batch)?;
     let declared = read_u64(&mut r)?;
     if declared != count {
-        return Err(bad(format!("snapshot declares {declared} records, has {count}")));
+        return Err(bad(format!(
+            "snapshot declares {declared} records, has {count}"
+        )));
     }
     let computed = r.ctx.clone().finish();
     let mut sum = [0u8; 32];
@@ -257,7 +265,12 @@ pub(crate) fn create_copy(dir: &Path) -> Result<(u64, PathBuf, BufWriter<File>),
 }
 
 /// Fsyncs and publishes a copy made by [`create_copy`].
-pub(crate) fn publish_copy(dir: &Path, seq: u64, tmp: &Path, w: BufWriter<File>) -> Result<PathBuf, StorageError> {
+pub(crate) fn publish_copy(
+    dir: &Path,
+    seq: u64,
+    tmp: &Path,
+    w: BufWriter<File>,
+) -> Result<PathBuf, StorageError> {
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     drop(file);
@@ -344,7 +357,12 @@ pub fn incoming_snapshot_file(dir: &Path) -> io::Result<(PathBuf, File)> {
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("incoming-{}-{n}.{PART_EXT}", std::process::id()));
-        match OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
             Ok(f) => return Ok((path, f)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),

@@ -46,7 +46,8 @@ impl SmShared {
         };
         let current_name = keys::sm_tree_name(number);
         for name in db.tree_names() {
-            if name.starts_with(keys::SM_TREE_PREFIX.as_bytes()) && name != current_name.as_bytes() {
+            if name.starts_with(keys::SM_TREE_PREFIX.as_bytes()) && name != current_name.as_bytes()
+            {
                 tracing::info!(tree = %String::from_utf8_lossy(&name), "dropping stale state machine generation");
                 db.drop_tree(&name)?;
             }
@@ -77,7 +78,10 @@ impl SmShared {
         read_applied_state(&cur.tree)
     }
 
-    fn apply_blocking(&self, entries: &[crate::types::Entry]) -> Result<Vec<crate::Response>, StorageError> {
+    fn apply_blocking(
+        &self,
+        entries: &[crate::types::Entry],
+    ) -> Result<Vec<crate::Response>, StorageError> {
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         let cur = self.current();
         apply::apply_entries(&cur.tree, entries)
@@ -97,7 +101,11 @@ impl SmShared {
     }
 
     /// Loads a snapshot into a fresh generation and switches to it.
-    fn install_blocking(&self, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), StorageError> {
+    fn install_blocking(
+        &self,
+        meta: &SnapshotMeta,
+        file: std::fs::File,
+    ) -> Result<(), StorageError> {
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
         let old_number = self.current().number;
         let new_number = old_number + 1;
@@ -110,7 +118,12 @@ impl SmShared {
         let mut file = file;
         file.seek(SeekFrom::Start(0))?;
         let (seq, tmp, copy) = snapshot::create_copy(&self.snapshot_dir)?;
-        let loaded = snapshot::load_snapshot(BufReader::with_capacity(256 * 1024, file), meta, &new_tree, Some(copy));
+        let loaded = snapshot::load_snapshot(
+            BufReader::with_capacity(256 * 1024, file),
+            meta,
+            &new_tree,
+            Some(copy),
+        );
         let copy = match loaded {
             Ok(copy) => copy.expect("load_snapshot returns the copy writer it was given"),
             Err(e) => {
@@ -142,7 +155,9 @@ impl SmShared {
     }
 }
 
-pub(crate) fn read_applied_state(tree: &sled::Tree) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+pub(crate) fn read_applied_state(
+    tree: &sled::Tree,
+) -> Result<(Option<LogId>, StoredMembership), StorageError> {
     let applied = match tree.get(SmMetaKey::LastApplied.as_bytes())? {
         Some(v) => codec::decode::<Option<LogId>>(&v)?,
         None => None,
@@ -172,7 +187,9 @@ impl StateMachineStore {
     async fn make_builder(&self) -> SnapshotBuilder {
         let shared = self.shared.clone();
         let result = blocking(move || shared.dump_snapshot()).await;
-        SnapshotBuilder { result: Some(result) }
+        SnapshotBuilder {
+            result: Some(result),
+        }
     }
 }
 
@@ -192,7 +209,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .take()
             .unwrap_or_else(|| Err(StorageError::Task("snapshot builder used twice".into())))?;
         let file = tokio::fs::File::open(&path).await?;
-        Ok(Snapshot { meta, snapshot: file })
+        Ok(Snapshot {
+            meta,
+            snapshot: file,
+        })
     }
 }
 
@@ -236,7 +256,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.make_builder().await
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: tokio::fs::File) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: tokio::fs::File,
+    ) -> Result<(), io::Error> {
         let file = snapshot.into_std().await;
         let shared = self.shared.clone();
         let meta = meta.clone();

@@ -156,7 +156,9 @@ impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Request::Bootstrap { cluster_id, .. } => write!(f, "bootstrap(cluster={cluster_id})"),
-            Request::ConfigPut { key, actor, .. } => write!(f, "config_put(key={key}, actor={actor})"),
+            Request::ConfigPut { key, actor, .. } => {
+                write!(f, "config_put(key={key}, actor={actor})")
+            }
             Request::ConfigDelete { key, actor, .. } => {
                 write!(f, "config_delete(key={key}, actor={actor})")
             }
@@ -241,4 +243,19 @@ pub struct Session {
     pub created_ms: u64,
     /// Expiry time (ms).
     pub expires_ms: u64,
+}
+
+/// A join token as readers see it (without its secret hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// Token id.
+    pub id: String,
+    /// Kind of node the token admits.
+    pub kind: NodeKind,
+    /// Expiry time (ms).
+    pub expires_ms: u64,
+    /// Who created it.
+    pub created_by: String,
+    /// The node id assigned when it was consumed, if it was.
+    pub used_by: Option<u64>,
 }

@@ -10,7 +10,13 @@ use openraft::{RaftLogReader, RaftSnapshotBuilder};
 use tandem_storage::{Entry, LogId, Request, Snapshot, Store, TypeConfig};
 
 fn log_id(index: u64) -> LogId {
-    LogId::new(openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 }, index)
+    LogId::new(
+        openraft::impls::leader_id_adv::LeaderId {
+            term: 1,
+            node_id: 1,
+        },
+        index,
+    )
 }
 
 fn open(dir: &std::path::Path) -> Store {
@@ -19,7 +25,11 @@ fn open(dir: &std::path::Path) -> Store {
 
 async fn apply(store: &mut Store, entries: Vec<Entry>) {
     let items = entries.into_iter().map(|e| Ok((e, None)));
-    store.sm.apply(stream::iter(items)).await.expect("apply succeeds");
+    store
+        .sm
+        .apply(stream::iter(items))
+        .await
+        .expect("apply succeeds");
 }
 
 /// A state with `n` sessions, applied in batches of 1000 entries.
@@ -56,7 +66,8 @@ async fn fill(store: &mut Store, n: u64) {
 /// What the node's transport does: copy the leader's snapshot file into a
 /// new incoming file on the follower, rewind, hand it over.
 async fn transfer(snap: Snapshot, to: &Store) -> (std::path::PathBuf, tokio::fs::File) {
-    let (path, mut incoming) = tandem_storage::incoming_snapshot_file(to.snapshot_dir()).expect("incoming file");
+    let (path, mut incoming) =
+        tandem_storage::incoming_snapshot_file(to.snapshot_dir()).expect("incoming file");
     let mut src = snap.snapshot.into_std().await;
     std::io::copy(&mut src, &mut incoming).expect("copy");
     incoming.flush().expect("flush");
@@ -87,26 +98,44 @@ async fn snapshot_round_trip_and_restart() {
     // Applying after the build does not change the built snapshot.
     apply(
         &mut leader,
-        vec![Entry::new_normal(log_id(10_002), Request::SessionSweep { now_ms: u64::MAX })],
+        vec![Entry::new_normal(
+            log_id(10_002),
+            Request::SessionSweep { now_ms: u64::MAX },
+        )],
     )
     .await;
     assert_eq!(leader.reader.session_count(), 0);
 
     let meta = snap.meta.clone();
     let (incoming_path, file) = transfer(snap, &follower).await;
-    follower.sm.install_snapshot(&meta, file).await.expect("install");
+    follower
+        .sm
+        .install_snapshot(&meta, file)
+        .await
+        .expect("install");
     std::fs::remove_file(incoming_path).expect("node removes its incoming file");
     assert_eq!(follower.reader.digest(), digest_l);
     assert_eq!(follower.reader.session_count(), 10_000);
     assert_eq!(follower.reader.cluster_id().as_deref(), Some("c"));
-    let cur = follower.sm.get_current_snapshot().await.expect("read").expect("a current snapshot");
+    let cur = follower
+        .sm
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("a current snapshot");
     assert_eq!(cur.meta, meta);
-    assert_eq!(follower.sm.applied_state().await.expect("applied").0, Some(log_id(10_001)));
+    assert_eq!(
+        follower.sm.applied_state().await.expect("applied").0,
+        Some(log_id(10_001))
+    );
 
     // The follower keeps applying on the installed state.
     apply(
         &mut follower,
-        vec![Entry::new_normal(log_id(10_002), Request::SessionSweep { now_ms: u64::MAX })],
+        vec![Entry::new_normal(
+            log_id(10_002),
+            Request::SessionSweep { now_ms: u64::MAX },
+        )],
     )
     .await;
     let digest_after = follower.reader.digest();
@@ -117,9 +146,19 @@ async fn snapshot_round_trip_and_restart() {
     let mut follower = open(dir_f.path());
     assert_eq!(follower.reader.digest(), digest_after);
     assert_eq!(follower.reader.applied_index(), Some(10_002));
-    let cur = follower.sm.get_current_snapshot().await.expect("read").expect("a current snapshot");
+    let cur = follower
+        .sm
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("a current snapshot");
     assert_eq!(cur.meta, meta);
-    assert_eq!(std::fs::read_dir(follower.snapshot_dir()).expect("ls").count(), 1);
+    assert_eq!(
+        std::fs::read_dir(follower.snapshot_dir())
+            .expect("ls")
+            .count(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -163,7 +202,12 @@ async fn corrupt_snapshot_is_refused_and_state_kept() {
     drop(follower);
     let follower = open(dir_f.path());
     assert_eq!(follower.reader.digest(), before);
-    assert_eq!(std::fs::read_dir(follower.snapshot_dir()).expect("ls").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(follower.snapshot_dir())
+            .expect("ls")
+            .count(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -174,11 +218,23 @@ async fn log_survives_restart() {
         .map(|i| Entry::new_normal(log_id(i), Request::SessionDelete { id: format!("{i}") }))
         .collect();
     let (tx, rx) = TypeConfig::oneshot();
-    store.log.append(entries.clone(), IOFlushed::signal(tx)).await.expect("append");
+    store
+        .log
+        .append(entries.clone(), IOFlushed::signal(tx))
+        .await
+        .expect("append");
     rx.await.expect("callback called").expect("flushed");
     store.log.purge(log_id(10)).await.expect("purge");
-    store.log.save_committed(Some(log_id(50))).await.expect("committed");
-    store.log.save_vote(&openraft::Vote::new_committed(1, 1)).await.expect("vote");
+    store
+        .log
+        .save_committed(Some(log_id(50)))
+        .await
+        .expect("committed");
+    store
+        .log
+        .save_vote(&openraft::Vote::new_committed(1, 1))
+        .await
+        .expect("vote");
     drop(store);
 
     let mut store = open(dir.path());
@@ -187,6 +243,12 @@ async fn log_survives_restart() {
     assert_eq!(state.last_log_id, Some(log_id(100)));
     let got = store.log.try_get_log_entries(0..1000).await.expect("read");
     assert_eq!(got, entries[10..]);
-    assert_eq!(store.log.read_committed().await.expect("read"), Some(log_id(50)));
-    assert_eq!(store.log.read_vote().await.expect("read"), Some(openraft::Vote::new_committed(1, 1)));
+    assert_eq!(
+        store.log.read_committed().await.expect("read"),
+        Some(log_id(50))
+    );
+    assert_eq!(
+        store.log.read_vote().await.expect("read"),
+        Some(openraft::Vote::new_committed(1, 1))
+    );
 }

@@ -163,6 +163,12 @@ pub struct HealthView {
     pub last_log_index: Option<u64>,
     /// Last index this node knows to be committed, if any.
     pub committed_index: Option<u64>,
+    /// Last log index covered by this node's newest snapshot, if any.
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
+    /// Last log index removed from this node's log (compacted), if any.
+    #[serde(default)]
+    pub purged_index: Option<u64>,
 }
 
 /// How a read was served; rendered as the `X-Tandem-Applied-Index` and

@@ -69,6 +69,8 @@ impl AdminBackend for MemBackend {
             applied_index: Some(APPLIED),
             last_log_index: Some(APPLIED),
             committed_index: Some(APPLIED),
+            snapshot_index: None,
+            purged_index: None,
         })
     }
 
