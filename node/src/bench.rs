@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Directory for the cluster (default: a temporary directory, removed after).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// sled page cache of each node, in MiB.
+    #[arg(long, default_value_t = crate::config::Tuning::default().cache_mb)]
+    pub cache_mb: u64,
 }
 
 /// Peak resident set size of a process, from /proc (Linux).
@@ -58,7 +61,8 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     println!("starting a local 3-node cluster in {} ...", root.display());
-    let mut cluster = LocalCluster::start(&root, &[]).await?;
+    let cache = args.cache_mb.to_string();
+    let mut cluster = LocalCluster::start(&root, &["--cache-mb", &cache]).await?;
     let result = measure(&cluster, &args).await;
     cluster.stop().await;
     result

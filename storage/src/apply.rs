@@ -17,8 +17,8 @@ use sled::IVec;
 
 use crate::codec;
 use crate::error::StorageError;
-use crate::keys::{self, ConfigRecord, SessionRecord, SmMetaKey, TokenRecord};
-use crate::types::{Entry, Request, Response, StoredMembership};
+use crate::keys::{self, ConfigRecord, HistoryRecord, SessionRecord, SmMetaKey, TokenRecord};
+use crate::types::{Entry, EpochRecord, Request, Response, SettingsRecord, StoredMembership};
 
 /// Largest value (JSON text) a command may store. sled writes values larger
 /// than about 128 KiB as separate blob files that it never fsyncs, so the
@@ -31,10 +31,29 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// The first node id handed to a joiner (the initializing node is 1).
 pub(crate) const FIRST_JOINER_NODE_ID: u64 = 2;
 
+/// Status history events kept; appending beyond drops the oldest in the same
+/// batch.
+pub const HISTORY_CAPACITY: u64 = 10_000;
+
+/// Longest status history event kind.
+pub const MAX_HISTORY_KIND_BYTES: usize = 64;
+
+/// Longest status history actor.
+pub const MAX_HISTORY_ACTOR_BYTES: usize = 128;
+
+/// Largest status history details (JSON object text).
+pub const MAX_HISTORY_DETAILS_BYTES: usize = 16 * 1024;
+
+/// A pending value of a key, as it was before a journaled write: `None` = the
+/// key had no pending write (reads went to the tree).
+type Undo = (Vec<u8>, Option<Option<IVec>>);
+
 /// Pending writes over a tree: reads see the pending value first.
 pub(crate) struct Overlay<'t> {
     tree: &'t sled::Tree,
     pending: BTreeMap<Vec<u8>, Option<IVec>>,
+    /// While a `Multi` runs: how to undo its writes so far.
+    journal: Option<Vec<Undo>>,
 }
 
 impl<'t> Overlay<'t> {
@@ -42,7 +61,70 @@ impl<'t> Overlay<'t> {
         Self {
             tree,
             pending: BTreeMap::new(),
+            journal: None,
         }
+    }
+
+    /// Starts recording undo information (one level: `Multi` does not nest).
+    fn begin(&mut self) {
+        self.journal = Some(Vec::new());
+    }
+
+    /// Keeps the writes since [`Overlay::begin`].
+    fn commit(&mut self) {
+        self.journal = None;
+    }
+
+    /// Undoes every write since [`Overlay::begin`].
+    fn rollback(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            for (k, prev) in journal.into_iter().rev() {
+                match prev {
+                    Some(v) => self.pending.insert(k, v),
+                    None => self.pending.remove(&k),
+                };
+            }
+        }
+    }
+
+    fn set(&mut self, key: Vec<u8>, value: Option<IVec>) {
+        if let Some(journal) = &mut self.journal {
+            journal.push((key.clone(), self.pending.get(&key).cloned()));
+        }
+        self.pending.insert(key, value);
+    }
+
+    /// Every record of the tree with the pending writes applied, in key
+    /// order, streamed (the tree is not copied).
+    pub(crate) fn merged(&self) -> impl Iterator<Item = Result<(IVec, IVec), StorageError>> + '_ {
+        let mut tree = self.tree.iter().peekable();
+        let mut pending = self.pending.iter().peekable();
+        std::iter::from_fn(move || loop {
+            let from_tree = match tree.peek() {
+                Some(Ok((k, _))) => Some(k.clone()),
+                Some(Err(_)) => {
+                    let e = tree.next().and_then(Result::err)?;
+                    return Some(Err(e.into()));
+                }
+                None => None,
+            };
+            let take_pending = match (&from_tree, pending.peek()) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(t), Some((p, _))) => p.as_slice() <= t.as_ref(),
+            };
+            if take_pending {
+                let (k, v) = pending.next()?;
+                if from_tree.as_deref() == Some(k.as_slice()) {
+                    tree.next(); // shadowed by the pending write
+                }
+                match v {
+                    Some(v) => return Some(Ok((IVec::from(k.as_slice()), v.clone()))),
+                    None => continue, // removed
+                }
+            }
+            return tree.next().map(|kv| kv.map_err(StorageError::from));
+        })
     }
 
     fn get_raw(&self, key: &[u8]) -> Result<Option<IVec>, StorageError> {
@@ -65,12 +147,12 @@ impl<'t> Overlay<'t> {
         value: &T,
     ) -> Result<(), StorageError> {
         let v = codec::encode(value)?;
-        self.pending.insert(key, Some(IVec::from(v)));
+        self.set(key, Some(IVec::from(v)));
         Ok(())
     }
 
     pub(crate) fn remove(&mut self, key: Vec<u8>) {
-        self.pending.insert(key, None);
+        self.set(key, None);
     }
 
     /// Keys in `[start, end)` that currently exist (tree merged with pending).
@@ -115,16 +197,31 @@ pub(crate) fn apply_entries(
     tree: &sled::Tree,
     entries: &[Entry],
 ) -> Result<Vec<Response>, StorageError> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ov = Overlay::new(tree);
+    let out = stage_entries(&mut ov, entries)?;
+    tree.apply_batch(ov.into_batch())?;
+    Ok(out)
+}
+
+/// Stages `entries` (consecutive, in log order) in `ov`, including the new
+/// last applied log id and, if a membership entry is among them, the new
+/// membership. Returns one response per entry.
+pub(crate) fn stage_entries(
+    ov: &mut Overlay<'_>,
+    entries: &[Entry],
+) -> Result<Vec<Response>, StorageError> {
     let Some(last) = entries.last() else {
         return Ok(Vec::new());
     };
-    let mut ov = Overlay::new(tree);
     let mut out = Vec::with_capacity(entries.len());
     let mut membership = None;
     for entry in entries {
         let resp = match &entry.payload {
             EntryPayload::Blank => Response::Ok,
-            EntryPayload::Normal(req) => apply_request(&mut ov, req)?,
+            EntryPayload::Normal(req) => apply_request(ov, req)?,
             EntryPayload::Membership(m) => {
                 membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
                 Response::Ok
@@ -139,7 +236,6 @@ pub(crate) fn apply_entries(
     if let Some(m) = membership {
         ov.put(SmMetaKey::LastMembership.as_bytes().to_vec(), &m)?;
     }
-    tree.apply_batch(ov.into_batch())?;
     Ok(out)
 }
 
@@ -172,8 +268,51 @@ fn addressed_key(req: &Request) -> Option<&str> {
         | Request::JoinTokenConsume { id, .. } => Some(id),
         Request::Bootstrap { .. }
         | Request::SessionSweep { .. }
-        | Request::SetAdminTokenHash { .. } => None,
+        | Request::SetAdminTokenHash { .. }
+        | Request::Multi(_)
+        | Request::RaiseEpoch { .. }
+        | Request::ClearPrimary { .. }
+        | Request::SettingsPut { .. }
+        | Request::HistoryAppend { .. } => None,
     }
+}
+
+/// Whether `text` is one JSON object (keys are checked, values only parsed).
+fn is_json_object(text: &str) -> bool {
+    serde_json::from_str::<BTreeMap<String, serde::de::IgnoredAny>>(text).is_ok()
+}
+
+/// Stores a new epoch record if the stored epoch is `expected_epoch`.
+fn raise_epoch(
+    ov: &mut Overlay<'_>,
+    expected_epoch: u64,
+    primary: Option<u64>,
+    forced: bool,
+    forked_at: Option<u64>,
+    at_ms: u64,
+) -> Result<Response, StorageError> {
+    let key = SmMetaKey::Epoch.as_bytes();
+    let current = ov.get::<EpochRecord>(key)?.unwrap_or_default();
+    if current.epoch != expected_epoch {
+        return Ok(Response::refused(format!(
+            "epoch is {}, expected {expected_epoch}",
+            current.epoch
+        )));
+    }
+    let Some(epoch) = expected_epoch.checked_add(1) else {
+        return Ok(Response::refused("epoch overflow"));
+    };
+    ov.put(
+        key.to_vec(),
+        &EpochRecord {
+            epoch,
+            primary,
+            forced,
+            forked_at,
+            since_ms: at_ms,
+        },
+    )?;
+    Ok(Response::Epoch { epoch })
 }
 
 /// Applies one command. Refusals leave the overlay untouched.
@@ -347,6 +486,128 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             ov.put(k, &token)?;
             Response::NodeIdAssigned { node_id }
         }
+        Request::Multi(reqs) => {
+            if reqs.iter().any(|r| matches!(r, Request::Multi(_))) {
+                return Ok(Response::refused("nested multi is not allowed"));
+            }
+            ov.begin();
+            let mut out = Vec::with_capacity(reqs.len());
+            for r in reqs {
+                let resp = match apply_request(ov, r) {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        ov.rollback();
+                        return Err(e);
+                    }
+                };
+                if let Response::Refused { .. } = resp {
+                    ov.rollback();
+                    return Ok(resp);
+                }
+                out.push(resp);
+            }
+            ov.commit();
+            Response::Multi(out)
+        }
+        Request::RaiseEpoch {
+            expected_epoch,
+            primary,
+            forced,
+            forked_at,
+            at_ms,
+        } => raise_epoch(
+            ov,
+            *expected_epoch,
+            Some(*primary),
+            *forced,
+            *forked_at,
+            *at_ms,
+        )?,
+        Request::ClearPrimary {
+            expected_epoch,
+            at_ms,
+        } => raise_epoch(ov, *expected_epoch, None, false, None, *at_ms)?,
+        Request::SettingsPut {
+            settings_json,
+            if_version,
+            actor,
+            at_ms,
+        } => {
+            if let Some(r) = too_large("settings", settings_json.len()) {
+                return Ok(r);
+            }
+            if !is_json_object(settings_json) {
+                return Ok(Response::refused("settings are not a JSON object"));
+            }
+            let key = SmMetaKey::Settings.as_bytes();
+            let current = ov.get::<SettingsRecord>(key)?.map_or(0, |r| r.version);
+            if let Some(expected) = if_version {
+                if *expected != current {
+                    return Ok(Response::refused(format!(
+                        "version conflict: expected {expected}, current {current}"
+                    )));
+                }
+            }
+            let version = current + 1;
+            ov.put(
+                key.to_vec(),
+                &SettingsRecord {
+                    settings_json: settings_json.clone(),
+                    version,
+                    updated_by: actor.clone(),
+                    updated_ms: *at_ms,
+                },
+            )?;
+            Response::SettingsWritten { version }
+        }
+        Request::HistoryAppend {
+            at_ms,
+            node,
+            kind,
+            actor,
+            details_json,
+        } => {
+            if kind.len() > MAX_HISTORY_KIND_BYTES {
+                return Ok(Response::refused(format!(
+                    "history kind longer than {MAX_HISTORY_KIND_BYTES} bytes"
+                )));
+            }
+            if actor.len() > MAX_HISTORY_ACTOR_BYTES {
+                return Ok(Response::refused(format!(
+                    "history actor longer than {MAX_HISTORY_ACTOR_BYTES} bytes"
+                )));
+            }
+            if details_json.len() > MAX_HISTORY_DETAILS_BYTES {
+                return Ok(Response::refused(format!(
+                    "history details larger than {MAX_HISTORY_DETAILS_BYTES} bytes"
+                )));
+            }
+            if !is_json_object(details_json) {
+                return Ok(Response::refused("history details are not a JSON object"));
+            }
+            let counter_key = SmMetaKey::HistoryNextSeq.as_bytes();
+            let seq = ov.get::<u64>(counter_key)?.unwrap_or(0);
+            let next = seq
+                .checked_add(1)
+                .ok_or_else(|| StorageError::Corrupt("history seq overflow".into()))?;
+            ov.put(counter_key.to_vec(), &next)?;
+            ov.put(
+                keys::history_key(seq),
+                &HistoryRecord {
+                    at_ms: *at_ms,
+                    node: *node,
+                    kind: kind.clone(),
+                    actor: actor.clone(),
+                    details_json: details_json.clone(),
+                },
+            )?;
+            // Seqs [next - capacity, next) are kept: every append beyond the
+            // capacity drops exactly the one oldest event.
+            if let Some(oldest) = seq.checked_sub(HISTORY_CAPACITY) {
+                ov.remove(keys::history_key(oldest));
+            }
+            Response::HistoryAppended { seq }
+        }
     })
 }
 
@@ -355,7 +616,7 @@ mod tests {
     use openraft::entry::RaftEntry;
 
     use super::*;
-    use crate::types::{LogId, NodeKind};
+    use crate::types::{HistoryEvent, LogId, NodeKind};
 
     pub(crate) fn log_id(index: u64) -> LogId {
         LogId::new(
@@ -632,5 +893,362 @@ mod tests {
             singles.store.reader.digest()
         );
         assert_eq!(one_batch.store.reader.digest().0, Some(8));
+    }
+
+    fn raise(expected_epoch: u64, primary: u64) -> Request {
+        Request::RaiseEpoch {
+            expected_epoch,
+            primary,
+            forced: false,
+            forked_at: None,
+            at_ms: 7,
+        }
+    }
+
+    fn settings(json: &str, if_version: Option<u64>) -> Request {
+        Request::SettingsPut {
+            settings_json: json.into(),
+            if_version,
+            actor: "admin".into(),
+            at_ms: 9,
+        }
+    }
+
+    fn event(kind: &str, n: u64) -> Request {
+        Request::HistoryAppend {
+            at_ms: n,
+            node: 1,
+            kind: kind.into(),
+            actor: "system".into(),
+            details_json: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    #[test]
+    fn epoch_compare_and_set() {
+        let mut f = Fixture::new();
+        assert_eq!(f.store.reader.epoch(), EpochRecord::default());
+        assert_eq!(f.one(raise(0, 1)), Response::Epoch { epoch: 1 });
+        let before = state_without_applied(&f);
+        assert_eq!(refused(&f.one(raise(0, 2))), "epoch is 1, expected 0");
+        assert_eq!(refused(&f.one(raise(5, 2))), "epoch is 1, expected 5");
+        assert_eq!(
+            refused(&f.one(Request::ClearPrimary {
+                expected_epoch: 2,
+                at_ms: 1
+            })),
+            "epoch is 1, expected 2"
+        );
+        assert_eq!(before, state_without_applied(&f), "refusals change nothing");
+        assert_eq!(
+            f.store.reader.epoch(),
+            EpochRecord {
+                epoch: 1,
+                primary: Some(1),
+                forced: false,
+                forked_at: None,
+                since_ms: 7
+            }
+        );
+        // Two raises in one batch: the second sees the first.
+        assert_eq!(
+            f.apply(vec![
+                Request::RaiseEpoch {
+                    expected_epoch: 1,
+                    primary: 2,
+                    forced: true,
+                    forked_at: Some(41),
+                    at_ms: 100,
+                },
+                raise(1, 3),
+            ]),
+            vec![
+                Response::Epoch { epoch: 2 },
+                Response::refused("epoch is 2, expected 1")
+            ]
+        );
+        assert_eq!(
+            f.store.reader.epoch(),
+            EpochRecord {
+                epoch: 2,
+                primary: Some(2),
+                forced: true,
+                forked_at: Some(41),
+                since_ms: 100
+            }
+        );
+        assert_eq!(
+            f.one(Request::ClearPrimary {
+                expected_epoch: 2,
+                at_ms: 200
+            }),
+            Response::Epoch { epoch: 3 }
+        );
+        assert_eq!(
+            f.store.reader.epoch(),
+            EpochRecord {
+                epoch: 3,
+                primary: None,
+                forced: false,
+                forked_at: None,
+                since_ms: 200
+            }
+        );
+    }
+
+    #[test]
+    fn multi_is_all_or_nothing() {
+        let mut f = Fixture::new();
+        // Later sub-commands see earlier ones.
+        assert_eq!(
+            f.one(Request::Multi(vec![
+                raise(0, 1),
+                put("a", "1", Some(0)),
+                put("a", "2", Some(1)),
+                event("role", 1),
+            ])),
+            Response::Multi(vec![
+                Response::Epoch { epoch: 1 },
+                Response::ConfigWritten { version: 1 },
+                Response::ConfigWritten { version: 2 },
+                Response::HistoryAppended { seq: 0 },
+            ])
+        );
+        let before = state_without_applied(&f);
+        // The last sub-command is refused: none of the others is applied,
+        // the refusal is the sub-command's.
+        assert_eq!(
+            refused(&f.one(Request::Multi(vec![
+                put("a", "3", None),
+                put("b", "1", None),
+                event("role", 2),
+                settings("{}", None),
+                Request::ConfigDelete {
+                    key: "a".into(),
+                    actor: "x".into(),
+                    at_ms: 1
+                },
+                raise(0, 2),
+            ]))),
+            "epoch is 1, expected 0"
+        );
+        assert_eq!(
+            before,
+            state_without_applied(&f),
+            "a refused multi changes nothing"
+        );
+        // The same in a batch, between commands that are applied.
+        let r = f.apply(vec![
+            put("c", "1", None),
+            Request::Multi(vec![put("a", "9", None), put("z", "{", None)]),
+            put("c", "2", None),
+        ]);
+        assert_eq!(r[0], Response::ConfigWritten { version: 1 });
+        assert_eq!(refused(&r[1]), "value is not valid JSON");
+        assert_eq!(r[2], Response::ConfigWritten { version: 2 });
+        assert_eq!(f.store.reader.config_get("a").map(|e| e.version), Some(2));
+        assert!(f.store.reader.config_get("z").is_none());
+        // Nested multi is refused.
+        let before = state_without_applied(&f);
+        assert_eq!(
+            refused(&f.one(Request::Multi(vec![
+                put("n", "1", None),
+                Request::Multi(vec![])
+            ]))),
+            "nested multi is not allowed"
+        );
+        assert_eq!(before, state_without_applied(&f));
+        assert_eq!(f.one(Request::Multi(vec![])), Response::Multi(vec![]));
+        assert_eq!(f.store.reader.history_total(), 1);
+    }
+
+    #[test]
+    fn settings_versions_and_refusals() {
+        let mut f = Fixture::new();
+        assert!(f.store.reader.settings().is_none());
+        assert!(refused(&f.one(settings("{}", Some(1)))).starts_with("version conflict"));
+        for bad in ["[1]", "1", "\"x\"", "{", "null"] {
+            assert_eq!(
+                refused(&f.one(settings(bad, None))),
+                "settings are not a JSON object",
+                "{bad}"
+            );
+        }
+        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(MAX_VALUE_BYTES));
+        assert!(refused(&f.one(settings(&big, None))).contains("larger than"));
+        assert!(f.store.reader.settings().is_none());
+        assert_eq!(
+            f.one(settings("{\"failover\":true}", Some(0))),
+            Response::SettingsWritten { version: 1 }
+        );
+        assert_eq!(
+            f.one(settings("{\"failover\":false}", None)),
+            Response::SettingsWritten { version: 2 }
+        );
+        assert!(refused(&f.one(settings("{}", Some(1)))).starts_with("version conflict"));
+        assert_eq!(
+            f.one(settings("{}", Some(2))),
+            Response::SettingsWritten { version: 3 }
+        );
+        assert_eq!(
+            f.store.reader.settings(),
+            Some(SettingsRecord {
+                settings_json: "{}".into(),
+                version: 3,
+                updated_by: "admin".into(),
+                updated_ms: 9
+            })
+        );
+    }
+
+    #[test]
+    fn history_limits_paging_and_kind() {
+        let mut f = Fixture::new();
+        let with = |kind: &str, actor: &str, details: &str| Request::HistoryAppend {
+            at_ms: 1,
+            node: 2,
+            kind: kind.into(),
+            actor: actor.into(),
+            details_json: details.into(),
+        };
+        let before = state_without_applied(&f);
+        assert!(refused(&f.one(with(&"k".repeat(65), "a", "{}"))).contains("kind longer"));
+        assert!(refused(&f.one(with("k", &"a".repeat(129), "{}"))).contains("actor longer"));
+        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(MAX_HISTORY_DETAILS_BYTES));
+        assert!(refused(&f.one(with("k", "a", &big))).contains("larger than"));
+        assert_eq!(
+            refused(&f.one(with("k", "a", "[]"))),
+            "history details are not a JSON object"
+        );
+        assert_eq!(before, state_without_applied(&f));
+        assert_eq!(f.store.reader.history_total(), 0);
+        assert!(f.store.reader.history(None, 10, None).is_empty());
+        assert_eq!(
+            f.one(with(&"k".repeat(64), &"a".repeat(128), "{}")),
+            Response::HistoryAppended { seq: 0 }
+        );
+
+        let reqs: Vec<_> = (1..=20)
+            .map(|n| event(if n % 3 == 0 { "swap" } else { "peer" }, n))
+            .collect();
+        let resp = f.apply(reqs);
+        assert_eq!(resp[19], Response::HistoryAppended { seq: 20 });
+        assert_eq!(f.store.reader.history_total(), 21);
+        let page1 = f.store.reader.history(None, 5, None);
+        let seqs: Vec<u64> = page1.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [20, 19, 18, 17, 16]);
+        assert_eq!(
+            page1[0],
+            HistoryEvent {
+                seq: 20,
+                at_ms: 20,
+                node: 1,
+                kind: "peer".into(),
+                actor: "system".into(),
+                details_json: "{\"n\":20}".into()
+            }
+        );
+        let page2: Vec<u64> = f
+            .store
+            .reader
+            .history(Some(16), 5, None)
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(page2, [15, 14, 13, 12, 11]);
+        let last: Vec<u64> = f
+            .store
+            .reader
+            .history(Some(2), 5, None)
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(last, [1, 0]);
+        assert!(f.store.reader.history(Some(0), 5, None).is_empty());
+        assert!(f.store.reader.history(None, 0, None).is_empty());
+        let swaps: Vec<u64> = f
+            .store
+            .reader
+            .history(None, 100, Some("swap"))
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(swaps, [18, 15, 12, 9, 6, 3]);
+        let swaps: Vec<u64> = f
+            .store
+            .reader
+            .history(Some(15), 2, Some("swap"))
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(swaps, [12, 9]);
+        assert!(f.store.reader.history(None, 10, Some("none")).is_empty());
+    }
+
+    fn history_seqs(f: &Fixture) -> (u64, u64, usize) {
+        let cur = f.store.sm.shared.current();
+        let keys: Vec<u64> = cur
+            .tree
+            .scan_prefix([keys::prefix::HISTORY])
+            .keys()
+            .map(|k| keys::history_seq(&k.expect("read")).expect("a history key"))
+            .collect();
+        (keys[0], keys[keys.len() - 1], keys.len())
+    }
+
+    #[test]
+    fn history_keeps_the_newest_capacity_events() {
+        let mut f = Fixture::new();
+        let cap = HISTORY_CAPACITY;
+        // Beyond the capacity within one batch...
+        let reqs: Vec<_> = (0..cap + 3).map(|n| event("e", n)).collect();
+        f.apply(reqs);
+        assert_eq!(history_seqs(&f), (3, cap + 2, cap as usize));
+        // ... and one by one, and inside a multi.
+        assert_eq!(
+            f.one(event("e", 0)),
+            Response::HistoryAppended { seq: cap + 3 }
+        );
+        f.one(Request::Multi(vec![event("e", 0), event("e", 0)]));
+        assert_eq!(history_seqs(&f), (6, cap + 5, cap as usize));
+        assert_eq!(f.store.reader.history_total(), cap + 6);
+        let all = f.store.reader.history(None, usize::MAX, None);
+        assert_eq!(all.len() as u64, cap);
+        assert_eq!((all[0].seq, all[all.len() - 1].seq), (cap + 5, 6));
+        // A refused multi does not drop an old event.
+        f.one(Request::Multi(vec![event("e", 0), raise(9, 1)]));
+        assert_eq!(history_seqs(&f), (6, cap + 5, cap as usize));
+    }
+
+    #[test]
+    fn overlay_merged_view() {
+        let mut f = Fixture::new();
+        f.apply(vec![
+            put("a", "1", None),
+            put("c", "1", None),
+            put("e", "1", None),
+        ]);
+        let cur = f.store.sm.shared.current();
+        let mut ov = Overlay::new(&cur.tree);
+        ov.put(keys::config_key("b"), &1u64).expect("put");
+        ov.remove(keys::config_key("c"));
+        ov.put(keys::config_key("e"), &2u64).expect("put");
+        ov.put(keys::config_key("f"), &3u64).expect("put");
+        ov.put(b"zz".to_vec(), &4u64).expect("put");
+        let merged: Vec<(Vec<u8>, Vec<u8>)> = ov
+            .merged()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("read"))
+            .collect();
+        let mut expected: BTreeMap<Vec<u8>, Vec<u8>> = cur
+            .tree
+            .iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).expect("read"))
+            .collect();
+        expected.remove(&keys::config_key("c"));
+        for (k, v) in [("b", 1u64), ("e", 2), ("f", 3)] {
+            expected.insert(keys::config_key(k), codec::encode(&v).expect("enc"));
+        }
+        expected.insert(b"zz".to_vec(), codec::encode(&4u64).expect("enc"));
+        assert_eq!(merged, expected.into_iter().collect::<Vec<_>>());
     }
 }

@@ -53,6 +53,8 @@ pub(crate) mod prefix {
     pub(crate) const SESSION_EXPIRY: u8 = b'e';
     /// Join tokens: `t` ++ id (UTF-8) → [`super::TokenRecord`].
     pub(crate) const TOKEN: u8 = b't';
+    /// Status history: `h` ++ seq (BE u64) → [`super::HistoryRecord`].
+    pub(crate) const HISTORY: u8 = b'h';
 }
 
 /// Typed singleton keys of the state machine's meta keyspace.
@@ -68,6 +70,12 @@ pub(crate) enum SmMetaKey {
     LastApplied,
     /// `StoredMembership`.
     LastMembership,
+    /// [`crate::types::EpochRecord`] (absent = epoch 0, no primary).
+    Epoch,
+    /// [`crate::types::SettingsRecord`] (absent = never written).
+    Settings,
+    /// `u64`, the next status history seq = events ever appended (absent = 0).
+    HistoryNextSeq,
 }
 
 impl SmMetaKey {
@@ -78,6 +86,9 @@ impl SmMetaKey {
             SmMetaKey::NextNodeId => b"mnext_node_id",
             SmMetaKey::LastApplied => b"mlast_applied",
             SmMetaKey::LastMembership => b"mlast_membership",
+            SmMetaKey::Epoch => b"mepoch",
+            SmMetaKey::Settings => b"msettings",
+            SmMetaKey::HistoryNextSeq => b"mhistory_next_seq",
         }
     }
 }
@@ -122,6 +133,21 @@ pub(crate) fn expiry_upper_bound(now_ms: u64) -> Vec<u8> {
     }
 }
 
+pub(crate) fn history_key(seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(prefix::HISTORY);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq of a history key, or `None` if the key is not one.
+pub(crate) fn history_seq(key: &[u8]) -> Option<u64> {
+    match key {
+        [prefix::HISTORY, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
 /// Stored configuration value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ConfigRecord {
@@ -150,4 +176,14 @@ pub(crate) struct TokenRecord {
     pub(crate) created_by: String,
     /// Node id assigned when the token was consumed.
     pub(crate) used_by: Option<u64>,
+}
+
+/// Stored status history event (its seq is in the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct HistoryRecord {
+    pub(crate) at_ms: u64,
+    pub(crate) node: u64,
+    pub(crate) kind: String,
+    pub(crate) actor: String,
+    pub(crate) details_json: String,
 }

@@ -19,6 +19,8 @@
 //! - `snapshot`: the snapshot file format and directory;
 //!   [`incoming_snapshot_file`].
 //! - `reader`: [`StateReader`], concurrent reads and the state digest.
+//! - `offline`: [`build_snapshot_file_offline`] and [`wipe`], the storage
+//!   side of a forced promotion.
 //! - `keys`: tree names, key encodings and stored records.
 //!
 //! See `storage/DESIGN.md` for the on-disk format and the crash-safety
@@ -31,6 +33,7 @@ mod apply;
 mod error;
 mod keys;
 mod log_store;
+mod offline;
 mod reader;
 mod snapshot;
 mod state_machine;
@@ -39,23 +42,28 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use apply::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use apply::{
+    HISTORY_CAPACITY, MAX_HISTORY_ACTOR_BYTES, MAX_HISTORY_DETAILS_BYTES, MAX_HISTORY_KIND_BYTES,
+    MAX_KEY_BYTES, MAX_VALUE_BYTES,
+};
 pub use codec::{decode, encode, CodecError, BINCODE_LIMIT};
 pub use error::StorageError;
-pub use log_store::LogStore;
+pub use log_store::{LogReaderHandle, LogStore};
+pub use offline::{build_snapshot_file_offline, wipe, CatchUp};
 pub use reader::StateReader;
 pub use snapshot::{incoming_snapshot_file, SNAPSHOT_FORMAT};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use types::{
-    ConfigEntry, Entry, JoinToken, LogId, NodeInfo, NodeKind, Request, Response, Session, Snapshot,
-    SnapshotMeta, StoredMembership, TypeConfig, Vote,
+    ConfigEntry, Entry, EpochRecord, HistoryEvent, JoinToken, LogId, LoggedEntry, NodeInfo,
+    NodeKind, Request, Response, Session, SettingsRecord, Snapshot, SnapshotMeta, StoredMembership,
+    TypeConfig, Vote,
 };
 
 /// Default sled page cache size for a node: 16 MiB.
 pub const DEFAULT_CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
 
-const SLED_DIR: &str = "sled";
-const SNAPSHOT_DIR: &str = "snapshots";
+pub(crate) const SLED_DIR: &str = "sled";
+pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 
 /// An opened storage directory: the log store and state machine for
 /// openraft, a reader for everyone else, and the sled database underneath.
@@ -82,6 +90,12 @@ impl Store {
         self.db.flush()?;
         File::open(self.sled_dir.join("db"))?.sync_data()?;
         Ok(())
+    }
+
+    /// A handle reading the Raft log directly (for the diverged export). Take
+    /// it before `log` is moved into `Raft::new`.
+    pub fn log_reader(&self) -> LogReaderHandle {
+        LogReaderHandle::new(&self.log)
     }
 
     /// The directory snapshot files live in (and incoming ones are received

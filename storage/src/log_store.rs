@@ -276,3 +276,67 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 }
+
+/// A read-only handle on the Raft log tree for the node's own use (the
+/// "diverged export"), independent of openraft: obtain it with
+/// [`crate::Store::log_reader`] before `Store::log` is moved into `Raft`.
+/// Cheap to clone; reads run concurrently with openraft's log IO (sled is
+/// concurrent) and see whatever the log holds at that moment.
+#[derive(Clone)]
+pub struct LogReaderHandle {
+    log: sled::Tree,
+}
+
+impl LogReaderHandle {
+    pub(crate) fn new(store: &LogStore) -> Self {
+        Self {
+            log: store.shared.log.clone(),
+        }
+    }
+
+    /// Up to `limit` entries with index `>= first_index`, in index order.
+    /// Purged entries are gone: the first entry returned may be later than
+    /// `first_index`.
+    ///
+    /// # Errors
+    /// sled errors or an undecodable entry.
+    pub fn entries_from(
+        &self,
+        first_index: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::types::LoggedEntry>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.log.range(key_range(first_index..)).take(limit) {
+            let (_, v) = kv?;
+            let entry: Entry = codec::decode(&v)?;
+            out.push(crate::types::LoggedEntry {
+                index: entry.log_id.index,
+                term: entry.log_id.leader_id.term,
+                leader_node: entry.log_id.leader_id.node_id,
+                request: match entry.payload {
+                    openraft::EntryPayload::Normal(r) => Some(r),
+                    openraft::EntryPayload::Blank | openraft::EntryPayload::Membership(_) => None,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Index of the last entry in the log, `None` if the log is empty (e.g.
+    /// everything was purged after a snapshot).
+    ///
+    /// # Errors
+    /// sled errors or a malformed key.
+    pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
+        match self.log.last()? {
+            Some((k, _)) => {
+                let b: [u8; 8] = k
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("malformed log key".into()))?;
+                Ok(Some(u64::from_be_bytes(b)))
+            }
+            None => Ok(None),
+        }
+    }
+}

@@ -7,9 +7,9 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::StorageError;
-use crate::keys::{self, ConfigRecord, SessionRecord, SmMetaKey, TokenRecord};
+use crate::keys::{self, ConfigRecord, HistoryRecord, SessionRecord, SmMetaKey, TokenRecord};
 use crate::state_machine::{read_applied_state, SmShared};
-use crate::types::{ConfigEntry, JoinToken, Session};
+use crate::types::{ConfigEntry, EpochRecord, HistoryEvent, JoinToken, Session, SettingsRecord};
 
 /// Read-only view of the state machine. Cheap to clone; reads run
 /// concurrently with apply (sled is concurrent) and always see the current
@@ -151,6 +151,80 @@ impl StateReader {
             .range(start.as_slice()..keys::expiry_upper_bound(now_ms).as_slice())
             .next()
             .is_some()
+    }
+
+    /// The current epoch and primary (epoch 0, no primary, when none was ever
+    /// raised). One key read: cheap enough for every peer RPC.
+    pub fn epoch(&self) -> EpochRecord {
+        logged(
+            "epoch",
+            self.get(SmMetaKey::Epoch.as_bytes())
+                .map(Option::unwrap_or_default),
+            EpochRecord::default(),
+        )
+    }
+
+    /// The replicated settings, if ever written.
+    pub fn settings(&self) -> Option<SettingsRecord> {
+        logged("settings", self.get(SmMetaKey::Settings.as_bytes()), None)
+    }
+
+    /// Status history events, newest first: at most `limit` events with
+    /// `seq < before_seq` (when given, for paging: pass the last seq of the
+    /// previous page) and `kind` equal to the given one (when given). With a
+    /// kind filter the scan may visit every stored event (at most
+    /// [`crate::HISTORY_CAPACITY`]); without one it reads `limit` events.
+    pub fn history(
+        &self,
+        before_seq: Option<u64>,
+        limit: usize,
+        kind: Option<&str>,
+    ) -> Vec<HistoryEvent> {
+        let r = (|| {
+            let cur = self.shared.current();
+            let start = [keys::prefix::HISTORY];
+            let end = match before_seq {
+                Some(seq) => keys::history_key(seq),
+                None => vec![keys::prefix::HISTORY + 1],
+            };
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
+            }
+            for kv in cur.tree.range(start.as_slice()..end.as_slice()).rev() {
+                let (k, v) = kv?;
+                let seq = keys::history_seq(&k)
+                    .ok_or_else(|| StorageError::Corrupt("malformed history key".into()))?;
+                let rec: HistoryRecord = codec::decode(&v)?;
+                if kind.is_some_and(|kind| kind != rec.kind) {
+                    continue;
+                }
+                out.push(HistoryEvent {
+                    seq,
+                    at_ms: rec.at_ms,
+                    node: rec.node,
+                    kind: rec.kind,
+                    actor: rec.actor,
+                    details_json: rec.details_json,
+                });
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })();
+        logged("history", r, Vec::new())
+    }
+
+    /// Number of status history events ever appended (= the seq the next
+    /// event gets); the oldest beyond [`crate::HISTORY_CAPACITY`] are gone.
+    pub fn history_total(&self) -> u64 {
+        logged(
+            "history_total",
+            self.get::<u64>(SmMetaKey::HistoryNextSeq.as_bytes())
+                .map(|o| o.unwrap_or(0)),
+            0,
+        )
     }
 
     /// Applied index and SHA-256 (hex) of the whole replicated state, taken at

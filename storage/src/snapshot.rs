@@ -153,7 +153,21 @@ pub(crate) fn write_snapshot(
 ) -> Result<PathBuf, StorageError> {
     let seq = next_seq(dir)?;
     let tmp = dir.join(format!("snap-{seq:020}.{TMP_EXT}"));
-    let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    write_snapshot_file(&tmp, tree.iter().map(|kv| kv.map_err(Into::into)), meta)?;
+    let path = publish(dir, &tmp, seq)?;
+    tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, "snapshot written");
+    Ok(path)
+}
+
+/// Writes `records` (key order) with `meta` as a complete snapshot file at
+/// `path` (created, must not exist) and fsyncs it. On failure the file is
+/// removed.
+pub(crate) fn write_snapshot_file(
+    path: &Path,
+    records: impl Iterator<Item = Result<(sled::IVec, sled::IVec), StorageError>>,
+    meta: &SnapshotMeta,
+) -> Result<(), StorageError> {
+    let file = OpenOptions::new().write(true).create_new(true).open(path)?;
     let mut w = HashWriter {
         inner: BufWriter::with_capacity(256 * 1024, file),
         ctx: digest::Context::new(&digest::SHA256),
@@ -163,7 +177,7 @@ pub(crate) fn write_snapshot(
         w.write_all(&[SNAPSHOT_FORMAT])?;
         write_len_prefixed(&mut w, &codec::encode(meta)?)?;
         let mut count = 0u64;
-        for kv in tree.iter() {
+        for kv in records {
             let (k, v) = kv?;
             w.write_all(&[TAG_RECORD])?;
             write_len_prefixed(&mut w, &k)?;
@@ -178,13 +192,10 @@ pub(crate) fn write_snapshot(
         file.sync_all()?;
         Ok(())
     })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    if res.is_err() {
+        let _ = fs::remove_file(path);
     }
-    let path = publish(dir, &tmp, seq)?;
-    tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, "snapshot written");
-    Ok(path)
+    res
 }
 
 /// Renames a complete, fsynced `.tmp` file to its `.snap` name, fsyncs the
@@ -338,7 +349,7 @@ fn next_seq(dir: &Path) -> Result<u64, StorageError> {
     Ok(list(dir)?.iter().map(|(s, _, _)| *s).max().unwrap_or(0) + 1)
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -149,6 +149,59 @@ pub enum Request {
         /// The new hash.
         hash: String,
     },
+    /// Applies the sub-commands in order, all or nothing: if one is refused,
+    /// none is applied and the response is that sub-command's refusal.
+    /// A nested `Multi` is refused.
+    Multi(Vec<Request>),
+    /// Raises the epoch (compare-and-set) and names the new primary.
+    RaiseEpoch {
+        /// The epoch the proposer saw; refused unless it is the stored one.
+        expected_epoch: u64,
+        /// The new primary's node id.
+        primary: u64,
+        /// Whether this is a forced promotion (peer unreachable).
+        forced: bool,
+        /// For a forced promotion: the last log index the new lineage
+        /// contains (entries after it on the old primary diverged).
+        forked_at: Option<u64>,
+        /// When (ms since the Unix epoch, chosen by the proposer).
+        at_ms: u64,
+    },
+    /// Raises the epoch (compare-and-set) with no primary: the relationship
+    /// was broken or the primary stepped down without a successor.
+    ClearPrimary {
+        /// The epoch the proposer saw; refused unless it is the stored one.
+        expected_epoch: u64,
+        /// When (ms).
+        at_ms: u64,
+    },
+    /// Replaces the replicated settings (a JSON object as text).
+    SettingsPut {
+        /// The settings as JSON text; must be a JSON object, at most
+        /// [`crate::MAX_VALUE_BYTES`].
+        settings_json: String,
+        /// Optimistic concurrency: the version the writer saw (`Some(0)` =
+        /// no settings stored yet).
+        if_version: Option<u64>,
+        /// Who wrote them.
+        actor: String,
+        /// When (ms).
+        at_ms: u64,
+    },
+    /// Appends an event to the status history (oldest dropped beyond
+    /// [`crate::HISTORY_CAPACITY`]).
+    HistoryAppend {
+        /// When it happened (ms).
+        at_ms: u64,
+        /// The node it happened on / was recorded by.
+        node: u64,
+        /// Event kind, at most [`crate::MAX_HISTORY_KIND_BYTES`].
+        kind: String,
+        /// Who caused it, at most [`crate::MAX_HISTORY_ACTOR_BYTES`].
+        actor: String,
+        /// Details: a JSON object, at most [`crate::MAX_HISTORY_DETAILS_BYTES`].
+        details_json: String,
+    },
 }
 
 impl fmt::Display for Request {
@@ -170,6 +223,32 @@ impl fmt::Display for Request {
             }
             Request::JoinTokenConsume { id, .. } => write!(f, "join_token_consume(id={id})"),
             Request::SetAdminTokenHash { .. } => f.write_str("set_admin_token_hash"),
+            Request::Multi(reqs) => {
+                f.write_str("multi[")?;
+                for (i, r) in reqs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{r}")?;
+                }
+                f.write_str("]")
+            }
+            Request::RaiseEpoch {
+                expected_epoch,
+                primary,
+                forced,
+                ..
+            } => write!(
+                f,
+                "raise_epoch(expected={expected_epoch}, primary={primary}, forced={forced})"
+            ),
+            Request::ClearPrimary { expected_epoch, .. } => {
+                write!(f, "clear_primary(expected={expected_epoch})")
+            }
+            Request::SettingsPut { actor, .. } => write!(f, "settings_put(actor={actor})"),
+            Request::HistoryAppend { kind, node, .. } => {
+                write!(f, "history_append(kind={kind}, node={node})")
+            }
         }
     }
 }
@@ -204,6 +283,23 @@ pub enum Response {
     NodeIdAssigned {
         /// The new node id.
         node_id: u64,
+    },
+    /// Every sub-command of a `Multi` was applied; their responses in order.
+    Multi(Vec<Response>),
+    /// The epoch was raised to this value.
+    Epoch {
+        /// The new epoch.
+        epoch: u64,
+    },
+    /// The settings were written with this version.
+    SettingsWritten {
+        /// The new version (1 for the first write).
+        version: u64,
+    },
+    /// A history event was appended with this sequence number.
+    HistoryAppended {
+        /// The event's sequence number (0 for the first event ever).
+        seq: u64,
     },
 }
 
@@ -258,4 +354,66 @@ pub struct JoinToken {
     pub created_by: String,
     /// The node id assigned when it was consumed, if it was.
     pub used_by: Option<u64>,
+}
+
+/// The fencing epoch and the primary it names, as stored (meta keyspace) and
+/// as readers see it. The default (nothing stored yet) is epoch 0 with no
+/// primary.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// The epoch; raised by one on every change of primary.
+    pub epoch: u64,
+    /// The primary's node id; `None` after `ClearPrimary` or before the first.
+    pub primary: Option<u64>,
+    /// Whether the epoch was raised by a forced promotion.
+    pub forced: bool,
+    /// For a forced promotion: the last log index of the new lineage.
+    pub forked_at: Option<u64>,
+    /// When this epoch began (ms, from the command).
+    pub since_ms: u64,
+}
+
+/// The replicated settings, as stored (meta keyspace) and as readers see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsRecord {
+    /// The settings as a JSON object (text).
+    pub settings_json: String,
+    /// Version, 1 for the first write.
+    pub version: u64,
+    /// Who wrote them last.
+    pub updated_by: String,
+    /// When they were written last (ms).
+    pub updated_ms: u64,
+}
+
+/// A status history event as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// Sequence number: 0 for the first event ever, +1 per event.
+    pub seq: u64,
+    /// When it happened (ms).
+    pub at_ms: u64,
+    /// The node it happened on.
+    pub node: u64,
+    /// Event kind.
+    pub kind: String,
+    /// Who caused it.
+    pub actor: String,
+    /// Details as a JSON object (text).
+    pub details_json: String,
+}
+
+/// One Raft log entry as the diverged export sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedEntry {
+    /// Log index.
+    pub index: u64,
+    /// Term of the leader that proposed it.
+    pub term: u64,
+    /// Node id of the leader that proposed it (with `term`, the identity of
+    /// the entry's leader: two entries at one index are the same entry iff
+    /// `(term, leader_node)` are equal).
+    pub leader_node: u64,
+    /// The command; `None` for blank and membership entries.
+    pub request: Option<Request>,
 }

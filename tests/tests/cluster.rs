@@ -1,0 +1,1166 @@
+//! Cluster and end-to-end tests: real `tandem` processes on loopback, driven
+//! through the CLI, the HTTPS admin API and the peer listener.
+//!
+//! Each test owns a temporary directory and its own ports; at most two
+//! clusters run at once (see `tandem_tests::cluster_slot`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tandem_tests::{tandem, wait_until, Cluster, NodeProc, WAIT};
+
+/// Writes `count` keys `<prefix><n:05>` = `{"n": n, "s": "value-n"}` through
+/// node `i`, 16 at a time; panics on any answer but 200.
+async fn write_keys(c: &Cluster, i: usize, prefix: &str, count: usize) -> BTreeMap<String, Value> {
+    use futures::StreamExt;
+    let results: Vec<(String, Value)> = futures::stream::iter(0..count)
+        .map(|n| async move {
+            let key = format!("{prefix}{n:05}");
+            let value = json!({ "n": n, "s": format!("value-{n}") });
+            c.put_ok(i, &key, &value).await;
+            (key, value)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// The JSON error body of a failed request, checking it has an `error` field.
+async fn error_body(resp: reqwest::Response, what: &str) -> (StatusCode, Value) {
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = resp.text().await.unwrap_or_default();
+    assert!(
+        ctype.starts_with("application/json"),
+        "{what}: {status} with content-type {ctype:?}: {text}"
+    );
+    let body: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what}: {status} body is not JSON ({e}): {text}"));
+    assert!(
+        body.get("error").and_then(Value::as_str).is_some(),
+        "{what}: {status} body has no \"error\": {text}"
+    );
+    (status, body)
+}
+
+mod t10_bootstrap {
+    use super::*;
+    use std::ffi::OsString;
+
+    /// A `tandem join` that must be refused: non-zero exit (3 when the
+    /// cluster refused), a one-line `tandem: ...` reason containing
+    /// `expect`, and no `node.toml` in the joiner's directory.
+    async fn assert_join_refused(
+        c: &Cluster,
+        name: &str,
+        token: &str,
+        code: Option<i32>,
+        expect: &str,
+    ) {
+        let out = c.join_cmd(name, token, false).await;
+        let reason = out.reason().to_string();
+        match code {
+            Some(code) => assert_eq!(
+                out.code,
+                Some(code),
+                "join {name}: stdout {} stderr {}",
+                out.stdout,
+                out.stderr
+            ),
+            None => assert!(
+                out.code.is_some_and(|c| c != 0),
+                "join {name} did not fail: {:?} {}",
+                out.code,
+                out.stderr
+            ),
+        }
+        assert!(
+            reason.starts_with("tandem: ") && reason.contains(expect),
+            "join {name}: reason {reason:?} does not mention {expect:?}"
+        );
+        assert!(
+            !c.path().join(name).join("node.toml").exists(),
+            "a refused join left {name}/node.toml"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_join_and_bad_tokens_are_refused() {
+        let c = Cluster::three(&[]).await;
+        let view = c.wait_voters(3).await;
+        assert_eq!(view.cluster_id, c.cluster_id);
+        assert_eq!(view.members.len(), 3, "{view:?}");
+        let kinds: BTreeMap<&str, (&str, bool)> = view
+            .members
+            .iter()
+            .map(|m| (m.name.as_str(), (m.kind.as_str(), m.voter)))
+            .collect();
+        assert_eq!(
+            kinds,
+            BTreeMap::from([
+                ("a", ("appliance", true)),
+                ("b", ("appliance", true)),
+                ("w", ("witness", true)),
+            ])
+        );
+        let leader_id = view.leader.expect("a leader");
+        let leader = c.index_of(leader_id).expect("the leader is a member");
+        assert!(!c.nodes[leader].witness(), "the witness leads");
+        // Exactly one node says it leads, and all agree on who.
+        let mut leaders = 0;
+        for i in 0..3 {
+            let h = wait_until("a health view naming the leader", WAIT, || async {
+                c.health(i).await.filter(|h| h.leader == Some(leader_id))
+            })
+            .await;
+            assert_eq!(h.node, c.nodes[i].name);
+            if h.role == "leader" {
+                leaders += 1;
+            }
+        }
+        assert_eq!(leaders, 1);
+
+        // `tandem status` prints a table with the three names.
+        let out = tandem([
+            OsString::from("status"),
+            "--dir".into(),
+            c.nodes[0].dir.clone().into(),
+            "--token".into(),
+            c.admin_token.clone().into(),
+        ])
+        .await
+        .expect_ok("tandem status");
+        let mut lines = out.stdout.lines();
+        assert!(
+            lines.next().is_some_and(|l| l.contains(&c.cluster_id)),
+            "status: {}",
+            out.stdout
+        );
+        let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+        assert_eq!(
+            &header[..3],
+            ["ID", "NAME", "KIND"],
+            "status: {}",
+            out.stdout
+        );
+        let rows: BTreeMap<String, String> = lines
+            .map(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                (cells[1].to_string(), cells[2].to_string())
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            BTreeMap::from([
+                ("a".to_string(), "appliance".to_string()),
+                ("b".to_string(), "appliance".to_string()),
+                ("w".to_string(), "witness".to_string()),
+            ]),
+            "status: {}",
+            out.stdout
+        );
+
+        // Refusals.
+        let reused = c.used_tokens[0].clone();
+        assert_join_refused(&c, "x-reused", &reused, Some(3), "already used").await;
+
+        let before_ms = tandem_tests::now_ms();
+        let expiring = c.token(false, Some(1)).await;
+        let after_ms = tandem_tests::now_ms();
+        assert!(after_ms - before_ms < 30_000);
+        // Expires at most 1 s after the token was minted: wait for that
+        // moment (bounded: about one second).
+        wait_until(
+            "the 1 s token to expire",
+            Duration::from_secs(5),
+            || async { (tandem_tests::now_ms() > after_ms + 1_200).then_some(()) },
+        )
+        .await;
+        assert_join_refused(&c, "x-expired", &expiring, Some(3), "expired").await;
+
+        let genuine = c.token(false, None).await;
+        let parts: Vec<&str> = genuine.split('.').collect();
+        assert_eq!(
+            parts.len(),
+            3,
+            "token format id.secret.fingerprint: {genuine}"
+        );
+        let forged = format!("{}.{}.{}", parts[0], "A".repeat(parts[1].len()), parts[2]);
+        assert_join_refused(&c, "x-forged", &forged, Some(3), "does not match").await;
+
+        let other_ca = tandem_certs::ClusterCa::generate("another-cluster").expect("a CA");
+        let foreign = format!("{}.{}.{}", parts[0], parts[1], other_ca.fingerprint());
+        // The joiner pins the CA from the token: the TLS handshake with the
+        // real cluster fails before anything is sent.
+        let out = c.join_cmd("x-foreign", &foreign, false).await;
+        eprintln!("t10: foreign CA join: {:?} {}", out.code, out.reason());
+        assert!(out.code.is_some_and(|code| code != 0), "{out:?}");
+        assert!(
+            out.reason().starts_with("tandem: "),
+            "reason {:?}",
+            out.reason()
+        );
+        assert!(!c.path().join("x-foreign").join("node.toml").exists());
+
+        // Membership unchanged.
+        let after = c.wait_voters(3).await;
+        let ids = |v: &tandem_web::ClusterView| -> Vec<(u64, bool)> {
+            v.members.iter().map(|m| (m.id, m.voter)).collect()
+        };
+        assert_eq!(ids(&after), ids(&view));
+
+        // The genuine token was not burnt by the forged attempts.
+        let ok = c.join_cmd("x-genuine", &genuine, false).await;
+        assert_eq!(ok.code, Some(0), "genuine token after forgeries: {ok:?}");
+        assert!(c.path().join("x-genuine").join("node.toml").exists());
+    }
+
+    /// Joins that overlap (three joiners at once, as an installer running
+    /// on several machines would) must all succeed, or fail without burning
+    /// their token so that a retry works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "node bug: a join racing another membership change answers 503 after consuming its token (node/src/node.rs handle_join)"]
+    async fn concurrent_joins_succeed_or_can_be_retried() {
+        let c = Cluster::three(&[]).await;
+        let mut tokens = Vec::new();
+        for _ in 0..3 {
+            tokens.push(c.token(false, None).await);
+        }
+        let names = ["j1", "j2", "j3"];
+        let first = futures::future::join_all(
+            names
+                .iter()
+                .zip(&tokens)
+                .map(|(name, token)| c.join_cmd(name, token, false)),
+        )
+        .await;
+        let mut failures = Vec::new();
+        for ((name, token), out) in names.iter().zip(&tokens).zip(first) {
+            if out.code == Some(0) {
+                continue;
+            }
+            // A failed join must leave its token usable: retry once.
+            let retry = c.join_cmd(&format!("{name}-retry"), token, false).await;
+            if retry.code != Some(0) {
+                failures.push(format!(
+                    "{name}: first {:?} {:?}; retry {:?} {:?}",
+                    out.code,
+                    out.reason(),
+                    retry.code,
+                    retry.reason()
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "joins lost: {failures:#?}");
+    }
+}
+
+mod t20_replication {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_replicate_and_followers_redirect() {
+        let c = Cluster::three(&[]).await;
+        let l = c.leader().await;
+        let written = write_keys(&c, l, "k/", 1000).await;
+        assert_eq!(written.len(), 1000);
+
+        let on_leader = c.list(l, "k/", false).await;
+        assert_eq!(on_leader, written, "leader's linearizable list");
+        let leader_applied = c.applied(l).await.expect("leader applied index");
+
+        for f in (0..3).filter(|&i| i != l) {
+            let name = &c.nodes[f].name;
+            wait_until(
+                &format!("{name} to apply {leader_applied}"),
+                WAIT,
+                || async {
+                    c.applied(f)
+                        .await
+                        .filter(|&a| a >= leader_applied)
+                        .map(|_| ())
+                },
+            )
+            .await;
+            assert_eq!(c.list(f, "k/", true).await, written, "stale list on {name}");
+
+            // One stale read: 200 with the applied-index header.
+            let resp = c
+                .req(f, Method::GET, "/api/v1/config/k/00042?stale=true")
+                .send()
+                .await
+                .expect("stale read");
+            assert_eq!(resp.status(), StatusCode::OK);
+            let idx: u64 = resp
+                .headers()
+                .get("x-tandem-applied-index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .expect("X-Tandem-Applied-Index on a stale read");
+            assert!(idx >= leader_applied, "{idx} < {leader_applied}");
+            let entry: tandem_web::ConfigEntryView = resp.json().await.expect("an entry");
+            assert_eq!(entry.value, written["k/00042"]);
+
+            // A write on a follower: 421 pointing at the leader.
+            let resp = c
+                .put(f, "k/follower", &json!(1))
+                .await
+                .expect("put on a follower");
+            assert_eq!(
+                resp.status(),
+                StatusCode::MISDIRECTED_REQUEST,
+                "PUT on {name}"
+            );
+            let loc = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            assert_eq!(
+                loc.as_deref(),
+                Some(c.url(l, "/api/v1/config/k/follower").as_str()),
+                "Location of a write on {name}"
+            );
+            error_body(resp, "PUT on a follower").await;
+
+            // A linearizable read on a follower: 421 too.
+            let resp = c
+                .req(f, Method::GET, "/api/v1/config/k/00042")
+                .send()
+                .await
+                .expect("read on a follower");
+            assert_eq!(
+                resp.status(),
+                StatusCode::MISDIRECTED_REQUEST,
+                "GET on {name}"
+            );
+            let loc = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            assert_eq!(
+                loc.as_deref(),
+                Some(c.url(l, "/api/v1/config/k/00042").as_str())
+            );
+        }
+        // The refused follower write did not happen.
+        let resp = c
+            .req(l, Method::GET, "/api/v1/config/k/follower")
+            .send()
+            .await
+            .expect("read on the leader");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+}
+
+mod t30_failover {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// Keys are `fw/<n / 1000>/<n>` so that each bucket fits one list call.
+    fn key(n: u64) -> String {
+        format!("fw/{}/{n:06}", n / 1000)
+    }
+
+    struct Writer {
+        acked: Arc<Mutex<Vec<u64>>>,
+        stop: Arc<AtomicBool>,
+        handle: tokio::task::JoinHandle<()>,
+    }
+
+    impl Writer {
+        /// Writes `fw/...` keys with value `n` one after the other, following
+        /// 421s and moving to another node on errors; records each 200.
+        fn start(c: &Cluster) -> Self {
+            let apis: Vec<String> = c.nodes.iter().map(|n| n.api().to_string()).collect();
+            let http = c.http.clone();
+            let token = c.admin_token.clone();
+            let acked = Arc::new(Mutex::new(Vec::new()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let handle = tokio::spawn({
+                let (acked, stop) = (acked.clone(), stop.clone());
+                async move {
+                    let mut target = 0usize;
+                    let mut n = 0u64;
+                    // Bounded: at most 50_000 keys, and the test stops it.
+                    while !stop.load(Ordering::SeqCst) && n < 50_000 {
+                        let url = format!("{}/api/v1/config/{}", apis[target], key(n));
+                        let r = http
+                            .put(&url)
+                            .bearer_auth(&token)
+                            .json(&json!({ "value": n }))
+                            .timeout(Duration::from_secs(3))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(resp) if resp.status() == StatusCode::OK => {
+                                acked.lock().expect("acked lock").push(n);
+                                n += 1;
+                            }
+                            Ok(resp) if resp.status() == StatusCode::MISDIRECTED_REQUEST => {
+                                let loc = resp
+                                    .headers()
+                                    .get(reqwest::header::LOCATION)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("");
+                                target = apis
+                                    .iter()
+                                    .position(|a| loc.starts_with(a.as_str()))
+                                    .unwrap_or((target + 1) % apis.len());
+                                // Client back-off, not synchronisation.
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            _ => {
+                                target = (target + 1) % apis.len();
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                }
+            });
+            Self {
+                acked,
+                stop,
+                handle,
+            }
+        }
+
+        fn count(&self) -> usize {
+            self.acked.lock().expect("acked lock").len()
+        }
+
+        async fn finish(self) -> Vec<u64> {
+            self.stop.store(true, Ordering::SeqCst);
+            tokio::time::timeout(Duration::from_secs(30), self.handle)
+                .await
+                .expect("the writer stops within 30 s")
+                .expect("the writer did not panic");
+            let acked = self.acked.lock().expect("acked lock").clone();
+            acked
+        }
+    }
+
+    async fn assert_has_all(c: &Cluster, i: usize, acked: &[u64], stale: bool) {
+        let last_bucket = acked.iter().max().map_or(0, |m| m / 1000);
+        let mut found = BTreeMap::new();
+        for b in 0..=last_bucket {
+            found.extend(c.list(i, &format!("fw/{b}/"), stale).await);
+        }
+        for n in acked {
+            assert_eq!(
+                found.get(&key(*n)),
+                Some(&json!(n)),
+                "acknowledged write {} missing or wrong on {}",
+                key(*n),
+                c.nodes[i].name
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leader_killed_no_acknowledged_write_lost() {
+        let mut c = Cluster::three(&[]).await;
+        let old = c.leader().await;
+        let writer = Writer::start(&c);
+        wait_until("30 acknowledged writes", WAIT, || async {
+            (writer.count() >= 30).then_some(())
+        })
+        .await;
+
+        c.kill9(old);
+        let at_kill = writer.count();
+        let new = c.leader().await;
+        assert_ne!(new, old);
+        wait_until("30 writes acknowledged after the kill", WAIT, || async {
+            (writer.count() >= at_kill + 30).then_some(())
+        })
+        .await;
+        // The new leader also accepts a write directly.
+        c.put_ok(new, "after-failover", &json!("yes")).await;
+        let acked = writer.finish().await;
+        assert!(acked.len() >= at_kill + 30);
+        eprintln!(
+            "t30: killed {} (leader), {} acked before the kill, {} in all; new leader {}",
+            c.nodes[old].name,
+            at_kill,
+            acked.len(),
+            c.nodes[new].name
+        );
+        assert_has_all(&c, new, &acked, false).await;
+
+        c.restart(old).await;
+        let applied = c.wait_caught_up(old).await;
+        assert!(applied > 0);
+        assert_has_all(&c, old, &acked, true).await;
+        assert_eq!(
+            c.list(old, "after-failover", true)
+                .await
+                .get("after-failover"),
+            Some(&json!("yes"))
+        );
+    }
+
+    /// DESIGN.md §2: "A witness leader never serves: as soon as an appliance
+    /// is caught up it transfers leadership to it, and until then writes
+    /// wait." Kill -9 the leader until the witness wins an election (bounded
+    /// number of rounds), then the witness must hand leadership to the
+    /// caught-up appliance.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "node bug: a witness that wins an election keeps leading and serves writes (no hand-over in node/src)"]
+    async fn witness_leader_hands_over_to_an_appliance() {
+        let mut c = Cluster::three(&[]).await;
+        let w = c
+            .nodes
+            .iter()
+            .position(NodeProc::witness)
+            .expect("a witness");
+        let mut witness_won = false;
+        for round in 0..8 {
+            let old = c.leader().await;
+            c.kill9(old);
+            let new = c.leader().await;
+            c.restart(old).await;
+            c.wait_caught_up(old).await;
+            eprintln!(
+                "witness round {round}: {} -> {}",
+                c.nodes[old].name, c.nodes[new].name
+            );
+            if new == w {
+                witness_won = true;
+                break;
+            }
+        }
+        if !witness_won {
+            eprintln!("the witness never won an election in 8 rounds; nothing to check");
+            return;
+        }
+        // Both appliances are up and caught up: the witness must hand over.
+        let l = wait_until(
+            "an appliance to lead instead of the witness",
+            Duration::from_secs(20),
+            || async { c.find_leader().await.filter(|&l| l != w) },
+        )
+        .await;
+        assert!(!c.nodes[l].witness());
+    }
+}
+
+mod t40_snapshot_catch_up {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follower_behind_a_purged_log_catches_up_by_snapshot() {
+        let mut c =
+            Cluster::three(&["--snapshot-every", "100", "--keep-behind-snapshot", "10"]).await;
+        let l = c.leader().await;
+        let f = (0..3)
+            .find(|&i| i != l && !c.nodes[i].witness())
+            .expect("an appliance follower");
+        c.wait_caught_up(f).await;
+        let f_last = c
+            .health(f)
+            .await
+            .and_then(|h| h.last_log_index)
+            .expect("follower last log index");
+        assert_eq!(c.stop(f).await, Some(0), "SIGTERM exit code");
+
+        let written = write_keys(&c, l, "s/", 600).await;
+        let purged = wait_until(
+            "the leader to purge the log the follower needs",
+            WAIT,
+            || async {
+                c.health(l)
+                    .await
+                    .and_then(|h| h.purged_index)
+                    .filter(|&p| p > f_last)
+            },
+        )
+        .await;
+        let leader_h = c.health(l).await.expect("leader health");
+        assert!(leader_h.snapshot_index.is_some_and(|s| s >= purged));
+
+        c.restart(f).await;
+        c.wait_caught_up(f).await;
+        let h = c.health(f).await.expect("follower health");
+        let snap = h.snapshot_index.expect("the follower has a snapshot");
+        eprintln!(
+            "t40: follower {} stopped at log {f_last}; leader purged {purged}; follower now {h:?}",
+            c.nodes[f].name
+        );
+        assert!(
+            snap > f_last,
+            "snapshot index {snap} should cover entries written while it was down (last log {f_last})"
+        );
+        assert_eq!(c.list(f, "s/", true).await, written);
+        assert_eq!(c.list(l, "s/", false).await, written);
+    }
+}
+
+mod t50_bad_input {
+    use super::*;
+    use std::sync::Arc;
+    use tandem_node::frame::{read_frame, write_frame, FrameError};
+    use tandem_node::protocol::{Hello, PeerResponse, PROTOCOL_VERSION};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+    use tokio_rustls::TlsConnector;
+
+    async fn assert_healthy(c: &Cluster, i: usize, after: &str) {
+        let h = c.health(i).await;
+        assert!(
+            h.as_ref().is_some_and(|h| h.status == "ok"),
+            "node unhealthy after {after}: {h:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn api_refuses_bad_requests_cleanly() {
+        let c = Cluster::three(&[]).await;
+        let l = c.leader().await;
+        let url = |p: &str| c.url(l, p);
+        let big_body = format!(r#"{{"value":"{}"}}"#, "x".repeat(1024 * 1024 + 100));
+        let big_value = format!(r#"{{"value":"{}"}}"#, "x".repeat(100 * 1024));
+        let long_key = "k".repeat(300);
+        type Case<'a> = (&'a str, reqwest::RequestBuilder, Option<StatusCode>);
+        let json_put = |path: &str, body: String| {
+            c.http
+                .put(url(path))
+                .bearer_auth(&c.admin_token)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "bad JSON",
+                json_put("/api/v1/config/x", r#"{"value": "#.into()),
+                Some(StatusCode::BAD_REQUEST),
+            ),
+            (
+                "unknown field",
+                json_put("/api/v1/config/x", r#"{"value":1,"bogus":2}"#.into()),
+                None,
+            ),
+            (
+                "missing value",
+                json_put("/api/v1/config/x", "{}".into()),
+                None,
+            ),
+            (
+                "wrong JSON type",
+                json_put("/api/v1/config/x", "[1,2]".into()),
+                None,
+            ),
+            (
+                "body over 1 MiB",
+                json_put("/api/v1/config/x", big_body),
+                Some(StatusCode::PAYLOAD_TOO_LARGE),
+            ),
+            (
+                "value over the value limit",
+                json_put("/api/v1/config/x", big_value),
+                Some(StatusCode::BAD_REQUEST),
+            ),
+            (
+                "if_version of the wrong type",
+                json_put(
+                    "/api/v1/config/x",
+                    r#"{"value":1,"if_version":"one"}"#.into(),
+                ),
+                None,
+            ),
+            (
+                "key too long",
+                json_put(
+                    &format!("/api/v1/config/{long_key}"),
+                    r#"{"value":1}"#.into(),
+                ),
+                Some(StatusCode::BAD_REQUEST),
+            ),
+            (
+                "key with a space",
+                json_put("/api/v1/config/a%20b", r#"{"value":1}"#.into()),
+                Some(StatusCode::BAD_REQUEST),
+            ),
+            (
+                "text/plain body",
+                c.http
+                    .put(url("/api/v1/config/x"))
+                    .bearer_auth(&c.admin_token)
+                    .header(reqwest::header::CONTENT_TYPE, "text/plain")
+                    .body(r#"{"value":1}"#),
+                None,
+            ),
+            (
+                "no bearer",
+                c.http
+                    .put(url("/api/v1/config/x"))
+                    .json(&json!({"value": 1})),
+                Some(StatusCode::UNAUTHORIZED),
+            ),
+            (
+                "no bearer on a read",
+                c.http.get(url("/api/v1/config")),
+                Some(StatusCode::UNAUTHORIZED),
+            ),
+            (
+                "wrong bearer",
+                c.http
+                    .get(url("/api/v1/cluster"))
+                    .bearer_auth("tdm_not-the-token"),
+                Some(StatusCode::UNAUTHORIZED),
+            ),
+            (
+                "basic auth",
+                c.http
+                    .get(url("/api/v1/cluster"))
+                    .basic_auth("admin", Some(&c.admin_token)),
+                Some(StatusCode::UNAUTHORIZED),
+            ),
+            (
+                "limit=0",
+                c.req(l, Method::GET, "/api/v1/config?limit=0"),
+                Some(StatusCode::BAD_REQUEST),
+            ),
+            (
+                "limit=abc",
+                c.req(l, Method::GET, "/api/v1/config?limit=abc"),
+                Some(StatusCode::BAD_REQUEST),
+            ),
+            (
+                "session without owner",
+                c.req(l, Method::POST, "/api/v1/sessions")
+                    .json(&json!({"owner": "", "ttl_secs": 0})),
+                Some(StatusCode::BAD_REQUEST),
+            ),
+            (
+                "join token with a bad kind",
+                c.req(l, Method::POST, "/api/v1/join-tokens")
+                    .json(&json!({"kind": "overlord"})),
+                Some(StatusCode::BAD_REQUEST),
+            ),
+            (
+                "join with an empty body",
+                c.http.post(url("/api/v1/join")).json(&json!({})),
+                None,
+            ),
+            (
+                "join with a made-up token",
+                c.http.post(url("/api/v1/join")).json(&json!({
+                    "token": format!("id.secret.{}", "0".repeat(64)),
+                    "name": "evil",
+                    "kind": "appliance",
+                    "peer_addr": "127.0.0.1:1",
+                    "api_addr": "https://127.0.0.1:2",
+                    "csr_pem": "not a csr",
+                })),
+                None,
+            ),
+            (
+                "delete of a missing key",
+                c.req(l, Method::DELETE, "/api/v1/config/missing"),
+                Some(StatusCode::NOT_FOUND),
+            ),
+            (
+                "unknown route",
+                c.req(l, Method::GET, "/api/v2/nothing"),
+                Some(StatusCode::NOT_FOUND),
+            ),
+            (
+                "wrong method",
+                c.http.post(url("/health")),
+                Some(StatusCode::METHOD_NOT_ALLOWED),
+            ),
+        ];
+        for (what, req, expected) in cases {
+            let resp = req
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: no answer: {e:?}"));
+            let (status, body) = error_body(resp, what).await;
+            assert!(!status.is_server_error(), "{what}: {status} {body}");
+            match expected {
+                Some(s) => assert_eq!(status, s, "{what}: {body}"),
+                None => assert!(status.is_client_error(), "{what}: {status} {body}"),
+            }
+            assert_healthy(&c, l, what).await;
+        }
+        // Nothing was written by the refused requests; good writes work.
+        let resp = c
+            .req(l, Method::GET, "/api/v1/config/x")
+            .send()
+            .await
+            .expect("read x");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        c.put_ok(l, "x", &json!({"fine": true})).await;
+    }
+
+    async fn connect(
+        addr: &str,
+        node_id: u64,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls_pki_types::ServerName::try_from(tandem_certs::server_name_for(node_id))
+            .expect("a valid server name");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            TlsConnector::from(tls).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("handshake timed out"))?
+    }
+
+    /// Reads the next frame, bounded by 15 s (the node's hello timeout is 10 s).
+    async fn next(conn: &mut TlsStream<TcpStream>) -> Result<PeerResponse, FrameError> {
+        tokio::time::timeout(Duration::from_secs(15), read_frame::<PeerResponse, _>(conn))
+            .await
+            .expect("the node answers or closes within 15 s")
+    }
+
+    async fn hello(conn: &mut TlsStream<TcpStream>, cluster_id: &str, node_id: u64) {
+        let h = Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster_id: cluster_id.to_string(),
+            node_id,
+            epoch: 0,
+        };
+        write_frame(conn, &h).await.expect("hello sent");
+    }
+
+    /// After garbage, the node must close the connection without answering.
+    async fn assert_closed(conn: &mut TlsStream<TcpStream>, what: &str) {
+        match next(conn).await {
+            Err(FrameError::Closed | FrameError::Io(_)) => {}
+            other => panic!("{what}: expected the connection to be closed, got {other:?}"),
+        }
+    }
+
+    async fn write_raw(conn: &mut TlsStream<TcpStream>, bytes: &[u8]) {
+        // The node may close while we write; that is fine.
+        let _ = conn.write_all(bytes).await;
+        let _ = conn.flush().await;
+    }
+
+    async fn still_serving(c: &Cluster, l: usize, after: &str) {
+        for i in 0..3 {
+            assert_healthy(c, i, after).await;
+        }
+        let key = format!("after/{}", after.replace(' ', "-"));
+        c.put_ok(l, &key, &json!(after)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peer_listener_refuses_strangers_and_garbage() {
+        let c = Cluster::three(&[]).await;
+        let l = c.leader().await;
+        // Attack a node: node 0 (`a`, which holds the CA key).
+        let target = &c.nodes[0];
+        let addr = target.cfg.peer_listen.to_string();
+        let id = target.id();
+        let ca_key = std::fs::read_to_string(target.dir.join("ca.key")).expect("ca.key");
+        let cluster_ca = tandem_certs::ClusterCa::from_pem(&c.ca_pem, &ca_key).expect("the CA");
+        let sans = vec!["127.0.0.1".to_string()];
+
+        // (1) A certificate from another CA (the client trusts the real CA,
+        // so only the node's check of the client certificate can fail).
+        let other = tandem_certs::ClusterCa::generate(&c.cluster_id).expect("another CA");
+        let stranger = other.issue_node_cert(99, &sans).expect("a stranger cert");
+        let tls =
+            tandem_certs::peer_client_config(&c.ca_pem, &stranger.cert_pem, &stranger.key_pem)
+                .expect("client config");
+        match connect(&addr, id, tls).await {
+            Err(_) => {}
+            Ok(mut conn) => {
+                // TLS 1.3: the client may finish before the server rejects
+                // its certificate; the rejection then shows on first use.
+                hello(&mut conn, &c.cluster_id, 99).await;
+                match next(&mut conn).await {
+                    Err(_) => {}
+                    Ok(r) => panic!("a foreign certificate got an answer: {r:?}"),
+                }
+            }
+        }
+        still_serving(&c, l, "foreign certificate").await;
+
+        // A valid certificate of the cluster CA for a node id nobody has.
+        let cert = cluster_ca.issue_node_cert(99, &sans).expect("cert 99");
+        let tls = tandem_certs::peer_client_config(&c.ca_pem, &cert.cert_pem, &cert.key_pem)
+            .expect("client config");
+
+        // (2) A frame announcing 4 GiB, as the hello and after a welcome.
+        let mut huge = u32::MAX.to_be_bytes().to_vec();
+        huge.extend_from_slice(&[0xAB; 64]);
+        let mut conn = connect(&addr, id, tls.clone()).await.expect("handshake");
+        write_raw(&mut conn, &huge).await;
+        assert_closed(&mut conn, "4 GiB hello").await;
+        still_serving(&c, l, "4 GiB hello").await;
+
+        let mut conn = connect(&addr, id, tls.clone()).await.expect("handshake");
+        hello(&mut conn, &c.cluster_id, 99).await;
+        assert!(
+            matches!(next(&mut conn).await, Ok(PeerResponse::Welcome { node_id, .. }) if node_id == id),
+            "a valid hello is welcomed"
+        );
+        write_raw(&mut conn, &huge).await;
+        assert_closed(&mut conn, "4 GiB envelope").await;
+        still_serving(&c, l, "4 GiB envelope").await;
+
+        // (3) A short frame of garbage, as the hello and after a welcome.
+        let mut garbage = 16u32.to_be_bytes().to_vec();
+        garbage.extend_from_slice(&[0xFF; 16]);
+        let mut conn = connect(&addr, id, tls.clone()).await.expect("handshake");
+        write_raw(&mut conn, &garbage).await;
+        assert_closed(&mut conn, "garbage hello").await;
+        still_serving(&c, l, "garbage hello").await;
+
+        let mut conn = connect(&addr, id, tls.clone()).await.expect("handshake");
+        hello(&mut conn, &c.cluster_id, 99).await;
+        assert!(matches!(
+            next(&mut conn).await,
+            Ok(PeerResponse::Welcome { .. })
+        ));
+        write_raw(&mut conn, &garbage).await;
+        assert_closed(&mut conn, "garbage envelope").await;
+        still_serving(&c, l, "garbage envelope").await;
+
+        // (4) A hello with the wrong cluster id, and one claiming another
+        // node's id than the certificate's.
+        for (what, cluster, node) in [
+            ("wrong cluster id", "not-this-cluster".to_string(), 99),
+            ("impersonating node 1", c.cluster_id.clone(), 1),
+        ] {
+            let mut conn = connect(&addr, id, tls.clone()).await.expect("handshake");
+            hello(&mut conn, &cluster, node).await;
+            match next(&mut conn).await {
+                Ok(PeerResponse::Refused { reason }) => {
+                    assert!(!reason.is_empty(), "{what}");
+                }
+                other => panic!("{what}: expected Refused, got {other:?}"),
+            }
+            assert_closed(&mut conn, what).await;
+            still_serving(&c, l, what).await;
+        }
+    }
+}
+
+mod t60_demo {
+    use super::*;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::process::{Child, Stdio};
+    use std::time::Instant;
+    use tandem_tests::pid_alive;
+
+    /// The demo process and the node processes it started; on drop (test
+    /// failure) the demo gets SIGINT then SIGKILL, and any of its nodes
+    /// still alive SIGKILL (all started by this test, killed by PID).
+    struct Demo {
+        child: Option<Child>,
+        nodes: Vec<u32>,
+        root: tempfile::TempDir,
+    }
+
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let pid = Pid::from_raw(child.id() as i32);
+                let _ = kill(pid, Signal::SIGINT);
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(20) {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = child.wait();
+            }
+            for &p in &self.nodes {
+                if pid_alive(p) && is_tandem_run(p) {
+                    let _ = kill(Pid::from_raw(p as i32), Signal::SIGKILL);
+                }
+            }
+            if std::thread::panicking() {
+                for f in [
+                    "demo.out",
+                    "demo.err",
+                    "demo/a.log",
+                    "demo/b.log",
+                    "demo/w.log",
+                ] {
+                    eprintln!(
+                        "----- {f} -----\n{}",
+                        tandem_tests::tail(&self.root.path().join(f), 30)
+                    );
+                }
+            }
+        }
+    }
+
+    fn is_tandem_run(pid: u32) -> bool {
+        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            args.iter().any(|a| a.ends_with(b"tandem")) && args.iter().any(|a| *a == b"run")
+        })
+    }
+
+    /// PIDs of the children of `parent` (from /proc).
+    fn children_of(parent: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // Fields after the command name: state, ppid, ...
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_starts_three_nodes_and_stops_them_on_sigint() {
+        let _slot = tandem_tests::cluster_slot().await;
+        let root = tempfile::Builder::new()
+            .prefix("tandem-demo-test-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = root.path().join("demo");
+        let out = std::fs::File::create(root.path().join("demo.out")).expect("demo.out");
+        let err = std::fs::File::create(root.path().join("demo.err")).expect("demo.err");
+        let child = std::process::Command::new(tandem_tests::tandem_bin())
+            .arg("demo")
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("starting tandem demo");
+        let demo_pid = child.id();
+        let mut demo = Demo {
+            child: Some(child),
+            nodes: Vec::new(),
+            root,
+        };
+
+        let doc: Value = wait_until("demo.json", Duration::from_secs(90), || async {
+            let text = std::fs::read_to_string(dir.join("demo.json")).ok()?;
+            serde_json::from_str(&text).ok()
+        })
+        .await;
+        let runs: Vec<u32> = children_of(demo_pid)
+            .into_iter()
+            .filter(|p| is_tandem_run(*p))
+            .collect();
+        demo.nodes = runs.clone();
+        assert_eq!(runs.len(), 3, "the demo runs three nodes: {runs:?}");
+
+        let token = doc["token"].as_str().expect("token").to_string();
+        let ca = doc["ca"].as_str().expect("ca");
+        let ca_pem = std::fs::read_to_string(ca).expect("the CA file");
+        let nodes = doc["nodes"].as_array().expect("nodes");
+        let names: Vec<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
+        assert_eq!(names, ["a", "b", "w"]);
+        let apis: Vec<String> = nodes
+            .iter()
+            .map(|n| n["api"].as_str().expect("api").to_string())
+            .collect();
+        for n in nodes {
+            let d = n["dir"].as_str().expect("dir");
+            assert!(std::path::Path::new(d).join("node.toml").is_file(), "{d}");
+        }
+        let http = tandem_tests::https_client(&ca_pem);
+
+        // The node that leads accepts a PUT, like the curl line the demo prints.
+        let leader = wait_until("a demo leader", WAIT, || async {
+            for (i, api) in apis.iter().enumerate() {
+                let h: tandem_web::HealthView = http
+                    .get(format!("{api}/health"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                if h.role == "leader" {
+                    return Some(i);
+                }
+            }
+            None
+        })
+        .await;
+        let resp = http
+            .put(format!("{}/api/v1/config/greeting", apis[leader]))
+            .bearer_auth(&token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(r#"{"value":{"hello":"world"}}"#)
+            .send()
+            .await
+            .expect("PUT greeting");
+        assert_eq!(resp.status(), StatusCode::OK);
+        for api in &apis {
+            let v = wait_until(&format!("greeting on {api}"), WAIT, || async {
+                let resp = http
+                    .get(format!("{api}/api/v1/config/greeting?stale=true"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .ok()?;
+                if resp.status() != StatusCode::OK {
+                    return None;
+                }
+                resp.json::<tandem_web::ConfigEntryView>().await.ok()
+            })
+            .await;
+            assert_eq!(v.value, json!({"hello": "world"}));
+        }
+
+        // Ctrl-C: the demo exits 0 within 30 s and leaves no node behind.
+        let mut child = demo.child.take().expect("the demo runs");
+        kill(Pid::from_raw(demo_pid as i32), Signal::SIGINT).expect("SIGINT to our child");
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("waiting for the demo") {
+                break s;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                demo.child = Some(child);
+                panic!("the demo did not exit within 30 s of SIGINT");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(status.code(), Some(0), "demo exit status {status:?}");
+        for p in &runs {
+            assert!(!pid_alive(*p), "node process {p} outlived the demo");
+        }
+        for api in &apis {
+            assert!(
+                http.get(format!("{api}/health")).send().await.is_err(),
+                "{api} still answers after the demo stopped"
+            );
+        }
+    }
+}
