@@ -9,8 +9,10 @@ use std::time::Duration;
 use openraft::ServerState;
 use tandem_storage::{ConfigEntry, NodeKind, Request, Response, Session};
 use tandem_web::{
-    AdminBackend, ApiError, ClusterView, ConfigEntryView, HealthView, JoinRequest, JoinResponse,
-    JoinTokenRequest, JoinTokenView, MemberView, ReadMeta, SessionCreate, SessionView,
+    AdminBackend, ApiError, BreakOutcome, ClusterView, ConfigEntryView, HealthView, HistoryPage,
+    JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, ReadMeta,
+    ReadinessView, RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView,
+    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest,
 };
 
 use crate::client::ApiClient;
@@ -45,7 +47,7 @@ impl Backend {
 
     fn meta(&self, stale: bool) -> ReadMeta {
         ReadMeta {
-            applied_index: self.node.reader.applied_index(),
+            applied_index: self.node.reader().applied_index(),
             stale,
         }
     }
@@ -157,7 +159,7 @@ impl AdminBackend for Backend {
         self.node.read_barrier(stale).await.map_err(api)?;
         let e = self
             .node
-            .reader
+            .reader()
             .config_get(&key)
             .ok_or_else(|| ApiError::NotFound(format!("no config key {key:?}")))?;
         Ok((config_view(e), self.meta(stale)))
@@ -172,7 +174,7 @@ impl AdminBackend for Backend {
         self.node.read_barrier(stale).await.map_err(api)?;
         let items = self
             .node
-            .reader
+            .reader()
             .config_list(prefix.as_deref().unwrap_or(""), limit);
         Ok((
             items.into_iter().map(config_view).collect(),
@@ -196,7 +198,7 @@ impl AdminBackend for Backend {
             at_ms,
             if_version,
         };
-        match self.node.write(req).await.map_err(api)? {
+        match self.node.write_app(req).await.map_err(api)? {
             Response::ConfigWritten { version } => Ok(ConfigEntryView {
                 key,
                 value,
@@ -215,7 +217,7 @@ impl AdminBackend for Backend {
             actor,
             at_ms: now_ms(),
         };
-        match self.node.write(req).await.map_err(api)? {
+        match self.node.write_app(req).await.map_err(api)? {
             Response::Deleted { existed: true } => Ok(()),
             Response::Deleted { existed: false } => {
                 Err(ApiError::NotFound(format!("no config key {key:?}")))
@@ -237,7 +239,7 @@ impl AdminBackend for Backend {
             created_ms,
             expires_ms,
         };
-        match self.node.write(cmd).await.map_err(api)? {
+        match self.node.write_app(cmd).await.map_err(api)? {
             Response::Ok => Ok(SessionView {
                 id,
                 owner: req.owner,
@@ -258,7 +260,7 @@ impl AdminBackend for Backend {
         self.node.read_barrier(stale).await.map_err(api)?;
         let s = self
             .node
-            .reader
+            .reader()
             .session_get(&id, now_ms())
             .ok_or_else(|| ApiError::NotFound(format!("no session {id:?}")))?;
         Ok((session_view(s), self.meta(stale)))
@@ -270,7 +272,7 @@ impl AdminBackend for Backend {
         stale: bool,
     ) -> Result<(Vec<SessionView>, ReadMeta), ApiError> {
         self.node.read_barrier(stale).await.map_err(api)?;
-        let items = self.node.reader.session_list(now_ms(), limit);
+        let items = self.node.reader().session_list(now_ms(), limit);
         Ok((
             items.into_iter().map(session_view).collect(),
             self.meta(stale),
@@ -280,7 +282,7 @@ impl AdminBackend for Backend {
     async fn session_delete(&self, id: String) -> Result<(), ApiError> {
         match self
             .node
-            .write(Request::SessionDelete { id: id.clone() })
+            .write_app(Request::SessionDelete { id: id.clone() })
             .await
             .map_err(api)?
         {
@@ -379,5 +381,56 @@ impl AdminBackend for Backend {
             ca_key_pem: grant.ca_key_pem,
             members: self.cluster(true).await?.members,
         })
+    }
+
+    // --- relationship API: filled in by the node crate ---
+
+    async fn status(&self) -> Result<StatusView, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
+    }
+
+    async fn history(
+        &self,
+        _before: Option<u64>,
+        _limit: usize,
+        _kind: Option<String>,
+    ) -> Result<HistoryPage, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
+    }
+
+    async fn settings(&self) -> Result<SettingsView, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
+    }
+
+    async fn settings_put(
+        &self,
+        _update: SettingsUpdate,
+        _actor: String,
+    ) -> Result<SettingsView, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
+    }
+
+    async fn swap(&self, _req: SwapRequest, _actor: String) -> Result<SwapOutcome, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
+    }
+
+    async fn sync(&self, _req: SyncRequest, _actor: String) -> Result<SyncReport, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
+    }
+
+    async fn break_relationship(&self, _actor: String) -> Result<BreakOutcome, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
+    }
+
+    async fn health_primary(&self) -> Result<RoleHealth, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
+    }
+
+    async fn health_backup(&self, _max_lag: Option<u64>) -> Result<RoleHealth, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
+    }
+
+    async fn readiness(&self) -> Result<ReadinessView, ApiError> {
+        Err(ApiError::Unavailable("not implemented yet".into()))
     }
 }

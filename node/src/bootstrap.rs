@@ -18,6 +18,7 @@ use tandem_web::{JoinRequest, JoinResponse};
 
 use crate::config::{DataDir, NodeConfig, Tuning, CONFIG_FORMAT};
 use crate::node::{hash_secret, random_secret, sans_for, validate_name, Node, ParsedToken};
+use crate::settings::Settings;
 
 /// Where a new node listens and how others reach it.
 #[derive(Debug, Clone)]
@@ -172,26 +173,38 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
     let admin_token = format!("tdm_{}", random_secret(32));
     let node = Node::open(dir.clone(), cfg.clone()).await?;
     let members = BTreeMap::from([(1u64, node.info())]);
-    node.raft
+    node.raft()
         .initialize(members)
         .await
         .context("initialising raft")?;
-    node.raft
+    node.raft()
         .wait(Some(Duration::from_secs(10)))
         .current_leader(1, "this node elects itself")
         .await
         .context("waiting for this node to become leader")?;
     match node
-        .write(Request::Bootstrap {
-            cluster_id: cluster_id.clone(),
-            admin_token_hash: hash_secret(&admin_token),
-        })
+        .write(Request::Multi(vec![
+            Request::Bootstrap {
+                cluster_id: cluster_id.clone(),
+                admin_token_hash: hash_secret(&admin_token),
+            },
+            Request::SettingsPut {
+                settings_json: Settings {
+                    primary_timeout_ms: opts.tuning.primary_timeout_ms,
+                    ..Settings::default()
+                }
+                .to_json(),
+                if_version: None,
+                actor: "init".into(),
+                at_ms: crate::node::now_ms(),
+            },
+        ]))
         .await?
     {
         Response::Refused { reason } => bail!("bootstrap refused: {reason}"),
         _ => {}
     }
-    node.raft.shutdown().await.context("stopping raft")?;
+    node.raft().shutdown().await.context("stopping raft")?;
     node.flush().await?;
     dir.save(&cfg)?;
     tracing::info!(cluster = %cluster_id, dir = %dir.root().display(), "cluster created");
@@ -293,7 +306,10 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<JoinResponse> {
                             .map(str::to_string)
                     })
                     .unwrap_or(text);
-                bail!("join refused ({status}): {msg}");
+                if status.is_client_error() {
+                    bail!("join refused ({status}): {msg}");
+                }
+                bail!("join failed ({status}): {msg}");
             }
             break 'hops resp
                 .json::<JoinResponse>()

@@ -95,6 +95,10 @@ pub struct ListenArgs {
     /// sled page cache in MiB.
     #[arg(long, default_value_t = Tuning::default().cache_mb)]
     pub cache_mb: u64,
+    /// Primary timeout in ms (Raft heartbeat and election timeouts derive
+    /// from it); `init` also stores it in the replicated settings.
+    #[arg(long, default_value_t = Tuning::default().primary_timeout_ms)]
+    pub primary_timeout_ms: u64,
 }
 
 impl ListenArgs {
@@ -112,7 +116,7 @@ impl ListenArgs {
             snapshot_every: self.snapshot_every,
             keep_behind_snapshot: self.keep_behind_snapshot,
             cache_mb: self.cache_mb,
-            ..Tuning::default()
+            primary_timeout_ms: self.primary_timeout_ms,
         }
     }
 }

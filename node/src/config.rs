@@ -55,14 +55,12 @@ pub enum ConfigError {
 
 /// Raft timing and storage tuning. Defaults suit a pair on a LAN.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Tuning {
-    /// Leader heartbeat interval.
-    pub heartbeat_ms: u64,
-    /// Lower bound of the randomised election timeout.
-    pub election_min_ms: u64,
-    /// Upper bound of the randomised election timeout.
-    pub election_max_ms: u64,
+    /// Primary timeout used until the replicated setting is known (the
+    /// replicated one wins once this node has it); Raft heartbeat and
+    /// election timeouts are derived from it.
+    pub primary_timeout_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for followers slightly behind).
@@ -74,9 +72,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            heartbeat_ms: 100,
-            election_min_ms: 500,
-            election_max_ms: 1000,
+            primary_timeout_ms: crate::settings::DEFAULT_PRIMARY_TIMEOUT_MS,
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
             cache_mb: 16,

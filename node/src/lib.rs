@@ -26,6 +26,8 @@ pub mod demo;
 pub mod frame;
 pub mod node;
 pub mod protocol;
+pub mod roles;
+pub mod settings;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -102,9 +104,8 @@ pub async fn run(
 
     let peer_server = Arc::new(PeerServer {
         me: node.identity.clone(),
-        raft: node.raft.clone(),
+        node: node.clone(),
         snapshot_dir: node.snapshot_dir.join("incoming"),
-        on_epoch: Box::new(|_epoch| {}),
     });
     let peer_task = tasks.spawn({
         let (stop, tasks2, failed) = (peer_stop.clone(), tasks.clone(), failed.clone());
@@ -129,6 +130,7 @@ pub async fn run(
         }
     });
     tasks.spawn(background(node.clone(), background_stop.clone()));
+    tasks.spawn(roles::manage_roles(node.clone(), background_stop.clone()));
 
     tracing::info!(
         node = cfg.node_id,
@@ -169,7 +171,7 @@ pub async fn run(
         tracing::warn!("peer connections did not close in time");
     }
     // 4. Stop Raft, 5. flush sled.
-    match tokio::time::timeout(SHUTDOWN_STEP, node.raft.shutdown()).await {
+    match tokio::time::timeout(SHUTDOWN_STEP, node.raft().shutdown()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
         Err(_) => tracing::warn!("raft shutdown timed out"),
@@ -217,11 +219,11 @@ async fn hand_over(node: &Node) {
         .max_by_key(|id| progress.get(id).copied().flatten());
     let Some(&target) = best else { return };
     tracing::info!(to = target, "handing leadership over before shutdown");
-    if node.raft.trigger().transfer_leader(target).await.is_err() {
+    if node.raft().trigger().transfer_leader(target).await.is_err() {
         return;
     }
     let _ = node
-        .raft
+        .raft()
         .wait(Some(Duration::from_secs(3)))
         .metrics(
             |m| m.current_leader != Some(node.cfg.node_id),

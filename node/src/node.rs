@@ -10,11 +10,13 @@ use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, ReadPolicy, ServerState, SnapshotPolicy};
 use rand::RngCore;
 use tandem_certs::ClusterCa;
-use tandem_storage::{NodeInfo, NodeKind, Request, Response, StateReader};
+use tandem_storage::{LogReaderHandle, NodeInfo, NodeKind, Request, Response, StateReader};
 
 use crate::config::{DataDir, NodeConfig, Tuning};
+use crate::settings::{Settings, Timing};
 use crate::transport::{PeerIdentity, PeerNetwork};
 use crate::TandemRaft;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How long a join token lives unless the caller asks otherwise.
 pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -80,16 +82,16 @@ pub fn random_secret(n: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The openraft configuration derived from the node's tuning.
+/// The openraft configuration for this node's tuning and timing.
 ///
 /// # Errors
-/// If the tuning values are inconsistent (openraft validates them).
-pub fn raft_config(t: &Tuning) -> anyhow::Result<Arc<openraft::Config>> {
+/// If the values are inconsistent (openraft validates them).
+pub fn raft_config(t: &Tuning, timing: Timing) -> anyhow::Result<Arc<openraft::Config>> {
     let cfg = openraft::Config {
         cluster_name: "tandem".into(),
-        heartbeat_interval: t.heartbeat_ms,
-        election_timeout_min: t.election_min_ms,
-        election_timeout_max: t.election_max_ms,
+        heartbeat_interval: timing.heartbeat.as_millis() as u64,
+        election_timeout_min: timing.election_min.as_millis() as u64,
+        election_timeout_max: timing.election_max.as_millis() as u64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
         max_in_snapshot_log_to_keep: t.keep_behind_snapshot,
         // Bounds one AppendEntries frame: 256 entries of at most 64 KiB each
@@ -100,24 +102,68 @@ pub fn raft_config(t: &Tuning) -> anyhow::Result<Arc<openraft::Config>> {
     Ok(Arc::new(cfg.validate()?))
 }
 
+/// Starts Raft over an opened store.
+///
+/// # Errors
+/// Invalid configuration or a storage failure while Raft recovers.
+pub async fn start_engine(
+    cfg: &NodeConfig,
+    timing: Timing,
+    network: PeerNetwork,
+    store: tandem_storage::Store,
+) -> anyhow::Result<Engine> {
+    use anyhow::Context;
+    let reader = store.reader.clone();
+    let log_reader = store.log_reader();
+    let raft = TandemRaft::new(
+        cfg.node_id,
+        raft_config(&cfg.tuning, timing)?,
+        network,
+        store.log,
+        store.sm,
+    )
+    .await
+    .context("starting raft")?;
+    Ok(Engine {
+        raft,
+        reader,
+        log_reader,
+    })
+}
+
+/// The parts of a node that are rebuilt when its Raft state is reset (a
+/// forced promotion or a broken relationship makes it the single voter of a
+/// fresh Raft over the same data).
+pub struct Engine {
+    /// The Raft handle.
+    pub raft: TandemRaft,
+    /// Concurrent reader of the replicated state.
+    pub reader: StateReader,
+    /// Concurrent reader of the Raft log (diverged exports, lag in bytes).
+    pub log_reader: LogReaderHandle,
+}
+
 /// A node with its Raft instance running.
 pub struct Node {
     /// The node's configuration as in force for this run.
     pub cfg: NodeConfig,
     /// Its data directory.
     pub dir: DataDir,
-    /// The Raft handle.
-    pub raft: TandemRaft,
-    /// Concurrent reader of the replicated state.
-    pub reader: StateReader,
+    engine: std::sync::RwLock<Arc<Engine>>,
     /// The cluster CA (with its key on appliances, to sign joiners).
     pub ca: Option<ClusterCa>,
     /// The CA certificate, PEM.
     pub ca_pem: String,
     /// Identity shared with the transport.
     pub identity: Arc<PeerIdentity>,
+    /// The Raft network (also used for the relationship's own peer calls).
+    pub network: PeerNetwork,
     /// Where snapshots live (incoming ones are spooled below it).
     pub snapshot_dir: std::path::PathBuf,
+    /// Raft timing in force for this run (from the replicated primary timeout).
+    pub timing: Timing,
+    /// Role state maintained by the role manager.
+    pub roles: crate::roles::RoleState,
     db: sled::Db,
 }
 
@@ -143,42 +189,71 @@ impl Node {
         let store = tokio::task::spawn_blocking(move || tandem_storage::open(&db_dir, cache))
             .await?
             .context("opening storage")?;
-        let reader = store.reader.clone();
         let snapshot_dir = store.snapshot_dir().to_path_buf();
         let db = store.db.clone();
+        let settings = Settings::parse(store.reader.settings().map(|s| s.settings_json).as_deref());
+        let timing = if store.reader.settings().is_some() {
+            settings.timing()
+        } else {
+            Timing::from_primary_timeout_ms(cfg.tuning.primary_timeout_ms)
+        };
+        let epoch = Arc::new(AtomicU64::new(store.reader.epoch().epoch));
+        let epoch_now = epoch.clone();
         let identity = Arc::new(PeerIdentity {
             node_id: cfg.node_id,
             cluster_id: cfg.cluster_id.clone(),
-            // Epochs (fencing on changes of primary) arrive with the failover
-            // roles; until then every node is in epoch 0.
-            epoch: Box::new(|| 0),
+            epoch: Box::new(move || epoch_now.load(Ordering::Relaxed)),
         });
         let network = PeerNetwork::new(identity.clone(), client_tls);
-        let raft = TandemRaft::new(
-            cfg.node_id,
-            raft_config(&cfg.tuning)?,
-            network,
-            store.log,
-            store.sm,
-        )
-        .await
-        .context("starting raft")?;
+        let engine = start_engine(&cfg, timing, network.clone(), store).await?;
         Ok(Self {
             cfg,
             dir,
-            raft,
-            reader,
+            engine: std::sync::RwLock::new(Arc::new(engine)),
             ca,
             ca_pem,
             identity,
+            network,
             snapshot_dir,
+            timing,
+            roles: crate::roles::RoleState::new(epoch),
             db,
         })
     }
 
+    /// The current engine (cheap: an `Arc` clone).
+    pub fn engine(&self) -> Arc<Engine> {
+        // A poisoned lock means a panic while swapping engines; the Arc inside
+        // is still a complete engine, so keep serving with it.
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The Raft handle of the current engine.
+    pub fn raft(&self) -> TandemRaft {
+        self.engine().raft.clone()
+    }
+
+    /// The state reader of the current engine.
+    pub fn reader(&self) -> StateReader {
+        self.engine().reader.clone()
+    }
+
+    /// Replaces the engine (after a reset).
+    pub(crate) fn set_engine(&self, engine: Engine) {
+        *self.engine.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
+    }
+
+    /// The sled database under every engine of this node.
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// A copy of the current Raft metrics.
     pub fn metrics(&self) -> openraft::RaftMetrics<tandem_storage::TypeConfig> {
-        self.raft.metrics().borrow_watched().clone()
+        self.raft().metrics().borrow_watched().clone()
     }
 
     /// This node's membership entry.
@@ -213,7 +288,7 @@ impl Node {
     /// [`NodeError::NotLeader`] on a follower, [`NodeError::Unavailable`] when
     /// the outcome is unknown or Raft stopped.
     pub async fn write(&self, req: Request) -> Result<Response, NodeError> {
-        match self.raft.client_write(req).await {
+        match self.raft().client_write(req).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(self.not_leader())
@@ -233,7 +308,7 @@ impl Node {
         if stale {
             return Ok(());
         }
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        match self.raft().ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_))) => {
                 Err(self.not_leader())
@@ -245,7 +320,7 @@ impl Node {
 
     /// Checks an admin bearer token against the replicated hash.
     pub fn authorize(&self, bearer: &str) -> bool {
-        match self.reader.admin_token_hash() {
+        match self.reader().admin_token_hash() {
             Some(expected) => {
                 let got = hash_secret(bearer);
                 constant_time_eq(got.as_bytes(), expected.as_bytes())
@@ -299,7 +374,7 @@ impl Node {
     /// [`NodeError::Refused`] for a bad, reused or expired token;
     /// [`NodeError::BadRequest`] for a malformed request; [`NodeError::NotLeader`].
     pub async fn handle_join(&self, req: JoinRequest) -> Result<JoinGrant, NodeError> {
-        if !self.raft.is_leader() {
+        if !self.raft().is_leader() {
             return Err(self.not_leader());
         }
         let ca = self.ca.as_ref().ok_or_else(|| {
@@ -344,12 +419,25 @@ impl Node {
             peer_addr: req.peer_addr.clone(),
             api_addr: req.api_addr.clone(),
         };
-        match self.raft.add_learner(node_id, info, false).await {
-            Ok(_) => {}
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                return Err(self.not_leader())
+        // The token is spent: adding the learner must now succeed. A
+        // membership change already in progress (the previous joiner being
+        // promoted) finishes within a few heartbeats, so wait for it.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.raft().add_learner(node_id, info.clone(), false).await {
+                Ok(_) => break,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    return Err(self.not_leader())
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))
+                    if attempt < 100 =>
+                {
+                    tracing::debug!(error = %e, "membership change in progress; retrying add_learner");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(NodeError::Unavailable(e.to_string())),
             }
-            Err(e) => return Err(NodeError::Unavailable(e.to_string())),
         }
         tracing::info!(node = node_id, name = %req.name, kind = ?req.kind, "node joined as learner");
         Ok(JoinGrant {
@@ -386,7 +474,7 @@ impl Node {
             return;
         }
         match self
-            .raft
+            .raft()
             .change_membership(ChangeMembers::AddVoterIds(ready.clone()), true)
             .await
         {
@@ -397,7 +485,7 @@ impl Node {
 
     /// On the leader, removes expired sessions through the log.
     pub async fn sweep_sessions(&self) {
-        if !self.raft.is_leader() || !self.reader.has_expired_sessions(now_ms()) {
+        if !self.raft().is_leader() || !self.reader().has_expired_sessions(now_ms()) {
             return;
         }
         if let Err(e) = self.write(Request::SessionSweep { now_ms: now_ms() }).await {

@@ -66,6 +66,35 @@ pub enum PeerRequest {
     SnapshotEnd,
     /// Leadership transfer notification.
     TransferLeader(TransferLeaderRequest<TypeConfig>),
+    /// Digest of the replicated state once this node has applied exactly `at_index`.
+    Digest {
+        /// The applied index both sides compare at.
+        at_index: u64,
+    },
+    /// A relationship action asked of the primary by the other side.
+    Action(ActionRequest),
+}
+
+/// Relationship actions the backup asks the primary to carry out (so that
+/// *Become primary* and *Sync now* work from either side).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ActionRequest {
+    /// Planned swap that makes `to` the primary.
+    SwapTo {
+        /// The node that becomes primary.
+        to: u64,
+        /// Bring it fully up to date first, even by snapshot.
+        pull_sync: bool,
+        /// Who asked.
+        actor: String,
+    },
+    /// Sync now (optionally verify).
+    Sync {
+        /// Compare state digests.
+        verify: bool,
+        /// Who asked.
+        actor: String,
+    },
 }
 
 /// Responses to [`Hello`] and [`Envelope`]s.
@@ -93,4 +122,9 @@ pub enum PeerResponse {
     Snapshot(Result<SnapshotResponse<TypeConfig>, String>),
     /// Leadership transfer handled.
     TransferLeader(Result<TransferLeaderResponse<TypeConfig>, String>),
+    /// `(applied index, SHA-256 hex)` of the state, or why not.
+    Digest(Result<(u64, String), String>),
+    /// Outcome of an [`ActionRequest`] as JSON text (the web crate's view
+    /// types), or the refusal reason.
+    Action(Result<String, String>),
 }

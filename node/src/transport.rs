@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::frame::{read_frame, write_frame, FrameError};
+use crate::node::Node;
 use crate::protocol::{Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION};
-use crate::TandemRaft;
 
 /// Bound on a TCP connect plus TLS handshake plus hello.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -93,6 +93,28 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             addr: node.peer_addr.clone(),
             shared: self.shared.clone(),
         }
+    }
+}
+
+impl PeerNetwork {
+    /// Sends one relationship request (not a Raft RPC) to node `target` at
+    /// `addr` and returns its answer, bounded by `ttl`.
+    ///
+    /// # Errors
+    /// [`CallError`] when the peer cannot be reached or answers nothing.
+    pub async fn call(
+        &self,
+        target: u64,
+        addr: &str,
+        body: PeerRequest,
+        ttl: Duration,
+    ) -> Result<PeerResponse, CallError> {
+        let client = PeerClient {
+            target,
+            addr: addr.to_string(),
+            shared: self.shared.clone(),
+        };
+        client.call(body, ttl).await
     }
 }
 
@@ -394,12 +416,10 @@ impl PeerClient {
 pub struct PeerServer {
     /// This node.
     pub me: Arc<PeerIdentity>,
-    /// The local Raft instance requests are handed to.
-    pub raft: TandemRaft,
+    /// The node whose Raft instance requests are handed to.
+    pub node: Arc<Node>,
     /// Where incoming snapshots are spooled before installing.
     pub snapshot_dir: PathBuf,
-    /// Called with the epoch of every envelope received (step-down hook).
-    pub on_epoch: Box<dyn Fn(u64) + Send + Sync>,
 }
 
 /// Runs the peer listener until `shutdown` is cancelled.
@@ -488,7 +508,7 @@ async fn handle_connection(
         let _ = refuse(&mut tls, &reason).await;
         return;
     }
-    (server.on_epoch)(hello.epoch);
+    server.node.saw_epoch(hello.epoch);
     let welcome = PeerResponse::Welcome {
         node_id: server.me.node_id,
         epoch: (server.me.epoch)(),
@@ -511,7 +531,7 @@ async fn handle_connection(
                 return;
             }
         };
-        (server.on_epoch)(env.epoch);
+        server.node.saw_epoch(env.epoch);
         let resp = match dispatch(&server, env.body, &mut incoming).await {
             Ok(r) => r,
             Err(reason) => {
@@ -568,9 +588,14 @@ async fn dispatch(
     body: PeerRequest,
     incoming: &mut Option<IncomingSnapshot>,
 ) -> Result<PeerResponse, String> {
-    let raft = &server.raft;
+    let raft = &server.node.raft();
     Ok(match body {
+        PeerRequest::Digest { at_index } => {
+            PeerResponse::Digest(server.node.digest_at(at_index).await)
+        }
+        PeerRequest::Action(action) => PeerResponse::Action(server.node.peer_action(action).await),
         PeerRequest::Append(rpc) => {
+            server.node.roles.leader_contact();
             PeerResponse::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
         }
         PeerRequest::Vote(rpc) => {

@@ -19,8 +19,10 @@
 //! - `snapshot`: the snapshot file format and directory;
 //!   [`incoming_snapshot_file`].
 //! - `reader`: [`StateReader`], concurrent reads and the state digest.
-//! - `offline`: [`build_snapshot_file_offline`] and [`wipe`], the storage
-//!   side of a forced promotion.
+//! - `offline`: the storage side of a forced promotion: offline
+//!   ([`build_snapshot_file_offline`], [`wipe`]) or in place on the open
+//!   `sled::Db` ([`reset_to_single_voter`], then [`open_with_db`]).
+//! - `in_use`: [`store_in_use`], whether a store's writers are still alive.
 //! - `keys`: tree names, key encodings and stored records.
 //!
 //! See `storage/DESIGN.md` for the on-disk format and the crash-safety
@@ -31,6 +33,7 @@ pub mod types;
 
 mod apply;
 mod error;
+mod in_use;
 mod keys;
 mod log_store;
 mod offline;
@@ -48,8 +51,12 @@ pub use apply::{
 };
 pub use codec::{decode, encode, CodecError, BINCODE_LIMIT};
 pub use error::StorageError;
+pub use in_use::{store_in_use, wait_store_released};
 pub use log_store::{LogReaderHandle, LogStore};
-pub use offline::{build_snapshot_file_offline, wipe, CatchUp};
+pub use offline::{
+    build_snapshot_file_offline, pending_forced_snapshot, reset_to_single_voter, wipe, CatchUp,
+    FORCED_SNAPSHOT_FILE, RESET_MARKER_FILE,
+};
 pub use reader::StateReader;
 pub use snapshot::{incoming_snapshot_file, SNAPSHOT_FORMAT};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
@@ -107,7 +114,8 @@ impl Store {
 
 /// Opens (creating if needed) the storage in `dir`: sled in `dir/sled` with
 /// the given page cache size, snapshots in `dir/snapshots`. Finishes or rolls
-/// back whatever a crash interrupted (see DESIGN.md).
+/// back whatever a crash interrupted (see DESIGN.md), including an
+/// interrupted [`reset_to_single_voter`].
 ///
 /// sled locks its files: a second open of the same directory fails.
 ///
@@ -115,19 +123,46 @@ impl Store {
 /// I/O or sled errors, or undecodable stored data.
 pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Store, StorageError> {
     let sled_dir = dir.join(SLED_DIR);
-    let snapshot_dir = dir.join(SNAPSHOT_DIR);
     std::fs::create_dir_all(&sled_dir)?;
-    std::fs::create_dir_all(&snapshot_dir)?;
     let db = sled::Config::new()
         .path(&sled_dir)
         .cache_capacity(cache_capacity_bytes)
         .mode(sled::Mode::HighThroughput)
         .open()?;
+    open_with_db(db, dir)
+}
+
+/// Builds a [`Store`] (log store, state machine, readers) over `db`, an
+/// already open `sled::Db` that MUST be the one of `dir` (opened at
+/// `dir/sled`, as [`open`] does); snapshots live in `dir/snapshots`
+/// (created if needed). Runs the same crash recovery as [`open`]: finishes
+/// an interrupted [`reset_to_single_voter`] (its marker file), drops stale
+/// state machine generations, finishes an interrupted purge, deletes
+/// leftover `.tmp`/`.part` files and all but the newest snapshot.
+///
+/// This is how the node re-creates its store in place after a forced
+/// promotion without closing the `Db` (other clones of `db` may stay open).
+///
+/// # Errors
+/// - the store in `dir` is still in use in this process: a `LogStore` or
+///   `StateMachineStore` built earlier over it is alive (`ResourceBusy`, see
+///   [`store_in_use`]);
+/// - I/O or sled errors, or undecodable stored data.
+pub fn open_with_db(db: sled::Db, dir: &Path) -> Result<Store, StorageError> {
+    let sled_dir = dir.join(SLED_DIR);
+    let snapshot_dir = dir.join(SNAPSHOT_DIR);
+    std::fs::create_dir_all(&snapshot_dir)?;
     // sled's data file, for the fdatasync after each log flush (see
     // log_store). Read-only is enough for fsync on Linux.
     let data_file = File::open(sled_dir.join("db"))?;
+    let writer = in_use::register(dir)?;
+    offline::finish_interrupted_reset(&db, dir, &data_file)?;
     snapshot::cleanup(&snapshot_dir)?;
-    let log = LogStore::new(log_store::LogShared::open(db.clone(), Some(data_file))?);
+    let log = LogStore::new(log_store::LogShared::open(
+        db.clone(),
+        Some(data_file),
+        writer.clone(),
+    )?);
     let shared = Arc::new(state_machine::SmShared::open(
         db.clone(),
         snapshot_dir.clone(),
@@ -136,6 +171,7 @@ pub fn open(dir: &Path, cache_capacity_bytes: u64) -> Result<Store, StorageError
         log,
         sm: StateMachineStore {
             shared: shared.clone(),
+            _writer: writer,
         },
         reader: StateReader { shared },
         db,

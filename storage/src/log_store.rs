@@ -30,6 +30,8 @@ pub(crate) struct LogShared {
     /// the drive's write cache; an `fdatasync` on this handle does both.
     data_file: Option<File>,
     queue: Mutex<FlushQueue>,
+    /// Marks the store in use while the log store (or a flusher task) lives.
+    _writer: Arc<crate::in_use::WriterToken>,
 }
 
 #[derive(Default)]
@@ -39,7 +41,11 @@ struct FlushQueue {
 }
 
 impl LogShared {
-    pub(crate) fn open(db: sled::Db, data_file: Option<File>) -> Result<Self, StorageError> {
+    pub(crate) fn open(
+        db: sled::Db,
+        data_file: Option<File>,
+        writer: Arc<crate::in_use::WriterToken>,
+    ) -> Result<Self, StorageError> {
         let log = db.open_tree(crate::keys::LOG_TREE)?;
         let meta = db.open_tree(crate::keys::RAFT_META_TREE)?;
         let shared = Self {
@@ -48,6 +54,7 @@ impl LogShared {
             meta,
             data_file,
             queue: Mutex::new(FlushQueue::default()),
+            _writer: writer,
         };
         // Finish a purge interrupted after its marker was written.
         if let Some(purged) = shared.get_meta::<LogId>(RaftMetaKey::LastPurged)? {

@@ -74,10 +74,31 @@ pub fn build_snapshot_file_offline(
         ));
     }
     let store = crate::open(dir, cache_capacity_bytes)?;
-    let log = store.db.open_tree(keys::LOG_TREE)?;
-    let raft_meta = store.db.open_tree(keys::RAFT_META_TREE)?;
     let cur = store.sm.shared.current();
-    let (applied, _) = read_applied_state(&cur.tree)?;
+    let meta = write_single_voter_snapshot(&store.db, &cur.tree, node_id, node, catch_up, out)?;
+    Ok((meta, out.to_path_buf()))
+}
+
+/// The common part of [`build_snapshot_file_offline`] and
+/// [`reset_to_single_voter`]: the state of `sm_tree` caught up with the log
+/// of `db` in an overlay, dumped with a single-voter meta to `out` (written
+/// as `out.tmp`, fsynced, renamed, directory fsynced). Changes nothing in
+/// `db`.
+fn write_single_voter_snapshot(
+    db: &sled::Db,
+    sm_tree: &sled::Tree,
+    node_id: u64,
+    node: NodeInfo,
+    catch_up: CatchUp,
+    out: &Path,
+) -> Result<SnapshotMeta, StorageError> {
+    let out_dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let log = db.open_tree(keys::LOG_TREE)?;
+    let raft_meta = db.open_tree(keys::RAFT_META_TREE)?;
+    let (applied, _) = read_applied_state(sm_tree)?;
 
     let target = match catch_up {
         CatchUp::Applied => None,
@@ -113,7 +134,7 @@ pub fn build_snapshot_file_offline(
         }
     }
 
-    let mut ov = Overlay::new(&cur.tree);
+    let mut ov = Overlay::new(sm_tree);
     apply::stage_entries(&mut ov, &entries)?;
     let last_log_id = entries
         .last()
@@ -150,8 +171,8 @@ pub fn build_snapshot_file_offline(
     snapshot::write_snapshot_file(&tmp, ov.merged(), &meta)?;
     fs::rename(&tmp, out)?;
     snapshot::sync_dir(&out_dir)?;
-    tracing::info!(path = %out.display(), last_log_id = %last_log_id, node_id, "offline single-voter snapshot written");
-    Ok((meta, out.to_path_buf()))
+    tracing::info!(path = %out.display(), last_log_id = %last_log_id, node_id, "single-voter snapshot written");
+    Ok(meta)
 }
 
 /// Removes the store in `dir`: its snapshot directory first, then its sled
@@ -174,4 +195,168 @@ pub fn wipe(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Name of the single-voter snapshot file [`reset_to_single_voter`] writes
+/// directly in the store directory (not in `snapshots/`, so neither
+/// [`crate::open`] nor a later reset's clearing deletes it).
+pub const FORCED_SNAPSHOT_FILE: &str = "forced-promotion.snap";
+
+/// Name of the marker file, in the store directory, that says "a reset is
+/// clearing the store". [`reset_to_single_voter`] writes it durably before
+/// clearing anything and removes it after the durable flush that ends the
+/// clear; [`crate::open`] / [`crate::open_with_db`] finding it finish the
+/// clear first, so no half-cleared store is ever handed to openraft.
+pub const RESET_MARKER_FILE: &str = "reset-in-progress";
+
+/// The forced-promotion snapshot file left by [`reset_to_single_voter`] in
+/// `dir`, with its meta, if there is one: after a crash between the reset
+/// and the install, the node finds the (pristine) store and this file, and
+/// resumes with `install_full_snapshot`. Delete it once installed (if the
+/// store already applied `meta.last_log_id`, it was installed).
+///
+/// # Errors
+/// I/O errors, or a file that is not a snapshot.
+pub fn pending_forced_snapshot(
+    dir: &Path,
+) -> Result<Option<(SnapshotMeta, PathBuf)>, StorageError> {
+    let path = dir.join(FORCED_SNAPSHOT_FILE);
+    match fs::metadata(&path) {
+        Ok(_) => Ok(Some((snapshot::read_meta(&path)?, path))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The in-place forced promotion, on the `sled::Db` of `dir` that stays open
+/// (DESIGN.md "Forced promotion", in place). `db` must be the database of
+/// `dir` (opened at `dir/sled`).
+///
+/// **Precondition: no Raft runs on `db`.** The old `Raft` is shut down and
+/// its `LogStore` and `StateMachineStore` (and every clone) are dropped; this
+/// is checked: while [`crate::store_in_use`]`(dir)` is true the call fails
+/// with `ResourceBusy` and changes nothing (wait with
+/// [`crate::wait_store_released`]). Readers may stay alive, but
+/// `StateReader`s of the old store read nothing useful afterwards (their
+/// state machine generation is dropped: reads log an error and return
+/// empty): replace them with the new store's. Old `LogReaderHandle`s keep
+/// working (the log tree is emptied, not dropped).
+///
+/// Steps:
+/// 1. Writes the single-voter snapshot of the state, caught up per
+///    `catch_up` (exactly as [`build_snapshot_file_offline`]), to
+///    `dir/`[`FORCED_SNAPSHOT_FILE`] (via `.tmp`, fsync, rename, fsync of
+///    `dir`). Nothing else has changed yet: a failure or crash here leaves
+///    the old store as it was.
+/// 2. Creates `dir/`[`RESET_MARKER_FILE`] and fsyncs it and `dir`.
+/// 3. Clears the store: every file of `dir/snapshots`, the state machine
+///    (`sm_root` pointer and every `sm.*` generation), the log tree, the
+///    `raft_meta` tree (vote, committed, last purged).
+/// 4. Durable flush (sled flush + `fdatasync` of its data file).
+/// 5. Removes the marker and fsyncs `dir`.
+///
+/// A crash during 3–4 leaves the marker, and the next [`crate::open`] or
+/// [`crate::open_with_db`] repeats 3–5 before anything reads the store.
+///
+/// Afterwards [`crate::open_with_db`]`(db.clone(), dir)` gives a pristine
+/// store (no vote, no log, no snapshot, empty state machine) for a new
+/// `Raft::new`; then `install_full_snapshot` with the returned meta and the
+/// file at the returned path (see [`build_snapshot_file_offline`] for the
+/// vote to use), elect, and delete the file. Returns the meta and the path.
+///
+/// # Errors
+/// - the store is in use (above), or a marker is already there (cannot
+///   happen after `open`, which finishes it);
+/// - nothing was ever applied; the log lacks an entry `catch_up` needs;
+/// - sled or I/O errors. An error after step 2 leaves the marker: the next
+///   open finishes the reset, and the snapshot file is already durable.
+pub fn reset_to_single_voter(
+    db: &sled::Db,
+    dir: &Path,
+    node_id: u64,
+    node: NodeInfo,
+    catch_up: CatchUp,
+) -> Result<(SnapshotMeta, PathBuf), StorageError> {
+    // Held for the whole reset: a concurrent open_with_db is refused too.
+    let _writer = crate::in_use::register(dir)?;
+    let marker = dir.join(RESET_MARKER_FILE);
+    if marker.exists() {
+        return Err(invalid(
+            "an interrupted reset is pending: open the store (which finishes it) \
+             and install the existing forced snapshot",
+        ));
+    }
+    let data_file = fs::File::open(dir.join(SLED_DIR).join("db"))?;
+
+    // 1. The snapshot, durably, before anything is cleared.
+    let out = dir.join(FORCED_SNAPSHOT_FILE);
+    let root = db.open_tree(keys::SM_ROOT_TREE)?;
+    let generation = match root.get(keys::SM_ROOT_CURRENT)? {
+        Some(v) => codec::decode::<u64>(&v)?,
+        None => 0,
+    };
+    let sm_tree = db.open_tree(keys::sm_tree_name(generation))?;
+    let meta = write_single_voter_snapshot(db, &sm_tree, node_id, node, catch_up, &out)?;
+    drop(sm_tree);
+
+    // 2. The marker, durably.
+    {
+        let mut f = fs::File::create(&marker)?;
+        io::Write::write_all(
+            &mut f,
+            b"tandem-storage: reset to a single voter in progress; open finishes it\n",
+        )?;
+        f.sync_all()?;
+    }
+    snapshot::sync_dir(dir)?;
+
+    // 3.-5.
+    clear_and_unmark(db, dir, &data_file)?;
+    tracing::warn!(dir = %dir.display(), node_id, last_log_id = ?meta.last_log_id, "store reset in place for a forced promotion");
+    Ok((meta, out))
+}
+
+/// Called by `open_with_db`: finishes a reset interrupted after its marker.
+pub(crate) fn finish_interrupted_reset(
+    db: &sled::Db,
+    dir: &Path,
+    data_file: &fs::File,
+) -> Result<(), StorageError> {
+    if dir.join(RESET_MARKER_FILE).exists() {
+        tracing::warn!(dir = %dir.display(), "finishing an interrupted reset to a single voter");
+        clear_and_unmark(db, dir, data_file)?;
+    }
+    Ok(())
+}
+
+/// Steps 3–5 of [`reset_to_single_voter`]. Idempotent.
+fn clear_and_unmark(db: &sled::Db, dir: &Path, data_file: &fs::File) -> Result<(), StorageError> {
+    // Snapshot files first: openraft installs a snapshot it finds at start.
+    let snap_dir = dir.join(SNAPSHOT_DIR);
+    if snap_dir.exists() {
+        snapshot::remove_all(&snap_dir)?;
+        snapshot::sync_dir(&snap_dir)?;
+    }
+    // The state machine: no pointer (generation 0) and no generation.
+    db.open_tree(keys::SM_ROOT_TREE)?.clear()?;
+    for name in db.tree_names() {
+        if name.starts_with(keys::SM_TREE_PREFIX.as_bytes()) {
+            db.drop_tree(&name)?;
+        }
+    }
+    // The log, as one batch.
+    let log = db.open_tree(keys::LOG_TREE)?;
+    let mut batch = sled::Batch::default();
+    for k in log.iter().keys() {
+        batch.remove(k?);
+    }
+    log.apply_batch(batch)?;
+    // Vote, committed, last purged.
+    db.open_tree(keys::RAFT_META_TREE)?.clear()?;
+    // Durable, as the log store's flush.
+    db.flush()?;
+    data_file.sync_data()?;
+    fs::remove_file(dir.join(RESET_MARKER_FILE))?;
+    snapshot::sync_dir(dir)?;
+    Ok(())
 }

@@ -311,6 +311,15 @@ pub(crate) fn cleanup(dir: &Path) -> Result<(), StorageError> {
     remove_older_snapshots(dir, newest)
 }
 
+/// Deletes every file this module manages in `dir` (`.snap`, `.tmp`,
+/// `.part`).
+pub(crate) fn remove_all(dir: &Path) -> Result<(), StorageError> {
+    for (_, _, path) in list(dir)? {
+        fs::remove_file(&path)?;
+    }
+    Ok(())
+}
+
 fn remove_older_snapshots(dir: &Path, keep_seq: u64) -> Result<(), StorageError> {
     for (seq, ext, path) in list(dir)? {
         if ext == SNAP_EXT && seq < keep_seq {

@@ -181,6 +181,8 @@ async fn blocking<T: Send + 'static>(
 #[derive(Clone)]
 pub struct StateMachineStore {
     pub(crate) shared: Arc<SmShared>,
+    /// Marks the store in use while any clone lives (readers do not hold it).
+    pub(crate) _writer: Arc<crate::in_use::WriterToken>,
 }
 
 impl StateMachineStore {

@@ -1,7 +1,8 @@
 //! Storage for the failover relationship: the log reader of the diverged
 //! export, snapshots carrying epoch/settings/history, and the forced
-//! promotion (offline single-voter snapshot, wipe, install, elect) with a
-//! real openraft `Raft`.
+//! promotion with a real openraft `Raft`: offline (single-voter snapshot,
+//! wipe, install, elect) and in place on the open `sled::Db` (shutdown,
+//! reset, open_with_db, install, elect).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -19,10 +20,12 @@ use openraft::raft::{
 };
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
-use openraft::{Membership, Raft, RaftNetworkFactory, RaftNetworkV2, RaftSnapshotBuilder};
+use openraft::{
+    Membership, Raft, RaftLogReader, RaftNetworkFactory, RaftNetworkV2, RaftSnapshotBuilder,
+};
 use tandem_storage::{
-    CatchUp, Entry, EpochRecord, LogId, LoggedEntry, NodeInfo, NodeKind, Request, Response, Store,
-    TypeConfig,
+    CatchUp, Entry, EpochRecord, LogId, LoggedEntry, NodeInfo, NodeKind, Request, Response,
+    StorageError, Store, TypeConfig, FORCED_SNAPSHOT_FILE, RESET_MARKER_FILE,
 };
 
 fn log_id(term: u64, node_id: u64, index: u64) -> LogId {
@@ -531,4 +534,307 @@ async fn offline_snapshot_catch_up_modes() {
         err.to_string().contains("nothing was ever applied"),
         "{err}"
     );
+}
+
+fn is_busy(err: &StorageError) -> bool {
+    matches!(err, StorageError::Io(e) if e.kind() == std::io::ErrorKind::ResourceBusy)
+}
+
+fn snapshot_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).expect("read dir").count()
+}
+
+/// Node 2 (backup of a 3-node cluster led by node 1): entries 1..=8 in its
+/// log, 1..=6 applied, committed known up to 7, a snapshot file at 6. Index
+/// 0 counts as purged (openraft reads the first log id at startup).
+async fn backup_state(store: &mut Store) {
+    let log = cluster_log();
+    append(store, log.clone()).await;
+    store.log.purge(log_id(3, 1, 0)).await.expect("purge 0");
+    store
+        .log
+        .save_committed(Some(log_id(3, 1, 7)))
+        .await
+        .expect("committed");
+    store
+        .log
+        .save_vote(&openraft::Vote::new_committed(3, 1))
+        .await
+        .expect("vote");
+    apply(store, log[..6].to_vec()).await;
+    store
+        .sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("snapshot at 6");
+    assert_eq!(snapshot_files(store.snapshot_dir()), 1);
+    store.flush().expect("flush");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_promotion_in_place() {
+    let base = tempfile::tempdir().expect("temp dir");
+    let dir = base.path().join("data");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("node.toml"), "id = 2\n").expect("write");
+
+    let mut store = open(&dir);
+    backup_state(&mut store).await;
+    // The node's long-lived handles: the Db (admin API, background tasks),
+    // a state reader and a log reader of the OLD store. They stay alive
+    // through the whole promotion.
+    let old_log_reader = store.log_reader();
+    let snapshot_dir = store.snapshot_dir().to_path_buf();
+    let old_reader = store.reader;
+    let node_db = store.db;
+    let db = node_db.clone();
+
+    // The old Raft of the 3-node cluster runs on the store (every peer is
+    // unreachable); at startup it applies up to the persisted committed 7.
+    let raft = Raft::<TypeConfig, _>::new(2, raft_config(), DeadNetwork, store.log, store.sm)
+        .await
+        .expect("raft starts");
+    raft.wait(Some(Duration::from_secs(10)))
+        .applied_index(Some(7), "startup applies the committed entries")
+        .await
+        .expect("applied 7");
+
+    // Refused while the old Raft owns the store: nothing is written.
+    assert!(tandem_storage::store_in_use(&dir));
+    let err = tandem_storage::reset_to_single_voter(&db, &dir, 2, node("b"), CatchUp::Committed)
+        .expect_err("the old store is alive");
+    assert!(is_busy(&err), "{err}");
+    assert!(!dir.join(FORCED_SNAPSHOT_FILE).exists());
+    assert!(!dir.join(RESET_MARKER_FILE).exists());
+    let err = tandem_storage::open_with_db(db.clone(), &dir)
+        .err()
+        .expect("a second store over a live one is refused");
+    assert!(is_busy(&err), "{err}");
+
+    // 1. Shut the old Raft down; its tasks drop the log store and state
+    //    machine (the state machine worker a moment after `shutdown`).
+    raft.shutdown().await.expect("shutdown");
+    drop(raft);
+    assert!(
+        tandem_storage::wait_store_released(&dir, Duration::from_secs(10)).await,
+        "the old store objects are dropped after shutdown"
+    );
+
+    // 2. Reset in place: single-voter snapshot file, then a pristine store.
+    let (meta, path) =
+        tandem_storage::reset_to_single_voter(&db, &dir, 2, node("b"), CatchUp::Committed)
+            .expect("reset");
+    assert_eq!(path, dir.join(FORCED_SNAPSHOT_FILE));
+    assert_eq!(meta.last_log_id, Some(log_id(3, 1, 7)));
+    assert_eq!(
+        meta.last_membership.voter_ids().collect::<Vec<_>>(),
+        vec![2]
+    );
+    assert!(!dir.join(RESET_MARKER_FILE).exists());
+    assert_eq!(snapshot_files(&snapshot_dir), 0, "old snapshots removed");
+    assert!(dir.join("node.toml").exists(), "other files are kept");
+    let pending = tandem_storage::pending_forced_snapshot(&dir).expect("read");
+    assert_eq!(pending, Some((meta.clone(), path.clone())));
+
+    // 3. A pristine store over the same, still open Db.
+    let store = tandem_storage::open_with_db(db.clone(), &dir).expect("open_with_db");
+    assert_eq!(store.reader.applied_index(), None);
+    assert_eq!(store.reader.cluster_id(), None);
+    assert_eq!(store.log_reader().last_index().expect("read"), None);
+    assert_eq!(snapshot_files(store.snapshot_dir()), 0);
+    let reader = store.reader.clone();
+    let mut log = store.log;
+    let mut sm = store.sm;
+    assert_eq!(log.read_vote().await.expect("read"), None);
+    assert_eq!(log.read_committed().await.expect("read"), None);
+    let state = log.get_log_state().await.expect("read");
+    assert_eq!((state.last_purged_log_id, state.last_log_id), (None, None));
+    assert!(sm.get_current_snapshot().await.expect("read").is_none());
+    assert_eq!(
+        sm.applied_state().await.expect("read"),
+        (None, Default::default())
+    );
+
+    // 4. New Raft, install the single-voter snapshot, elect.
+    let raft = Raft::<TypeConfig, _>::new(2, raft_config(), DeadNetwork, log, sm)
+        .await
+        .expect("raft starts");
+    let last = meta.last_log_id.expect("a last log id");
+    let vote = openraft::Vote::new_committed(last.leader_id.term, last.leader_id.node_id);
+    let file = tokio::fs::File::open(&path).await.expect("open snapshot");
+    raft.install_full_snapshot(
+        vote,
+        openraft::Snapshot {
+            meta: meta.clone(),
+            snapshot: file,
+        },
+    )
+    .await
+    .expect("install");
+    raft.trigger().elect(false).await.expect("elect");
+    raft.wait(Some(Duration::from_secs(10)))
+        .current_leader(2, "node 2 becomes leader alone")
+        .await
+        .expect("leader within 10 s");
+
+    // 5. Writes work; the old state is read through the NEW reader.
+    let resp = raft
+        .client_write(Request::RaiseEpoch {
+            expected_epoch: 1,
+            primary: 2,
+            forced: true,
+            forked_at: Some(last.index),
+            at_ms: 99,
+        })
+        .await
+        .expect("write");
+    assert_eq!(resp.data, Response::Epoch { epoch: 2 });
+    let resp = raft
+        .client_write(put("after", "true"))
+        .await
+        .expect("write");
+    assert_eq!(resp.data, Response::ConfigWritten { version: 1 });
+    assert!(resp.log_id.index > last.index);
+    assert_eq!(
+        reader.config_get("net/ip").map(|e| e.value_json),
+        Some("\"10.0.0.1/24\"".into())
+    );
+    assert!(reader.config_get("svc/web").is_some());
+    assert!(
+        reader.config_get("late").is_none(),
+        "entry 8 was not committed"
+    );
+    assert_eq!(reader.history_total(), 2, "entry 7 (history) was caught up");
+    assert_eq!(reader.settings().map(|s| s.version), Some(1));
+    assert_eq!(reader.cluster_id().as_deref(), Some("c"));
+    assert_eq!(
+        reader.epoch(),
+        EpochRecord {
+            epoch: 2,
+            primary: Some(2),
+            forced: true,
+            forked_at: Some(7),
+            since_ms: 99
+        }
+    );
+    let m = raft.metrics().borrow_watched().membership_config.clone();
+    assert_eq!(m.voter_ids().collect::<Vec<_>>(), vec![2]);
+
+    // The long-lived handles: the Db clone was open all along and sees the
+    // new log; the old log reader reads the same (emptied, refilled) tree;
+    // the old state reader's generation is gone (replace it).
+    assert!(node_db.open_tree("log").expect("tree").len() >= 2);
+    assert_eq!(
+        old_log_reader.last_index().expect("read"),
+        Some(resp.log_id.index)
+    );
+    assert_eq!(old_reader.config_get("net/ip"), None);
+
+    std::fs::remove_file(&path).expect("the forced snapshot is not needed any more");
+    assert_eq!(
+        tandem_storage::pending_forced_snapshot(&dir).expect("read"),
+        None
+    );
+
+    // Restart: drop everything (Db included) and reopen with `open`.
+    raft.shutdown().await.expect("shutdown");
+    drop(raft);
+    drop((reader, old_reader, old_log_reader, store.reader, store.db));
+    // (`node_db` was open from the first `open` until here.)
+    drop((db, node_db));
+    let mut store = None;
+    for _ in 0..100 {
+        match tandem_storage::open(&dir, 4 << 20) {
+            Ok(s) => {
+                store = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let mut store = store.expect("the store reopens after shutdown");
+    let (applied, membership) = store.sm.applied_state().await.expect("read");
+    assert!(applied.expect("applied").index > last.index);
+    assert_eq!(membership.voter_ids().collect::<Vec<_>>(), vec![2]);
+    assert_eq!(store.reader.config_get("after").map(|e| e.version), Some(1));
+    assert!(store.reader.config_get("net/ip").is_some());
+    assert_eq!(store.reader.epoch().epoch, 2);
+    assert!(store.log.read_vote().await.expect("read").is_some());
+    let state = store.log.get_log_state().await.expect("read");
+    assert!(state.last_log_id.expect("log").index > last.index);
+
+    // And a Raft on it is leader again, alone.
+    let raft = Raft::<TypeConfig, _>::new(2, raft_config(), DeadNetwork, store.log, store.sm)
+        .await
+        .expect("raft restarts");
+    raft.wait(Some(Duration::from_secs(10)))
+        .current_leader(2, "node 2 is leader again after the restart")
+        .await
+        .expect("leader within 10 s");
+    let resp = raft
+        .client_write(put("after-restart", "1"))
+        .await
+        .expect("write");
+    assert_eq!(resp.data, Response::ConfigWritten { version: 1 });
+    raft.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_reset_is_finished_at_open() {
+    let base = tempfile::tempdir().expect("temp dir");
+    let dir = base.path().join("data");
+    let mut store = open(&dir);
+    backup_state(&mut store).await;
+    let db = store.db.clone();
+    drop((store.log, store.sm, store.reader));
+    assert!(!tandem_storage::store_in_use(&dir));
+
+    // A crash right after the marker was written (step 2): the marker and
+    // the forced snapshot are on disk, nothing is cleared yet.
+    std::fs::write(dir.join(RESET_MARKER_FILE), "").expect("marker");
+    let err = tandem_storage::reset_to_single_voter(&db, &dir, 2, node("b"), CatchUp::Committed)
+        .expect_err("a pending reset is refused");
+    assert!(err.to_string().contains("interrupted reset"), "{err}");
+    drop((db, store.db));
+
+    // `open` finishes the clear before anything reads the store.
+    let mut store = open(&dir);
+    assert!(!dir.join(RESET_MARKER_FILE).exists());
+    assert_eq!(store.reader.applied_index(), None);
+    assert_eq!(store.reader.cluster_id(), None);
+    assert_eq!(store.log_reader().last_index().expect("read"), None);
+    assert_eq!(snapshot_files(store.snapshot_dir()), 0);
+    assert_eq!(store.log.read_vote().await.expect("read"), None);
+    assert_eq!(store.log.read_committed().await.expect("read"), None);
+    assert!(store
+        .sm
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .is_none());
+
+    // The same through open_with_db on a Db that stays open, after a real
+    // reset of a store with state.
+    backup_state(&mut store).await;
+    let db = store.db.clone();
+    drop((store.log, store.sm, store.reader));
+    let (meta, path) =
+        tandem_storage::reset_to_single_voter(&db, &dir, 3, node("w"), CatchUp::AllLogged)
+            .expect("reset");
+    assert_eq!(meta.last_log_id, Some(log_id(3, 1, 8)));
+    std::fs::write(dir.join(RESET_MARKER_FILE), "").expect("marker");
+    let mut again = tandem_storage::open_with_db(db.clone(), &dir).expect("open_with_db");
+    assert!(!dir.join(RESET_MARKER_FILE).exists());
+    assert_eq!(again.reader.applied_index(), None);
+    assert!(path.exists(), "the forced snapshot is kept");
+    let file = tokio::fs::File::open(&path).await.expect("open");
+    again
+        .sm
+        .install_snapshot(&meta, file)
+        .await
+        .expect("the forced snapshot installs");
+    assert_eq!(again.reader.applied_index(), Some(8));
+    assert!(again.reader.config_get("late").is_some());
 }

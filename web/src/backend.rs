@@ -4,6 +4,7 @@
 //! types. Views derive both `Serialize` and `Deserialize` so that clients (the
 //! CLI, the cluster tests) can decode responses with the same types.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
@@ -140,6 +141,116 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// bad CSR; `NotLeader` on a follower.
     fn join(&self, req: JoinRequest)
         -> impl Future<Output = Result<JoinResponse, ApiError>> + Send;
+
+    // ---- relationship API (the failover page) ----------------------------
+    //
+    // Actions (`settings_put`, `swap`, `sync`, `break_relationship`) take the
+    // actor (the `X-Tandem-Actor` header or `api`) so the node can record
+    // who did what in the status history. An action the node declines in
+    // the current situation (peer unreachable without `force`, nothing to
+    // break, a swap already running…) answers [`ApiError::Refused`] (409).
+
+    /// This node, its peers, the topology, settings, epoch and primary
+    /// (`GET /api/v1/status`). Served from this node's own state, so it
+    /// answers on a backup and on a node cut off from its peers.
+    ///
+    /// # Errors
+    /// `Unavailable` when the node cannot assemble its own state.
+    fn status(&self) -> impl Future<Output = Result<StatusView, ApiError>> + Send;
+
+    /// Status history, newest first (`GET /api/v1/history`): up to `limit`
+    /// (already checked to be 1..=[`crate::MAX_HISTORY_LIMIT`]) events with
+    /// `seq < before` (all when `None`), only those of `kind` when given.
+    ///
+    /// # Errors
+    /// `Unavailable` when the history cannot be read.
+    fn history(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        kind: Option<String>,
+    ) -> impl Future<Output = Result<HistoryPage, ApiError>> + Send;
+
+    /// The replicated relationship settings (`GET /api/v1/settings`).
+    ///
+    /// # Errors
+    /// `Unavailable` when they cannot be read.
+    fn settings(&self) -> impl Future<Output = Result<SettingsView, ApiError>> + Send;
+
+    /// Replaces the settings (`PUT /api/v1/settings`). The router has
+    /// already run [`crate::validate_settings`] on `update`. With
+    /// `update.if_version`, only when the current version equals it.
+    ///
+    /// # Errors
+    /// `Conflict` when `if_version` does not match; `Invalid` for a check
+    /// only the node can make (an interface map naming an unknown node…);
+    /// `NotLeader` when the write must go elsewhere.
+    fn settings_put(
+        &self,
+        update: SettingsUpdate,
+        actor: String,
+    ) -> impl Future<Output = Result<SettingsView, ApiError>> + Send;
+
+    /// Swaps the roles of primary and backup (`POST
+    /// /api/v1/relationship/swap`): planned unless `req.force`, with a full
+    /// catch-up first when `req.pull_sync`. Works from either side.
+    ///
+    /// # Errors
+    /// `Refused` when the swap cannot be done safely as asked (the peer is
+    /// unreachable and `force` is off, this node is a witness or standalone,
+    /// another action is running…).
+    fn swap(
+        &self,
+        req: SwapRequest,
+        actor: String,
+    ) -> impl Future<Output = Result<SwapOutcome, ApiError>> + Send;
+
+    /// Brings the backup up to every committed entry now (`POST
+    /// /api/v1/relationship/sync`), comparing state digests when
+    /// `req.verify`.
+    ///
+    /// # Errors
+    /// `Refused` when there is no backup to sync or it is unreachable.
+    fn sync(
+        &self,
+        req: SyncRequest,
+        actor: String,
+    ) -> impl Future<Output = Result<SyncReport, ApiError>> + Send;
+
+    /// Ends the relationship (`POST /api/v1/relationship/break`): each side
+    /// becomes standalone with its own copy of the data.
+    ///
+    /// # Errors
+    /// `Refused` when this node is already standalone.
+    fn break_relationship(
+        &self,
+        actor: String,
+    ) -> impl Future<Output = Result<BreakOutcome, ApiError>> + Send;
+
+    /// Whether this node is the serving primary (`GET /health/primary`, no
+    /// authentication): the router answers 200 when `ok`, else 503.
+    ///
+    /// # Errors
+    /// Any [`ApiError`] (mapped as usual; load balancers treat it as down).
+    fn health_primary(&self) -> impl Future<Output = Result<RoleHealth, ApiError>> + Send;
+
+    /// Whether this node is a backup in sync (`GET /health/backup`, no
+    /// authentication): with `max_lag`, `ok` only when it is at most that
+    /// many committed entries behind. 200 when `ok`, else 503.
+    ///
+    /// # Errors
+    /// Any [`ApiError`].
+    fn health_backup(
+        &self,
+        max_lag: Option<u64>,
+    ) -> impl Future<Output = Result<RoleHealth, ApiError>> + Send;
+
+    /// "If the primary died now, would the backup take over, after how
+    /// long, losing what?" (`GET /api/v1/readiness`).
+    ///
+    /// # Errors
+    /// `Unavailable` when the node cannot tell.
+    fn readiness(&self) -> impl Future<Output = Result<ReadinessView, ApiError>> + Send;
 }
 
 /// `GET /health`.
@@ -339,4 +450,287 @@ pub struct JoinResponse {
 pub struct ListView<T> {
     /// The listed items, in backend order.
     pub items: Vec<T>,
+}
+
+// ---- relationship API views --------------------------------------------
+
+/// `GET /api/v1/status`: everything the failover page shows at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// The node that answered.
+    pub this_host: HostView,
+    /// The other members of the relationship (appliances and witness).
+    pub peers: Vec<PeerView>,
+    /// `pair+witness`, `pair` or `standalone`.
+    pub topology: String,
+    /// The replicated settings.
+    pub settings: SettingsView,
+    /// Current epoch (raised by every change of primary).
+    pub epoch: u64,
+    /// Node id of the current primary, if there is one.
+    pub primary: Option<u64>,
+}
+
+/// The answering node in [`StatusView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    /// Node id.
+    pub id: u64,
+    /// Node name.
+    pub name: String,
+    /// `appliance` or `witness`.
+    pub kind: String,
+    /// `primary`, `backup`, `witness` or `standalone`.
+    pub role: String,
+    /// Site (failure domain) label, if configured.
+    pub site: Option<String>,
+    /// The epoch this node knows.
+    pub epoch: u64,
+    /// Current Raft term.
+    pub term: u64,
+    /// Current Raft leader, if known.
+    pub leader: Option<u64>,
+    /// Last index in this node's log.
+    pub last_log_index: Option<u64>,
+    /// Last index this node knows to be committed.
+    pub committed_index: Option<u64>,
+    /// Last index applied to this node's state machine.
+    pub applied_index: Option<u64>,
+    /// Whether this node holds a valid primary lease.
+    pub lease_valid: bool,
+    /// When this node became primary (ms since the Unix epoch), if it is.
+    pub primary_since_ms: Option<u64>,
+    /// Shared IPs this node holds now (`address/prefix`).
+    pub shared_ips_held: Vec<String>,
+    /// Things the administrator should know, e.g. `diverged export at …`.
+    pub notes: Vec<String>,
+}
+
+/// A peer in [`StatusView`]; what this node cannot know is `null`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Node id.
+    pub id: u64,
+    /// Node name.
+    pub name: String,
+    /// `appliance` or `witness`.
+    pub kind: String,
+    /// `primary`, `backup`, `witness` or `standalone`.
+    pub role: String,
+    /// Whether it votes.
+    pub voter: bool,
+    /// Whether this node can reach it now.
+    pub reachable: bool,
+    /// Last successful contact (ms since the Unix epoch).
+    pub last_contact_ms: Option<u64>,
+    /// How many committed entries it lacks.
+    pub lag_entries: Option<u64>,
+    /// Approximate bytes of the entries it lacks.
+    pub lag_bytes: Option<u64>,
+    /// Age of the oldest entry it lacks (ms).
+    pub lag_ms: Option<u64>,
+    /// Its admin API address.
+    pub api_addr: String,
+}
+
+/// One status history event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEventView {
+    /// Sequence number (0 for the first event ever).
+    pub seq: u64,
+    /// When it happened (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Node it happened on.
+    pub node: u64,
+    /// That node's name, when known.
+    pub node_name: Option<String>,
+    /// Event kind (`role_change`, `peer_lost`, `sync`, `settings`…).
+    pub kind: String,
+    /// Who caused it (an API actor, `system`…).
+    pub actor: String,
+    /// Kind-specific details (a JSON object).
+    pub details: serde_json::Value,
+}
+
+/// `GET /api/v1/history`: one page, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The events.
+    pub items: Vec<HistoryEventView>,
+    /// Pass as `?before=` for the next (older) page; `null` on the last.
+    pub next_before: Option<u64>,
+    /// Events ever recorded (the oldest may have been dropped).
+    pub total: u64,
+}
+
+/// A shared IP address and the interface each node puts it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedIpView {
+    /// Address with prefix: `192.0.2.10/24` or `2001:db8::10/64`.
+    pub address: String,
+    /// Node name → interface name on that node.
+    pub interfaces: BTreeMap<String, String>,
+}
+
+/// The replicated relationship settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsView {
+    /// Starts at 0 (defaults, never written), +1 per write.
+    pub version: u64,
+    /// Actor of the last write.
+    pub updated_by: Option<String>,
+    /// Time of the last write (ms since the Unix epoch).
+    pub updated_at_ms: Option<u64>,
+    /// How long the primary must be unreachable before failing over (ms).
+    pub primary_timeout_ms: u64,
+    /// Automatic failover on/off (pair-only topology).
+    pub auto_failover: bool,
+    /// Connectivity test targets: `IP` (ICMP) or `IP:port` (TCP).
+    pub test_ips: Vec<String>,
+    /// Automatic verify interval (s); 0 = off.
+    pub verify_interval_secs: u64,
+    /// Sync bandwidth limit (bytes/s); 0 = unlimited.
+    pub bandwidth_limit_bps: u64,
+    /// Scheduled backup archives on the backup on/off.
+    pub backup_operations: bool,
+    /// Shared IPs held by the primary.
+    pub shared_ips: Vec<SharedIpView>,
+}
+
+/// Body of `PUT /api/v1/settings`: the whole settings (every field
+/// required), checked by [`crate::validate_settings`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsUpdate {
+    /// 300..=60000.
+    pub primary_timeout_ms: u64,
+    /// Automatic failover on/off.
+    pub auto_failover: bool,
+    /// At most 8; each an IP address or `IP:port`.
+    pub test_ips: Vec<String>,
+    /// 0 (off) or 60..=604800.
+    pub verify_interval_secs: u64,
+    /// 0 (unlimited) or at least 65536.
+    pub bandwidth_limit_bps: u64,
+    /// Backup operations on/off.
+    pub backup_operations: bool,
+    /// At most 16.
+    pub shared_ips: Vec<SharedIpView>,
+    /// Optimistic concurrency: write only if the current version equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub if_version: Option<u64>,
+}
+
+/// Body of `POST /api/v1/relationship/swap` (an empty body means defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapRequest {
+    /// Wait for a full catch-up (by snapshot if need be) before swapping.
+    #[serde(default)]
+    pub pull_sync: bool,
+    /// Swap even if the peer cannot be contacted (forced promotion or
+    /// demotion; raises the epoch and is recorded as forced).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Answer to a swap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapOutcome {
+    /// Primary before the swap, if there was one.
+    pub previous_primary: Option<u64>,
+    /// Primary after the swap.
+    pub new_primary: u64,
+    /// Epoch after the swap.
+    pub epoch: u64,
+    /// Whether it was forced.
+    pub forced: bool,
+    /// Whether a data sync was pulled first.
+    pub pull_sync: bool,
+    /// How long it took (ms).
+    pub duration_ms: u64,
+    /// The sync pulled first, when `pull_sync`.
+    pub sync: Option<SyncReport>,
+}
+
+/// Body of `POST /api/v1/relationship/sync` (an empty body means defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// Compare state digests of both sides at one applied index afterwards.
+    #[serde(default)]
+    pub verify: bool,
+}
+
+/// Answer to a sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// Node id of the backup that was synced.
+    pub backup: u64,
+    /// The backup's last index before the sync.
+    pub from_index: Option<u64>,
+    /// The index it holds now.
+    pub to_index: u64,
+    /// Entries sent.
+    pub entries: u64,
+    /// Bytes sent.
+    pub bytes: u64,
+    /// Whether a snapshot was sent.
+    pub snapshot: bool,
+    /// How long it took (ms).
+    pub duration_ms: u64,
+    /// The digest comparison, when asked for.
+    pub verify: Option<VerifyReport>,
+}
+
+/// State digest comparison at one applied index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// The applied index both digests were taken at.
+    pub index: u64,
+    /// This node's digest (hex).
+    pub local_digest: String,
+    /// The peer's digest (hex).
+    pub peer_digest: String,
+    /// Whether they are equal.
+    pub matches: bool,
+}
+
+/// Answer to a break.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakOutcome {
+    /// Node ids that were in the relationship with this node.
+    pub former_peers: Vec<u64>,
+    /// This node's role now (`standalone`).
+    pub role: String,
+}
+
+/// `GET /health/primary` and `GET /health/backup` (200 when `ok`, else 503).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleHealth {
+    /// Whether the node is in the asked-for role (and in sync, for backup).
+    pub ok: bool,
+    /// The node's role: `primary`, `backup`, `witness` or `standalone`.
+    pub role: String,
+    /// Why not, when `ok` is false.
+    pub reason: Option<String>,
+}
+
+/// `GET /api/v1/readiness`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadinessView {
+    /// Whether a backup would take over if the primary died now.
+    pub would_fail_over: bool,
+    /// After how long (ms), when it would.
+    pub after_ms: Option<u64>,
+    /// Committed entries the backup lacks (the data a failover would lose in
+    /// the pair-only topology).
+    pub lag_entries: Option<u64>,
+    /// Why not, or what is wrong.
+    pub reasons: Vec<String>,
+    /// Whether certificates are valid and not about to expire.
+    pub certificates_ok: bool,
+    /// Whether shared IPs are configured for the backup's interfaces.
+    pub shared_ips_ok: bool,
 }

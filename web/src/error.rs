@@ -1,5 +1,7 @@
 //! The one error type of the admin API and its single HTTP mapping.
 
+use std::collections::BTreeMap;
+
 use axum::http::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -57,6 +59,19 @@ pub enum ApiError {
     /// `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
+    /// Input that fails validation field by field (settings): 400 with
+    /// kind `invalid` and [`ErrorBody::fields`] naming each bad field
+    /// (`test_ips[2]`, `shared_ips[0].address`…) and what is wrong with it.
+    #[error("{}", invalid_message(.fields))]
+    Invalid {
+        /// Field path → what is wrong with it.
+        fields: BTreeMap<String, String>,
+    },
+    /// An action (swap, sync, break…) the node declines in its current
+    /// situation, e.g. a planned swap while the peer is unreachable: 409
+    /// with kind `refused`. Nothing was changed.
+    #[error("{0}")]
+    Refused(String),
     /// A bug or an unexpected failure: 500. The detail is logged at `error`
     /// and the client gets a generic message.
     #[error("internal error: {0}")]
@@ -70,6 +85,14 @@ fn not_leader_message(leader_api: Option<&str>) -> String {
     }
 }
 
+fn invalid_message(fields: &BTreeMap<String, String>) -> String {
+    if fields.is_empty() {
+        return "invalid input".to_owned();
+    }
+    let list: Vec<String> = fields.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!("invalid input: {}", list.join("; "))
+}
+
 impl ApiError {
     /// The status code this error maps to.
     pub fn status(&self) -> StatusCode {
@@ -81,9 +104,9 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::Invalid { .. } => StatusCode::BAD_REQUEST,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::Refused(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +124,8 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict(_) => "conflict",
+            Self::Invalid { .. } => "invalid",
+            Self::Refused(_) => "refused",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unavailable(_) => "unavailable",
@@ -132,6 +157,9 @@ pub struct ErrorBody {
     /// For `not_leader`: the leader's API base URL, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader_api: Option<String>,
+    /// For `invalid`: field path → what is wrong with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<BTreeMap<String, String>>,
 }
 
 /// Response extension asking the router's redirect middleware to set
@@ -153,10 +181,15 @@ impl IntoResponse for ApiError {
             Self::NotLeader { leader_api } => leader_api.clone(),
             _ => None,
         };
+        let fields = match &self {
+            Self::Invalid { fields } => Some(fields.clone()),
+            _ => None,
+        };
         let body = ErrorBody {
             error: self.kind().to_owned(),
             message,
-            leader_api: leader_api.clone(),
+            leader_api,
+            fields,
         };
         let mut resp = (status, Json(body)).into_response();
         match self {

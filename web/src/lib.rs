@@ -11,21 +11,34 @@
 //! - `error`: [`ApiError`], the one error type, and its single HTTP mapping.
 //! - `routes`: [`router`], handlers, bearer authentication, validation.
 //! - `extract`: extractors that turn axum rejections into [`ApiError`]s.
+//! - `settings`: [`validate_settings`], the pure settings checks.
+//! - `openapi`: [`openapi()`], the OpenAPI 3.0 document of every route.
 //! - `tls`: [`serve_tls`], the accept loop with graceful shutdown.
 
 mod backend;
 mod error;
 mod extract;
+mod openapi;
 mod routes;
+mod settings;
 mod tls;
 
 pub use backend::{
-    AdminBackend, ClusterView, ConfigEntryView, ConfigPut, HealthView, JoinRequest, JoinResponse,
-    JoinTokenRequest, JoinTokenView, ListView, MemberView, ReadMeta, SessionCreate, SessionView,
+    AdminBackend, BreakOutcome, ClusterView, ConfigEntryView, ConfigPut, HealthView,
+    HistoryEventView, HistoryPage, HostView, JoinRequest, JoinResponse, JoinTokenRequest,
+    JoinTokenView, ListView, MemberView, PeerView, ReadMeta, ReadinessView, RoleHealth,
+    SessionCreate, SessionView, SettingsUpdate, SettingsView, SharedIpView, StatusView,
+    SwapOutcome, SwapRequest, SyncReport, SyncRequest, VerifyReport,
 };
 pub use error::{ApiError, ErrorBody};
+pub use openapi::openapi;
 pub use routes::{
-    router, validate_key, ACTOR_HEADER, APPLIED_INDEX_HEADER, DEFAULT_LIST_LIMIT, MAX_BODY_BYTES,
-    MAX_KEY_LEN, MAX_LIST_LIMIT, MAX_TTL_SECS, STALE_HEADER,
+    router, validate_key, ApiRoute, ACTOR_HEADER, APPLIED_INDEX_HEADER, DEFAULT_HISTORY_LIMIT,
+    DEFAULT_LIST_LIMIT, MAX_BODY_BYTES, MAX_HISTORY_LIMIT, MAX_KEY_LEN, MAX_LIST_LIMIT,
+    MAX_TTL_SECS, ROUTES, STALE_HEADER,
+};
+pub use settings::{
+    validate_settings, MAX_INTERFACE_LEN, MAX_SHARED_IPS, MAX_TEST_IPS, MIN_BANDWIDTH_BPS,
+    PRIMARY_TIMEOUT_MS, VERIFY_INTERVAL_SECS,
 };
 pub use tls::{serve_tls, SHUTDOWN_GRACE};

@@ -16,10 +16,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{
-    AdminBackend, ConfigPut, JoinRequest, JoinTokenRequest, ListView, ReadMeta, SessionCreate,
+    AdminBackend, ConfigPut, JoinRequest, JoinTokenRequest, ListView, ReadMeta, RoleHealth,
+    SessionCreate, SettingsUpdate, SwapRequest, SyncRequest,
 };
 use crate::error::{ErrorBody, LeaderRedirect};
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+use crate::settings::validate_settings;
 use crate::ApiError;
 
 /// Largest accepted request body (1 MiB); larger bodies get a 413.
@@ -32,6 +34,80 @@ pub const MAX_TTL_SECS: u64 = 31_536_000;
 pub const DEFAULT_LIST_LIMIT: usize = 100;
 /// Largest accepted `?limit=`.
 pub const MAX_LIST_LIMIT: usize = 1000;
+
+/// History page size when `?limit=` is absent.
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
+/// Largest accepted history `?limit=`.
+pub const MAX_HISTORY_LIMIT: usize = 500;
+/// Longest history `?kind=` filter.
+const MAX_HISTORY_KIND_LEN: usize = 64;
+
+/// One route of the admin API, as registered by [`router`] and described by
+/// [`crate::openapi`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiRoute {
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path in axum syntax (`{id}`, `{*key}` for the rest of the path).
+    pub path: &'static str,
+    /// Whether the route needs the bearer token.
+    pub auth: bool,
+}
+
+const fn open(method: &'static str, path: &'static str) -> ApiRoute {
+    ApiRoute {
+        method,
+        path,
+        auth: false,
+    }
+}
+
+const fn authed(method: &'static str, path: &'static str) -> ApiRoute {
+    ApiRoute {
+        method,
+        path,
+        auth: true,
+    }
+}
+
+/// Every route [`router`] serves. `router` refuses (in debug builds) to
+/// register a path missing here, and the tests check that the router
+/// answers each method listed, no other, and that the OpenAPI document
+/// lists exactly these.
+pub const ROUTES: &[ApiRoute] = &[
+    open("GET", "/health"),
+    open("GET", "/health/primary"),
+    open("GET", "/health/backup"),
+    open("GET", "/api/v1/openapi.json"),
+    open("POST", "/api/v1/join"),
+    authed("GET", "/api/v1/config"),
+    authed("GET", "/api/v1/config/{*key}"),
+    authed("PUT", "/api/v1/config/{*key}"),
+    authed("DELETE", "/api/v1/config/{*key}"),
+    authed("GET", "/api/v1/sessions"),
+    authed("POST", "/api/v1/sessions"),
+    authed("GET", "/api/v1/sessions/{id}"),
+    authed("DELETE", "/api/v1/sessions/{id}"),
+    authed("GET", "/api/v1/cluster"),
+    authed("POST", "/api/v1/join-tokens"),
+    authed("GET", "/api/v1/status"),
+    authed("GET", "/api/v1/history"),
+    authed("GET", "/api/v1/settings"),
+    authed("PUT", "/api/v1/settings"),
+    authed("POST", "/api/v1/relationship/swap"),
+    authed("POST", "/api/v1/relationship/sync"),
+    authed("POST", "/api/v1/relationship/break"),
+    authed("GET", "/api/v1/readiness"),
+];
+
+/// A path being registered; debug builds check it is in [`ROUTES`].
+fn listed(path: &'static str) -> &'static str {
+    debug_assert!(
+        ROUTES.iter().any(|r| r.path == path),
+        "route {path} is registered but missing from ROUTES (and the OpenAPI document)"
+    );
+    path
+}
 
 /// Response header: applied index of the state machine that served a read.
 pub const APPLIED_INDEX_HEADER: HeaderName = HeaderName::from_static("x-tandem-applied-index");
@@ -49,47 +125,70 @@ const MAX_NAME_LEN: usize = 256;
 
 /// Builds the admin API router over `backend`.
 ///
-/// Routes (all JSON; every error is an [`ErrorBody`]):
-/// - `GET /health` — open.
-/// - `POST /api/v1/join` — open; the join token in the body is the credential.
+/// Routes (all JSON; every error is an [`ErrorBody`]; the full list with
+/// methods is [`ROUTES`], described by `GET /api/v1/openapi.json`):
+/// - Open: `GET /health`; `GET /health/primary` and `GET /health/backup`
+///   (`?max_lag=`; 200 when `ok`, else 503, a [`RoleHealth`] body either
+///   way); `GET /api/v1/openapi.json`; `POST /api/v1/join` (the join token
+///   in the body is the credential).
 /// - Bearer-protected (`Authorization: Bearer <token>`, checked with
 ///   [`AdminBackend::authorize`]):
 ///   `GET /api/v1/config` (`?prefix=&limit=&stale=`),
 ///   `GET|PUT|DELETE /api/v1/config/{*key}`,
 ///   `POST|GET /api/v1/sessions` (`?limit=&stale=`),
 ///   `GET|DELETE /api/v1/sessions/{id}`,
-///   `GET /api/v1/cluster` (`?stale=`), `POST /api/v1/join-tokens`.
+///   `GET /api/v1/cluster` (`?stale=`), `POST /api/v1/join-tokens`,
+///   `GET /api/v1/status`, `GET /api/v1/history` (`?before=&limit=&kind=`),
+///   `GET|PUT /api/v1/settings`, `POST /api/v1/relationship/swap|sync|break`
+///   (an empty body means default options), `GET /api/v1/readiness`.
 ///
 /// Reads carry [`APPLIED_INDEX_HEADER`] (when known) and [`STALE_HEADER`].
-/// Creations answer 201, deletions 204. Unknown routes answer 404, bodies
-/// over [`MAX_BODY_BYTES`] 413.
+/// Creations answer 201, deletions 204. Invalid settings answer 400 with
+/// kind `invalid` and per-field messages; refused actions 409 with kind
+/// `refused`. Unknown routes answer 404, bodies over [`MAX_BODY_BYTES`] 413.
 pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
     let protected = Router::new()
-        .route("/api/v1/config", get(config_list::<B>))
+        .route(listed("/api/v1/config"), get(config_list::<B>))
         .route(
-            "/api/v1/config/{*key}",
+            listed("/api/v1/config/{*key}"),
             get(config_get::<B>)
                 .put(config_put::<B>)
                 .delete(config_delete::<B>),
         )
         .route(
-            "/api/v1/sessions",
+            listed("/api/v1/sessions"),
             get(session_list::<B>).post(session_create::<B>),
         )
         .route(
-            "/api/v1/sessions/{id}",
+            listed("/api/v1/sessions/{id}"),
             get(session_get::<B>).delete(session_delete::<B>),
         )
-        .route("/api/v1/cluster", get(cluster::<B>))
-        .route("/api/v1/join-tokens", post(create_join_token::<B>))
+        .route(listed("/api/v1/cluster"), get(cluster::<B>))
+        .route(listed("/api/v1/join-tokens"), post(create_join_token::<B>))
+        .route(listed("/api/v1/status"), get(status::<B>))
+        .route(listed("/api/v1/history"), get(history::<B>))
+        .route(
+            listed("/api/v1/settings"),
+            get(settings_get::<B>).put(settings_put::<B>),
+        )
+        .route(listed("/api/v1/relationship/swap"), post(swap::<B>))
+        .route(listed("/api/v1/relationship/sync"), post(sync::<B>))
+        .route(
+            listed("/api/v1/relationship/break"),
+            post(break_relationship::<B>),
+        )
+        .route(listed("/api/v1/readiness"), get(readiness::<B>))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&backend),
             require_bearer::<B>,
         ));
 
     Router::new()
-        .route("/health", get(health::<B>))
-        .route("/api/v1/join", post(join::<B>))
+        .route(listed("/health"), get(health::<B>))
+        .route(listed("/health/primary"), get(health_primary::<B>))
+        .route(listed("/health/backup"), get(health_backup::<B>))
+        .route(listed("/api/v1/openapi.json"), get(openapi_json))
+        .route(listed("/api/v1/join"), post(join::<B>))
         .merge(protected)
         .fallback(not_found)
         .with_state(backend)
@@ -171,6 +270,7 @@ async fn ensure_json_error(resp: Response) -> Response {
             .unwrap_or("request failed")
             .to_lowercase(),
         leader_api: None,
+        fields: None,
     };
     let bytes = match serde_json::to_vec(&body) {
         Ok(b) => b,
@@ -343,6 +443,27 @@ struct ListQuery {
     stale: bool,
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct HistoryQuery {
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct BackupHealthQuery {
+    #[serde(default)]
+    max_lag: Option<u64>,
+}
+
+/// Body of `POST /api/v1/relationship/break`: nothing (`{}` or no body).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakRequest {}
+
 // ---- handlers ------------------------------------------------------------
 
 async fn health<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
@@ -489,6 +610,127 @@ async fn join<B: AdminBackend>(
     }
     let view = backend.join(body).await?;
     Ok(Json(view).into_response())
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(crate::openapi::openapi())
+}
+
+/// A role health answer: 200 when `ok`, else 503; the body either way, and
+/// never cached by a proxy.
+fn role_health_response(view: RoleHealth) -> Response {
+    let status = if view.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut resp = (status, Json(view)).into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+async fn health_primary<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+) -> Result<Response, ApiError> {
+    Ok(role_health_response(backend.health_primary().await?))
+}
+
+async fn health_backup<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(q): ApiQuery<BackupHealthQuery>,
+) -> Result<Response, ApiError> {
+    Ok(role_health_response(
+        backend.health_backup(q.max_lag).await?,
+    ))
+}
+
+async fn status<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
+    let view = backend.status().await?;
+    let meta = ReadMeta {
+        applied_index: view.this_host.applied_index,
+        stale: true,
+    };
+    Ok(read_response(view, meta))
+}
+
+fn validate_history_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_HISTORY_LIMIT),
+        Some(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_HISTORY_LIMIT}"
+        ))),
+    }
+}
+
+async fn history<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let limit = validate_history_limit(q.limit)?;
+    let kind = q.kind.filter(|k| !k.is_empty());
+    if let Some(k) = &kind {
+        let ok = k.len() <= MAX_HISTORY_KIND_LEN
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !ok {
+            return Err(ApiError::BadRequest(format!(
+                "kind must be at most {MAX_HISTORY_KIND_LEN} characters of A-Z a-z 0-9 . _ -"
+            )));
+        }
+    }
+    let page = backend.history(q.before, limit, kind).await?;
+    Ok(Json(page).into_response())
+}
+
+async fn settings_get<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+) -> Result<Response, ApiError> {
+    Ok(Json(backend.settings().await?).into_response())
+}
+
+async fn settings_put<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SettingsUpdate>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    validate_settings(&body).map_err(|fields| ApiError::Invalid { fields })?;
+    Ok(Json(backend.settings_put(body, actor).await?).into_response())
+}
+
+async fn swap<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    OptionalJson(body): OptionalJson<SwapRequest>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    Ok(Json(backend.swap(body, actor).await?).into_response())
+}
+
+async fn sync<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    OptionalJson(body): OptionalJson<SyncRequest>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    Ok(Json(backend.sync(body, actor).await?).into_response())
+}
+
+async fn break_relationship<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    OptionalJson(BreakRequest {}): OptionalJson<BreakRequest>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    Ok(Json(backend.break_relationship(actor).await?).into_response())
+}
+
+async fn readiness<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
+    Ok(Json(backend.readiness().await?).into_response())
 }
 
 #[cfg(test)]

@@ -9,9 +9,11 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
 use tandem_web::{
-    router, AdminBackend, ApiError, ClusterView, ConfigEntryView, HealthView, JoinRequest,
-    JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, ReadMeta, SessionCreate,
-    SessionView, MAX_BODY_BYTES,
+    openapi, router, AdminBackend, ApiError, BreakOutcome, ClusterView, ConfigEntryView,
+    HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest, JoinResponse,
+    JoinTokenRequest, JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView, RoleHealth,
+    SessionCreate, SessionView, SettingsUpdate, SettingsView, StatusView, SwapOutcome, SwapRequest,
+    SyncReport, SyncRequest, VerifyReport, MAX_BODY_BYTES, ROUTES,
 };
 use tower::ServiceExt;
 
@@ -26,6 +28,15 @@ struct State {
     /// When set, every leader-only call answers `NotLeader` with this.
     not_leader: Option<Option<String>>,
     last_actor: Option<String>,
+    /// Relationship API calls received, as `method` or `method(args)`.
+    calls: Vec<String>,
+    /// When set, swap/sync/break answer `Refused` with this.
+    refuse: Option<String>,
+    /// What `/health/primary` and `/health/backup` say.
+    is_primary: bool,
+    /// Lag reported to `/health/backup`.
+    lag: u64,
+    settings: Option<SettingsView>,
 }
 
 #[derive(Default)]
@@ -37,6 +48,57 @@ impl MemBackend {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking test thread poisons the lock; the test fails anyway.
         self.state.lock().expect("test backend lock poisoned")
+    }
+
+    fn record(&self, call: String) {
+        self.lock().calls.push(call);
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    fn refusal(&self) -> Result<(), ApiError> {
+        match self.lock().refuse.clone() {
+            Some(m) => Err(ApiError::Refused(m)),
+            None => Ok(()),
+        }
+    }
+
+    fn current_settings(&self) -> SettingsView {
+        self.lock()
+            .settings
+            .clone()
+            .unwrap_or_else(|| SettingsView {
+                version: 0,
+                updated_by: None,
+                updated_at_ms: None,
+                primary_timeout_ms: 5_000,
+                auto_failover: false,
+                test_ips: Vec::new(),
+                verify_interval_secs: 0,
+                bandwidth_limit_bps: 0,
+                backup_operations: false,
+                shared_ips: Vec::new(),
+            })
+    }
+
+    fn sync_report(verify: bool) -> SyncReport {
+        SyncReport {
+            backup: 2,
+            from_index: Some(40),
+            to_index: APPLIED,
+            entries: 2,
+            bytes: 512,
+            snapshot: false,
+            duration_ms: 7,
+            verify: verify.then(|| VerifyReport {
+                index: APPLIED,
+                local_digest: "ab".into(),
+                peer_digest: "ab".into(),
+                matches: true,
+            }),
+        }
     }
 
     /// Leader-only gate: linearizable reads and writes.
@@ -235,6 +297,189 @@ impl AdminBackend for MemBackend {
             members: Vec::new(),
         })
     }
+
+    async fn status(&self) -> Result<StatusView, ApiError> {
+        self.record("status".into());
+        Ok(StatusView {
+            this_host: HostView {
+                id: 1,
+                name: "n1".into(),
+                kind: "appliance".into(),
+                role: "primary".into(),
+                site: Some("dc1".into()),
+                epoch: 4,
+                term: 3,
+                leader: Some(1),
+                last_log_index: Some(APPLIED),
+                committed_index: Some(APPLIED),
+                applied_index: Some(APPLIED),
+                lease_valid: true,
+                primary_since_ms: Some(1_000),
+                shared_ips_held: vec!["192.0.2.10/24".into()],
+                notes: Vec::new(),
+            },
+            peers: vec![PeerView {
+                id: 2,
+                name: "n2".into(),
+                kind: "appliance".into(),
+                role: "backup".into(),
+                voter: true,
+                reachable: true,
+                last_contact_ms: Some(2_000),
+                lag_entries: Some(0),
+                lag_bytes: Some(0),
+                lag_ms: Some(0),
+                api_addr: "https://10.0.0.2:8443".into(),
+            }],
+            topology: "pair+witness".into(),
+            settings: self.current_settings(),
+            epoch: 4,
+            primary: Some(1),
+        })
+    }
+
+    async fn history(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        kind: Option<String>,
+    ) -> Result<HistoryPage, ApiError> {
+        self.record(format!("history({before:?},{limit},{kind:?})"));
+        // Ten events, seq 0..=9, alternating kinds; newest first.
+        let items: Vec<HistoryEventView> = (0..10u64)
+            .rev()
+            .filter(|seq| before.is_none_or(|b| *seq < b))
+            .map(|seq| HistoryEventView {
+                seq,
+                at_ms: 1_000 + seq,
+                node: 1,
+                node_name: Some("n1".into()),
+                kind: if seq % 2 == 0 { "role_change" } else { "sync" }.into(),
+                actor: "api".into(),
+                details: json!({"seq": seq}),
+            })
+            .filter(|e| kind.as_deref().is_none_or(|k| k == e.kind))
+            .take(limit)
+            .collect();
+        let next_before = if items.len() == limit {
+            items.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            items,
+            next_before,
+            total: 10,
+        })
+    }
+
+    async fn settings(&self) -> Result<SettingsView, ApiError> {
+        self.record("settings".into());
+        Ok(self.current_settings())
+    }
+
+    async fn settings_put(
+        &self,
+        update: SettingsUpdate,
+        actor: String,
+    ) -> Result<SettingsView, ApiError> {
+        self.record(format!("settings_put({actor})"));
+        let current = self.current_settings();
+        if update.if_version.is_some_and(|v| v != current.version) {
+            return Err(ApiError::Conflict(format!(
+                "settings version is {}",
+                current.version
+            )));
+        }
+        let view = SettingsView {
+            version: current.version + 1,
+            updated_by: Some(actor),
+            updated_at_ms: Some(5_000),
+            primary_timeout_ms: update.primary_timeout_ms,
+            auto_failover: update.auto_failover,
+            test_ips: update.test_ips,
+            verify_interval_secs: update.verify_interval_secs,
+            bandwidth_limit_bps: update.bandwidth_limit_bps,
+            backup_operations: update.backup_operations,
+            shared_ips: update.shared_ips,
+        };
+        self.lock().settings = Some(view.clone());
+        Ok(view)
+    }
+
+    async fn swap(&self, req: SwapRequest, actor: String) -> Result<SwapOutcome, ApiError> {
+        self.record(format!(
+            "swap(pull_sync={},force={},{actor})",
+            req.pull_sync, req.force
+        ));
+        self.refusal()?;
+        Ok(SwapOutcome {
+            previous_primary: Some(1),
+            new_primary: 2,
+            epoch: 5,
+            forced: req.force,
+            pull_sync: req.pull_sync,
+            duration_ms: 120,
+            sync: req.pull_sync.then(|| Self::sync_report(false)),
+        })
+    }
+
+    async fn sync(&self, req: SyncRequest, actor: String) -> Result<SyncReport, ApiError> {
+        self.record(format!("sync(verify={},{actor})", req.verify));
+        self.refusal()?;
+        Ok(Self::sync_report(req.verify))
+    }
+
+    async fn break_relationship(&self, actor: String) -> Result<BreakOutcome, ApiError> {
+        self.record(format!("break({actor})"));
+        self.refusal()?;
+        Ok(BreakOutcome {
+            former_peers: vec![2, 3],
+            role: "standalone".into(),
+        })
+    }
+
+    async fn health_primary(&self) -> Result<RoleHealth, ApiError> {
+        self.record("health_primary".into());
+        let primary = self.lock().is_primary;
+        Ok(RoleHealth {
+            ok: primary,
+            role: if primary { "primary" } else { "backup" }.into(),
+            reason: (!primary).then(|| "this node is the backup".into()),
+        })
+    }
+
+    async fn health_backup(&self, max_lag: Option<u64>) -> Result<RoleHealth, ApiError> {
+        self.record(format!("health_backup({max_lag:?})"));
+        let (primary, lag) = {
+            let st = self.lock();
+            (st.is_primary, st.lag)
+        };
+        let reason = if primary {
+            Some("this node is the primary".to_owned())
+        } else if max_lag.is_some_and(|m| lag > m) {
+            Some(format!("{lag} entries behind"))
+        } else {
+            None
+        };
+        Ok(RoleHealth {
+            ok: reason.is_none(),
+            role: if primary { "primary" } else { "backup" }.into(),
+            reason,
+        })
+    }
+
+    async fn readiness(&self) -> Result<ReadinessView, ApiError> {
+        self.record("readiness".into());
+        Ok(ReadinessView {
+            would_fail_over: true,
+            after_ms: Some(5_000),
+            lag_entries: Some(0),
+            reasons: Vec::new(),
+            certificates_ok: true,
+            shared_ips_ok: true,
+        })
+    }
 }
 
 fn app() -> (Arc<MemBackend>, Router) {
@@ -321,7 +566,7 @@ async fn health_is_open() {
 
 #[tokio::test]
 async fn every_api_route_requires_the_bearer_token() {
-    let (_, app) = app();
+    let (backend, app) = app();
     let routes = [
         (Method::GET, "/api/v1/config", None),
         (Method::GET, "/api/v1/config/a", None),
@@ -337,6 +582,14 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::DELETE, "/api/v1/sessions/s1", None),
         (Method::GET, "/api/v1/cluster", None),
         (Method::POST, "/api/v1/join-tokens", Some(json!({}))),
+        (Method::GET, "/api/v1/status", None),
+        (Method::GET, "/api/v1/history", None),
+        (Method::GET, "/api/v1/settings", None),
+        (Method::PUT, "/api/v1/settings", Some(valid_settings())),
+        (Method::POST, "/api/v1/relationship/swap", Some(json!({}))),
+        (Method::POST, "/api/v1/relationship/sync", Some(json!({}))),
+        (Method::POST, "/api/v1/relationship/break", None),
+        (Method::GET, "/api/v1/readiness", None),
     ];
     for (method, uri, body) in routes {
         for token in [None, Some("wrong"), Some("")] {
@@ -357,10 +610,15 @@ async fn every_api_route_requires_the_bearer_token() {
         send(&app, req)
             .await
             .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+        assert_eq!(backend.calls(), Vec::<String>::new(), "{method} {uri}");
         // And the right token gets past authentication.
         let r = call(&app, method.clone(), uri, body).await;
         assert_ne!(r.status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        backend.lock().calls.clear();
     }
+    // Every bearer-protected route in the table was exercised above.
+    let protected = ROUTES.iter().filter(|r| r.auth).count();
+    assert_eq!(protected, 18, "new protected route: add it to this test");
 }
 
 #[tokio::test]
@@ -862,5 +1120,703 @@ async fn backend_errors_map_to_one_status_each() {
             .as_str()
             .unwrap_or_default()
             .contains("secret"));
+    }
+}
+
+// ---- relationship API ------------------------------------------------------
+
+fn valid_settings() -> Value {
+    json!({
+        "primary_timeout_ms": 3000,
+        "auto_failover": true,
+        "test_ips": ["192.0.2.1", "192.0.2.2:443", "[2001:db8::1]:22", "2001:db8::2"],
+        "verify_interval_secs": 3600,
+        "bandwidth_limit_bps": 65536,
+        "backup_operations": false,
+        "shared_ips": [
+            {"address": "192.0.2.10/24", "interfaces": {"n1": "eth0", "n2": "ens3.100"}},
+            {"address": "2001:db8::10/64", "interfaces": {"n1": "bond0"}}
+        ]
+    })
+}
+
+async fn put_settings(app: &Router, body: Value) -> Resp {
+    call(app, Method::PUT, "/api/v1/settings", Some(body)).await
+}
+
+#[tokio::test]
+async fn role_health_routes_are_open_and_follow_the_backend() {
+    let (backend, app) = app();
+    let get = |uri: &'static str| send(&app, request(Method::GET, uri, None, None));
+
+    backend.lock().is_primary = true;
+    let r = get("/health/primary").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"ok": true, "role": "primary", "reason": null})
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let r = get("/health/backup").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.body["ok"], false);
+    assert_eq!(r.body["role"], "primary");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+
+    backend.lock().is_primary = false;
+    backend.lock().lag = 7;
+    let r = get("/health/primary").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.body["reason"], "this node is the backup");
+    assert_eq!(get("/health/backup").await.status, StatusCode::OK);
+    assert_eq!(get("/health/backup?max_lag=7").await.status, StatusCode::OK);
+    let r = get("/health/backup?max_lag=6").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.body["reason"], "7 entries behind");
+    assert_eq!(
+        backend.calls(),
+        [
+            "health_primary",
+            "health_backup(None)",
+            "health_primary",
+            "health_backup(None)",
+            "health_backup(Some(7))",
+            "health_backup(Some(6))"
+        ]
+    );
+
+    // A bad max_lag is a JSON 400 and does not reach the backend.
+    backend.lock().calls.clear();
+    for bad in ["-1", "abc", "1.5", "99999999999999999999999"] {
+        get(&format!("/health/backup?max_lag={bad}"))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    assert!(backend.calls().is_empty());
+
+    // Only GET; other methods get the usual JSON 405.
+    send(&app, request(Method::POST, "/health/primary", None, None))
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn status_and_readiness() {
+    let (_, app) = app();
+    let r = call(&app, Method::GET, "/api/v1/status", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["this_host"]["role"], "primary");
+    assert_eq!(r.body["this_host"]["shared_ips_held"][0], "192.0.2.10/24");
+    assert_eq!(r.body["peers"][0]["role"], "backup");
+    assert_eq!(r.body["topology"], "pair+witness");
+    assert_eq!(r.body["settings"]["version"], 0);
+    assert_eq!(r.body["primary"], 1);
+    assert_eq!(
+        r.header("x-tandem-applied-index"),
+        Some(APPLIED.to_string().as_str())
+    );
+    let view: StatusView = serde_json::from_value(r.body).expect("decodes as StatusView");
+    assert_eq!(view.epoch, 4);
+
+    let r = call(&app, Method::GET, "/api/v1/readiness", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let view: ReadinessView = serde_json::from_value(r.body).expect("decodes");
+    assert!(view.would_fail_over);
+    assert_eq!(view.after_ms, Some(5_000));
+}
+
+#[tokio::test]
+async fn history_paging_and_parameters() {
+    let (backend, app) = app();
+    let r = call(&app, Method::GET, "/api/v1/history", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["items"].as_array().map(Vec::len), Some(10));
+    assert_eq!(r.body["items"][0]["seq"], 9, "newest first");
+    assert_eq!(r.body["total"], 10);
+    assert_eq!(r.body["next_before"], Value::Null);
+
+    let r = call(&app, Method::GET, "/api/v1/history?limit=4", None).await;
+    assert_eq!(r.body["items"].as_array().map(Vec::len), Some(4));
+    assert_eq!(r.body["next_before"], 6);
+    let r = call(
+        &app,
+        Method::GET,
+        "/api/v1/history?limit=4&before=6&kind=sync",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let page: HistoryPage = serde_json::from_value(r.body).expect("decodes");
+    let seqs: Vec<u64> = page.items.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [5, 3, 1]);
+    let r = call(&app, Method::GET, "/api/v1/history?limit=500&kind=", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        backend.calls(),
+        [
+            "history(None,50,None)",
+            "history(None,4,None)",
+            "history(Some(6),4,Some(\"sync\"))",
+            "history(None,500,None)"
+        ]
+    );
+
+    backend.lock().calls.clear();
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "limit=-1",
+        "limit=x",
+        "before=-1",
+        "before=x",
+        "kind=a%20b",
+        "kind=%C3%A9",
+    ] {
+        call(&app, Method::GET, &format!("/api/v1/history?{bad}"), None)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    let long = "k".repeat(65);
+    call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/history?kind={long}"),
+        None,
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert!(backend.calls().is_empty(), "{:?}", backend.calls());
+}
+
+#[tokio::test]
+async fn settings_round_trip() {
+    let (backend, app) = app();
+    let r = call(&app, Method::GET, "/api/v1/settings", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["version"], 0);
+    assert_eq!(r.body["updated_by"], Value::Null);
+
+    let mut req = request(
+        Method::PUT,
+        "/api/v1/settings",
+        Some(TOKEN),
+        Some(valid_settings()),
+    );
+    req.headers_mut()
+        .insert("x-tandem-actor", "alice@ops".parse().expect("ascii"));
+    let r = send(&app, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], 1);
+    assert_eq!(r.body["updated_by"], "alice@ops");
+    assert_eq!(r.body["shared_ips"][0]["interfaces"]["n2"], "ens3.100");
+    let view: SettingsView = serde_json::from_value(r.body).expect("decodes");
+    assert_eq!(view.primary_timeout_ms, 3000);
+
+    // if_version: matching writes, stale conflicts.
+    let mut body = valid_settings();
+    body["if_version"] = json!(1);
+    assert_eq!(
+        put_settings(&app, body.clone()).await.status,
+        StatusCode::OK
+    );
+    put_settings(&app, body)
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+    assert_eq!(
+        backend.calls(),
+        [
+            "settings",
+            "settings_put(alice@ops)",
+            "settings_put(api)",
+            "settings_put(api)"
+        ]
+    );
+}
+
+/// Each rule of `validate_settings`, through the route: 400 `invalid`, the
+/// expected keys in `fields`, and nothing reaches the backend.
+#[tokio::test]
+async fn settings_validation_names_the_fields() {
+    let (backend, app) = app();
+    let with = |field: &str, v: Value| {
+        let mut b = valid_settings();
+        b[field] = v;
+        b
+    };
+    let shared = |address: &str, interfaces: Value| {
+        with(
+            "shared_ips",
+            json!([{"address": address, "interfaces": interfaces}]),
+        )
+    };
+    let many_ips: Vec<String> = (1..=9).map(|i| format!("192.0.2.{i}")).collect();
+    let many_shared: Vec<Value> = (1..=17)
+        .map(|i| json!({"address": format!("10.0.0.{i}/32"), "interfaces": {"n1": "eth0"}}))
+        .collect();
+    let cases: Vec<(Value, Vec<&str>)> = vec![
+        (
+            with("primary_timeout_ms", json!(299)),
+            vec!["primary_timeout_ms"],
+        ),
+        (
+            with("primary_timeout_ms", json!(60_001)),
+            vec!["primary_timeout_ms"],
+        ),
+        (
+            with("primary_timeout_ms", json!(0)),
+            vec!["primary_timeout_ms"],
+        ),
+        (with("test_ips", json!(many_ips)), vec!["test_ips"]),
+        (
+            with(
+                "test_ips",
+                json!(["192.0.2.1", "example.com", "192.0.2.3:0", "300.1.1.1"]),
+            ),
+            vec!["test_ips[1]", "test_ips[2]", "test_ips[3]"],
+        ),
+        (with("test_ips", json!(["0.0.0.0"])), vec!["test_ips[0]"]),
+        (
+            with("verify_interval_secs", json!(59)),
+            vec!["verify_interval_secs"],
+        ),
+        (
+            with("verify_interval_secs", json!(604_801)),
+            vec!["verify_interval_secs"],
+        ),
+        (
+            with("bandwidth_limit_bps", json!(1)),
+            vec!["bandwidth_limit_bps"],
+        ),
+        (
+            with("bandwidth_limit_bps", json!(65_535)),
+            vec!["bandwidth_limit_bps"],
+        ),
+        (with("shared_ips", json!(many_shared)), vec!["shared_ips"]),
+        (
+            shared("192.0.2.10", json!({"n1": "eth0"})),
+            vec!["shared_ips[0].address"],
+        ),
+        (
+            shared("192.0.2.10/0", json!({"n1": "eth0"})),
+            vec!["shared_ips[0].address"],
+        ),
+        (
+            shared("192.0.2.10/33", json!({"n1": "eth0"})),
+            vec!["shared_ips[0].address"],
+        ),
+        (
+            shared("2001:db8::10/129", json!({"n1": "eth0"})),
+            vec!["shared_ips[0].address"],
+        ),
+        (
+            shared("2001:db8::10/0", json!({"n1": "eth0"})),
+            vec!["shared_ips[0].address"],
+        ),
+        (
+            shared("not-an-ip/24", json!({"n1": "eth0"})),
+            vec!["shared_ips[0].address"],
+        ),
+        (
+            shared("192.0.2.10/24", json!({"n1": "an-interface-16c"})),
+            vec!["shared_ips[0].interfaces.n1"],
+        ),
+        (
+            shared("192.0.2.10/24", json!({"n1": ""})),
+            vec!["shared_ips[0].interfaces.n1"],
+        ),
+        (
+            shared("192.0.2.10/24", json!({"n1": "eth 0"})),
+            vec!["shared_ips[0].interfaces.n1"],
+        ),
+        (
+            shared("192.0.2.10/24", json!({})),
+            vec!["shared_ips[0].interfaces"],
+        ),
+        // Several problems at once: all reported.
+        (
+            json!({
+                "primary_timeout_ms": 1, "auto_failover": false, "test_ips": ["x"],
+                "verify_interval_secs": 1, "bandwidth_limit_bps": 1, "backup_operations": true,
+                "shared_ips": [{"address": "1.2.3.4/99", "interfaces": {"n1": "eth0/1"}}]
+            }),
+            vec![
+                "bandwidth_limit_bps",
+                "primary_timeout_ms",
+                "shared_ips[0].address",
+                "shared_ips[0].interfaces.n1",
+                "test_ips[0]",
+                "verify_interval_secs",
+            ],
+        ),
+    ];
+    for (body, keys) in cases {
+        let r = put_settings(&app, body.clone()).await;
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid");
+        let fields = r.body["fields"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no fields in {}", r.body));
+        let got: Vec<&str> = fields.keys().map(String::as_str).collect();
+        assert_eq!(got, keys, "body {body}");
+        assert!(fields.values().all(Value::is_string), "{}", r.body);
+        for k in keys {
+            assert!(
+                r.body["message"].as_str().is_some_and(|m| m.contains(k)),
+                "{}",
+                r.body
+            );
+        }
+    }
+    // The error message of a single rule, as documented.
+    let r = put_settings(&app, with("primary_timeout_ms", json!(10))).await;
+    assert_eq!(
+        r.body["fields"],
+        json!({"primary_timeout_ms": "must be between 300 and 60000"})
+    );
+    // Edges that are valid.
+    for (field, v) in [
+        ("primary_timeout_ms", json!(300)),
+        ("primary_timeout_ms", json!(60_000)),
+        ("verify_interval_secs", json!(0)),
+        ("verify_interval_secs", json!(60)),
+        ("verify_interval_secs", json!(604_800)),
+        ("bandwidth_limit_bps", json!(0)),
+        ("test_ips", json!([])),
+        ("shared_ips", json!([])),
+    ] {
+        backend.lock().calls.clear();
+        let r = put_settings(&app, with(field, v.clone())).await;
+        assert_eq!(r.status, StatusCode::OK, "{field}={v}: {}", r.body);
+        assert_eq!(backend.calls(), ["settings_put(api)"]);
+    }
+    backend.lock().calls.clear();
+
+    // Shape errors are plain 400s, also without reaching the backend.
+    let mut missing = valid_settings();
+    missing
+        .as_object_mut()
+        .expect("object")
+        .remove("auto_failover");
+    let mut nested_extra = valid_settings();
+    nested_extra["shared_ips"][0]["vlan"] = json!(5);
+    for body in [
+        with("extra", json!(1)),
+        nested_extra,
+        missing,
+        with("primary_timeout_ms", json!(-1)),
+        with("test_ips", json!("192.0.2.1")),
+        json!({}),
+    ] {
+        let r = put_settings(&app, body.clone()).await;
+        r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+        assert!(r.body.get("fields").is_none(), "{}", r.body);
+    }
+    assert!(backend.calls().is_empty(), "{:?}", backend.calls());
+}
+
+#[tokio::test]
+async fn relationship_actions() {
+    let (backend, app) = app();
+    let mut req = request(
+        Method::POST,
+        "/api/v1/relationship/swap",
+        Some(TOKEN),
+        Some(json!({"pull_sync": true, "force": false})),
+    );
+    req.headers_mut()
+        .insert("x-tandem-actor", "bob".parse().expect("ascii"));
+    let r = send(&app, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let out: SwapOutcome = serde_json::from_value(r.body).expect("decodes");
+    assert_eq!(out.new_primary, 2);
+    assert!(out.pull_sync && !out.forced);
+    assert_eq!(out.sync.map(|s| s.to_index), Some(APPLIED));
+
+    // Options default to false: `{}`, `{"force": true}` and no body at all.
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/relationship/swap",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["sync"], Value::Null);
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/relationship/swap",
+        Some(json!({"force": true})),
+    )
+    .await;
+    assert_eq!(r.body["forced"], true);
+    let r = call(&app, Method::POST, "/api/v1/relationship/swap", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/relationship/sync",
+        Some(json!({"verify": true})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["verify"]["matches"], true);
+    assert_eq!(r.body["bytes"], 512);
+    let r = call(&app, Method::POST, "/api/v1/relationship/sync", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["verify"], Value::Null);
+
+    let r = call(&app, Method::POST, "/api/v1/relationship/break", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"former_peers": [2, 3], "role": "standalone"})
+    );
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/relationship/break",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    assert_eq!(
+        backend.calls(),
+        [
+            "swap(pull_sync=true,force=false,bob)",
+            "swap(pull_sync=false,force=false,api)",
+            "swap(pull_sync=false,force=true,api)",
+            "swap(pull_sync=false,force=false,api)",
+            "sync(verify=true,api)",
+            "sync(verify=false,api)",
+            "break(api)",
+            "break(api)"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn refused_actions_are_409() {
+    let (backend, app) = app();
+    backend.lock().refuse =
+        Some("planned swap needs the peer: it is unreachable; use force".into());
+    for uri in [
+        "/api/v1/relationship/swap",
+        "/api/v1/relationship/sync",
+        "/api/v1/relationship/break",
+    ] {
+        let r = call(&app, Method::POST, uri, Some(json!({}))).await;
+        r.assert_error(StatusCode::CONFLICT, "refused");
+        assert_eq!(
+            r.body["message"],
+            "planned swap needs the peer: it is unreachable; use force"
+        );
+    }
+}
+
+#[tokio::test]
+async fn action_bodies_are_checked() {
+    let (backend, app) = app();
+    let cases = [
+        ("/api/v1/relationship/swap", json!({"forced": true})),
+        ("/api/v1/relationship/swap", json!({"force": "yes"})),
+        ("/api/v1/relationship/swap", json!([])),
+        ("/api/v1/relationship/swap", json!([true, true])),
+        ("/api/v1/relationship/sync", json!("verify")),
+        ("/api/v1/relationship/sync", json!({"verify": 1})),
+        ("/api/v1/relationship/sync", json!({"pull_sync": true})),
+        ("/api/v1/relationship/break", json!({"force": true})),
+        ("/api/v1/relationship/break", json!(null)),
+    ];
+    for (uri, body) in cases {
+        call(&app, Method::POST, uri, Some(body))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    // A non-empty body must still be JSON.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/relationship/swap")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("force"))
+        .expect("valid request");
+    send(&app, req)
+        .await
+        .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    // And the body limit holds for the optional bodies too.
+    let big = format!(
+        "{{\"force\": true, \"x\": \"{}\"}}",
+        "x".repeat(MAX_BODY_BYTES)
+    );
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/relationship/swap")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(big))
+        .expect("valid request");
+    send(&app, req)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    // A bad actor header is refused before the action.
+    let mut req = request(
+        Method::POST,
+        "/api/v1/relationship/break",
+        Some(TOKEN),
+        None,
+    );
+    req.headers_mut()
+        .insert("x-tandem-actor", "bad actor".parse().expect("ascii"));
+    send(&app, req)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    assert!(backend.calls().is_empty(), "{:?}", backend.calls());
+}
+
+#[tokio::test]
+async fn new_error_variants_map_once() {
+    use axum::response::IntoResponse;
+    let fields: BTreeMap<String, String> = [("test_ips[0]".to_owned(), "bad".to_owned())].into();
+    let resp = ApiError::Invalid {
+        fields: fields.clone(),
+    }
+    .into_response();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body readable");
+    let body: tandem_web::ErrorBody = serde_json::from_slice(&bytes).expect("error body");
+    assert_eq!(body.error, "invalid");
+    assert_eq!(body.fields, Some(fields));
+    assert_eq!(ApiError::Refused("r".into()).status(), StatusCode::CONFLICT);
+    assert_eq!(ApiError::Refused("r".into()).kind(), "refused");
+    // Other errors carry no `fields` member.
+    let resp = ApiError::BadRequest("b".into()).into_response();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body readable");
+    let body: Value = serde_json::from_slice(&bytes).expect("JSON");
+    assert!(body.get("fields").is_none());
+}
+
+/// Path template (axum syntax) → OpenAPI syntax, and → a concrete URI.
+fn openapi_path(path: &str) -> String {
+    path.replace("{*", "{")
+}
+
+fn concrete(path: &str) -> String {
+    let mut out = String::new();
+    let mut in_param = false;
+    for c in path.chars() {
+        match c {
+            '{' => {
+                in_param = true;
+                out.push('x');
+            }
+            '}' => in_param = false,
+            _ if in_param => {}
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn openapi_lists_exactly_the_routes() {
+    let (_, app) = app();
+    let r = send(
+        &app,
+        request(Method::GET, "/api/v1/openapi.json", None, None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "open route");
+    let doc = r.body;
+    assert_eq!(doc, openapi());
+    assert!(doc["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.0")));
+    let paths = doc["paths"].as_object().expect("paths");
+
+    let methods = ["get", "put", "post", "delete", "patch"];
+    // Every route in the table is in the document, with its security.
+    for route in ROUTES {
+        let p = openapi_path(route.path);
+        let m = route.method.to_lowercase();
+        let op = &paths
+            .get(&p)
+            .unwrap_or_else(|| panic!("{p} missing from openapi.json"))[&m];
+        assert!(
+            op.is_object(),
+            "{} {p} missing from openapi.json",
+            route.method
+        );
+        let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+        assert_eq!(secured, route.auth, "{} {p}: security", route.method);
+        assert_eq!(
+            op["responses"].get("401").is_some(),
+            route.auth,
+            "{} {p}: 401",
+            route.method
+        );
+    }
+    // And nothing else.
+    for (p, item) in paths {
+        for m in methods {
+            if item.get(m).is_some() {
+                assert!(
+                    ROUTES
+                        .iter()
+                        .any(|r| openapi_path(r.path) == *p && r.method.to_lowercase() == m),
+                    "{m} {p} documented but not in ROUTES"
+                );
+            }
+        }
+    }
+    // The router answers each listed method on each path, and 405s the
+    // others: the table matches what is registered. (`router` refuses, in
+    // debug builds, to register a path not in the table.)
+    for route in ROUTES {
+        let uri = concrete(route.path);
+        for m in methods {
+            let method = Method::from_bytes(m.to_uppercase().as_bytes()).expect("method");
+            let listed = ROUTES
+                .iter()
+                .any(|r| r.path == route.path && r.method.eq_ignore_ascii_case(m));
+            let resp = call(&app, method, &uri, Some(json!({}))).await;
+            let unrouted = resp.status == StatusCode::METHOD_NOT_ALLOWED
+                || (resp.status == StatusCode::NOT_FOUND
+                    && resp.body["message"]
+                        .as_str()
+                        .is_some_and(|msg| msg.starts_with("no route")));
+            assert_eq!(
+                !unrouted, listed,
+                "{m} {uri}: {} {}",
+                resp.status, resp.body
+            );
+        }
+    }
+    // Every $ref resolves.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("$ref", Value::String(s)) => out.push(s),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    assert!(!found.is_empty());
+    for r in found {
+        let pointer = r.strip_prefix('#').expect("local ref");
+        assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
     }
 }

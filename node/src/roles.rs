@@ -1,0 +1,917 @@
+//! Roles (primary, backup, witness, standalone), epochs, and the
+//! relationship actions (planned swap, sync now, verify).
+//!
+//! See `node/DESIGN.md` for why the rules are what they are. In short: the
+//! primary is the Raft leader among appliances whose lease is valid and whose
+//! epoch entry is committed; everything else follows from that, re-evaluated
+//! on every tick of [`manage_roles`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::{Instant as _, ServerState};
+use serde_json::json;
+use tandem_storage::{EpochRecord, NodeKind, Request, Response};
+use tandem_web::{SwapOutcome, SwapRequest, SyncReport, VerifyReport};
+use tokio_util::sync::CancellationToken;
+
+use crate::node::{now_ms, Node, NodeError};
+use crate::protocol::{ActionRequest, PeerRequest, PeerResponse};
+use crate::settings::Settings;
+
+/// A node's role in the relationship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Serves users and accepts writes.
+    Primary,
+    /// Holds a copy, ready to take over.
+    Backup,
+    /// Votes and stores the log; never primary.
+    Witness,
+    /// Alone: no relationship.
+    Standalone,
+}
+
+impl Role {
+    /// The name shown everywhere.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+            Role::Witness => "witness",
+            Role::Standalone => "standalone",
+        }
+    }
+}
+
+/// Role bookkeeping shared by the role manager, the transport and the API.
+pub struct RoleState {
+    /// This node's applied epoch (what the transport sends).
+    epoch: Arc<AtomicU64>,
+    /// Highest epoch any peer has shown us.
+    highest_seen: AtomicU64,
+    /// Application writes are paused (swap or verify in progress).
+    paused: AtomicBool,
+    inner: Mutex<RoleInner>,
+}
+
+struct RoleInner {
+    role: Role,
+    lease_valid: bool,
+    primary_since_ms: Option<u64>,
+    last_leader_contact: Option<Instant>,
+    /// `(last log index, when first seen)`, sampled on the leader, for lag in time.
+    samples: VecDeque<(u64, Instant)>,
+    /// Leader's view of which peers answer (for peer lost / found events).
+    peers_up: BTreeMap<u64, bool>,
+    raising: bool,
+    last_handover: Option<Instant>,
+}
+
+impl RoleState {
+    /// Fresh state; `epoch` is shared with the transport.
+    pub fn new(epoch: Arc<AtomicU64>) -> Self {
+        Self {
+            epoch,
+            highest_seen: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+            inner: Mutex::new(RoleInner {
+                role: Role::Backup,
+                lease_valid: false,
+                primary_since_ms: None,
+                last_leader_contact: None,
+                samples: VecDeque::new(),
+                peers_up: BTreeMap::new(),
+                raising: false,
+                last_handover: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RoleInner> {
+        // The inner state is plain data updated in small steps; after a panic
+        // elsewhere it is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the leader just reached us (an AppendEntries arrived).
+    pub fn leader_contact(&self) {
+        self.lock().last_leader_contact = Some(Instant::now());
+    }
+
+    /// Time since the leader last reached us.
+    pub fn since_leader_contact(&self) -> Option<Duration> {
+        self.lock().last_leader_contact.map(|t| t.elapsed())
+    }
+
+    /// Role and lease as of the last tick.
+    pub fn current(&self) -> (Role, bool, Option<u64>) {
+        let i = self.lock();
+        (i.role, i.lease_valid, i.primary_since_ms)
+    }
+
+    /// Whether application writes are paused.
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    fn pause(&self) -> PauseGuard<'_> {
+        self.paused.store(true, Ordering::SeqCst);
+        PauseGuard(self)
+    }
+
+    /// Time since `index` was first the leader's last log index: how old the
+    /// oldest entry a follower at `matched` is missing is.
+    fn lag_ms(&self, matched: Option<u64>, last: Option<u64>) -> Option<u64> {
+        let last = last?;
+        if matched.is_some_and(|m| m >= last) {
+            return Some(0);
+        }
+        let first_missing = matched.map_or(0, |m| m + 1);
+        let i = self.lock();
+        i.samples
+            .iter()
+            .find(|(idx, _)| *idx >= first_missing)
+            .map(|(_, t)| t.elapsed().as_millis() as u64)
+    }
+}
+
+/// Re-opens writes when a swap or verify ends, however it ends.
+struct PauseGuard<'a>(&'a RoleState);
+
+impl Drop for PauseGuard<'_> {
+    fn drop(&mut self) {
+        self.0.paused.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Facts about one other member, as this node sees them.
+#[derive(Debug, Clone)]
+pub struct PeerFacts {
+    /// Node id.
+    pub id: u64,
+    /// Whether it votes.
+    pub voter: bool,
+    /// Last contact, ms since the Unix epoch, when known.
+    pub last_contact_ms: Option<u64>,
+    /// Whether it answered within the primary timeout (leader's view), when known.
+    pub reachable: Option<bool>,
+    /// Entries it lacks (leader's view).
+    pub lag_entries: Option<u64>,
+    /// Age of the oldest entry it lacks (leader's view).
+    pub lag_ms: Option<u64>,
+    /// Matched log index (leader's view).
+    pub matched: Option<u64>,
+}
+
+impl Node {
+    /// Notes an epoch seen from a peer; a higher one than ours fences us
+    /// until we have applied it.
+    pub fn saw_epoch(&self, epoch: u64) {
+        self.roles.highest_seen.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// The applied epoch record.
+    pub fn epoch(&self) -> EpochRecord {
+        self.reader().epoch()
+    }
+
+    /// The replicated settings (defaults when none were ever written).
+    pub fn settings(&self) -> Settings {
+        Settings::parse(self.reader().settings().map(|s| s.settings_json).as_deref())
+    }
+
+    /// Computes the role from Raft metrics and the applied epoch.
+    pub fn compute_role(&self) -> (Role, bool) {
+        let m = self.metrics();
+        let ep = self.epoch();
+        let me = self.cfg.node_id;
+        let members = m.membership_config.membership().nodes().count();
+        let leader = m.state == ServerState::Leader && m.current_leader == Some(me);
+        if members <= 1 {
+            return (Role::Standalone, leader);
+        }
+        if self.cfg.kind == NodeKind::Witness {
+            return (Role::Witness, false);
+        }
+        let lease_valid = leader
+            && m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| t.elapsed() < self.timing.lease);
+        let fenced = self.roles.highest_seen.load(Ordering::SeqCst) > ep.epoch;
+        if lease_valid && ep.primary == Some(me) && !fenced {
+            (Role::Primary, true)
+        } else {
+            (Role::Backup, lease_valid)
+        }
+    }
+
+    /// The API base URL of the primary (or, failing that, the leader).
+    pub fn primary_api(&self) -> Option<String> {
+        let m = self.metrics();
+        let id = self.epoch().primary.or(m.current_leader)?;
+        m.membership_config
+            .get_node(&id)
+            .map(|n| n.api_addr.clone())
+    }
+
+    /// Whether this node may accept an application write now.
+    ///
+    /// # Errors
+    /// [`NodeError::NotLeader`] pointing at the primary on a backup or
+    /// witness; [`NodeError::Unavailable`] while becoming primary or during a
+    /// swap.
+    pub fn check_writable(&self) -> Result<(), NodeError> {
+        if self.roles.paused() {
+            return Err(NodeError::Unavailable(
+                "a role swap or verify is in progress; retry shortly".into(),
+            ));
+        }
+        let (role, lease) = self.compute_role();
+        match role {
+            Role::Primary => Ok(()),
+            Role::Standalone if lease => Ok(()),
+            _ => {
+                let m = self.metrics();
+                if m.current_leader == Some(self.cfg.node_id) {
+                    Err(NodeError::Unavailable(
+                        "this node is becoming primary (epoch not yet committed or lease not confirmed)".into(),
+                    ))
+                } else {
+                    Err(NodeError::NotLeader {
+                        leader_api: self.primary_api(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// An application write: only on the primary, then through Raft.
+    ///
+    /// # Errors
+    /// As [`Node::check_writable`] and [`Node::write`].
+    pub async fn write_app(&self, req: Request) -> Result<Response, NodeError> {
+        self.check_writable()?;
+        self.write(req).await
+    }
+
+    /// Appends an event to the replicated status history (leader only;
+    /// failures are logged, never fatal).
+    pub async fn record(&self, kind: &str, actor: &str, details: serde_json::Value) {
+        let req = Request::HistoryAppend {
+            at_ms: now_ms(),
+            node: self.cfg.node_id,
+            kind: kind.to_string(),
+            actor: actor.to_string(),
+            details_json: details.to_string(),
+        };
+        if let Err(e) = self.write(req).await {
+            tracing::warn!(kind, error = %e, "could not record history event");
+        }
+    }
+
+    /// What this node knows about each other member.
+    pub fn peer_facts(&self) -> Vec<PeerFacts> {
+        let m = self.metrics();
+        let me = self.cfg.node_id;
+        let membership = m.membership_config.membership().clone();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let now = now_ms();
+        let leader = m.current_leader == Some(me);
+        membership
+            .nodes()
+            .filter(|(id, _)| **id != me)
+            .map(|(id, _)| {
+                let id = *id;
+                let (last_contact_ms, reachable, matched) = if leader {
+                    let hb = m
+                        .heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(&id).cloned().flatten())
+                        .map(|t| t.elapsed());
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .map(|l| l.index);
+                    (
+                        hb.map(|d| now.saturating_sub(d.as_millis() as u64)),
+                        Some(hb.is_some_and(|d| d < self.timing.primary_timeout)),
+                        matched,
+                    )
+                } else if m.current_leader == Some(id) {
+                    let since = self.roles.since_leader_contact();
+                    (
+                        since.map(|d| now.saturating_sub(d.as_millis() as u64)),
+                        Some(since.is_some_and(|d| d < self.timing.primary_timeout)),
+                        None,
+                    )
+                } else {
+                    (None, None, None)
+                };
+                let lag_entries = if leader {
+                    m.last_log_index
+                        .map(|l| l.saturating_sub(matched.unwrap_or(0)))
+                } else {
+                    None
+                };
+                let lag_ms = if leader {
+                    self.roles.lag_ms(matched, m.last_log_index)
+                } else {
+                    None
+                };
+                PeerFacts {
+                    id,
+                    voter: voters.contains(&id),
+                    last_contact_ms,
+                    reachable,
+                    lag_entries,
+                    lag_ms,
+                    matched,
+                }
+            })
+            .collect()
+    }
+
+    /// Bytes of the log entries after `matched` up to the end (bounded scan).
+    pub fn lag_bytes(&self, matched: Option<u64>) -> Option<u64> {
+        let first = matched.map_or(1, |m| m + 1);
+        let entries = self.engine().log_reader.entries_from(first, 10_000).ok()?;
+        Some(
+            entries
+                .iter()
+                .map(|e| {
+                    e.request
+                        .as_ref()
+                        .and_then(|r| tandem_storage::encode(r).ok())
+                        .map_or(16, |b| b.len() as u64)
+                })
+                .sum(),
+        )
+    }
+
+    /// The other appliance (the one a swap hands the role to).
+    fn other_appliance(&self) -> Option<(u64, tandem_storage::NodeInfo)> {
+        let m = self.metrics();
+        let me = self.cfg.node_id;
+        let found = m
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(id, n)| **id != me && n.kind == NodeKind::Appliance)
+            .map(|(id, n)| (*id, n.clone()));
+        found
+    }
+
+    /// *Become primary* / *Become backup*, from either side.
+    ///
+    /// # Errors
+    /// [`NodeError::Refused`] with the reason when the swap cannot be done;
+    /// nothing changes then.
+    pub async fn swap(&self, req: SwapRequest, actor: &str) -> Result<SwapOutcome, NodeError> {
+        if req.force {
+            return Err(NodeError::Refused(
+                "forced promotion is not available in this release; a planned swap needs the peer reachable".into(),
+            ));
+        }
+        let (role, _) = self.compute_role();
+        match role {
+            Role::Primary => {
+                let (to, _) = self.other_appliance().ok_or_else(|| {
+                    NodeError::Refused("there is no backup appliance to swap with".into())
+                })?;
+                self.swap_to(to, req.pull_sync, actor).await
+            }
+            Role::Backup => {
+                let ep = self.epoch();
+                let primary = ep
+                    .primary
+                    .ok_or_else(|| NodeError::Refused("there is no primary to swap with".into()))?;
+                let action = ActionRequest::SwapTo {
+                    to: self.cfg.node_id,
+                    pull_sync: req.pull_sync,
+                    actor: actor.to_string(),
+                };
+                let text = self.ask_primary(primary, action).await?;
+                serde_json::from_str(&text)
+                    .map_err(|e| NodeError::Internal(format!("bad swap answer: {e}")))
+            }
+            Role::Witness => Err(NodeError::Refused("a witness is never primary".into())),
+            Role::Standalone => Err(NodeError::Refused(
+                "this node has no relationship to swap roles in".into(),
+            )),
+        }
+    }
+
+    async fn ask_primary(&self, primary: u64, action: ActionRequest) -> Result<String, NodeError> {
+        let m = self.metrics();
+        let addr = m
+            .membership_config
+            .get_node(&primary)
+            .map(|n| n.peer_addr.clone())
+            .ok_or_else(|| NodeError::Refused(format!("primary {primary} is not a member")))?;
+        match self
+            .network
+            .call(
+                primary,
+                &addr,
+                PeerRequest::Action(action),
+                Duration::from_secs(120),
+            )
+            .await
+        {
+            Ok(PeerResponse::Action(Ok(text))) => Ok(text),
+            Ok(PeerResponse::Action(Err(reason))) => Err(NodeError::Refused(reason)),
+            Ok(other) => Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(NodeError::Refused(format!(
+                "the primary cannot be contacted ({e}); a forced promotion is needed"
+            ))),
+        }
+    }
+
+    /// Serves an action a peer asked of this node (it must be the primary).
+    pub async fn peer_action(&self, action: ActionRequest) -> Result<String, String> {
+        if self.compute_role().0 != Role::Primary {
+            return Err("this node is not the primary".into());
+        }
+        let text = match action {
+            ActionRequest::SwapTo {
+                to,
+                pull_sync,
+                actor,
+            } => serde_json::to_string(
+                &self
+                    .swap_to(to, pull_sync, &actor)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            ActionRequest::Sync { verify, actor } => serde_json::to_string(
+                &self
+                    .sync_now(verify, &actor)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        text.map_err(|e| e.to_string())
+    }
+
+    /// Waits (bounded) until `peer` holds every entry this leader has.
+    async fn wait_caught_up(&self, peer: u64, limit: Duration) -> Result<u64, NodeError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let m = self.metrics();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&peer).cloned().flatten())
+                .map_or(0, |l| l.index);
+            if matched >= last {
+                return Ok(last);
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Refused(format!(
+                    "node {peer} did not catch up within {} s (it has {matched} of {last})",
+                    limit.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Planned swap on the primary: pause writes, make sure `to` holds every
+    /// committed entry, hand leadership over, and wait for `to` to raise the epoch.
+    async fn swap_to(
+        &self,
+        to: u64,
+        pull_sync: bool,
+        actor: &str,
+    ) -> Result<SwapOutcome, NodeError> {
+        let started = Instant::now();
+        let before = self.epoch();
+        let reachable = self
+            .peer_facts()
+            .iter()
+            .any(|p| p.id == to && p.reachable == Some(true));
+        if !reachable {
+            return Err(NodeError::Refused(format!(
+                "node {to} cannot be contacted; a planned swap needs it (use force)"
+            )));
+        }
+        let sync = if pull_sync {
+            Some(self.sync_now(false, actor).await?)
+        } else {
+            None
+        };
+        self.record(
+            "swap",
+            actor,
+            json!({ "from": self.cfg.node_id, "to": to, "pull_sync": pull_sync, "epoch": before.epoch }),
+        )
+        .await;
+        let _pause = self.roles.pause();
+        // In-flight writes finish; new ones are refused until the new primary serves.
+        self.wait_caught_up(to, Duration::from_secs(10)).await?;
+        self.raft()
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ep = self.epoch();
+            if ep.epoch > before.epoch && ep.primary == Some(to) {
+                return Ok(SwapOutcome {
+                    previous_primary: before.primary,
+                    new_primary: to,
+                    epoch: ep.epoch,
+                    forced: false,
+                    pull_sync,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    sync,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "leadership was handed to node {to} but it has not become primary within 10 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// *Sync now*: make the backup hold every committed entry now (openraft
+    /// sends a snapshot when the log it needs was compacted); with `verify`,
+    /// compare state digests at one applied index.
+    ///
+    /// # Errors
+    /// [`NodeError::Refused`] when there is no backup or it cannot be reached.
+    pub async fn sync(&self, verify: bool, actor: &str) -> Result<SyncReport, NodeError> {
+        match self.compute_role().0 {
+            Role::Primary => self.sync_now(verify, actor).await,
+            Role::Backup => {
+                let primary = self
+                    .epoch()
+                    .primary
+                    .ok_or_else(|| NodeError::Refused("there is no primary to sync from".into()))?;
+                let text = self
+                    .ask_primary(
+                        primary,
+                        ActionRequest::Sync {
+                            verify,
+                            actor: actor.to_string(),
+                        },
+                    )
+                    .await?;
+                serde_json::from_str(&text)
+                    .map_err(|e| NodeError::Internal(format!("bad sync answer: {e}")))
+            }
+            Role::Witness => Err(NodeError::Refused(
+                "sync runs between the primary and its backup".into(),
+            )),
+            Role::Standalone => Err(NodeError::Refused("this node has no backup to sync".into())),
+        }
+    }
+
+    async fn sync_now(&self, verify: bool, actor: &str) -> Result<SyncReport, NodeError> {
+        let started = Instant::now();
+        let (backup, _) = self
+            .other_appliance()
+            .ok_or_else(|| NodeError::Refused("there is no backup appliance".into()))?;
+        let facts = self.peer_facts();
+        let fact = facts.iter().find(|p| p.id == backup);
+        if fact.and_then(|f| f.reachable) != Some(true) {
+            return Err(NodeError::Refused(format!(
+                "backup {backup} cannot be contacted"
+            )));
+        }
+        let from = fact.and_then(|f| f.matched);
+        let m = self.metrics();
+        let purged = m.purged.map(|l| l.index);
+        let snapshot = match (from, purged) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(f), Some(p)) => f < p,
+        };
+        let bytes = if snapshot {
+            self.snapshot_file_size().unwrap_or(0)
+        } else {
+            self.lag_bytes(from).unwrap_or(0)
+        };
+        let _ = self.raft().trigger().heartbeat().await;
+        let to = self
+            .wait_caught_up(backup, Duration::from_secs(120))
+            .await?;
+        let mut report = SyncReport {
+            backup,
+            from_index: from,
+            to_index: to,
+            entries: to.saturating_sub(from.unwrap_or(0)),
+            bytes,
+            snapshot,
+            duration_ms: started.elapsed().as_millis() as u64,
+            verify: None,
+        };
+        if verify {
+            report.verify = Some(self.verify_with(backup).await?);
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        self.record(
+            "sync",
+            actor,
+            json!({
+                "backup": backup, "from_index": report.from_index, "to_index": report.to_index,
+                "entries": report.entries, "bytes": report.bytes, "snapshot": report.snapshot,
+                "duration_ms": report.duration_ms,
+            }),
+        )
+        .await;
+        if let Some(v) = &report.verify {
+            let kind = if v.matches {
+                "verify"
+            } else {
+                "verify_mismatch"
+            };
+            self.record(
+                kind,
+                actor,
+                json!({ "backup": backup, "index": v.index, "local": v.local_digest, "peer": v.peer_digest, "matches": v.matches }),
+            )
+            .await;
+        }
+        Ok(report)
+    }
+
+    fn snapshot_file_size(&self) -> Option<u64> {
+        let dir = std::fs::read_dir(&self.snapshot_dir).ok()?;
+        dir.filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+            .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+            .max()
+    }
+
+    /// Pauses writes, lets everything apply here and on `backup`, and
+    /// compares digests at that one applied index.
+    async fn verify_with(&self, backup: u64) -> Result<VerifyReport, NodeError> {
+        let _pause = self.roles.pause();
+        // Let proposals already in flight commit and apply.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let index = loop {
+            let m = self.metrics();
+            let last = m.last_log_index.unwrap_or(0);
+            if m.last_applied.map(|l| l.index) == Some(last) {
+                break last;
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(
+                    "writes did not settle for verify".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        self.wait_caught_up(backup, Duration::from_secs(30)).await?;
+        let local = self
+            .digest_at(index)
+            .await
+            .map_err(NodeError::Unavailable)?;
+        let addr = self
+            .metrics()
+            .membership_config
+            .get_node(&backup)
+            .map(|n| n.peer_addr.clone())
+            .ok_or_else(|| NodeError::Refused(format!("node {backup} is not a member")))?;
+        let peer = match self
+            .network
+            .call(
+                backup,
+                &addr,
+                PeerRequest::Digest { at_index: index },
+                Duration::from_secs(60),
+            )
+            .await
+        {
+            Ok(PeerResponse::Digest(Ok(d))) => d,
+            Ok(PeerResponse::Digest(Err(e))) => {
+                return Err(NodeError::Unavailable(format!("backup digest: {e}")))
+            }
+            Ok(other) => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(NodeError::Refused(e.to_string())),
+        };
+        Ok(VerifyReport {
+            index,
+            matches: local.1 == peer.1 && local.0 == peer.0,
+            local_digest: local.1,
+            peer_digest: peer.1,
+        })
+    }
+
+    /// `(index, digest)` of the state once exactly `at_index` is applied here.
+    pub async fn digest_at(&self, at_index: u64) -> Result<(u64, String), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let applied = self.reader().applied_index().unwrap_or(0);
+            if applied == at_index {
+                break;
+            }
+            if applied > at_index {
+                return Err(format!(
+                    "applied index {applied} is already past {at_index}"
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("applied index {applied} did not reach {at_index}"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let reader = self.reader();
+        let (index, digest) = tokio::task::spawn_blocking(move || reader.try_digest())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        match index {
+            Some(i) if i == at_index => Ok((i, digest)),
+            other => Err(format!(
+                "state moved to {other:?} while digesting {at_index}"
+            )),
+        }
+    }
+}
+
+/// Keeps roles up to date: raises the epoch on a new leader appliance, makes
+/// a witness leader hand over, records role changes and peers lost or found.
+pub async fn manage_roles(node: Arc<Node>, stop: CancellationToken) {
+    let period = (node.timing.heartbeat / 2).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => role_tick(&node).await,
+        }
+    }
+}
+
+async fn role_tick(node: &Arc<Node>) {
+    let ep = node.epoch();
+    node.roles.epoch.store(ep.epoch, Ordering::SeqCst);
+    let (role, lease) = node.compute_role();
+    let m = node.metrics();
+    let me = node.cfg.node_id;
+    let leader = m.state == ServerState::Leader && m.current_leader == Some(me);
+    let (old_role, raise) = {
+        let mut i = node.roles.lock();
+        let old = i.role;
+        i.role = role;
+        i.lease_valid = lease;
+        if role == Role::Primary && old != Role::Primary {
+            i.primary_since_ms = Some(now_ms());
+        } else if role != Role::Primary && role != Role::Standalone {
+            i.primary_since_ms = None;
+        }
+        if leader {
+            if let Some(last) = m.last_log_index {
+                if i.samples.back().is_none_or(|(idx, _)| *idx < last) {
+                    i.samples.push_back((last, Instant::now()));
+                }
+            }
+            while i.samples.len() > 4096 {
+                i.samples.pop_front();
+            }
+        } else {
+            i.samples.clear();
+        }
+        let raise = leader
+            && node.cfg.kind == NodeKind::Appliance
+            && lease
+            && ep.primary != Some(me)
+            && !i.raising;
+        if raise {
+            i.raising = true;
+        }
+        (old, raise)
+    };
+    if old_role != role {
+        tracing::info!(
+            from = old_role.as_str(),
+            to = role.as_str(),
+            epoch = ep.epoch,
+            "role changed"
+        );
+    }
+    if raise {
+        let node = node.clone();
+        tokio::spawn(async move {
+            raise_epoch(&node, ep).await;
+            node.roles.lock().raising = false;
+        });
+    }
+    if leader && node.cfg.kind == NodeKind::Witness {
+        hand_over_from_witness(node, &m).await;
+    }
+    if leader {
+        track_peers(node).await;
+    }
+}
+
+async fn raise_epoch(node: &Node, ep: EpochRecord) {
+    let me = node.cfg.node_id;
+    let req = Request::Multi(vec![
+        Request::RaiseEpoch {
+            expected_epoch: ep.epoch,
+            primary: me,
+            forced: false,
+            forked_at: None,
+            at_ms: now_ms(),
+        },
+        Request::HistoryAppend {
+            at_ms: now_ms(),
+            node: me,
+            kind: "role_change".into(),
+            actor: "tandem".into(),
+            details_json: json!({
+                "primary": me,
+                "name": node.cfg.name,
+                "previous_primary": ep.primary,
+                "epoch": ep.epoch + 1,
+            })
+            .to_string(),
+        },
+    ]);
+    match node.write(req).await {
+        Ok(Response::Multi(_)) => {
+            tracing::info!(epoch = ep.epoch + 1, "epoch raised; this node is primary")
+        }
+        Ok(Response::Refused { reason }) => tracing::debug!(%reason, "epoch raise refused"),
+        Ok(other) => tracing::warn!(?other, "unexpected answer to epoch raise"),
+        Err(e) => tracing::debug!(error = %e, "epoch raise failed"),
+    }
+}
+
+async fn hand_over_from_witness(
+    node: &Node,
+    m: &openraft::RaftMetrics<tandem_storage::TypeConfig>,
+) {
+    {
+        let mut i = node.roles.lock();
+        if i.last_handover
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
+            return;
+        }
+        i.last_handover = Some(Instant::now());
+    }
+    let Some(last) = m.last_log_index else { return };
+    let membership = m.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let best = voters
+        .iter()
+        .filter(|id| {
+            membership
+                .get_node(id)
+                .is_some_and(|n| n.kind == NodeKind::Appliance)
+        })
+        .filter_map(|id| {
+            let matched = m.replication.as_ref()?.get(id).cloned().flatten()?.index;
+            Some((*id, matched))
+        })
+        .filter(|(_, matched)| *matched >= last)
+        .max_by_key(|(_, matched)| *matched);
+    if let Some((to, _)) = best {
+        tracing::info!(
+            to,
+            "witness is leader: handing leadership to a caught-up appliance"
+        );
+        let _ = node.raft().trigger().transfer_leader(to).await;
+    }
+}
+
+async fn track_peers(node: &Node) {
+    let facts = node.peer_facts();
+    let mut changes = Vec::new();
+    {
+        let mut i = node.roles.lock();
+        for f in &facts {
+            let up = f.reachable == Some(true);
+            match i.peers_up.insert(f.id, up) {
+                Some(was) if was != up => changes.push((f.id, up)),
+                None if !up => changes.push((f.id, up)),
+                _ => {}
+            }
+        }
+        i.peers_up.retain(|id, _| facts.iter().any(|f| f.id == *id));
+    }
+    for (id, up) in changes {
+        let name = node
+            .metrics()
+            .membership_config
+            .get_node(&id)
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        let kind = if up { "peer_found" } else { "peer_lost" };
+        tracing::info!(peer = id, %name, event = kind, "peer reachability changed");
+        node.record(kind, "tandem", json!({ "peer": id, "name": name }))
+            .await;
+    }
+}
