@@ -37,6 +37,22 @@ pub fn fingerprint_of_pem(pem: &str) -> Result<String, CertError> {
     Ok(fingerprint_sha256(certs[0].as_ref()))
 }
 
+/// When the first certificate in `pem` expires, in seconds since the Unix epoch.
+///
+/// # Errors
+///
+/// [`CertError::Pem`]/[`CertError::NoCertificate`] for unreadable PEM,
+/// [`CertError::InvalidCertificate`] if it is not X.509.
+pub fn expires_at(pem: &str) -> Result<i64, CertError> {
+    let certs = crate::tls::certs_from_pem(pem)?;
+    let (_, cert) = X509Certificate::from_der(certs[0].as_ref()).map_err(|e| {
+        CertError::InvalidCertificate {
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
 /// Reads the node id from a certificate whose subject is `CN=tandem-node-<id>`.
 ///
 /// This only parses: it does not verify the certificate. Call it on a peer
@@ -107,6 +123,23 @@ pub(crate) fn parse_fingerprint(fingerprint: &str) -> Result<[u8; 32], CertError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_is_read_from_pem() {
+        let ca = crate::ClusterCa::generate("c1").expect("CA");
+        let node = ca.issue_node_cert(3, &[]).expect("cert");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs() as i64;
+        let exp = expires_at(&node.cert_pem).expect("expiry");
+        // Node certificates last about two years.
+        assert!(
+            exp > now + 600 * 86_400 && exp < now + 800 * 86_400,
+            "{exp}"
+        );
+        assert!(expires_at("garbage").is_err());
+    }
 
     #[test]
     fn node_names_round_trip_and_reject_non_canonical() {

@@ -40,7 +40,9 @@ mod test_support;
 pub use ca::{check_csr, ClusterCa, NodeCert, NodeKey};
 pub use error::CertError;
 pub use files::{write_key_file, write_public_file};
-pub use identity::{fingerprint_of_pem, fingerprint_sha256, node_id_from_cert, server_name_for};
+pub use identity::{
+    expires_at, fingerprint_of_pem, fingerprint_sha256, node_id_from_cert, server_name_for,
+};
 pub use pinning::{pinned_ca_client_config, PinnedCa};
 pub use tls::{
     admin_client_config, admin_server_config, chain_pem, peer_client_config, peer_server_config,

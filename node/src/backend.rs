@@ -9,14 +9,18 @@ use std::time::Duration;
 use openraft::ServerState;
 use tandem_storage::{ConfigEntry, NodeKind, Request, Response, Session};
 use tandem_web::{
-    AdminBackend, ApiError, BreakOutcome, ClusterView, ConfigEntryView, HealthView, HistoryPage,
-    JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, ReadMeta,
-    ReadinessView, RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView,
-    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest,
+    AdminBackend, ApiError, BreakOutcome, ClusterView, ConfigEntryView, HealthView,
+    HistoryEventView, HistoryPage, HostView, JoinRequest, JoinResponse, JoinTokenRequest,
+    JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView, RoleHealth, SessionCreate,
+    SessionView, SettingsUpdate, SettingsView, StatusView, SwapOutcome, SwapRequest, SyncReport,
+    SyncRequest,
 };
 
 use crate::client::ApiClient;
 use crate::node::{kind_name, now_ms, random_secret, JoinRequest as NodeJoin, Node, NodeError};
+use crate::roles::Role;
+use crate::settings::Settings;
+use serde_json::json;
 
 /// Largest JSON value (config value or session data) accepted, in bytes of
 /// its compact encoding. Keeps one log entry, and so one peer frame, small.
@@ -33,6 +37,15 @@ pub struct Backend {
 }
 
 impl Backend {
+    fn settings_view(&self) -> SettingsView {
+        let record = self.node.reader().settings();
+        let settings = Settings::parse(record.as_ref().map(|r| r.settings_json.as_str()));
+        match record {
+            Some(r) => settings.view(r.version, Some(r.updated_by), Some(r.updated_ms)),
+            None => settings.view(0, None, None),
+        }
+    }
+
     /// Wraps a running node.
     pub fn new(node: Arc<Node>) -> Self {
         let probe = match ApiClient::new(&node.cfg.api_advertise, &node.ca_pem, None) {
@@ -77,6 +90,17 @@ fn role_name(s: ServerState) -> &'static str {
         ServerState::Candidate => "candidate",
         ServerState::Learner => "learner",
         ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// Default `max_lag` of `/health/backup`, in entries.
+pub const DEFAULT_BACKUP_MAX_LAG: u64 = 100;
+
+/// Maps an action's error: refusals are 409 with the reason.
+fn action(e: NodeError) -> ApiError {
+    match e {
+        NodeError::Refused(m) => ApiError::Refused(m),
+        other => api(other),
     }
 }
 
@@ -383,54 +407,335 @@ impl AdminBackend for Backend {
         })
     }
 
-    // --- relationship API: filled in by the node crate ---
+    // --- relationship API ---
 
     async fn status(&self) -> Result<StatusView, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+        let node = &self.node;
+        let m = node.metrics();
+        let ep = node.epoch();
+        let (role, lease) = node.compute_role();
+        let (_, _, since) = node.roles.current();
+        let membership = m.membership_config.membership().clone();
+        let facts = node.peer_facts();
+        let me = node.cfg.node_id;
+        let probes = facts.iter().map(|f| {
+            let info = membership.get_node(&f.id).cloned();
+            let probe = self.probe.clone();
+            async move {
+                let health = match (f.reachable, probe, &info) {
+                    (None, Some(client), Some(info)) => {
+                        let c = client.with_base(&info.api_addr);
+                        tokio::time::timeout(PEER_PROBE_TIMEOUT, c.get::<HealthView>("/health"))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                    }
+                    _ => None,
+                };
+                (f, info, health)
+            }
+        });
+        let probed = futures::future::join_all(probes).await;
+        let peers = probed
+            .into_iter()
+            .map(|(f, info, health)| {
+                let info = info.unwrap_or_default();
+                let role = if info.kind == NodeKind::Witness {
+                    "witness"
+                } else if ep.primary == Some(f.id) {
+                    "primary"
+                } else {
+                    "backup"
+                };
+                let lag_bytes = match f.lag_entries {
+                    Some(0) => Some(0),
+                    Some(_) => node.lag_bytes(f.matched),
+                    None => None,
+                };
+                PeerView {
+                    id: f.id,
+                    name: info.name.clone(),
+                    kind: kind_name(info.kind).into(),
+                    role: role.into(),
+                    voter: f.voter,
+                    reachable: f.reachable.unwrap_or(health.is_some()),
+                    last_contact_ms: f.last_contact_ms.or(health.as_ref().map(|_| now_ms())),
+                    lag_entries: f.lag_entries,
+                    lag_bytes,
+                    lag_ms: f.lag_ms,
+                    api_addr: info.api_addr.clone(),
+                }
+            })
+            .collect::<Vec<_>>();
+        let topology = if membership.nodes().count() <= 1 {
+            "standalone"
+        } else if membership.nodes().any(|(_, n)| n.kind == NodeKind::Witness) {
+            "pair+witness"
+        } else {
+            "pair"
+        };
+        let mut notes = Vec::new();
+        let settings = node.settings();
+        if settings.timing() != node.timing {
+            notes.push(format!(
+                "primary timeout {} ms takes effect when this node restarts (running with {} ms)",
+                settings.primary_timeout_ms,
+                node.timing.primary_timeout.as_millis()
+            ));
+        }
+        if ep.forced {
+            notes.push(format!("epoch {} began with a forced promotion", ep.epoch));
+        }
+        Ok(StatusView {
+            this_host: HostView {
+                id: me,
+                name: node.cfg.name.clone(),
+                kind: kind_name(node.cfg.kind).into(),
+                role: role.as_str().into(),
+                site: None,
+                epoch: ep.epoch,
+                term: m.current_term,
+                leader: m.current_leader,
+                last_log_index: m.last_log_index,
+                committed_index: m.local_committed.map(|l| l.index),
+                applied_index: m.last_applied.map(|l| l.index),
+                lease_valid: lease,
+                primary_since_ms: since,
+                shared_ips_held: Vec::new(),
+                notes,
+            },
+            peers,
+            topology: topology.into(),
+            settings: self.settings_view(),
+            epoch: ep.epoch,
+            primary: ep.primary,
+        })
     }
 
     async fn history(
         &self,
-        _before: Option<u64>,
-        _limit: usize,
-        _kind: Option<String>,
+        before: Option<u64>,
+        limit: usize,
+        kind: Option<String>,
     ) -> Result<HistoryPage, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+        let reader = self.node.reader();
+        let events = reader.history(before, limit, kind.as_deref());
+        let m = self.node.metrics();
+        let next_before = if events.len() == limit {
+            events.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        let items = events
+            .into_iter()
+            .map(|e| HistoryEventView {
+                node_name: m
+                    .membership_config
+                    .get_node(&e.node)
+                    .map(|n| n.name.clone()),
+                details: parse_json(&e.details_json),
+                seq: e.seq,
+                at_ms: e.at_ms,
+                node: e.node,
+                kind: e.kind,
+                actor: e.actor,
+            })
+            .collect();
+        Ok(HistoryPage {
+            items,
+            next_before,
+            total: reader.history_total(),
+        })
     }
 
     async fn settings(&self) -> Result<SettingsView, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+        Ok(self.settings_view())
     }
 
     async fn settings_put(
         &self,
-        _update: SettingsUpdate,
-        _actor: String,
+        update: SettingsUpdate,
+        actor: String,
     ) -> Result<SettingsView, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+        let settings = Settings::from_update(&update);
+        let before = self.node.settings();
+        let at_ms = now_ms();
+        let req = Request::Multi(vec![
+            Request::SettingsPut {
+                settings_json: settings.to_json(),
+                if_version: update.if_version,
+                actor: actor.clone(),
+                at_ms,
+            },
+            Request::HistoryAppend {
+                at_ms,
+                node: self.node.cfg.node_id,
+                kind: "settings_change".into(),
+                actor: actor.clone(),
+                details_json: json!({ "before": before, "after": settings }).to_string(),
+            },
+        ]);
+        match self.node.write(req).await.map_err(api)? {
+            Response::Multi(r) => match r.first() {
+                Some(Response::SettingsWritten { version }) => {
+                    Ok(settings.view(*version, Some(actor), Some(at_ms)))
+                }
+                other => Err(ApiError::Internal(format!(
+                    "unexpected settings answer {other:?}"
+                ))),
+            },
+            Response::Refused { reason } => Err(ApiError::Conflict(reason)),
+            other => Err(unexpected(other)),
+        }
     }
 
-    async fn swap(&self, _req: SwapRequest, _actor: String) -> Result<SwapOutcome, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+    async fn swap(&self, req: SwapRequest, actor: String) -> Result<SwapOutcome, ApiError> {
+        self.node.swap(req, &actor).await.map_err(action)
     }
 
-    async fn sync(&self, _req: SyncRequest, _actor: String) -> Result<SyncReport, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+    async fn sync(&self, req: SyncRequest, actor: String) -> Result<SyncReport, ApiError> {
+        self.node.sync(req.verify, &actor).await.map_err(action)
     }
 
     async fn break_relationship(&self, _actor: String) -> Result<BreakOutcome, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+        Err(ApiError::Refused(
+            "breaking a relationship is not available in this release".into(),
+        ))
     }
 
     async fn health_primary(&self) -> Result<RoleHealth, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+        let (role, lease) = self.node.compute_role();
+        let ok = match role {
+            Role::Primary => self.node.check_writable().is_ok(),
+            Role::Standalone => lease,
+            _ => false,
+        };
+        let reason = (!ok).then(|| match role {
+            Role::Primary => {
+                "primary, but writes are paused (swap or verify in progress)".to_string()
+            }
+            Role::Standalone => "standalone without a confirmed lease".to_string(),
+            other => format!("this node is {}", other.as_str()),
+        });
+        Ok(RoleHealth {
+            ok,
+            role: role.as_str().into(),
+            reason,
+        })
     }
 
-    async fn health_backup(&self, _max_lag: Option<u64>) -> Result<RoleHealth, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+    async fn health_backup(&self, max_lag: Option<u64>) -> Result<RoleHealth, ApiError> {
+        let (role, _) = self.node.compute_role();
+        let m = self.node.metrics();
+        let lag = m
+            .local_committed
+            .map(|c| c.index)
+            .unwrap_or(0)
+            .saturating_sub(m.last_applied.map_or(0, |l| l.index));
+        let contact = self.node.roles.since_leader_contact();
+        let fresh = contact.is_some_and(|d| d < self.node.timing.primary_timeout);
+        let limit = max_lag.unwrap_or(DEFAULT_BACKUP_MAX_LAG);
+        let reason = if role != Role::Backup {
+            Some(format!("this node is {}", role.as_str()))
+        } else if !fresh {
+            Some("no contact with the primary within the primary timeout".to_string())
+        } else if lag > limit {
+            Some(format!(
+                "{lag} committed entries not yet applied (limit {limit})"
+            ))
+        } else {
+            None
+        };
+        Ok(RoleHealth {
+            ok: reason.is_none(),
+            role: role.as_str().into(),
+            reason,
+        })
     }
 
     async fn readiness(&self) -> Result<ReadinessView, ApiError> {
-        Err(ApiError::Unavailable("not implemented yet".into()))
+        let node = &self.node;
+        let m = node.metrics();
+        let ep = node.epoch();
+        let membership = m.membership_config.membership().clone();
+        let mut reasons = Vec::new();
+        let cert_pem = std::fs::read_to_string(node.dir.node_cert()).unwrap_or_default();
+        let certificates_ok = match tandem_certs::expires_at(&cert_pem) {
+            Ok(t) => {
+                let left = t - (now_ms() / 1000) as i64;
+                if left < 30 * 86_400 {
+                    reasons.push(format!(
+                        "this node's certificate expires in {} days",
+                        left / 86_400
+                    ));
+                }
+                left >= 30 * 86_400
+            }
+            Err(e) => {
+                reasons.push(format!("this node's certificate cannot be read: {e}"));
+                false
+            }
+        };
+        let settings = node.settings();
+        let shared_ips_ok = settings.shared_ips.is_empty();
+        if !shared_ips_ok {
+            reasons.push(
+                "shared IPs are configured but no shared-IP driver is active in this release"
+                    .into(),
+            );
+        }
+        let facts = node.peer_facts();
+        let backup = membership
+            .nodes()
+            .find(|(id, n)| Some(**id) != ep.primary && n.kind == NodeKind::Appliance)
+            .map(|(id, _)| *id);
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let (would, lag) = match (ep.primary, backup) {
+            (Some(primary), Some(b)) => {
+                // Without the primary, the remaining voters must still form a majority.
+                let remaining = voters.iter().filter(|v| **v != primary).count();
+                let majority = remaining * 2 > voters.len();
+                let backup_voter = voters.contains(&b);
+                let fact = facts.iter().find(|f| f.id == b);
+                let lag = fact.and_then(|f| f.lag_entries);
+                let reachable = if b == node.cfg.node_id {
+                    node.roles
+                        .since_leader_contact()
+                        .is_some_and(|d| d < node.timing.primary_timeout)
+                } else {
+                    fact.and_then(|f| f.reachable).unwrap_or(false)
+                };
+                if !backup_voter {
+                    reasons.push("the backup is not a voter (pair-only topology: automatic failover is not available in this release)".into());
+                }
+                if !majority {
+                    reasons.push(
+                        "without the primary the remaining voters are no majority (add a witness)"
+                            .into(),
+                    );
+                }
+                if !reachable {
+                    reasons.push(format!("backup {b} is not in contact with the primary"));
+                }
+                (backup_voter && majority && reachable, lag)
+            }
+            (None, _) => {
+                reasons.push("there is no primary".into());
+                (false, None)
+            }
+            (_, None) => {
+                reasons.push("there is no backup appliance".into());
+                (false, None)
+            }
+        };
+        Ok(ReadinessView {
+            would_fail_over: would,
+            after_ms: would
+                .then(|| (node.timing.election_max + node.timing.heartbeat).as_millis() as u64),
+            lag_entries: lag,
+            reasons,
+            certificates_ok,
+            shared_ips_ok,
+        })
     }
 }

@@ -68,6 +68,8 @@ struct RoleInner {
     peers_up: BTreeMap<u64, bool>,
     raising: bool,
     last_handover: Option<Instant>,
+    /// When this node last became leader (reset when it stops leading).
+    leader_since: Option<Instant>,
 }
 
 impl RoleState {
@@ -86,6 +88,7 @@ impl RoleState {
                 peers_up: BTreeMap::new(),
                 raising: false,
                 last_handover: None,
+                leader_since: None,
             }),
         }
     }
@@ -781,6 +784,8 @@ async fn role_tick(node: &Arc<Node>) {
             }
         } else {
             i.samples.clear();
+            i.leader_since = None;
+            i.peers_up.clear();
         }
         let raise = leader
             && node.cfg.kind == NodeKind::Appliance
@@ -888,16 +893,27 @@ async fn hand_over_from_witness(
 }
 
 async fn track_peers(node: &Node) {
+    {
+        // A new leader has no heartbeat answers yet: judge reachability only
+        // once it has led for a whole primary timeout.
+        let mut i = node.roles.lock();
+        let since = *i.leader_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < node.timing.primary_timeout {
+            return;
+        }
+    }
     let facts = node.peer_facts();
     let mut changes = Vec::new();
     {
         let mut i = node.roles.lock();
         for f in &facts {
             let up = f.reachable == Some(true);
-            match i.peers_up.insert(f.id, up) {
-                Some(was) if was != up => changes.push((f.id, up)),
-                None if !up => changes.push((f.id, up)),
-                _ => {}
+            // The first observation after becoming leader is the baseline:
+            // no event for it.
+            if let Some(was) = i.peers_up.insert(f.id, up) {
+                if was != up {
+                    changes.push((f.id, up));
+                }
             }
         }
         i.peers_up.retain(|id, _| facts.iter().any(|f| f.id == *id));

@@ -1188,7 +1188,8 @@ async fn role_health_routes_are_open_and_follow_the_backend() {
     // A bad max_lag is a JSON 400 and does not reach the backend.
     backend.lock().calls.clear();
     for bad in ["-1", "abc", "1.5", "99999999999999999999999"] {
-        get(&format!("/health/backup?max_lag={bad}"))
+        let uri = format!("/health/backup?max_lag={bad}");
+        send(&app, request(Method::GET, &uri, None, None))
             .await
             .assert_error(StatusCode::BAD_REQUEST, "bad_request");
     }
