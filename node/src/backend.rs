@@ -597,10 +597,12 @@ impl AdminBackend for Backend {
         self.node.sync(req.verify, &actor).await.map_err(action)
     }
 
-    async fn break_relationship(&self, _actor: String) -> Result<BreakOutcome, ApiError> {
-        Err(ApiError::Refused(
-            "breaking a relationship is not available in this release".into(),
-        ))
+    async fn break_relationship(&self, actor: String) -> Result<BreakOutcome, ApiError> {
+        self.node.break_relationship(&actor).await.map_err(action)
+    }
+
+    async fn rejoin(&self, actor: String) -> Result<BreakOutcome, ApiError> {
+        self.node.rejoin(&actor).await.map_err(action)
     }
 
     async fn health_primary(&self) -> Result<RoleHealth, ApiError> {

@@ -26,6 +26,7 @@ pub mod demo;
 pub mod frame;
 pub mod node;
 pub mod protocol;
+pub mod reset;
 pub mod roles;
 pub mod settings;
 pub mod transport;
@@ -89,6 +90,7 @@ pub async fn run(
     let cert_pem = std::fs::read_to_string(dir.node_cert()).context("reading node.pem")?;
     let key_pem = std::fs::read_to_string(dir.node_key()).context("reading node.key")?;
     let node = Arc::new(Node::open(dir.clone(), cfg.clone()).await?);
+    node.resume_pending_reset().await?;
     let peer_tls = tandem_certs::peer_server_config(&node.ca_pem, &cert_pem, &key_pem)?;
     let admin_tls = tandem_certs::admin_server_config(
         &tandem_certs::chain_pem(&cert_pem, &node.ca_pem),

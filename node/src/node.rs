@@ -164,6 +164,8 @@ pub struct Node {
     pub timing: Timing,
     /// Role state maintained by the role manager.
     pub roles: crate::roles::RoleState,
+    /// Serialises engine resets.
+    pub(crate) reset_lock: tokio::sync::Mutex<()>,
     db: sled::Db,
 }
 
@@ -199,10 +201,12 @@ impl Node {
         };
         let epoch = Arc::new(AtomicU64::new(store.reader.epoch().epoch));
         let epoch_now = epoch.clone();
+        let fence = Arc::new(crate::roles::Fence::default());
         let identity = Arc::new(PeerIdentity {
             node_id: cfg.node_id,
             cluster_id: cfg.cluster_id.clone(),
             epoch: Box::new(move || epoch_now.load(Ordering::Relaxed)),
+            fence: fence.clone(),
         });
         let network = PeerNetwork::new(identity.clone(), client_tls);
         let engine = start_engine(&cfg, timing, network.clone(), store).await?;
@@ -216,7 +220,8 @@ impl Node {
             network,
             snapshot_dir,
             timing,
-            roles: crate::roles::RoleState::new(epoch),
+            roles: crate::roles::RoleState::new(epoch, fence),
+            reset_lock: tokio::sync::Mutex::new(()),
             db,
         })
     }

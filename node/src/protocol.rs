@@ -95,6 +95,21 @@ pub enum ActionRequest {
         /// Who asked.
         actor: String,
     },
+    /// Break the relationship (asked of the primary by the other side).
+    Break {
+        /// Who asked.
+        actor: String,
+    },
+    /// A fenced or removed node asks to come back as a backup (learner);
+    /// the administrator asked for it on that node.
+    Rejoin {
+        /// The node's membership entry.
+        info: tandem_storage::NodeInfo,
+        /// Where it exported the writes it never replicated, if any.
+        diverged_export: Option<String>,
+        /// Who asked.
+        actor: String,
+    },
 }
 
 /// Responses to [`Hello`] and [`Envelope`]s.
@@ -127,4 +142,13 @@ pub enum PeerResponse {
     /// Outcome of an [`ActionRequest`] as JSON text (the web crate's view
     /// types), or the refusal reason.
     Action(Result<String, String>),
+    /// The sender is not a member of this node's cluster any more.
+    Fenced {
+        /// This node's epoch.
+        epoch: u64,
+        /// Last index of this node's lineage when a forced promotion began it.
+        forked_at: Option<u64>,
+        /// Why.
+        kind: crate::roles::FenceKind,
+    },
 }

@@ -46,12 +46,77 @@ impl Role {
     }
 }
 
+/// Why a peer refused to treat us as a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FenceKind {
+    /// The peer was promoted by force after we lost contact: we are a stale
+    /// former primary (or a member of its lineage).
+    Forced,
+    /// The relationship was broken: we are no longer a member.
+    Removed,
+}
+
+/// What a peer told us when it refused our Raft traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceNotice {
+    /// The peer that refused.
+    pub by: u64,
+    /// Its peer address.
+    pub by_addr: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// For a forced promotion: the last index of its lineage.
+    pub forked_at: Option<u64>,
+    /// Why.
+    pub kind: FenceKind,
+}
+
+/// Epochs seen from peers and fence notices, shared with the transport.
+#[derive(Default)]
+pub struct Fence {
+    highest_seen: AtomicU64,
+    notice: Mutex<Option<FenceNotice>>,
+}
+
+impl Fence {
+    /// Notes an epoch seen from a peer.
+    pub fn saw_epoch(&self, epoch: u64) {
+        self.highest_seen.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// Records a peer's refusal.
+    pub fn fenced(&self, notice: FenceNotice) {
+        self.saw_epoch(notice.epoch);
+        let mut n = self.notice.lock().unwrap_or_else(|p| p.into_inner());
+        if n.is_none() {
+            tracing::warn!(by = notice.by, epoch = notice.epoch, kind = ?notice.kind, "a peer refused this node as a member");
+            *n = Some(notice);
+        }
+    }
+
+    /// The pending notice, if any.
+    pub fn notice(&self) -> Option<FenceNotice> {
+        self.notice.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets the notice (after it was handled).
+    pub fn clear(&self) {
+        *self.notice.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.highest_seen.store(0, Ordering::SeqCst);
+    }
+
+    /// Highest epoch seen.
+    pub fn highest(&self) -> u64 {
+        self.highest_seen.load(Ordering::SeqCst)
+    }
+}
+
 /// Role bookkeeping shared by the role manager, the transport and the API.
 pub struct RoleState {
     /// This node's applied epoch (what the transport sends).
     epoch: Arc<AtomicU64>,
-    /// Highest epoch any peer has shown us.
-    highest_seen: AtomicU64,
+    /// Epochs and refusals seen from peers.
+    pub fence: Arc<Fence>,
     /// Application writes are paused (swap or verify in progress).
     paused: AtomicBool,
     inner: Mutex<RoleInner>,
@@ -67,6 +132,8 @@ struct RoleInner {
     /// Leader's view of which peers answer (for peer lost / found events).
     peers_up: BTreeMap<u64, bool>,
     raising: bool,
+    handling_fence: bool,
+    diverged_export: Option<String>,
     last_handover: Option<Instant>,
     /// When this node last became leader (reset when it stops leading).
     leader_since: Option<Instant>,
@@ -74,10 +141,10 @@ struct RoleInner {
 
 impl RoleState {
     /// Fresh state; `epoch` is shared with the transport.
-    pub fn new(epoch: Arc<AtomicU64>) -> Self {
+    pub fn new(epoch: Arc<AtomicU64>, fence: Arc<Fence>) -> Self {
         Self {
             epoch,
-            highest_seen: AtomicU64::new(0),
+            fence,
             paused: AtomicBool::new(false),
             inner: Mutex::new(RoleInner {
                 role: Role::Backup,
@@ -87,6 +154,8 @@ impl RoleState {
                 samples: VecDeque::new(),
                 peers_up: BTreeMap::new(),
                 raising: false,
+                handling_fence: false,
+                diverged_export: None,
                 last_handover: None,
                 leader_since: None,
             }),
@@ -115,12 +184,25 @@ impl RoleState {
         (i.role, i.lease_valid, i.primary_since_ms)
     }
 
+    /// Where this node exported the writes it never replicated, if it did.
+    pub fn diverged_export(&self) -> Option<String> {
+        self.lock().diverged_export.clone()
+    }
+
+    pub(crate) fn set_diverged_export(&self, path: String) {
+        self.lock().diverged_export = Some(path);
+    }
+
+    pub(crate) fn clear_diverged_export(&self) {
+        self.lock().diverged_export = None;
+    }
+
     /// Whether application writes are paused.
     pub fn paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
     }
 
-    fn pause(&self) -> PauseGuard<'_> {
+    pub(crate) fn pause(&self) -> PauseGuard<'_> {
         self.paused.store(true, Ordering::SeqCst);
         PauseGuard(self)
     }
@@ -142,7 +224,7 @@ impl RoleState {
 }
 
 /// Re-opens writes when a swap or verify ends, however it ends.
-struct PauseGuard<'a>(&'a RoleState);
+pub(crate) struct PauseGuard<'a>(&'a RoleState);
 
 impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
@@ -173,7 +255,7 @@ impl Node {
     /// Notes an epoch seen from a peer; a higher one than ours fences us
     /// until we have applied it.
     pub fn saw_epoch(&self, epoch: u64) {
-        self.roles.highest_seen.fetch_max(epoch, Ordering::SeqCst);
+        self.roles.fence.saw_epoch(epoch);
     }
 
     /// The applied epoch record.
@@ -203,7 +285,7 @@ impl Node {
             && m.last_quorum_acked
                 .as_ref()
                 .is_some_and(|t| t.elapsed() < self.timing.lease);
-        let fenced = self.roles.highest_seen.load(Ordering::SeqCst) > ep.epoch;
+        let fenced = self.roles.fence.highest() > ep.epoch || self.roles.fence.notice().is_some();
         if lease_valid && ep.primary == Some(me) && !fenced {
             (Role::Primary, true)
         } else {
@@ -375,17 +457,20 @@ impl Node {
     /// nothing changes then.
     pub async fn swap(&self, req: SwapRequest, actor: &str) -> Result<SwapOutcome, NodeError> {
         if req.force {
-            return Err(NodeError::Refused(
-                "forced promotion is not available in this release; a planned swap needs the peer reachable".into(),
-            ));
+            return self.forced_swap(actor).await;
         }
+        self.planned_swap(req.pull_sync, actor).await
+    }
+
+    /// The planned swap, from either side.
+    pub(crate) async fn planned_swap(&self, pull_sync: bool, actor: &str) -> Result<SwapOutcome, NodeError> {
         let (role, _) = self.compute_role();
         match role {
             Role::Primary => {
                 let (to, _) = self.other_appliance().ok_or_else(|| {
                     NodeError::Refused("there is no backup appliance to swap with".into())
                 })?;
-                self.swap_to(to, req.pull_sync, actor).await
+                self.swap_to(to, pull_sync, actor).await
             }
             Role::Backup => {
                 let ep = self.epoch();
@@ -394,7 +479,7 @@ impl Node {
                     .ok_or_else(|| NodeError::Refused("there is no primary to swap with".into()))?;
                 let action = ActionRequest::SwapTo {
                     to: self.cfg.node_id,
-                    pull_sync: req.pull_sync,
+                    pull_sync,
                     actor: actor.to_string(),
                 };
                 let text = self.ask_primary(primary, action).await?;
@@ -408,7 +493,7 @@ impl Node {
         }
     }
 
-    async fn ask_primary(&self, primary: u64, action: ActionRequest) -> Result<String, NodeError> {
+    pub(crate) async fn ask_primary(&self, primary: u64, action: ActionRequest) -> Result<String, NodeError> {
         let m = self.metrics();
         let addr = m
             .membership_config
@@ -434,12 +519,31 @@ impl Node {
         }
     }
 
-    /// Serves an action a peer asked of this node (it must be the primary).
-    pub async fn peer_action(&self, action: ActionRequest) -> Result<String, String> {
-        if self.compute_role().0 != Role::Primary {
+    /// Serves an action peer `from` asked of this node (it must be the
+    /// primary, except for a break notice from the primary).
+    pub async fn peer_action(&self, action: ActionRequest, from: u64) -> Result<String, String> {
+        let role = self.compute_role().0;
+        if let ActionRequest::Break { actor } = &action {
+            if role != Role::Primary {
+                if self.epoch().primary != Some(from) {
+                    return Err("only the primary may remove this node".into());
+                }
+                self.become_standalone_on_notice(actor).await.map_err(|e| e.to_string())?;
+                return Ok("{}".into());
+            }
+        }
+        if role != Role::Primary {
             return Err("this node is not the primary".into());
         }
         let text = match action {
+            ActionRequest::Break { actor } => {
+                serde_json::to_string(&self.break_relationship(&actor).await.map_err(|e| e.to_string())?)
+            }
+            ActionRequest::Rejoin {
+                info,
+                diverged_export,
+                actor,
+            } => return self.accept_rejoin(info, from, diverged_export, &actor).await,
             ActionRequest::SwapTo {
                 to,
                 pull_sync,
@@ -811,6 +915,19 @@ async fn role_tick(node: &Arc<Node>) {
             raise_epoch(&node, ep).await;
             node.roles.lock().raising = false;
         });
+    }
+    if node.roles.fence.notice().is_some() {
+        let start = {
+            let mut i = node.roles.lock();
+            !std::mem::replace(&mut i.handling_fence, true)
+        };
+        if start {
+            let node = node.clone();
+            tokio::spawn(async move {
+                node.handle_fence().await;
+                node.roles.lock().handling_fence = false;
+            });
+        }
     }
     if leader && node.cfg.kind == NodeKind::Witness {
         hand_over_from_witness(node, &m).await;

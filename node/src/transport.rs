@@ -55,6 +55,8 @@ pub struct PeerIdentity {
     pub cluster_id: String,
     /// Current epoch, read from the replicated state.
     pub epoch: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// Where refusals by peers are recorded.
+    pub fence: Arc<crate::roles::Fence>,
 }
 
 // ---------------------------------------------------------------- client
@@ -270,6 +272,16 @@ impl PeerClient {
             let resp = self.exchange(&mut conn, body).await?;
             if let PeerResponse::Refused { reason } = &resp {
                 return Err(self.network(format!("refused: {reason}")));
+            }
+            if let PeerResponse::Fenced { epoch, forked_at, kind } = &resp {
+                self.shared.me.fence.fenced(crate::roles::FenceNotice {
+                    by: self.target,
+                    by_addr: self.addr.clone(),
+                    epoch: *epoch,
+                    forked_at: *forked_at,
+                    kind: *kind,
+                });
+                return Err(self.network(format!("node {} no longer counts this node as a member", self.target)));
             }
             self.checkin(conn);
             Ok(resp)
@@ -532,7 +544,7 @@ async fn handle_connection(
             }
         };
         server.node.saw_epoch(env.epoch);
-        let resp = match dispatch(&server, env.body, &mut incoming).await {
+        let resp = match dispatch(&server, env.body, &mut incoming, cert_id, env.epoch).await {
             Ok(r) => r,
             Err(reason) => {
                 tracing::warn!(%remote, peer = cert_id, %reason, "closing peer connection");
@@ -583,17 +595,48 @@ struct IncomingSnapshot {
     received: u64,
 }
 
+/// A Raft message from a node that is not in our membership: tell it so
+/// (it was replaced by a forced promotion, or the relationship was broken).
+fn fence_check(node: &Node, peer: u64, peer_epoch: u64) -> Option<PeerResponse> {
+    let m = node.metrics();
+    let membership = m.membership_config.membership();
+    if membership.nodes().next().is_none() || membership.get_node(&peer).is_some() {
+        return None;
+    }
+    let ep = node.epoch();
+    let kind = if ep.forced && peer_epoch < ep.epoch {
+        crate::roles::FenceKind::Forced
+    } else {
+        crate::roles::FenceKind::Removed
+    };
+    Some(PeerResponse::Fenced {
+        epoch: ep.epoch,
+        forked_at: ep.forked_at,
+        kind,
+    })
+}
+
 async fn dispatch(
     server: &PeerServer,
     body: PeerRequest,
     incoming: &mut Option<IncomingSnapshot>,
+    peer: u64,
+    peer_epoch: u64,
 ) -> Result<PeerResponse, String> {
+    if matches!(
+        body,
+        PeerRequest::Append(_) | PeerRequest::Vote(_) | PeerRequest::PreVote(_) | PeerRequest::SnapshotBegin { .. }
+    ) {
+        if let Some(fenced) = fence_check(&server.node, peer, peer_epoch) {
+            return Ok(fenced);
+        }
+    }
     let raft = &server.node.raft();
     Ok(match body {
         PeerRequest::Digest { at_index } => {
             PeerResponse::Digest(server.node.digest_at(at_index).await)
         }
-        PeerRequest::Action(action) => PeerResponse::Action(server.node.peer_action(action).await),
+        PeerRequest::Action(action) => PeerResponse::Action(server.node.peer_action(action, peer).await),
         PeerRequest::Append(rpc) => {
             server.node.roles.leader_contact();
             PeerResponse::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))

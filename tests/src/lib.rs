@@ -13,6 +13,7 @@
 //! Every wait is bounded by time (and polls at a fixed interval, so by count
 //! too); nothing synchronises on a fixed sleep.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::future::Future;
@@ -26,7 +27,7 @@ use nix::unistd::Pid;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tandem_node::config::{DataDir, NodeConfig};
-use tandem_web::{ClusterView, HealthView};
+use tandem_web::{ClusterView, HealthView, RoleHealth, StatusView};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Interval between two probes of a [`wait_until`].
@@ -216,6 +217,19 @@ pub fn pid_alive(pid: u32) -> bool {
             .is_some_and(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
+}
+
+/// Who is what in the relationship (node indexes), see [`Cluster::find_roles`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// The primary.
+    pub primary: usize,
+    /// The other appliance.
+    pub backup: usize,
+    /// The witness.
+    pub witness: usize,
+    /// The epoch the appliances agree on.
+    pub epoch: u64,
 }
 
 /// One node of a [`Cluster`].
@@ -606,6 +620,110 @@ impl Cluster {
         let list: tandem_web::ListView<tandem_web::ConfigEntryView> =
             resp.json().await.expect("a config list");
         list.items.into_iter().map(|e| (e.key, e.value)).collect()
+    }
+
+    /// An authenticated `GET path` on node `i` decoded as JSON, if it answers
+    /// 200.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        i: usize,
+        path: &str,
+    ) -> Option<T> {
+        let resp = self.req(i, Method::GET, path).send().await.ok()?;
+        if resp.status() != StatusCode::OK {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+
+    /// `GET /api/v1/status` of node `i`, if it answers 200.
+    pub async fn status(&self, i: usize) -> Option<StatusView> {
+        self.get_json(i, "/api/v1/status").await
+    }
+
+    /// `GET /health/{which}` (`primary` or `backup`, no authentication) of
+    /// node `i`: the HTTP status and the body, if it answers.
+    pub async fn role_health(&self, i: usize, which: &str) -> Option<(StatusCode, RoleHealth)> {
+        let resp = self
+            .http
+            .get(self.url(i, &format!("/health/{which}")))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status();
+        Some((status, resp.json().await.ok()?))
+    }
+
+    /// The relationship as the running nodes report it, when they agree:
+    /// every running appliance names the same primary and epoch in
+    /// `/api/v1/status`, the primary says `primary`, the other running
+    /// appliance `backup`, the witness `witness`.
+    pub async fn find_roles(&self) -> Option<Roles> {
+        let witness = self.nodes.iter().position(NodeProc::witness)?;
+        let mut agreed: Option<(u64, u64)> = None;
+        let mut roles = BTreeMap::new();
+        for i in self.running() {
+            let s = self.status(i).await?;
+            roles.insert(i, s.this_host.role.clone());
+            if self.nodes[i].witness() {
+                if s.this_host.role != "witness" {
+                    return None;
+                }
+                continue;
+            }
+            let here = (s.primary?, s.epoch);
+            if agreed.is_some_and(|a| a != here) {
+                return None;
+            }
+            agreed = Some(here);
+        }
+        let (primary_id, epoch) = agreed?;
+        let primary = self.index_of(primary_id)?;
+        let backup = (0..self.nodes.len()).find(|&i| i != primary && !self.nodes[i].witness())?;
+        let ok = roles.iter().all(|(&i, role)| {
+            let want = if i == primary {
+                "primary"
+            } else if i == witness {
+                "witness"
+            } else {
+                "backup"
+            };
+            role == want
+        });
+        ok.then_some(Roles {
+            primary,
+            backup,
+            witness,
+            epoch,
+        })
+    }
+
+    /// Waits (bounded by `timeout`) for [`Cluster::find_roles`].
+    pub async fn wait_roles(&self, timeout: Duration) -> Roles {
+        wait_until(
+            "the nodes to agree on primary, backup and epoch",
+            timeout,
+            || self.find_roles(),
+        )
+        .await
+    }
+
+    /// Waits until node `i`'s status shows peer `peer` (an index) with
+    /// `reachable == want`.
+    pub async fn wait_peer_reachable(&self, i: usize, peer: usize, want: bool) {
+        let id = self.nodes[peer].id();
+        let what = format!(
+            "{} to see {} as reachable={want}",
+            self.nodes[i].name, self.nodes[peer].name
+        );
+        wait_until(&what, WAIT, || async {
+            let s = self.status(i).await?;
+            s.peers
+                .iter()
+                .any(|p| p.id == id && p.reachable == want)
+                .then_some(())
+        })
+        .await;
     }
 
     /// SIGKILL of node `i` (our child, by PID) and reaping.

@@ -227,6 +227,14 @@ pub trait AdminBackend: Send + Sync + 'static {
         actor: String,
     ) -> impl Future<Output = Result<BreakOutcome, ApiError>> + Send;
 
+    /// Takes this node back into the relationship as the backup after it was
+    /// replaced by a forced promotion or removed (`POST
+    /// /api/v1/relationship/rejoin`): it discards its copy and resyncs.
+    ///
+    /// # Errors
+    /// `Refused` when there is nothing to rejoin or the other side refuses.
+    fn rejoin(&self, actor: String) -> impl Future<Output = Result<BreakOutcome, ApiError>> + Send;
+
     /// Whether this node is the serving primary (`GET /health/primary`, no
     /// authentication): the router answers 200 when `ok`, else 503.
     ///

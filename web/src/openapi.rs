@@ -403,6 +403,11 @@ pub fn openapi() -> Value {
                     Some(body("BreakRequest", false)),
                     vec![ok("200", "broken", Some("BreakOutcome")), err("400"), err("409"), err("503")])
             },
+            "/api/v1/relationship/rejoin": {
+                "post": op("Come back as the backup after a forced promotion or a break: discard this copy and resync", true, vec![],
+                    Some(body("BreakRequest", false)),
+                    vec![ok("200", "rejoined", Some("BreakOutcome")), err("400"), err("409"), err("503")])
+            },
             "/api/v1/readiness": {
                 "get": op("Would the backup take over if the primary died now, after how long, losing what?", true, vec![], None,
                     vec![ok("200", "readiness", Some("Readiness")), err("503")])

@@ -97,6 +97,7 @@ pub const ROUTES: &[ApiRoute] = &[
     authed("POST", "/api/v1/relationship/swap"),
     authed("POST", "/api/v1/relationship/sync"),
     authed("POST", "/api/v1/relationship/break"),
+    authed("POST", "/api/v1/relationship/rejoin"),
     authed("GET", "/api/v1/readiness"),
 ];
 
@@ -177,6 +178,7 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
             listed("/api/v1/relationship/break"),
             post(break_relationship::<B>),
         )
+        .route(listed("/api/v1/relationship/rejoin"), post(rejoin::<B>))
         .route(listed("/api/v1/readiness"), get(readiness::<B>))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&backend),
@@ -727,6 +729,15 @@ async fn break_relationship<B: AdminBackend>(
 ) -> Result<Response, ApiError> {
     let actor = actor(&headers)?;
     Ok(Json(backend.break_relationship(actor).await?).into_response())
+}
+
+async fn rejoin<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    OptionalJson(BreakRequest {}): OptionalJson<BreakRequest>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    Ok(Json(backend.rejoin(actor).await?).into_response())
 }
 
 async fn readiness<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {

@@ -430,6 +430,15 @@ impl AdminBackend for MemBackend {
         Ok(Self::sync_report(req.verify))
     }
 
+    async fn rejoin(&self, actor: String) -> Result<BreakOutcome, ApiError> {
+        self.record(format!("rejoin({actor})"));
+        self.refusal()?;
+        Ok(BreakOutcome {
+            former_peers: vec![1],
+            role: "backup".into(),
+        })
+    }
+
     async fn break_relationship(&self, actor: String) -> Result<BreakOutcome, ApiError> {
         self.record(format!("break({actor})"));
         self.refusal()?;
@@ -589,6 +598,7 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::POST, "/api/v1/relationship/swap", Some(json!({}))),
         (Method::POST, "/api/v1/relationship/sync", Some(json!({}))),
         (Method::POST, "/api/v1/relationship/break", None),
+        (Method::POST, "/api/v1/relationship/rejoin", None),
         (Method::GET, "/api/v1/readiness", None),
     ];
     for (method, uri, body) in routes {
@@ -618,7 +628,7 @@ async fn every_api_route_requires_the_bearer_token() {
     }
     // Every bearer-protected route in the table was exercised above.
     let protected = ROUTES.iter().filter(|r| r.auth).count();
-    assert_eq!(protected, 18, "new protected route: add it to this test");
+    assert_eq!(protected, 19, "new protected route: add it to this test");
 }
 
 #[tokio::test]

@@ -1,0 +1,429 @@
+//! Rebuilding a node's Raft over its own data: forced promotion, breaking a
+//! relationship, and rejoining after either.
+//!
+//! All three use the same mechanism (openraft's "restore from a snapshot"
+//! recipe, done in place on the open sled database): shut Raft down, turn
+//! the local state into a snapshot whose membership is this node alone (or
+//! nothing, to rejoin), clear the store, start a pristine Raft, install the
+//! snapshot, and elect. See `storage/DESIGN.md`, "Forced promotion".
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tandem_storage::{CatchUp, NodeKind, Request, Response};
+use tandem_web::{BreakOutcome, SwapOutcome};
+
+use crate::node::{now_ms, start_engine, Node, NodeError};
+use crate::protocol::{ActionRequest, PeerRequest, PeerResponse};
+use crate::roles::{FenceKind, Role};
+
+/// What the reset leaves behind.
+enum ResetTo {
+    /// This node alone, leader of its own cluster, with its data.
+    SingleVoter(CatchUp),
+    /// An empty store, waiting for a leader to send it everything.
+    Pristine,
+}
+
+impl Node {
+    /// Replaces the Raft engine as `to` says. Returns the last log index the
+    /// new engine starts from (the fork point), if any.
+    async fn reset_engine(&self, to: ResetTo) -> Result<Option<u64>, NodeError> {
+        let _lock = self.reset_lock.lock().await;
+        let internal = |e: &dyn std::fmt::Display| NodeError::Internal(format!("reset: {e}"));
+        let db_dir = self.dir.db();
+        let old = self.raft();
+        if let Err(e) = old.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown before reset");
+        }
+        drop(old);
+        if !tandem_storage::wait_store_released(&db_dir, Duration::from_secs(10)).await {
+            return Err(NodeError::Internal("the old Raft did not release the store within 10 s".into()));
+        }
+        let catch_up = match to {
+            ResetTo::SingleVoter(c) => c,
+            ResetTo::Pristine => CatchUp::Applied,
+        };
+        let (db, dir, id, info) = (self.db().clone(), db_dir.clone(), self.cfg.node_id, self.info());
+        let (meta, path) = tokio::task::spawn_blocking(move || {
+            tandem_storage::reset_to_single_voter(&db, &dir, id, info, catch_up)
+        })
+        .await
+        .map_err(|e| internal(&e))?
+        .map_err(|e| internal(&e))?;
+        if matches!(to, ResetTo::Pristine) {
+            std::fs::remove_file(&path).map_err(|e| internal(&e))?;
+        }
+        let (db, dir) = (self.db().clone(), db_dir.clone());
+        let store = tokio::task::spawn_blocking(move || tandem_storage::open_with_db(db, &dir))
+            .await
+            .map_err(|e| internal(&e))?
+            .map_err(|e| internal(&e))?;
+        let engine = start_engine(&self.cfg, self.timing, self.network.clone(), store)
+            .await
+            .map_err(|e| internal(&e))?;
+        let forked_at = meta.last_log_id.map(|l| l.index);
+        if let ResetTo::SingleVoter(_) = to {
+            install_and_elect(self, &engine, meta, &path).await?;
+        }
+        self.set_engine(engine);
+        self.roles.fence.clear();
+        Ok(forked_at)
+    }
+
+    /// Finishes a forced promotion that a crash interrupted (the snapshot
+    /// file was written but not installed). Called at start.
+    ///
+    /// # Errors
+    /// If the pending snapshot cannot be installed.
+    pub async fn resume_pending_reset(&self) -> Result<(), NodeError> {
+        let db_dir = self.dir.db();
+        let pending = tandem_storage::pending_forced_snapshot(&db_dir)
+            .map_err(|e| NodeError::Internal(format!("reading pending forced snapshot: {e}")))?;
+        let Some((meta, path)) = pending else { return Ok(()) };
+        let m = self.metrics();
+        if m.last_applied.is_some() {
+            // Already installed before the crash: only the file is left.
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        tracing::warn!(path = %path.display(), "finishing an interrupted forced promotion");
+        let engine = self.engine();
+        install_and_elect(self, &engine, meta, &path).await
+    }
+
+    /// Forced promotion: make this appliance the only voter of a new
+    /// lineage, with a raised epoch recorded as forced.
+    async fn force_promote(&self, actor: &str) -> Result<SwapOutcome, NodeError> {
+        let started = Instant::now();
+        if self.cfg.kind != NodeKind::Appliance {
+            return Err(NodeError::Refused("a witness is never primary".into()));
+        }
+        let (role, _) = self.compute_role();
+        if role == Role::Primary {
+            return Err(NodeError::Refused("this node is already the primary".into()));
+        }
+        if role == Role::Standalone {
+            return Err(NodeError::Refused("this node has no relationship to take over".into()));
+        }
+        let before = self.epoch();
+        let _pause = self.roles.pause();
+        tracing::warn!(%actor, epoch = before.epoch, "forced promotion");
+        let forked_at = self.reset_engine(ResetTo::SingleVoter(CatchUp::AllLogged)).await?;
+        let me = self.cfg.node_id;
+        let current = self.epoch();
+        let req = Request::Multi(vec![
+            Request::RaiseEpoch {
+                expected_epoch: current.epoch,
+                primary: me,
+                forced: true,
+                forked_at,
+                at_ms: now_ms(),
+            },
+            Request::HistoryAppend {
+                at_ms: now_ms(),
+                node: me,
+                kind: "forced_promotion".into(),
+                actor: actor.to_string(),
+                details_json: json!({
+                    "primary": me, "name": self.cfg.name, "previous_primary": before.primary,
+                    "epoch": current.epoch + 1, "forked_at": forked_at,
+                })
+                .to_string(),
+            },
+        ]);
+        let epoch = match self.write(req).await? {
+            Response::Multi(r) => match r.first() {
+                Some(Response::Epoch { epoch }) => *epoch,
+                other => return Err(NodeError::Internal(format!("unexpected epoch answer {other:?}"))),
+            },
+            Response::Refused { reason } => return Err(NodeError::Internal(format!("epoch raise refused: {reason}"))),
+            other => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
+        };
+        let _ = std::fs::remove_file(self.dir.db().join(tandem_storage::FORCED_SNAPSHOT_FILE));
+        Ok(SwapOutcome {
+            previous_primary: before.primary,
+            new_primary: me,
+            epoch,
+            forced: true,
+            pull_sync: false,
+            duration_ms: started.elapsed().as_millis() as u64,
+            sync: None,
+        })
+    }
+
+    /// A forced swap: if the primary answers after all, a planned swap is
+    /// safer and loses nothing, so that is done instead.
+    pub(crate) async fn forced_swap(&self, actor: &str) -> Result<SwapOutcome, NodeError> {
+        let primary_in_contact = self
+            .roles
+            .since_leader_contact()
+            .is_some_and(|d| d < self.timing.primary_timeout);
+        if self.compute_role().0 == Role::Backup && primary_in_contact {
+            tracing::info!("primary answers: doing a planned swap instead of a forced promotion");
+            return self.planned_swap(false, actor).await;
+        }
+        self.force_promote(actor).await
+    }
+
+    /// *Break relationship*: every node becomes standalone with its own copy.
+    /// On the primary: remove every other member, then tell them. On the
+    /// backup: asks the primary, or, when it cannot be reached, leaves on
+    /// its own.
+    ///
+    /// # Errors
+    /// [`NodeError::Refused`] on a standalone node.
+    pub async fn break_relationship(&self, actor: &str) -> Result<BreakOutcome, NodeError> {
+        match self.compute_role().0 {
+            Role::Standalone => Err(NodeError::Refused("this node has no relationship to break".into())),
+            Role::Primary => self.break_as_primary(actor).await,
+            Role::Backup | Role::Witness => {
+                if let Some(primary) = self.epoch().primary {
+                    match self
+                        .ask_primary(primary, ActionRequest::Break { actor: actor.to_string() })
+                        .await
+                    {
+                        Ok(text) => {
+                            return serde_json::from_str(&text)
+                                .map_err(|e| NodeError::Internal(format!("bad break answer: {e}")))
+                        }
+                        Err(NodeError::Refused(reason)) if reason.contains("cannot be contacted") => {
+                            tracing::warn!(%reason, "primary unreachable: leaving the relationship alone");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                let former = self.other_member_ids();
+                self.become_standalone(actor, "break while the primary was unreachable").await?;
+                Ok(BreakOutcome {
+                    former_peers: former,
+                    role: Role::Standalone.as_str().into(),
+                })
+            }
+        }
+    }
+
+    fn other_member_ids(&self) -> Vec<u64> {
+        let me = self.cfg.node_id;
+        self.metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != me)
+            .collect()
+    }
+
+    async fn break_as_primary(&self, actor: &str) -> Result<BreakOutcome, NodeError> {
+        let me = self.cfg.node_id;
+        let former = self.other_member_ids();
+        self.record("break", actor, json!({ "primary": me, "former_peers": former })).await;
+        let keep = std::collections::BTreeSet::from([me]);
+        self.raft()
+            .change_membership(openraft::ChangeMembers::ReplaceAllVoters(keep), false)
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("removing the other members: {e}")))?;
+        // Former members learn it at their next Raft message (they are
+        // answered "removed"); nudge them now so they need not wait.
+        let m = self.metrics();
+        for id in &former {
+            if let Some(addr) = m.membership_config.get_node(id).map(|n| n.peer_addr.clone()) {
+                let _ = self
+                    .network
+                    .call(*id, &addr, PeerRequest::Action(ActionRequest::Break { actor: actor.into() }), Duration::from_secs(2))
+                    .await;
+            }
+        }
+        tracing::info!(former = ?former, "relationship broken; this node is standalone");
+        Ok(BreakOutcome {
+            former_peers: former,
+            role: Role::Standalone.as_str().into(),
+        })
+    }
+
+    /// The primary removed this node (break): leave with its data.
+    pub(crate) async fn become_standalone_on_notice(&self, actor: &str) -> Result<(), NodeError> {
+        if self.compute_role().0 == Role::Standalone {
+            return Ok(());
+        }
+        self.become_standalone(actor, "the primary broke the relationship").await
+    }
+
+    /// Leaves the relationship with this node's data: single voter of its
+    /// own, shared IPs no longer configured here.
+    async fn become_standalone(&self, actor: &str, reason: &str) -> Result<(), NodeError> {
+        let _pause = self.roles.pause();
+        self.reset_engine(ResetTo::SingleVoter(CatchUp::Committed)).await?;
+        let mut settings = self.settings();
+        let had_ips = !settings.shared_ips.is_empty();
+        settings.shared_ips.clear();
+        let mut cmds = vec![Request::HistoryAppend {
+            at_ms: now_ms(),
+            node: self.cfg.node_id,
+            kind: "break".into(),
+            actor: actor.to_string(),
+            details_json: json!({ "standalone": self.cfg.node_id, "reason": reason }).to_string(),
+        }];
+        if had_ips {
+            cmds.push(Request::SettingsPut {
+                settings_json: settings.to_json(),
+                if_version: None,
+                actor: actor.to_string(),
+                at_ms: now_ms(),
+            });
+        }
+        if let Err(e) = self.write(Request::Multi(cmds)).await {
+            tracing::warn!(error = %e, "could not record the break");
+        }
+        tracing::info!(%reason, "this node is standalone now");
+        Ok(())
+    }
+
+    /// Handles a fence notice (run by the role manager): a node removed by a
+    /// break becomes standalone; a node replaced by a forced promotion stops
+    /// serving and exports the writes it never replicated, then waits for
+    /// the administrator to rejoin it.
+    pub(crate) async fn handle_fence(&self) {
+        let Some(notice) = self.roles.fence.notice() else { return };
+        match notice.kind {
+            FenceKind::Removed => {
+                if let Err(e) = self.become_standalone("tandem", "removed by the other side").await {
+                    tracing::error!(error = %e, "could not become standalone after removal");
+                }
+            }
+            FenceKind::Forced => {
+                let already = self.roles.diverged_export().is_some();
+                if already {
+                    return;
+                }
+                match self.export_diverged(notice.forked_at, notice.epoch).await {
+                    Ok(path) => {
+                        tracing::warn!(path = %path, by = notice.by, "replaced by a forced promotion; diverged writes exported; rejoin with `POST /api/v1/relationship/rejoin`");
+                        self.roles.set_diverged_export(path);
+                    }
+                    Err(e) => tracing::error!(error = %e, "could not export diverged writes"),
+                }
+            }
+        }
+    }
+
+    /// Writes the entries after `forked_at` in the local log to
+    /// `DIR/diverged-<epoch>-<ms>.jsonl`; returns the path.
+    async fn export_diverged(&self, forked_at: Option<u64>, epoch: u64) -> Result<String, NodeError> {
+        let first = forked_at.map_or(1, |f| f + 1);
+        let reader = self.engine().log_reader.clone();
+        let path = self.dir.root().join(format!("diverged-{epoch}-{}.jsonl", now_ms()));
+        let p = path.clone();
+        let count = tokio::task::spawn_blocking(move || -> Result<usize, String> {
+            use std::io::Write;
+            let entries = reader.entries_from(first, usize::MAX).map_err(|e| e.to_string())?;
+            let mut out = std::fs::File::create(&p).map_err(|e| e.to_string())?;
+            let mut n = 0;
+            for e in entries {
+                let Some(req) = e.request else { continue };
+                let line = json!({ "index": e.index, "term": e.term, "leader": e.leader_node, "request": format!("{req:?}") });
+                writeln!(out, "{line}").map_err(|e| e.to_string())?;
+                n += 1;
+            }
+            out.sync_all().map_err(|e| e.to_string())?;
+            Ok(n)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(e.to_string()))?
+        .map_err(NodeError::Internal)?;
+        tracing::warn!(entries = count, path = %path.display(), "diverged export written");
+        Ok(path.display().to_string())
+    }
+
+    /// *Rejoin* on a node that was replaced by a forced promotion or
+    /// removed: asks the other side to take it back as a backup, then
+    /// discards its own copy and resyncs.
+    ///
+    /// # Errors
+    /// [`NodeError::Refused`] when there is nothing to rejoin or the other
+    /// side refuses.
+    pub async fn rejoin(&self, actor: &str) -> Result<BreakOutcome, NodeError> {
+        let notice = self.roles.fence.notice().ok_or_else(|| {
+            NodeError::Refused("this node was not replaced or removed: nothing to rejoin".into())
+        })?;
+        let action = ActionRequest::Rejoin {
+            info: self.info(),
+            diverged_export: self.roles.diverged_export(),
+            actor: actor.to_string(),
+        };
+        match self
+            .network
+            .call(notice.by, &notice.by_addr, PeerRequest::Action(action), Duration::from_secs(30))
+            .await
+        {
+            Ok(PeerResponse::Action(Ok(_))) => {}
+            Ok(PeerResponse::Action(Err(reason))) => return Err(NodeError::Refused(reason)),
+            Ok(other) => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(NodeError::Refused(format!("node {} cannot be contacted: {e}", notice.by))),
+        }
+        let _pause = self.roles.pause();
+        self.reset_engine(ResetTo::Pristine).await?;
+        self.roles.clear_diverged_export();
+        tracing::info!(primary = notice.by, "rejoined as backup; resyncing");
+        Ok(BreakOutcome {
+            former_peers: vec![notice.by],
+            role: Role::Backup.as_str().into(),
+        })
+    }
+
+    /// On the primary: takes a rejoining node back as a learner.
+    pub(crate) async fn accept_rejoin(
+        &self,
+        info: tandem_storage::NodeInfo,
+        id: u64,
+        diverged_export: Option<String>,
+        actor: &str,
+    ) -> Result<String, String> {
+        self.record(
+            "rejoin",
+            actor,
+            json!({ "node": id, "name": info.name, "diverged_export": diverged_export }),
+        )
+        .await;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.raft().add_learner(id, info.clone(), false).await {
+                Ok(_) => return Ok("{}".into()),
+                Err(e) if attempt < 50 => {
+                    tracing::debug!(error = %e, "add_learner for rejoin deferred");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+}
+
+async fn install_and_elect(
+    node: &Node,
+    engine: &crate::node::Engine,
+    meta: tandem_storage::SnapshotMeta,
+    path: &std::path::Path,
+) -> Result<(), NodeError> {
+    let internal = |e: &dyn std::fmt::Display| NodeError::Internal(format!("reset: {e}"));
+    let last = meta
+        .last_log_id
+        .ok_or_else(|| NodeError::Internal("reset snapshot has no last log id".into()))?;
+    let vote = openraft::Vote::new_committed(last.leader_id.term, last.leader_id.node_id);
+    let file = tokio::fs::File::open(path).await.map_err(|e| internal(&e))?;
+    engine
+        .raft
+        .install_full_snapshot(vote, openraft::Snapshot { meta, snapshot: file })
+        .await
+        .map_err(|e| internal(&e))?;
+    engine.raft.trigger().elect(false).await.map_err(|e| internal(&e))?;
+    engine
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .current_leader(node.cfg.node_id, "leader of its own lineage")
+        .await
+        .map_err(|e| internal(&e))?;
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
