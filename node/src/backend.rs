@@ -486,6 +486,17 @@ impl AdminBackend for Backend {
         if ep.forced {
             notes.push(format!("epoch {} began with a forced promotion", ep.epoch));
         }
+        if let Some(n) = node.roles.fence.notice() {
+            notes.push(format!(
+                "node {} no longer counts this node as a member ({:?}, its epoch {}); this node does not serve; rejoin to resync as backup",
+                n.by, n.kind, n.epoch
+            ));
+        }
+        if let Some(path) = node.roles.diverged_export() {
+            notes.push(format!(
+                "writes this node never replicated were exported to {path}"
+            ));
+        }
         Ok(StatusView {
             this_host: HostView {
                 id: me,

@@ -105,12 +105,12 @@ fn write_identity(
     cert_pem: &str,
     key_pem: &str,
 ) -> anyhow::Result<()> {
-    tandem_certs::write_public_file(&dir.ca_cert(), ca_pem).context("writing ca.pem")?;
+    tandem_certs::write_public_file(dir.ca_cert(), ca_pem).context("writing ca.pem")?;
     if let Some(k) = ca_key {
-        tandem_certs::write_key_file(&dir.ca_key(), k).context("writing ca.key")?;
+        tandem_certs::write_key_file(dir.ca_key(), k).context("writing ca.key")?;
     }
-    tandem_certs::write_public_file(&dir.node_cert(), cert_pem).context("writing node.pem")?;
-    tandem_certs::write_key_file(&dir.node_key(), key_pem).context("writing node.key")?;
+    tandem_certs::write_public_file(dir.node_cert(), cert_pem).context("writing node.pem")?;
+    tandem_certs::write_key_file(dir.node_key(), key_pem).context("writing node.key")?;
     Ok(())
 }
 
@@ -182,7 +182,7 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
         .current_leader(1, "this node elects itself")
         .await
         .context("waiting for this node to become leader")?;
-    match node
+    let answer = node
         .write(Request::Multi(vec![
             Request::Bootstrap {
                 cluster_id: cluster_id.clone(),
@@ -199,10 +199,9 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
                 at_ms: crate::node::now_ms(),
             },
         ]))
-        .await?
-    {
-        Response::Refused { reason } => bail!("bootstrap refused: {reason}"),
-        _ => {}
+        .await?;
+    if let Response::Refused { reason } = answer {
+        bail!("bootstrap refused: {reason}");
     }
     node.raft().shutdown().await.context("stopping raft")?;
     node.flush().await?;

@@ -195,7 +195,7 @@ async fn background(node: Arc<Node>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = promote.tick() => node.promote_caught_up_learners().await,
+            _ = promote.tick() => node.shape_membership().await,
             _ = sweep.tick() => node.sweep_sessions().await,
         }
     }

@@ -293,9 +293,35 @@ impl Node {
     /// [`NodeError::NotLeader`] on a follower, [`NodeError::Unavailable`] when
     /// the outcome is unknown or Raft stopped.
     pub async fn write(&self, req: Request) -> Result<Response, NodeError> {
-        match self.raft().client_write(req).await {
+        // A leader that was just elected (or whose quorum lease openraft
+        // considers expired) forwards to itself: it is not ready yet. Give it
+        // a moment rather than redirect a client to this very node.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.raft().client_write(req.clone()).await {
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                    if f.leader_id == Some(self.cfg.node_id)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(reason = ?f.reason, "leader not ready; retrying the proposal");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return self.write_outcome(other),
+            }
+        }
+    }
+
+    fn write_outcome(
+        &self,
+        r: Result<
+            openraft::raft::ClientWriteResponse<tandem_storage::TypeConfig>,
+            RaftError<tandem_storage::TypeConfig, ClientWriteError<tandem_storage::TypeConfig>>,
+        >,
+    ) -> Result<Response, NodeError> {
+        match r {
             Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                tracing::debug!(leader = ?f.leader_id, reason = ?f.reason, "proposal forwarded");
                 Err(self.not_leader())
             }
             Err(RaftError::APIError(e)) => Err(NodeError::Unavailable(e.to_string())),
@@ -454,37 +480,65 @@ impl Node {
         })
     }
 
-    /// On the leader, promotes learners that have caught up to voters.
-    /// Level-triggered: whichever node is leader finishes a join that a
-    /// previous leader started.
-    pub async fn promote_caught_up_learners(&self) {
+    /// On the leader, keeps the membership in the shape of the topology:
+    /// with a witness (pair + witness) every caught-up learner becomes a
+    /// voter; without one (pair only) only the primary votes and the other
+    /// appliance is a learner that receives the log asynchronously.
+    /// Level-triggered: whichever node is leader finishes what a previous
+    /// leader started.
+    pub async fn shape_membership(&self) {
         let m = self.metrics();
         if m.state != ServerState::Leader {
             return;
         }
+        let me = self.cfg.node_id;
         let Some(last) = m.last_log_index else { return };
-        let Some(repl) = m.replication.as_ref() else {
-            return;
+        let membership = m.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let learners: BTreeSet<u64> = membership.learner_ids().collect();
+        let kind = |id: &u64| membership.get_node(id).map(|n| n.kind);
+        let caught_up = |id: &u64| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .is_some_and(|l| l.index + 100 >= last)
         };
-        let learners: BTreeSet<u64> = m.membership_config.membership().learner_ids().collect();
-        let ready: BTreeSet<u64> = learners
-            .into_iter()
-            .filter(|id| {
-                repl.get(id)
-                    .and_then(|l| l.as_ref())
-                    .is_some_and(|l| l.index + 100 >= last)
-            })
+        let witness_ready = voters
+            .iter()
+            .chain(learners.iter().filter(|id| caught_up(id)))
+            .any(|id| kind(id) == Some(NodeKind::Witness));
+        let promote: BTreeSet<u64> = learners
+            .iter()
+            .filter(|id| caught_up(id))
+            .filter(|id| witness_ready || kind(id) == Some(NodeKind::Witness))
+            .copied()
             .collect();
-        if ready.is_empty() {
+        if !promote.is_empty() {
+            match self
+                .raft()
+                .change_membership(ChangeMembers::AddVoterIds(promote.clone()), true)
+                .await
+            {
+                Ok(_) => tracing::info!(nodes = ?promote, "learners promoted to voters"),
+                Err(e) => tracing::debug!(error = %e, "promotion deferred"),
+            }
             return;
         }
-        match self
-            .raft()
-            .change_membership(ChangeMembers::AddVoterIds(ready.clone()), true)
-            .await
-        {
-            Ok(_) => tracing::info!(nodes = ?ready, "learners promoted to voters"),
-            Err(e) => tracing::debug!(error = %e, "promotion deferred"),
+        // Pair only: demote the other appliance once this node is primary.
+        if !witness_ready && self.epoch().primary == Some(me) {
+            let demote: BTreeSet<u64> = voters.iter().filter(|id| **id != me).copied().collect();
+            if !demote.is_empty() {
+                match self
+                    .raft()
+                    .change_membership(ChangeMembers::RemoveVoters(demote.clone()), true)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(nodes = ?demote, "pair without witness: backup receives the log as a learner")
+                    }
+                    Err(e) => tracing::debug!(error = %e, "demotion deferred"),
+                }
+            }
         }
     }
 

@@ -38,13 +38,20 @@ impl Node {
         }
         drop(old);
         if !tandem_storage::wait_store_released(&db_dir, Duration::from_secs(10)).await {
-            return Err(NodeError::Internal("the old Raft did not release the store within 10 s".into()));
+            return Err(NodeError::Internal(
+                "the old Raft did not release the store within 10 s".into(),
+            ));
         }
         let catch_up = match to {
             ResetTo::SingleVoter(c) => c,
             ResetTo::Pristine => CatchUp::Applied,
         };
-        let (db, dir, id, info) = (self.db().clone(), db_dir.clone(), self.cfg.node_id, self.info());
+        let (db, dir, id, info) = (
+            self.db().clone(),
+            db_dir.clone(),
+            self.cfg.node_id,
+            self.info(),
+        );
         let (meta, path) = tokio::task::spawn_blocking(move || {
             tandem_storage::reset_to_single_voter(&db, &dir, id, info, catch_up)
         })
@@ -80,7 +87,9 @@ impl Node {
         let db_dir = self.dir.db();
         let pending = tandem_storage::pending_forced_snapshot(&db_dir)
             .map_err(|e| NodeError::Internal(format!("reading pending forced snapshot: {e}")))?;
-        let Some((meta, path)) = pending else { return Ok(()) };
+        let Some((meta, path)) = pending else {
+            return Ok(());
+        };
         let m = self.metrics();
         if m.last_applied.is_some() {
             // Already installed before the crash: only the file is left.
@@ -101,15 +110,21 @@ impl Node {
         }
         let (role, _) = self.compute_role();
         if role == Role::Primary {
-            return Err(NodeError::Refused("this node is already the primary".into()));
+            return Err(NodeError::Refused(
+                "this node is already the primary".into(),
+            ));
         }
         if role == Role::Standalone {
-            return Err(NodeError::Refused("this node has no relationship to take over".into()));
+            return Err(NodeError::Refused(
+                "this node has no relationship to take over".into(),
+            ));
         }
         let before = self.epoch();
         let _pause = self.roles.pause();
         tracing::warn!(%actor, epoch = before.epoch, "forced promotion");
-        let forked_at = self.reset_engine(ResetTo::SingleVoter(CatchUp::AllLogged)).await?;
+        let forked_at = self
+            .reset_engine(ResetTo::SingleVoter(CatchUp::AllLogged))
+            .await?;
         let me = self.cfg.node_id;
         let current = self.epoch();
         let req = Request::Multi(vec![
@@ -135,9 +150,17 @@ impl Node {
         let epoch = match self.write(req).await? {
             Response::Multi(r) => match r.first() {
                 Some(Response::Epoch { epoch }) => *epoch,
-                other => return Err(NodeError::Internal(format!("unexpected epoch answer {other:?}"))),
+                other => {
+                    return Err(NodeError::Internal(format!(
+                        "unexpected epoch answer {other:?}"
+                    )))
+                }
             },
-            Response::Refused { reason } => return Err(NodeError::Internal(format!("epoch raise refused: {reason}"))),
+            Response::Refused { reason } => {
+                return Err(NodeError::Internal(format!(
+                    "epoch raise refused: {reason}"
+                )))
+            }
             other => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
         };
         let _ = std::fs::remove_file(self.dir.db().join(tandem_storage::FORCED_SNAPSHOT_FILE));
@@ -175,26 +198,36 @@ impl Node {
     /// [`NodeError::Refused`] on a standalone node.
     pub async fn break_relationship(&self, actor: &str) -> Result<BreakOutcome, NodeError> {
         match self.compute_role().0 {
-            Role::Standalone => Err(NodeError::Refused("this node has no relationship to break".into())),
+            Role::Standalone => Err(NodeError::Refused(
+                "this node has no relationship to break".into(),
+            )),
             Role::Primary => self.break_as_primary(actor).await,
             Role::Backup | Role::Witness => {
                 if let Some(primary) = self.epoch().primary {
                     match self
-                        .ask_primary(primary, ActionRequest::Break { actor: actor.to_string() })
+                        .ask_primary(
+                            primary,
+                            ActionRequest::Break {
+                                actor: actor.to_string(),
+                            },
+                        )
                         .await
                     {
                         Ok(text) => {
                             return serde_json::from_str(&text)
                                 .map_err(|e| NodeError::Internal(format!("bad break answer: {e}")))
                         }
-                        Err(NodeError::Refused(reason)) if reason.contains("cannot be contacted") => {
+                        Err(NodeError::Refused(reason))
+                            if reason.contains("cannot be contacted") =>
+                        {
                             tracing::warn!(%reason, "primary unreachable: leaving the relationship alone");
                         }
                         Err(e) => return Err(e),
                     }
                 }
                 let former = self.other_member_ids();
-                self.become_standalone(actor, "break while the primary was unreachable").await?;
+                self.become_standalone(actor, "break while the primary was unreachable")
+                    .await?;
                 Ok(BreakOutcome {
                     former_peers: former,
                     role: Role::Standalone.as_str().into(),
@@ -217,7 +250,41 @@ impl Node {
     async fn break_as_primary(&self, actor: &str) -> Result<BreakOutcome, NodeError> {
         let me = self.cfg.node_id;
         let former = self.other_member_ids();
-        self.record("break", actor, json!({ "primary": me, "former_peers": former })).await;
+        let ep = self.epoch();
+        // The epoch is raised (not forced) so that a later look at it shows a
+        // plain standalone node, not the survivor of a forced promotion.
+        let req = Request::Multi(vec![
+            Request::RaiseEpoch {
+                expected_epoch: ep.epoch,
+                primary: me,
+                forced: false,
+                forked_at: None,
+                at_ms: now_ms(),
+            },
+            Request::HistoryAppend {
+                at_ms: now_ms(),
+                node: me,
+                kind: "break".into(),
+                actor: actor.to_string(),
+                details_json: json!({ "primary": me, "former_peers": former }).to_string(),
+            },
+        ]);
+        match self.write(req).await? {
+            Response::Multi(_) => {}
+            Response::Refused { reason } => return Err(NodeError::Refused(reason)),
+            other => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
+        }
+        let addresses: Vec<(u64, String)> = {
+            let m = self.metrics();
+            former
+                .iter()
+                .filter_map(|id| {
+                    m.membership_config
+                        .get_node(id)
+                        .map(|n| (*id, n.peer_addr.clone()))
+                })
+                .collect()
+        };
         let keep = std::collections::BTreeSet::from([me]);
         self.raft()
             .change_membership(openraft::ChangeMembers::ReplaceAllVoters(keep), false)
@@ -225,13 +292,16 @@ impl Node {
             .map_err(|e| NodeError::Unavailable(format!("removing the other members: {e}")))?;
         // Former members learn it at their next Raft message (they are
         // answered "removed"); nudge them now so they need not wait.
-        let m = self.metrics();
-        for id in &former {
-            if let Some(addr) = m.membership_config.get_node(id).map(|n| n.peer_addr.clone()) {
-                let _ = self
-                    .network
-                    .call(*id, &addr, PeerRequest::Action(ActionRequest::Break { actor: actor.into() }), Duration::from_secs(2))
-                    .await;
+        for (id, addr) in &addresses {
+            let notice = PeerRequest::Action(ActionRequest::Break {
+                actor: actor.into(),
+            });
+            if let Err(e) = self
+                .network
+                .call(*id, addr, notice, Duration::from_secs(5))
+                .await
+            {
+                tracing::info!(peer = id, error = %e, "former member not told of the break now; it learns at its next contact");
             }
         }
         tracing::info!(former = ?former, "relationship broken; this node is standalone");
@@ -246,14 +316,16 @@ impl Node {
         if self.compute_role().0 == Role::Standalone {
             return Ok(());
         }
-        self.become_standalone(actor, "the primary broke the relationship").await
+        self.become_standalone(actor, "the primary broke the relationship")
+            .await
     }
 
     /// Leaves the relationship with this node's data: single voter of its
     /// own, shared IPs no longer configured here.
     async fn become_standalone(&self, actor: &str, reason: &str) -> Result<(), NodeError> {
         let _pause = self.roles.pause();
-        self.reset_engine(ResetTo::SingleVoter(CatchUp::Committed)).await?;
+        self.reset_engine(ResetTo::SingleVoter(CatchUp::Committed))
+            .await?;
         let mut settings = self.settings();
         let had_ips = !settings.shared_ips.is_empty();
         settings.shared_ips.clear();
@@ -284,10 +356,15 @@ impl Node {
     /// serving and exports the writes it never replicated, then waits for
     /// the administrator to rejoin it.
     pub(crate) async fn handle_fence(&self) {
-        let Some(notice) = self.roles.fence.notice() else { return };
+        let Some(notice) = self.roles.fence.notice() else {
+            return;
+        };
         match notice.kind {
             FenceKind::Removed => {
-                if let Err(e) = self.become_standalone("tandem", "removed by the other side").await {
+                if let Err(e) = self
+                    .become_standalone("tandem", "removed by the other side")
+                    .await
+                {
                     tracing::error!(error = %e, "could not become standalone after removal");
                 }
             }
@@ -309,10 +386,17 @@ impl Node {
 
     /// Writes the entries after `forked_at` in the local log to
     /// `DIR/diverged-<epoch>-<ms>.jsonl`; returns the path.
-    async fn export_diverged(&self, forked_at: Option<u64>, epoch: u64) -> Result<String, NodeError> {
+    async fn export_diverged(
+        &self,
+        forked_at: Option<u64>,
+        epoch: u64,
+    ) -> Result<String, NodeError> {
         let first = forked_at.map_or(1, |f| f + 1);
         let reader = self.engine().log_reader.clone();
-        let path = self.dir.root().join(format!("diverged-{epoch}-{}.jsonl", now_ms()));
+        let path = self
+            .dir
+            .root()
+            .join(format!("diverged-{epoch}-{}.jsonl", now_ms()));
         let p = path.clone();
         let count = tokio::task::spawn_blocking(move || -> Result<usize, String> {
             use std::io::Write;
@@ -353,13 +437,23 @@ impl Node {
         };
         match self
             .network
-            .call(notice.by, &notice.by_addr, PeerRequest::Action(action), Duration::from_secs(30))
+            .call(
+                notice.by,
+                &notice.by_addr,
+                PeerRequest::Action(action),
+                Duration::from_secs(30),
+            )
             .await
         {
             Ok(PeerResponse::Action(Ok(_))) => {}
             Ok(PeerResponse::Action(Err(reason))) => return Err(NodeError::Refused(reason)),
             Ok(other) => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
-            Err(e) => return Err(NodeError::Refused(format!("node {} cannot be contacted: {e}", notice.by))),
+            Err(e) => {
+                return Err(NodeError::Refused(format!(
+                    "node {} cannot be contacted: {e}",
+                    notice.by
+                )))
+            }
         }
         let _pause = self.roles.pause();
         self.reset_engine(ResetTo::Pristine).await?;
@@ -411,17 +505,42 @@ async fn install_and_elect(
         .last_log_id
         .ok_or_else(|| NodeError::Internal("reset snapshot has no last log id".into()))?;
     let vote = openraft::Vote::new_committed(last.leader_id.term, last.leader_id.node_id);
-    let file = tokio::fs::File::open(path).await.map_err(|e| internal(&e))?;
-    engine
-        .raft
-        .install_full_snapshot(vote, openraft::Snapshot { meta, snapshot: file })
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| internal(&e))?;
-    engine.raft.trigger().elect(false).await.map_err(|e| internal(&e))?;
+    engine
+        .raft
+        .install_full_snapshot(
+            vote,
+            openraft::Snapshot {
+                meta,
+                snapshot: file,
+            },
+        )
+        .await
+        .map_err(|e| internal(&e))?;
+    engine
+        .raft
+        .trigger()
+        .elect(false)
+        .await
+        .map_err(|e| internal(&e))?;
+    // The installed vote may already name this node (it proposed the last
+    // entry), making it leader of the old term for a moment; wait for the
+    // leadership the election wins, in a later term.
+    let me = node.cfg.node_id;
+    let old_term = last.leader_id.term;
     engine
         .raft
         .wait(Some(Duration::from_secs(10)))
-        .current_leader(node.cfg.node_id, "leader of its own lineage")
+        .metrics(
+            move |m| {
+                m.state == openraft::ServerState::Leader
+                    && m.current_leader == Some(me)
+                    && m.current_term > old_term
+            },
+            "leader of its own lineage",
+        )
         .await
         .map_err(|e| internal(&e))?;
     let _ = std::fs::remove_file(path);

@@ -96,7 +96,10 @@ impl Fence {
 
     /// The pending notice, if any.
     pub fn notice(&self) -> Option<FenceNotice> {
-        self.notice.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.notice
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Forgets the notice (after it was handled).
@@ -276,6 +279,11 @@ impl Node {
         let members = m.membership_config.membership().nodes().count();
         let leader = m.state == ServerState::Leader && m.current_leader == Some(me);
         if members <= 1 {
+            // Alone after a forced promotion: still the primary of the
+            // relationship (the others are fenced until they rejoin).
+            if leader && ep.forced && ep.primary == Some(me) {
+                return (Role::Primary, true);
+            }
             return (Role::Standalone, leader);
         }
         if self.cfg.kind == NodeKind::Witness {
@@ -309,6 +317,14 @@ impl Node {
     /// witness; [`NodeError::Unavailable`] while becoming primary or during a
     /// swap.
     pub fn check_writable(&self) -> Result<(), NodeError> {
+        if let Some(notice) = self.roles.fence.notice() {
+            let api = self
+                .metrics()
+                .membership_config
+                .get_node(&notice.by)
+                .map(|n| n.api_addr.clone());
+            return Err(NodeError::NotLeader { leader_api: api });
+        }
         if self.roles.paused() {
             return Err(NodeError::Unavailable(
                 "a role swap or verify is in progress; retry shortly".into(),
@@ -463,7 +479,11 @@ impl Node {
     }
 
     /// The planned swap, from either side.
-    pub(crate) async fn planned_swap(&self, pull_sync: bool, actor: &str) -> Result<SwapOutcome, NodeError> {
+    pub(crate) async fn planned_swap(
+        &self,
+        pull_sync: bool,
+        actor: &str,
+    ) -> Result<SwapOutcome, NodeError> {
         let (role, _) = self.compute_role();
         match role {
             Role::Primary => {
@@ -493,7 +513,11 @@ impl Node {
         }
     }
 
-    pub(crate) async fn ask_primary(&self, primary: u64, action: ActionRequest) -> Result<String, NodeError> {
+    pub(crate) async fn ask_primary(
+        &self,
+        primary: u64,
+        action: ActionRequest,
+    ) -> Result<String, NodeError> {
         let m = self.metrics();
         let addr = m
             .membership_config
@@ -528,22 +552,33 @@ impl Node {
                 if self.epoch().primary != Some(from) {
                     return Err("only the primary may remove this node".into());
                 }
-                self.become_standalone_on_notice(actor).await.map_err(|e| e.to_string())?;
+                self.become_standalone_on_notice(actor)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 return Ok("{}".into());
             }
         }
-        if role != Role::Primary {
+        let rejoin_here =
+            matches!(action, ActionRequest::Rejoin { .. }) && role == Role::Standalone;
+        if role != Role::Primary && !rejoin_here {
             return Err("this node is not the primary".into());
         }
         let text = match action {
-            ActionRequest::Break { actor } => {
-                serde_json::to_string(&self.break_relationship(&actor).await.map_err(|e| e.to_string())?)
-            }
+            ActionRequest::Break { actor } => serde_json::to_string(
+                &self
+                    .break_relationship(&actor)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
             ActionRequest::Rejoin {
                 info,
                 diverged_export,
                 actor,
-            } => return self.accept_rejoin(info, from, diverged_export, &actor).await,
+            } => {
+                return self
+                    .accept_rejoin(info, from, diverged_export, &actor)
+                    .await
+            }
             ActionRequest::SwapTo {
                 to,
                 pull_sync,
@@ -562,6 +597,33 @@ impl Node {
             ),
         };
         text.map_err(|e| e.to_string())
+    }
+
+    /// Sends a heartbeat now and waits (one primary timeout at most) for
+    /// `peer` to acknowledge it: a peer that died a moment ago is caught
+    /// here, not after the writes were paused.
+    async fn probe_alive(&self, peer: u64) -> Result<(), NodeError> {
+        let sent = openraft::TokioInstant::now();
+        let raft = self.raft();
+        let _ = raft.trigger().heartbeat().await;
+        let acked = raft
+            .wait(Some(self.timing.primary_timeout))
+            .metrics(
+                move |m| {
+                    m.heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(&peer).cloned().flatten())
+                        .is_some_and(|t| *t >= sent)
+                },
+                "peer answers a heartbeat",
+            )
+            .await;
+        acked.map(|_| ()).map_err(|_| {
+            NodeError::Refused(format!(
+                "node {peer} cannot be contacted (no answer to a heartbeat within {} ms); a planned swap needs it (use force)",
+                self.timing.primary_timeout.as_millis()
+            ))
+        })
     }
 
     /// Waits (bounded) until `peer` holds every entry this leader has.
@@ -612,15 +674,35 @@ impl Node {
         } else {
             None
         };
+        // Before pausing anything: the backup must answer a fresh heartbeat
+        // and keep up now, within one primary timeout, or the swap is
+        // refused at once and writes go on.
+        self.probe_alive(to).await?;
+        self.wait_caught_up(to, self.timing.primary_timeout).await?;
+        let is_voter = self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == to);
+        if !is_voter {
+            // Pair only: the backup is a learner; it must vote to lead. The
+            // new primary demotes this node to learner afterwards.
+            self.raft()
+                .change_membership(openraft::ChangeMembers::AddVoterIds([to].into()), true)
+                .await
+                .map_err(|e| NodeError::Unavailable(format!("making node {to} a voter: {e}")))?;
+        }
+        let _pause = self.roles.pause();
         self.record(
             "swap",
             actor,
             json!({ "from": self.cfg.node_id, "to": to, "pull_sync": pull_sync, "epoch": before.epoch }),
         )
         .await;
-        let _pause = self.roles.pause();
-        // In-flight writes finish; new ones are refused until the new primary serves.
-        self.wait_caught_up(to, Duration::from_secs(10)).await?;
+        // In-flight writes (and the event above) reach the backup; new
+        // writes are refused until the new primary serves.
+        self.wait_caught_up(to, self.timing.primary_timeout).await?;
         self.raft()
             .trigger()
             .transfer_leader(to)

@@ -67,10 +67,13 @@ pub struct PeerNetwork {
     shared: Arc<ClientShared>,
 }
 
+/// An established, authenticated connection to a peer.
+type PeerConn = ClientTls<TcpStream>;
+
 struct ClientShared {
     me: Arc<PeerIdentity>,
     connector: TlsConnector,
-    pools: Mutex<HashMap<(u64, String), Vec<ClientTls<TcpStream>>>>,
+    pools: Mutex<HashMap<(u64, String), Vec<PeerConn>>>,
 }
 
 impl PeerNetwork {
@@ -273,7 +276,12 @@ impl PeerClient {
             if let PeerResponse::Refused { reason } = &resp {
                 return Err(self.network(format!("refused: {reason}")));
             }
-            if let PeerResponse::Fenced { epoch, forked_at, kind } = &resp {
+            if let PeerResponse::Fenced {
+                epoch,
+                forked_at,
+                kind,
+            } = &resp
+            {
                 self.shared.me.fence.fenced(crate::roles::FenceNotice {
                     by: self.target,
                     by_addr: self.addr.clone(),
@@ -281,7 +289,10 @@ impl PeerClient {
                     forked_at: *forked_at,
                     kind: *kind,
                 });
-                return Err(self.network(format!("node {} no longer counts this node as a member", self.target)));
+                return Err(self.network(format!(
+                    "node {} no longer counts this node as a member",
+                    self.target
+                )));
             }
             self.checkin(conn);
             Ok(resp)
@@ -625,7 +636,10 @@ async fn dispatch(
 ) -> Result<PeerResponse, String> {
     if matches!(
         body,
-        PeerRequest::Append(_) | PeerRequest::Vote(_) | PeerRequest::PreVote(_) | PeerRequest::SnapshotBegin { .. }
+        PeerRequest::Append(_)
+            | PeerRequest::Vote(_)
+            | PeerRequest::PreVote(_)
+            | PeerRequest::SnapshotBegin { .. }
     ) {
         if let Some(fenced) = fence_check(&server.node, peer, peer_epoch) {
             return Ok(fenced);
@@ -636,7 +650,9 @@ async fn dispatch(
         PeerRequest::Digest { at_index } => {
             PeerResponse::Digest(server.node.digest_at(at_index).await)
         }
-        PeerRequest::Action(action) => PeerResponse::Action(server.node.peer_action(action, peer).await),
+        PeerRequest::Action(action) => {
+            PeerResponse::Action(server.node.peer_action(action, peer).await)
+        }
         PeerRequest::Append(rpc) => {
             server.node.roles.leader_contact();
             PeerResponse::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))

@@ -294,10 +294,9 @@ impl Cluster {
     pub async fn three(flags: &[&str]) -> Self {
         let mut c = Self::init("a", flags).await;
         c.add_node("b", false).await;
-        // Join the next node only once `b` is a voter: a join racing the
-        // promotion of the previous joiner is refused (503) and burns its
-        // token (node bug, see t10_bootstrap::back_to_back_joins).
-        c.wait_voters(2).await;
+        // Without a witness `b` stays a learner (pair-only topology); it
+        // becomes a voter with the witness.
+        c.wait_members(2).await;
         c.add_node("w", true).await;
         c.wait_voters(3).await;
         c
@@ -537,6 +536,16 @@ impl Cluster {
     /// Waits until a leader is known (see [`Cluster::find_leader`]).
     pub async fn leader(&self) -> usize {
         wait_until("a leader", WAIT, || self.find_leader()).await
+    }
+
+    /// Waits until the cluster (as its leader sees it) has `n` members.
+    pub async fn wait_members(&self, n: usize) -> ClusterView {
+        wait_until(&format!("{n} members"), WAIT, || async {
+            let l = self.find_leader().await?;
+            let v = self.cluster_view(l, false).await?;
+            (v.members.len() == n).then_some(v)
+        })
+        .await
     }
 
     /// Waits until the cluster (as its leader sees it) has `n` voters.

@@ -1633,29 +1633,26 @@ mod t70_relationship {
             }
         };
 
-        for i in [p, b] {
+        // A forced swap asked of the primary (it is already primary) or of
+        // the witness (never primary), and a planned swap on the witness.
+        // (A forced swap asked of a backup that still hears the primary is
+        // done as a planned swap: not a refusal, not tested here.)
+        for (i, force, what) in [
+            (p, true, "a forced swap on the primary"),
+            (w, true, "a forced swap on the witness"),
+            (w, false, "a swap on the witness"),
+        ] {
             let resp = post(
                 &c,
                 i,
                 "/api/v1/relationship/swap",
-                &json!({"pull_sync": false, "force": true}),
+                &json!({"pull_sync": false, "force": force}),
             )
             .await;
-            refused(resp, "forced swap").await;
-            unchanged("a forced swap").await;
+            let msg = refused(resp, what).await;
+            eprintln!("t70: {what}: 409 {msg}");
+            unchanged(what).await;
         }
-        let resp = post(&c, p, "/api/v1/relationship/break", &json!({})).await;
-        refused(resp, "break").await;
-        unchanged("a break").await;
-        let resp = post(
-            &c,
-            w,
-            "/api/v1/relationship/swap",
-            &json!({"pull_sync": false, "force": false}),
-        )
-        .await;
-        refused(resp, "swap on the witness").await;
-        unchanged("a swap on the witness").await;
 
         // Invalid settings and a stale if_version.
         let s0 = settings(&c, p).await;
@@ -1710,6 +1707,107 @@ mod t70_relationship {
         assert_eq!(primary_epoch(&c, p).await, base);
         let s = c.status(p).await.expect("primary status");
         assert_eq!(s.this_host.role, "primary");
+
+        // Break: the primary leaves with its data (the witness is told; the
+        // stopped backup learns it when it comes back). A second break on
+        // the now standalone node is refused and changes nothing.
+        let resp = post(&c, p, "/api/v1/relationship/break", &json!({})).await;
+        let out: tandem_web::BreakOutcome = ok_json(resp, "break on the primary").await;
+        assert_eq!(out.role, "standalone", "{out:?}");
+        let mut former = out.former_peers.clone();
+        former.sort_unstable();
+        let mut others = vec![c.nodes[b].id(), c.nodes[w].id()];
+        others.sort_unstable();
+        assert_eq!(former, others, "{out:?}");
+        let alone = wait_until("the old primary to be standalone", SETTLE, || async {
+            let s = c.status(p).await?;
+            (s.this_host.role == "standalone" && s.topology == "standalone").then_some(s)
+        })
+        .await;
+        let resp = post(&c, p, "/api/v1/relationship/break", &json!({})).await;
+        refused(resp, "a second break").await;
+        let again = c.status(p).await.expect("status after the refused break");
+        assert_eq!(again.this_host.role, "standalone");
+        assert_eq!((again.primary, again.epoch), (alone.primary, alone.epoch));
+        // Standalone with its data: still writable, the old keys kept.
+        c.put_ok(p, "after-break", &json!(1)).await;
+        assert_eq!(
+            c.list(p, "still-writable", false)
+                .await
+                .get("still-writable"),
+            Some(&json!(true))
+        );
+    }
+
+    /// A planned swap asked just after the backup died (before the primary
+    /// timeout has marked it unreachable) must be refused promptly, record
+    /// no swap, and not stop the primary from taking writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn swap_just_after_the_backup_died_is_refused_without_pausing_writes() {
+        let mut c = Cluster::three(&[]).await;
+        let r = c.wait_roles(WAIT).await;
+        let (p, b) = (r.primary, r.backup);
+        c.wait_peer_reachable(p, b, true).await;
+        let base = primary_epoch(&c, p).await;
+        let swaps_before = history(&c, p, "swap").await.items.len();
+        assert_eq!(c.stop(b).await, Some(0));
+        let asked = Instant::now();
+        let done = AtomicBool::new(false);
+        let swap = async {
+            let r = c
+                .req(p, Method::POST, "/api/v1/relationship/swap")
+                .header("x-tandem-actor", SWAP_ACTOR)
+                .json(&json!({"pull_sync": false, "force": false}))
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            done.store(true, Ordering::SeqCst);
+            r
+        };
+        // A client writing meanwhile (retrying 503s with a short back-off);
+        // bounded by the swap request's own 30 s timeout.
+        let writes = async {
+            let (mut last_ok, mut longest, mut failed) = (asked, Duration::ZERO, 0u32);
+            while !done.load(Ordering::SeqCst) {
+                let ok = c
+                    .put(p, "during-swap", &json!(failed))
+                    .await
+                    .is_ok_and(|r| r.status() == StatusCode::OK);
+                if ok {
+                    longest = longest.max(last_ok.elapsed());
+                    last_ok = Instant::now();
+                } else {
+                    failed += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (longest.max(last_ok.elapsed()), failed)
+        };
+        let (resp, (longest, failed)) = tokio::join!(swap, writes);
+        let answered = asked.elapsed();
+        let resp = resp.expect("an answer to the swap");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        eprintln!(
+            "t70: swap after the backup died: {status} after {answered:?}: {text}; \
+             longest time without a write meanwhile {longest:?} ({failed} failed attempts)"
+        );
+        assert_eq!(status, StatusCode::CONFLICT, "{text}");
+        assert!(text.contains("cannot be contacted"), "{text}");
+        assert!(
+            answered < Duration::from_secs(5),
+            "answered after {answered:?}"
+        );
+        assert!(
+            longest < Duration::from_secs(3),
+            "the primary took no write for {longest:?} ({failed} failed attempts)"
+        );
+        assert_eq!(primary_epoch(&c, p).await, base);
+        let swaps_after = history(&c, p, "swap").await.items.len();
+        assert_eq!(
+            swaps_after, swaps_before,
+            "a refused swap was recorded as a swap"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
