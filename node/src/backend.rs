@@ -612,6 +612,10 @@ impl AdminBackend for Backend {
         self.node.break_relationship(&actor).await.map_err(action)
     }
 
+    async fn remove_witness(&self, actor: String) -> Result<BreakOutcome, ApiError> {
+        self.node.remove_witness(&actor).await.map_err(action)
+    }
+
     async fn rejoin(&self, actor: String) -> Result<BreakOutcome, ApiError> {
         self.node.rejoin(&actor).await.map_err(action)
     }

@@ -1,6 +1,7 @@
 //! A small client of the admin API, used by the CLI, the demo and the
 //! benchmark. It trusts only the cluster CA.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,6 +25,11 @@ pub enum ClientError {
         message: String,
         /// `Location` of a 421 answer (the leader).
         location: Option<String>,
+        /// The machine-readable `error` kind of the body (`refused`,
+        /// `invalid`, `conflict`…), when the body had one.
+        kind: Option<String>,
+        /// For `invalid`: field path → what is wrong with it.
+        fields: BTreeMap<String, String>,
     },
     /// No answer.
     #[error("cannot reach {url}: {source}")]
@@ -36,11 +42,16 @@ pub enum ClientError {
     },
 }
 
+/// Request header naming who acts (recorded in the status history).
+pub const ACTOR_HEADER: &str = "x-tandem-actor";
+
 /// Admin API client bound to one node.
 #[derive(Clone)]
 pub struct ApiClient {
     base: String,
     token: Option<String>,
+    actor: Option<String>,
+    timeout: Option<Duration>,
     http: reqwest::Client,
 }
 
@@ -60,6 +71,8 @@ impl ApiClient {
         Ok(Self {
             base: base_url(api),
             token,
+            actor: None,
+            timeout: None,
             http,
         })
     }
@@ -80,9 +93,24 @@ impl ApiClient {
     pub fn with_base(&self, api: &str) -> Self {
         Self {
             base: base_url(api),
-            token: self.token.clone(),
-            http: self.http.clone(),
+            ..self.clone()
         }
+    }
+
+    /// The same client sending `actor` as the `X-Tandem-Actor` header on
+    /// every request (the server records it as who made a change).
+    #[must_use]
+    pub fn with_actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// The same client waiting up to `timeout` for each answer instead of
+    /// the default 30 s (for actions that may take long, such as a sync).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
     }
 
     /// The base URL.
@@ -105,6 +133,12 @@ impl ApiClient {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
+        if let Some(a) = &self.actor {
+            req = req.header(ACTOR_HEADER, a);
+        }
+        if let Some(t) = self.timeout {
+            req = req.timeout(t);
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -121,6 +155,8 @@ impl ApiClient {
                         status,
                         message: e.to_string(),
                         location: None,
+                        kind: None,
+                        fields: BTreeMap::new(),
                     }
                 });
             }
@@ -132,18 +168,34 @@ impl ApiClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let text = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| {
-                v.get("message")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_string)
+        let body = serde_json::from_str::<serde_json::Value>(&text).ok();
+        let field = |name: &str| {
+            body.as_ref()
+                .and_then(|v| v.get(name))
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        };
+        let kind = field("error");
+        let message = field("message").unwrap_or(text);
+        let fields = body
+            .as_ref()
+            .and_then(|v| v.get("fields"))
+            .and_then(|f| f.as_object())
+            .map(|f| {
+                f.iter()
+                    .map(|(k, v)| {
+                        let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                        (k.clone(), v)
+                    })
+                    .collect()
             })
-            .unwrap_or(text);
+            .unwrap_or_default();
         Err(ClientError::Api {
             status,
             message,
             location,
+            kind,
+            fields,
         })
     }
 
@@ -186,6 +238,8 @@ impl ApiClient {
             status: StatusCode::MISDIRECTED_REQUEST,
             message: "too many redirections to the leader".into(),
             location: last,
+            kind: None,
+            fields: BTreeMap::new(),
         })
     }
 }

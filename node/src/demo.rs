@@ -179,6 +179,36 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Kills node `i` with SIGKILL (our own child, by PID) and reaps it.
+    pub async fn kill9(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let _ = n.child.kill().await;
+    }
+
+    /// Starts node `i` again in its data directory.
+    ///
+    /// # Errors
+    /// If the process cannot be started.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let n = &mut self.nodes[i];
+        let log = self.root.join(format!("{}.log", n.name));
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut cmd = Command::new(tandem_exe()?);
+        cmd.arg("run")
+            .arg("--dir")
+            .arg(&n.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        n.child = cmd.spawn().context("starting tandem run")?;
+        Ok(())
+    }
+
     /// A client of node `i` with the admin token.
     ///
     /// # Errors

@@ -18,11 +18,13 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bench_failover;
 pub mod bootstrap;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod failover;
 pub mod frame;
 pub mod node;
 pub mod protocol;

@@ -166,6 +166,8 @@ pub struct Node {
     pub roles: crate::roles::RoleState,
     /// Serialises engine resets.
     pub(crate) reset_lock: tokio::sync::Mutex<()>,
+    /// Automatic failover and scheduled verify.
+    pub(crate) duties: crate::failover::Duties,
     db: sled::Db,
 }
 
@@ -222,6 +224,7 @@ impl Node {
             timing,
             roles: crate::roles::RoleState::new(epoch, fence),
             reset_lock: tokio::sync::Mutex::new(()),
+            duties: crate::failover::Duties::default(),
             db,
         })
     }

@@ -289,14 +289,21 @@ impl Node {
         if self.cfg.kind == NodeKind::Witness {
             return (Role::Witness, false);
         }
+        // A leader that is its only voter is its own quorum (pair only: the
+        // backup is a learner and does not vote).
+        let sole_voter = m.membership_config.membership().voter_ids().eq([me]);
         let lease_valid = leader
-            && m.last_quorum_acked
-                .as_ref()
-                .is_some_and(|t| t.elapsed() < self.timing.lease);
+            && (sole_voter
+                || m.last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|t| t.elapsed() < self.timing.lease));
         let fenced = self.roles.fence.highest() > ep.epoch || self.roles.fence.notice().is_some();
         if lease_valid && ep.primary == Some(me) && !fenced {
             (Role::Primary, true)
         } else {
+            if leader {
+                tracing::debug!(lease_valid, sole_voter, fenced, primary = ?ep.primary, "leader is not primary");
+            }
             (Role::Backup, lease_valid)
         }
     }
@@ -1017,6 +1024,7 @@ async fn role_tick(node: &Arc<Node>) {
     if leader {
         track_peers(node).await;
     }
+    crate::failover::tick(node, role);
 }
 
 async fn raise_epoch(node: &Node, ep: EpochRecord) {

@@ -458,6 +458,7 @@ pub async fn serve_peers(
     tasks: TaskTracker,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    tandem_storage::tmp_stats_spawn();
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,

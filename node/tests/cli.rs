@@ -5,11 +5,14 @@
 use std::process::{Command, Output};
 
 fn tandem(args: &[&str]) -> Output {
+    // `output()` gives the child a null stdin: never a terminal.
     Command::new(env!("CARGO_BIN_EXE_tandem"))
         .args(args)
         .env_remove("TANDEM_DIR")
         .env_remove("TANDEM_TOKEN")
         .env_remove("TANDEM_JOIN_TOKEN")
+        .env_remove("TANDEM_API")
+        .env_remove("TANDEM_CA")
         .output()
         .expect("running tandem")
 }
@@ -33,7 +36,21 @@ fn help_lists_the_commands() {
     let out = tandem(&["--help"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let help = text(&out.stdout);
-    for cmd in ["init", "run", "token", "join", "status", "demo"] {
+    for cmd in [
+        "init",
+        "run",
+        "token",
+        "join",
+        "status",
+        "demo",
+        "swap",
+        "sync",
+        "break",
+        "rejoin",
+        "settings",
+        "history",
+        "readiness",
+    ] {
         assert!(
             help.lines()
                 .any(|l| l.trim_start().starts_with(&format!("{cmd} "))),
@@ -127,4 +144,146 @@ fn status_without_a_node_fails() {
     ]);
     assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
     assert!(reason(&out).contains("tandem init"), "{}", reason(&out));
+}
+
+/// Every relationship command documents its flags, and the API flags.
+#[test]
+fn relationship_commands_help_names_their_flags() {
+    let api = ["--dir", "--api", "--ca", "--token", "--actor"];
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["status"], &["--members", "--json"]),
+        (&["swap"], &["--pull-sync", "--force", "--yes", "--json"]),
+        (&["sync"], &["--verify", "--json"]),
+        (&["break"], &["--yes", "--json"]),
+        (&["rejoin"], &["--yes", "--json"]),
+        (&["settings", "show"], &["--json"]),
+        (
+            &["settings", "set"],
+            &[
+                "KEY=VALUE",
+                "primary_timeout_ms",
+                "auto_failover",
+                "test_ips",
+                "verify_interval_secs",
+                "bandwidth_limit_bps",
+                "backup_operations",
+                "shared_ips",
+            ],
+        ),
+        (&["history"], &["--limit", "--kind", "--before", "--json"]),
+        (&["readiness"], &["--json"]),
+    ];
+    for (cmd, flags) in cases {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = tandem(&args);
+        assert_eq!(out.status.code(), Some(0), "{cmd:?}: {}", text(&out.stderr));
+        let help = text(&out.stdout);
+        for flag in flags
+            .iter()
+            .chain(if cmd[0] == "settings" && cmd.len() == 1 {
+                [].iter()
+            } else {
+                api.iter()
+            })
+        {
+            assert!(
+                help.contains(flag),
+                "`tandem {} --help` lacks {flag}:\n{help}",
+                cmd.join(" ")
+            );
+        }
+    }
+    let out = tandem(&["settings", "--help"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for sub in ["show", "set"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{sub} "))),
+            "`tandem settings --help` does not list {sub}:\n{help}"
+        );
+    }
+}
+
+/// Without `--yes` and without a terminal, role-changing actions refuse
+/// with exit 2 before contacting anything (the directory does not exist).
+#[test]
+fn actions_without_yes_and_without_a_terminal_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nothing-here");
+    let missing = missing.to_string_lossy();
+    for cmd in [&["swap"][..], &["swap", "--force"], &["break"], &["rejoin"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--dir", &missing, "--token", "x"]);
+        let out = tandem(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{cmd:?}: stdout {} stderr {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let line = reason(&out);
+        assert!(
+            line.starts_with("tandem: ") && line.contains("--yes"),
+            "{cmd:?}: unexpected reason {line:?}"
+        );
+    }
+    // With --yes it goes on and fails on the missing node (exit 1).
+    let out = tandem(&["swap", "--yes", "--dir", &missing, "--token", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+}
+
+/// A malformed `KEY=VALUE` is a usage error naming the problem, found
+/// before anything is contacted.
+#[test]
+fn settings_set_rejects_malformed_assignments() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("nothing-here");
+    let missing = missing.to_string_lossy();
+    for (arg, expect) in [
+        ("primary_timeout_ms", "KEY=VALUE"),
+        ("primary_timeout_ms=fast", "whole number"),
+        ("no_such_key=1", "unknown setting"),
+        ("auto_failover=maybe", "true or false"),
+        ("shared_ips=[1]", "JSON array"),
+    ] {
+        let out = tandem(&["settings", "set", "--dir", &missing, "--token", "x", arg]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{arg}: stdout {} stderr {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(expect),
+            "{arg}: stderr lacks {expect:?}: {err}"
+        );
+        assert!(
+            !err.contains("tandem init") && !err.contains("cannot reach"),
+            "{arg}: it contacted something: {err}"
+        );
+    }
+    // Without any change it is a usage error too.
+    let out = tandem(&["settings", "set", "--dir", &missing, "--token", "x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// A bad `--actor` is a usage error.
+#[test]
+fn bad_actor_is_a_usage_error() {
+    let out = tandem(&[
+        "status",
+        "--dir",
+        "/nonexistent",
+        "--token",
+        "x",
+        "--actor",
+        "not valid",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("actor"), "{}", text(&out.stderr));
 }

@@ -137,6 +137,7 @@ impl LogShared {
             };
             // Every callback taken above belongs to an append whose batch was
             // applied before it was queued, so this flush covers it.
+            crate::TMP_STATS[2].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let res = self.durable_flush().await;
             if let Err(e) = &res {
                 tracing::error!(error = %e, "log flush failed");
@@ -256,6 +257,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
+            crate::TMP_STATS[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.scratch.clear();
             codec::encode_into(&mut self.scratch, &entry).map_err(StorageError::from)?;
             batch.insert(&entry.log_id.index.to_be_bytes()[..], &self.scratch[..]);
@@ -264,6 +266,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .apply_batch(batch)
             .map_err(StorageError::from)?;
+        crate::TMP_STATS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.shared.enqueue(callback);
         Ok(())
     }

@@ -235,6 +235,17 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// `Refused` when there is nothing to rejoin or the other side refuses.
     fn rejoin(&self, actor: String) -> impl Future<Output = Result<BreakOutcome, ApiError>> + Send;
 
+    /// Removes the witness from a live pair (`POST
+    /// /api/v1/relationship/remove-witness`, on the primary): the topology
+    /// becomes pair only and the backup receives the log asynchronously.
+    ///
+    /// # Errors
+    /// `Refused` when there is no witness or this node is not the primary.
+    fn remove_witness(
+        &self,
+        actor: String,
+    ) -> impl Future<Output = Result<BreakOutcome, ApiError>> + Send;
+
     /// Whether this node is the serving primary (`GET /health/primary`, no
     /// authentication): the router answers 200 when `ok`, else 503.
     ///

@@ -408,6 +408,11 @@ pub fn openapi() -> Value {
                     Some(body("BreakRequest", false)),
                     vec![ok("200", "rejoined", Some("BreakOutcome")), err("400"), err("409"), err("503")])
             },
+            "/api/v1/relationship/remove-witness": {
+                "post": op("Remove the witness from a live pair (pair + witness becomes pair only)", true, vec![],
+                    Some(body("BreakRequest", false)),
+                    vec![ok("200", "removed", Some("BreakOutcome")), err("400"), err("409"), err("503")])
+            },
             "/api/v1/readiness": {
                 "get": op("Would the backup take over if the primary died now, after how long, losing what?", true, vec![], None,
                     vec![ok("200", "readiness", Some("Readiness")), err("503")])

@@ -98,6 +98,7 @@ pub const ROUTES: &[ApiRoute] = &[
     authed("POST", "/api/v1/relationship/sync"),
     authed("POST", "/api/v1/relationship/break"),
     authed("POST", "/api/v1/relationship/rejoin"),
+    authed("POST", "/api/v1/relationship/remove-witness"),
     authed("GET", "/api/v1/readiness"),
 ];
 
@@ -179,6 +180,10 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
             post(break_relationship::<B>),
         )
         .route(listed("/api/v1/relationship/rejoin"), post(rejoin::<B>))
+        .route(
+            listed("/api/v1/relationship/remove-witness"),
+            post(remove_witness::<B>),
+        )
         .route(listed("/api/v1/readiness"), get(readiness::<B>))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&backend),
@@ -738,6 +743,15 @@ async fn rejoin<B: AdminBackend>(
 ) -> Result<Response, ApiError> {
     let actor = actor(&headers)?;
     Ok(Json(backend.rejoin(actor).await?).into_response())
+}
+
+async fn remove_witness<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    OptionalJson(BreakRequest {}): OptionalJson<BreakRequest>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    Ok(Json(backend.remove_witness(actor).await?).into_response())
 }
 
 async fn readiness<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {

@@ -430,6 +430,15 @@ impl AdminBackend for MemBackend {
         Ok(Self::sync_report(req.verify))
     }
 
+    async fn remove_witness(&self, actor: String) -> Result<BreakOutcome, ApiError> {
+        self.record(format!("remove_witness({actor})"));
+        self.refusal()?;
+        Ok(BreakOutcome {
+            former_peers: vec![3],
+            role: "primary".into(),
+        })
+    }
+
     async fn rejoin(&self, actor: String) -> Result<BreakOutcome, ApiError> {
         self.record(format!("rejoin({actor})"));
         self.refusal()?;
@@ -599,6 +608,7 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::POST, "/api/v1/relationship/sync", Some(json!({}))),
         (Method::POST, "/api/v1/relationship/break", None),
         (Method::POST, "/api/v1/relationship/rejoin", None),
+        (Method::POST, "/api/v1/relationship/remove-witness", None),
         (Method::GET, "/api/v1/readiness", None),
     ];
     for (method, uri, body) in routes {
@@ -628,7 +638,7 @@ async fn every_api_route_requires_the_bearer_token() {
     }
     // Every bearer-protected route in the table was exercised above.
     let protected = ROUTES.iter().filter(|r| r.auth).count();
-    assert_eq!(protected, 19, "new protected route: add it to this test");
+    assert_eq!(protected, 20, "new protected route: add it to this test");
 }
 
 #[tokio::test]
