@@ -1425,7 +1425,7 @@ pub fn render_relationship(v: &StatusView, now_ms: u64) -> String {
         v.epoch
     );
     s.push_str("\nSettings ");
-    s.push_str(&render_settings(&v.settings, "  ").trim_start());
+    s.push_str(render_settings(&v.settings, "  ").trim_start());
     s
 }
 

@@ -140,6 +140,11 @@ struct RoleInner {
     last_handover: Option<Instant>,
     /// When this node last became leader (reset when it stops leading).
     leader_since: Option<Instant>,
+    /// Last time the role manager ran.
+    last_tick: Instant,
+    /// Set when the process was found paused (SIGSTOP, a frozen VM) longer
+    /// than the primary timeout: the time it resumed.
+    resumed_at: Option<openraft::TokioInstant>,
 }
 
 impl RoleState {
@@ -161,6 +166,8 @@ impl RoleState {
                 diverged_export: None,
                 last_handover: None,
                 leader_since: None,
+                last_tick: Instant::now(),
+                resumed_at: None,
             }),
         }
     }
@@ -298,7 +305,8 @@ impl Node {
                     .as_ref()
                     .is_some_and(|t| t.elapsed() < self.timing.lease));
         let fenced = self.roles.fence.highest() > ep.epoch || self.roles.fence.notice().is_some();
-        if lease_valid && ep.primary == Some(me) && !fenced {
+        let paused = self.was_paused(&m);
+        if lease_valid && ep.primary == Some(me) && !fenced && !paused {
             (Role::Primary, true)
         } else {
             if leader {
@@ -306,6 +314,29 @@ impl Node {
             }
             (Role::Backup, lease_valid)
         }
+    }
+
+    /// Whether this node must not act as primary because its process was
+    /// paused longer than the primary timeout (a backup may have taken over
+    /// meanwhile): until a peer acknowledges a heartbeat sent after the
+    /// resume, or one more primary timeout passes without any peer
+    /// answering (so no peer can have promoted itself and reached us).
+    fn was_paused(&self, m: &openraft::RaftMetrics<tandem_storage::TypeConfig>) -> bool {
+        let i = self.roles.lock();
+        if i.last_tick.elapsed() > self.timing.primary_timeout {
+            // The role manager itself has not run: paused right now.
+            return true;
+        }
+        let Some(resumed) = i.resumed_at else { return false };
+        drop(i);
+        if resumed.elapsed() > self.timing.primary_timeout * 2 {
+            return false;
+        }
+        let acked_since = m
+            .heartbeat
+            .as_ref()
+            .is_some_and(|h| h.values().flatten().any(|t| **t >= resumed));
+        !acked_since
     }
 
     /// The API base URL of the primary (or, failing that, the leader).
@@ -950,6 +981,18 @@ pub async fn manage_roles(node: Arc<Node>, stop: CancellationToken) {
 }
 
 async fn role_tick(node: &Arc<Node>) {
+    {
+        let mut i = node.roles.lock();
+        let gap = i.last_tick.elapsed();
+        if gap > node.timing.primary_timeout {
+            tracing::warn!(
+                paused_ms = gap.as_millis() as u64,
+                "this process was paused longer than the primary timeout; not serving as primary until a peer confirms"
+            );
+            i.resumed_at = Some(openraft::TokioInstant::now());
+        }
+        i.last_tick = Instant::now();
+    }
     let ep = node.epoch();
     node.roles.epoch.store(ep.epoch, Ordering::SeqCst);
     let (role, lease) = node.compute_role();
