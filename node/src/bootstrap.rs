@@ -169,6 +169,7 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
         api_listen,
         api_advertise: api_advertise.clone(),
         tuning: opts.tuning.clone(),
+        shared_ip: Default::default(),
     };
     let admin_token = format!("tdm_{}", random_secret(32));
     let node = Node::open(dir.clone(), cfg.clone()).await?;
@@ -343,6 +344,7 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<JoinResponse> {
         api_listen,
         api_advertise,
         tuning: opts.tuning.clone(),
+        shared_ip: Default::default(),
     };
     dir.save(&cfg)?;
     tracing::info!(node = answer.node_id, cluster = %answer.cluster_id, "joined; start the node with `tandem run`");

@@ -88,6 +88,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure write throughput and latency on a local 3-node cluster.
     Bench(crate::bench::BenchArgs),
+    /// Measure the write gap of planned swaps and the time from kill -9 of
+    /// the primary to the first accepted write, on a local pair + witness.
+    BenchFailover(crate::bench_failover::FailoverBenchArgs),
 }
 
 /// Where the data directory is.
@@ -626,6 +629,10 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Bench(a) => {
             crate::bench::run_bench(a).await?;
+            Ok(())
+        }
+        Command::BenchFailover(a) => {
+            crate::bench_failover::run(a).await?;
             Ok(())
         }
     }

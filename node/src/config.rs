@@ -105,6 +105,70 @@ pub struct NodeConfig {
     /// Timing and storage tuning.
     #[serde(default)]
     pub tuning: Tuning,
+    /// How this node takes and gives up the shared IPs (edited by the
+    /// administrator; absent means the `none` driver).
+    #[serde(default)]
+    pub shared_ip: SharedIpConfig,
+}
+
+/// Which shared-IP driver a node uses.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedIpDriverKind {
+    /// Log only, hold nothing on the system (the demo default).
+    #[default]
+    None,
+    /// Linux: add/remove the address through netlink and announce it.
+    Netlink,
+    /// Run the administrator's command (cloud floating-IP APIs).
+    Script,
+}
+
+/// The `[shared_ip]` section of `node.toml`: how this node holds the shared
+/// addresses that the replicated settings list.
+///
+/// ```toml
+/// [shared_ip]
+/// driver = "netlink"            # "none" (default) | "netlink" | "script"
+/// # script = "/usr/local/sbin/floating-ip"  # driver = "script": run as
+/// #   <script> <acquire|release|check> <address/prefix> <interface> <epoch>
+/// announce_count = 5            # gratuitous ARPs / neighbour adverts per burst
+/// announce_repeat_after_secs = 5 # second burst after this (0: none)
+/// refresh_secs = 0              # repeat a burst every N s while primary (0: off)
+/// check_targets = ["198.51.100.1"]  # gateway or test IP (IP: ICMP, IP:port: TCP)
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedIpConfig {
+    /// The driver.
+    pub driver: SharedIpDriverKind,
+    /// The command the `script` driver runs.
+    pub script: Option<PathBuf>,
+    /// Bound on one run of the script, in seconds.
+    pub script_timeout_secs: u64,
+    /// Announcements (gratuitous ARP / unsolicited NA) sent at once on acquire.
+    pub announce_count: u32,
+    /// A second burst of `announce_count` this long after acquiring (0: none).
+    pub announce_repeat_after_secs: u64,
+    /// While held, a burst every this many seconds (0: off).
+    pub refresh_secs: u64,
+    /// Checked from the shared address after takeover (`IP` → ICMP echo,
+    /// `IP:port` → TCP connect). Empty: the replicated `test_ips` are used.
+    pub check_targets: Vec<String>,
+}
+
+impl Default for SharedIpConfig {
+    fn default() -> Self {
+        Self {
+            driver: SharedIpDriverKind::None,
+            script: None,
+            script_timeout_secs: 10,
+            announce_count: 5,
+            announce_repeat_after_secs: 5,
+            refresh_secs: 0,
+            check_targets: Vec::new(),
+        }
+    }
 }
 
 /// Paths inside a data directory.
@@ -257,7 +321,25 @@ mod tests {
             api_listen: "127.0.0.1:8001".parse().expect("literal address"),
             api_advertise: "https://127.0.0.1:8001".into(),
             tuning: Tuning::default(),
+            shared_ip: SharedIpConfig::default(),
         }
+    }
+
+    #[test]
+    fn shared_ip_section_is_optional_and_parses() {
+        let mut text = toml::to_string_pretty(&sample()).expect("serialise");
+        // A node.toml written before the section existed still parses.
+        let start = text.find("[shared_ip]").expect("section written");
+        text.truncate(start);
+        let cfg: NodeConfig = toml::from_str(&text).expect("parse without section");
+        assert_eq!(cfg.shared_ip, SharedIpConfig::default());
+        let text = format!(
+            "{text}[shared_ip]\ndriver = \"script\"\nscript = \"/bin/true\"\nrefresh_secs = 30\n"
+        );
+        let cfg: NodeConfig = toml::from_str(&text).expect("parse with section");
+        assert_eq!(cfg.shared_ip.driver, SharedIpDriverKind::Script);
+        assert_eq!(cfg.shared_ip.refresh_secs, 30);
+        assert_eq!(cfg.shared_ip.announce_count, 5);
     }
 
     #[test]

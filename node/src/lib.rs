@@ -31,6 +31,7 @@ pub mod protocol;
 pub mod reset;
 pub mod roles;
 pub mod settings;
+pub mod shared_ip;
 pub mod transport;
 
 use std::net::SocketAddr;
