@@ -167,15 +167,17 @@ async fn measure(
         let p = wait_primary(cluster, Duration::from_secs(10)).await?;
         let other = if p == 0 { 1 } else { 0 };
         let other_client = cluster.client(other)?;
-        // A write before, so the cluster is warm.
-        other_client
-            .call_leader::<_, Value>(
-                Method::PUT,
-                "/api/v1/config/bench-kill-warm",
-                Some(&json!({ "value": 0 })),
-            )
+        // A write acknowledged by the primary first, so the cluster is settled.
+        let primary_client = cluster.client(p)?;
+        let settle = Instant::now() + Duration::from_secs(10);
+        while primary_client
+            .call::<_, Value>(Method::PUT, "/api/v1/config/bench-kill-warm", Some(&json!({ "value": 0 })))
             .await
-            .context("warm-up write")?;
+            .is_err()
+        {
+            anyhow::ensure!(Instant::now() < settle, "the primary accepted no write within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         cluster.kill9(p).await;
         let killed = Instant::now();
         let deadline = killed + Duration::from_secs(30);

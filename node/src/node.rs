@@ -86,12 +86,27 @@ pub fn random_secret(n: usize) -> String {
 ///
 /// # Errors
 /// If the values are inconsistent (openraft validates them).
-pub fn raft_config(t: &Tuning, timing: Timing) -> anyhow::Result<Arc<openraft::Config>> {
+pub fn raft_config(
+    t: &Tuning,
+    timing: Timing,
+    kind: NodeKind,
+) -> anyhow::Result<Arc<openraft::Config>> {
+    // See `Timing`: the witness only votes (its election timeout bounds are
+    // used by openraft as its vote lease), appliances elect.
+    let (election_min, election_max, enable_elect) = match kind {
+        NodeKind::Appliance => (timing.election_min, timing.election_max, true),
+        NodeKind::Witness => (
+            timing.witness_vote_lease / 2,
+            timing.witness_vote_lease,
+            false,
+        ),
+    };
     let cfg = openraft::Config {
         cluster_name: "tandem".into(),
         heartbeat_interval: timing.heartbeat.as_millis() as u64,
-        election_timeout_min: timing.election_min.as_millis() as u64,
-        election_timeout_max: timing.election_max.as_millis() as u64,
+        election_timeout_min: election_min.as_millis() as u64,
+        election_timeout_max: election_max.as_millis() as u64,
+        enable_elect,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
         max_in_snapshot_log_to_keep: t.keep_behind_snapshot,
         // Bounds one AppendEntries frame: 256 entries of at most 64 KiB each
@@ -117,7 +132,7 @@ pub async fn start_engine(
     let log_reader = store.log_reader();
     let raft = TandemRaft::new(
         cfg.node_id,
-        raft_config(&cfg.tuning, timing)?,
+        raft_config(&cfg.tuning, timing, cfg.kind)?,
         network,
         store.log,
         store.sm,
@@ -274,10 +289,10 @@ impl Node {
         }
     }
 
-    /// The leader's API base URL, if a leader is known.
+    /// The leader's API base URL, if a leader other than this node is known.
     pub fn leader_api(&self) -> Option<String> {
         let m = self.metrics();
-        let leader = m.current_leader?;
+        let leader = m.current_leader.filter(|l| *l != self.cfg.node_id)?;
         m.membership_config
             .get_node(&leader)
             .map(|n| n.api_addr.clone())

@@ -145,6 +145,10 @@ struct RoleInner {
     /// Set when the process was found paused (SIGSTOP, a frozen VM) longer
     /// than the primary timeout: the time it resumed.
     resumed_at: Option<openraft::TokioInstant>,
+    /// When the role state was created (process start or reset).
+    started: Instant,
+    /// Last time a witness asked for an election by itself.
+    last_witness_election: Option<Instant>,
 }
 
 impl RoleState {
@@ -168,6 +172,8 @@ impl RoleState {
                 leader_since: None,
                 last_tick: Instant::now(),
                 resumed_at: None,
+                started: Instant::now(),
+                last_witness_election: None,
             }),
         }
     }
@@ -327,7 +333,9 @@ impl Node {
             // The role manager itself has not run: paused right now.
             return true;
         }
-        let Some(resumed) = i.resumed_at else { return false };
+        let Some(resumed) = i.resumed_at else {
+            return false;
+        };
         drop(i);
         if resumed.elapsed() > self.timing.primary_timeout * 2 {
             return false;
@@ -342,7 +350,15 @@ impl Node {
     /// The API base URL of the primary (or, failing that, the leader).
     pub fn primary_api(&self) -> Option<String> {
         let m = self.metrics();
-        let id = self.epoch().primary.or(m.current_leader)?;
+        let me = self.cfg.node_id;
+        // The epoch may still name this node just after it handed leadership
+        // over; never send a client back to ourselves.
+        let id = self
+            .epoch()
+            .primary
+            .filter(|p| *p != me)
+            .or(m.current_leader)
+            .filter(|p| *p != me)?;
         m.membership_config
             .get_node(&id)
             .map(|n| n.api_addr.clone())
@@ -1064,10 +1080,35 @@ async fn role_tick(node: &Arc<Node>) {
     if leader && node.cfg.kind == NodeKind::Witness {
         hand_over_from_witness(node, &m).await;
     }
+    if !leader && node.cfg.kind == NodeKind::Witness {
+        witness_fallback_election(node).await;
+    }
     if leader {
         track_peers(node).await;
     }
     crate::failover::tick(node, role);
+}
+
+/// The witness does not start elections on its own (so that the backup's
+/// first election after the primary dies wins). If no leader has been heard
+/// from for one and a half primary timeouts — the backup cannot win, e.g.
+/// because its log is behind the witness's — the witness stands, leads just
+/// long enough to bring an appliance up to date, and hands over.
+async fn witness_fallback_election(node: &Node) {
+    let limit = node.timing.primary_timeout * 3 / 2;
+    {
+        let mut i = node.roles.lock();
+        let silent = match i.last_leader_contact {
+            Some(t) => t.elapsed() > limit,
+            None => i.started.elapsed() > limit * 2,
+        };
+        if !silent || i.last_witness_election.is_some_and(|t| t.elapsed() < limit) {
+            return;
+        }
+        i.last_witness_election = Some(Instant::now());
+    }
+    tracing::info!("no leader for 1.5 primary timeouts: the witness stands for election");
+    let _ = node.raft().trigger().elect(false).await;
 }
 
 async fn raise_epoch(node: &Node, ep: EpochRecord) {

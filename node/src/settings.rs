@@ -58,21 +58,34 @@ impl Default for Settings {
     }
 }
 
-/// Raft timing derived from a primary timeout `t`: heartbeats every t/10,
-/// elections after a random time in [t/2, t], and a leader lease of 80 % of
-/// the shortest election timeout (the margin covers clock drift between the
-/// leader, which measures from the send time of the acknowledged heartbeat,
-/// and followers, which measure from its arrival).
+/// Raft timing derived from a primary timeout `t`.
+///
+/// openraft makes a node refuse votes for its own longest election timeout
+/// after it last heard from a leader (its vote lease), and a candidate whose
+/// election is refused waits a whole new timeout. So: appliances time out
+/// after a random time in [0.45 t, 0.6 t]; the witness never starts an
+/// election on its own (it is only a tie-breaker; see the role manager for
+/// its fallback) and its vote lease is 0.45 t, so the backup's first
+/// election after the primary dies is granted. A dead primary is replaced
+/// about half a primary timeout after its last heartbeat. Heartbeats go out
+/// every t/10; the primary's lease is 80 % of 0.45 t: no node can win an
+/// election before both the witness's vote lease and the backup's timer have
+/// run (both at least 0.45 t after they last heard the leader), and the 20 %
+/// margin covers clock drift between the leader, which measures from the
+/// send time of the acknowledged heartbeat, and followers, which measure from
+/// its arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timing {
     /// The primary timeout.
     pub primary_timeout: Duration,
     /// Heartbeat interval.
     pub heartbeat: Duration,
-    /// Election timeout lower bound.
+    /// Election timeout lower bound (appliances).
     pub election_min: Duration,
-    /// Election timeout upper bound.
+    /// Election timeout upper bound (appliances).
     pub election_max: Duration,
+    /// The witness's vote lease.
+    pub witness_vote_lease: Duration,
     /// Leader lease.
     pub lease: Duration,
 }
@@ -81,12 +94,13 @@ impl Timing {
     /// Timing for a primary timeout in milliseconds (clamped to the supported minimum).
     pub fn from_primary_timeout_ms(ms: u64) -> Self {
         let t = ms.max(MIN_PRIMARY_TIMEOUT_MS);
-        let election_min = t / 2;
+        let election_min = t * 9 / 20;
         Self {
             primary_timeout: Duration::from_millis(t),
             heartbeat: Duration::from_millis((t / 10).max(20)),
             election_min: Duration::from_millis(election_min),
-            election_max: Duration::from_millis(t),
+            election_max: Duration::from_millis(t * 3 / 5),
+            witness_vote_lease: Duration::from_millis(election_min),
             lease: Duration::from_millis(election_min * 4 / 5),
         }
     }
@@ -167,9 +181,12 @@ mod tests {
     fn timing_is_derived_and_lease_is_shorter_than_any_election() {
         let t = Timing::from_primary_timeout_ms(1000);
         assert_eq!(t.heartbeat, Duration::from_millis(100));
-        assert_eq!(t.election_min, Duration::from_millis(500));
-        assert_eq!(t.election_max, Duration::from_millis(1000));
+        assert_eq!(t.election_min, Duration::from_millis(450));
+        assert_eq!(t.election_max, Duration::from_millis(600));
+        assert!(t.witness_vote_lease <= t.election_min);
         assert!(t.lease < t.election_min);
+        assert!(t.election_max < t.primary_timeout);
+        assert!(t.heartbeat * 3 < t.election_min);
         let fast = Timing::from_primary_timeout_ms(10);
         assert_eq!(
             fast.primary_timeout,

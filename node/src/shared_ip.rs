@@ -171,13 +171,22 @@ pub trait SharedIpDriver: Send + Sync {
     /// `none`, `netlink` or `script`.
     fn name(&self) -> &'static str;
     /// Takes `spec` for `epoch` (and announces it).
-    fn acquire<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64)
-        -> BoxFuture<'a, Result<String, DriverError>>;
+    fn acquire<'a>(
+        &'a self,
+        spec: &'a SharedIpSpec,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<String, DriverError>>;
     /// Gives `spec` up.
-    fn release<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64)
-        -> BoxFuture<'a, Result<String, DriverError>>;
+    fn release<'a>(
+        &'a self,
+        spec: &'a SharedIpSpec,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<String, DriverError>>;
     /// Which of `specs` are present now (`address/prefix`).
-    fn held<'a>(&'a self, specs: &'a [SharedIpSpec]) -> BoxFuture<'a, Result<Vec<String>, DriverError>>;
+    fn held<'a>(
+        &'a self,
+        specs: &'a [SharedIpSpec],
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>>;
 }
 
 /// Builds the driver `cfg` names.
@@ -187,10 +196,14 @@ pub trait SharedIpDriver: Send + Sync {
 pub fn driver_from_config(cfg: &SharedIpConfig) -> Result<Arc<dyn SharedIpDriver>, DriverError> {
     Ok(match cfg.driver {
         SharedIpDriverKind::None => Arc::new(NoneDriver::default()),
-        SharedIpDriverKind::Netlink => Arc::new(NetlinkDriver::new(AnnounceSchedule::from_config(cfg))),
+        SharedIpDriverKind::Netlink => {
+            Arc::new(NetlinkDriver::new(AnnounceSchedule::from_config(cfg)))
+        }
         SharedIpDriverKind::Script => {
             let script = cfg.script.clone().ok_or_else(|| {
-                DriverError::new("[shared_ip] driver = \"script\" needs script = \"/path/to/command\"")
+                DriverError::new(
+                    "[shared_ip] driver = \"script\" needs script = \"/path/to/command\"",
+                )
             })?;
             Arc::new(ScriptDriver::new(
                 script,
@@ -213,24 +226,39 @@ impl SharedIpDriver for NoneDriver {
     fn name(&self) -> &'static str {
         "none"
     }
-    fn acquire<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64) -> BoxFuture<'a, Result<String, DriverError>> {
+    fn acquire<'a>(
+        &'a self,
+        spec: &'a SharedIpSpec,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(async move {
             tracing::info!(%spec, epoch, "shared IP acquired (driver none: nothing changed on the system)");
             lock(&self.held).insert(spec.clone());
             Ok("driver none: logged only".to_owned())
         })
     }
-    fn release<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64) -> BoxFuture<'a, Result<String, DriverError>> {
+    fn release<'a>(
+        &'a self,
+        spec: &'a SharedIpSpec,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(async move {
             tracing::info!(%spec, epoch, "shared IP released (driver none: nothing changed on the system)");
             lock(&self.held).remove(spec);
             Ok("driver none: logged only".to_owned())
         })
     }
-    fn held<'a>(&'a self, specs: &'a [SharedIpSpec]) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+    fn held<'a>(
+        &'a self,
+        specs: &'a [SharedIpSpec],
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
         Box::pin(async move {
             let held = lock(&self.held);
-            Ok(specs.iter().filter(|s| held.contains(*s)).map(SharedIpSpec::cidr).collect())
+            Ok(specs
+                .iter()
+                .filter(|s| held.contains(*s))
+                .map(SharedIpSpec::cidr)
+                .collect())
         })
     }
 }
@@ -270,7 +298,12 @@ impl ScriptDriver {
     ///
     /// # Errors
     /// The script cannot be started.
-    pub async fn run(&self, action: &str, spec: &SharedIpSpec, epoch: u64) -> Result<ScriptOutcome, DriverError> {
+    pub async fn run(
+        &self,
+        action: &str,
+        spec: &SharedIpSpec,
+        epoch: u64,
+    ) -> Result<ScriptOutcome, DriverError> {
         let mut cmd = tokio::process::Command::new(&self.script);
         cmd.arg(action)
             .arg(spec.cidr())
@@ -314,18 +347,39 @@ impl ScriptDriver {
         }
     }
 
-    async fn run_checked(&self, action: &str, spec: &SharedIpSpec, epoch: u64) -> Result<String, DriverError> {
+    async fn run_checked(
+        &self,
+        action: &str,
+        spec: &SharedIpSpec,
+        epoch: u64,
+    ) -> Result<String, DriverError> {
         let o = self.run(action, spec, epoch).await?;
-        let what = format!("{} {action} {} {} {epoch}", self.script.display(), spec.cidr(), spec.interface);
+        let what = format!(
+            "{} {action} {} {} {epoch}",
+            self.script.display(),
+            spec.cidr(),
+            spec.interface
+        );
         if o.timed_out {
-            return Err(DriverError(format!("{what}: timed out after {:?} (killed)", self.timeout)));
+            return Err(DriverError(format!(
+                "{what}: timed out after {:?} (killed)",
+                self.timeout
+            )));
         }
         match o.code {
-            Some(0) => Ok(if o.output.is_empty() { format!("{what}: ok") } else { format!("{what}: ok; {}", o.output) }),
+            Some(0) => Ok(if o.output.is_empty() {
+                format!("{what}: ok")
+            } else {
+                format!("{what}: ok; {}", o.output)
+            }),
             code => Err(DriverError(format!(
                 "{what}: exit {}{}",
                 code.map_or_else(|| "by signal".to_owned(), |c| c.to_string()),
-                if o.output.is_empty() { String::new() } else { format!("; {}", o.output) }
+                if o.output.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", o.output)
+                }
             ))),
         }
     }
@@ -347,13 +401,24 @@ impl SharedIpDriver for ScriptDriver {
     fn name(&self) -> &'static str {
         "script"
     }
-    fn acquire<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64) -> BoxFuture<'a, Result<String, DriverError>> {
+    fn acquire<'a>(
+        &'a self,
+        spec: &'a SharedIpSpec,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(self.run_checked("acquire", spec, epoch))
     }
-    fn release<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64) -> BoxFuture<'a, Result<String, DriverError>> {
+    fn release<'a>(
+        &'a self,
+        spec: &'a SharedIpSpec,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(self.run_checked("release", spec, epoch))
     }
-    fn held<'a>(&'a self, specs: &'a [SharedIpSpec]) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+    fn held<'a>(
+        &'a self,
+        specs: &'a [SharedIpSpec],
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
         Box::pin(async move {
             let mut held = Vec::new();
             for s in specs {
@@ -412,7 +477,9 @@ pub struct NetlinkDriver {
 
 impl fmt::Debug for NetlinkDriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NetlinkDriver").field("schedule", &self.schedule).finish_non_exhaustive()
+        f.debug_struct("NetlinkDriver")
+            .field("schedule", &self.schedule)
+            .finish_non_exhaustive()
     }
 }
 
@@ -434,8 +501,8 @@ impl Drop for AbortOnDrop {
 
 /// One rtnetlink connection in the calling thread's network namespace.
 fn netlink() -> Result<(rtnetlink::Handle, AbortOnDrop), DriverError> {
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| DriverError(format!("opening a netlink socket: {e}")))?;
+    let (conn, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| DriverError(format!("opening a netlink socket: {e}")))?;
     Ok((handle, AbortOnDrop(tokio::spawn(conn))))
 }
 
@@ -447,7 +514,10 @@ fn errno_of(e: &rtnetlink::Error) -> Option<i32> {
 }
 
 /// Index and MAC address of `name`.
-async fn link_info(handle: &rtnetlink::Handle, name: &str) -> Result<(u32, Option<[u8; 6]>), DriverError> {
+async fn link_info(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> Result<(u32, Option<[u8; 6]>), DriverError> {
     use rtnetlink::packet_route::link::LinkAttribute;
     let msg = handle
         .link()
@@ -519,7 +589,9 @@ impl NetlinkDriver {
     }
 
     async fn do_acquire(&self, spec: &SharedIpSpec, epoch: u64) -> Result<String, DriverError> {
-        use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+        use rtnetlink::packet_route::address::{
+            AddressAttribute, AddressFlags, AddressHeaderFlags,
+        };
         let (handle, _conn) = netlink()?;
         let (index, mac) = link_info(&handle, &spec.interface).await?;
         let mut req = handle.address().add(index, spec.address, spec.prefix);
@@ -528,7 +600,8 @@ impl NetlinkDriver {
             // used for ~1 s, and the old primary has given it up already.
             let m = req.message_mut();
             m.header.flags |= AddressHeaderFlags::Nodad;
-            m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         let mut note = match req.execute().await {
             Ok(()) => format!("added {spec}"),
@@ -597,7 +670,11 @@ impl NetlinkDriver {
         for m in found {
             match handle.address().del(m).execute().await {
                 Ok(()) => {}
-                Err(e) if matches!(errno_of(&e), Some(libc::ENOENT | libc::EADDRNOTAVAIL | libc::ESRCH)) => {}
+                Err(e)
+                    if matches!(
+                        errno_of(&e),
+                        Some(libc::ENOENT | libc::EADDRNOTAVAIL | libc::ESRCH)
+                    ) => {}
                 Err(e) => return Err(DriverError(format!("removing {spec}: {e}"))),
             }
         }
@@ -636,13 +713,24 @@ impl SharedIpDriver for NetlinkDriver {
     fn name(&self) -> &'static str {
         "netlink"
     }
-    fn acquire<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64) -> BoxFuture<'a, Result<String, DriverError>> {
+    fn acquire<'a>(
+        &'a self,
+        spec: &'a SharedIpSpec,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(self.do_acquire(spec, epoch))
     }
-    fn release<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64) -> BoxFuture<'a, Result<String, DriverError>> {
+    fn release<'a>(
+        &'a self,
+        spec: &'a SharedIpSpec,
+        epoch: u64,
+    ) -> BoxFuture<'a, Result<String, DriverError>> {
         Box::pin(self.do_release(spec, epoch))
     }
-    fn held<'a>(&'a self, specs: &'a [SharedIpSpec]) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+    fn held<'a>(
+        &'a self,
+        specs: &'a [SharedIpSpec],
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
         Box::pin(self.do_held(specs))
     }
 }
@@ -652,14 +740,22 @@ impl SharedIpDriver for NetlinkDriver {
 ///
 /// # Errors
 /// The socket cannot be opened or a send fails.
-pub async fn announce(spec: SharedIpSpec, ifindex: u32, mac: Option<[u8; 6]>, count: u32) -> Result<u32, DriverError> {
+pub async fn announce(
+    spec: SharedIpSpec,
+    ifindex: u32,
+    mac: Option<[u8; 6]>,
+    count: u32,
+) -> Result<u32, DriverError> {
     if count == 0 {
         return Ok(0);
     }
     tokio::task::spawn_blocking(move || match spec.address {
         IpAddr::V4(ip) => {
             let mac = mac.ok_or_else(|| {
-                DriverError(format!("{}: no Ethernet address, cannot send gratuitous ARP", spec.interface))
+                DriverError(format!(
+                    "{}: no Ethernet address, cannot send gratuitous ARP",
+                    spec.interface
+                ))
             })?;
             send_gratuitous_arp(ifindex, mac, ip, count)
         }
@@ -683,16 +779,27 @@ pub fn gratuitous_arp_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
     f[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
     f[22..28].copy_from_slice(&mac); // sender MAC
     f[28..32].copy_from_slice(&ip.octets()); // sender IP
-    // target MAC stays zero
+                                             // target MAC stays zero
     f[38..42].copy_from_slice(&ip.octets()); // target IP = sender IP
     f
 }
 
-fn send_gratuitous_arp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, count: u32) -> Result<(), DriverError> {
+fn send_gratuitous_arp(
+    ifindex: u32,
+    mac: [u8; 6],
+    ip: Ipv4Addr,
+    count: u32,
+) -> Result<(), DriverError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let proto = (libc::ETH_P_ARP as u16).to_be();
     // SAFETY: plain socket(2) call; the result is checked and owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
     if fd < 0 {
         return Err(DriverError(format!(
             "opening an AF_PACKET socket: {}",
@@ -706,7 +813,8 @@ fn send_gratuitous_arp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, count: u32) -> 
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = proto;
-    sll.sll_ifindex = i32::try_from(ifindex).map_err(|_| DriverError::new("interface index out of range"))?;
+    sll.sll_ifindex =
+        i32::try_from(ifindex).map_err(|_| DriverError::new("interface index out of range"))?;
     sll.sll_halen = 6;
     sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
     for _ in 0..count {
@@ -752,15 +860,27 @@ fn send_unsolicited_na(
     count: u32,
 ) -> Result<(), DriverError> {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-    let io = |what: &str, e: std::io::Error| DriverError(format!("neighbour advertisement for {ip}: {what}: {e}"));
-    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).map_err(|e| io("socket", e))?;
-    s.set_multicast_hops_v6(255).map_err(|e| io("hop limit", e))?;
+    let io = |what: &str, e: std::io::Error| {
+        DriverError(format!("neighbour advertisement for {ip}: {what}: {e}"))
+    };
+    let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+        .map_err(|e| io("socket", e))?;
+    s.set_multicast_hops_v6(255)
+        .map_err(|e| io("hop limit", e))?;
     s.set_unicast_hops_v6(255).map_err(|e| io("hop limit", e))?;
-    s.set_multicast_if_v6(ifindex).map_err(|e| io("interface", e))?;
-    s.bind_device(Some(iface.as_bytes())).map_err(|e| io("bind to device", e))?;
-    let scope = if ip.is_unicast_link_local() { ifindex } else { 0 };
-    s.bind(&SockAddr::from(std::net::SocketAddrV6::new(ip, 0, 0, scope)))
-        .map_err(|e| io("bind to the shared address", e))?;
+    s.set_multicast_if_v6(ifindex)
+        .map_err(|e| io("interface", e))?;
+    s.bind_device(Some(iface.as_bytes()))
+        .map_err(|e| io("bind to device", e))?;
+    let scope = if ip.is_unicast_link_local() {
+        ifindex
+    } else {
+        0
+    };
+    s.bind(&SockAddr::from(std::net::SocketAddrV6::new(
+        ip, 0, 0, scope,
+    )))
+    .map_err(|e| io("bind to the shared address", e))?;
     let to = SockAddr::from(std::net::SocketAddrV6::new(
         Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1),
         0,
@@ -795,7 +915,11 @@ pub struct Reachability {
 
 /// Probes `target` (`IP` → one ICMP echo, `IP:port` → TCP connect; a
 /// refused connection counts as an answer) with `from` as the source address.
-pub async fn check_reachability(from: IpAddr, target: &str, timeout: Duration) -> Result<Duration, String> {
+pub async fn check_reachability(
+    from: IpAddr,
+    target: &str,
+    timeout: Duration,
+) -> Result<Duration, String> {
     let target = target.trim().to_owned();
     tokio::task::spawn_blocking(move || {
         let start = Instant::now();
@@ -827,7 +951,11 @@ fn tcp_probe(from: IpAddr, to: SocketAddr, timeout: Duration) -> Result<(), Stri
 fn icmp_checksum(data: &[u8]) -> u16 {
     let mut sum = 0u32;
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from(c[0]) << 8 };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
         sum += u32::from(w);
     }
     while sum > 0xffff {
@@ -872,11 +1000,21 @@ fn icmp_probe(from: IpAddr, to: IpAddr, timeout: Duration) -> Result<(), String>
         s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
         let (n, src) = match s.recv_from(&mut buf) {
             Ok(r) => r,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
             Err(e) => return Err(format!("ICMP receive: {e}")),
         };
         // SAFETY: recv_from initialised the first n bytes.
-        let data: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let data: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
         if src.as_socket().map(|a| a.ip()) != Some(to) {
             continue;
         }
@@ -895,7 +1033,9 @@ fn icmp_probe(from: IpAddr, to: IpAddr, timeout: Duration) -> Result<(), String>
             return Ok(());
         }
     }
-    Err(format!("no ICMP echo reply from {to} to {from} within {timeout:?}"))
+    Err(format!(
+        "no ICMP echo reply from {to} to {from} within {timeout:?}"
+    ))
 }
 
 // ---------------------------------------------------------------- manager
@@ -984,7 +1124,10 @@ impl SharedIpManager {
     /// # Errors
     /// The configuration is incomplete (`script` without a path).
     pub fn from_config(cfg: &SharedIpConfig) -> Result<Self, DriverError> {
-        Ok(Self::new(driver_from_config(cfg)?, cfg.check_targets.clone()))
+        Ok(Self::new(
+            driver_from_config(cfg)?,
+            cfg.check_targets.clone(),
+        ))
     }
 
     /// A manager for `driver`; `check_targets` are probed from the shared
@@ -1009,7 +1152,13 @@ impl SharedIpManager {
         lock(&self.events).drain(..).collect()
     }
 
-    fn record(&self, action: &str, spec: &SharedIpSpec, epoch: u64, result: &Result<String, DriverError>) {
+    fn record(
+        &self,
+        action: &str,
+        spec: &SharedIpSpec,
+        epoch: u64,
+        result: &Result<String, DriverError>,
+    ) {
         let (ok, detail) = match result {
             Ok(d) => (true, d.clone()),
             Err(e) => (false, e.0.clone()),
@@ -1053,7 +1202,11 @@ impl SharedIpManager {
         let mut st = self.state.lock().await;
         st.desired = specs.to_vec();
         let mut changed = false;
-        let wanted: BTreeSet<String> = if should_hold { specs.iter().map(SharedIpSpec::key).collect() } else { BTreeSet::new() };
+        let wanted: BTreeSet<String> = if should_hold {
+            specs.iter().map(SharedIpSpec::key).collect()
+        } else {
+            BTreeSet::new()
+        };
         // Release first: what must go goes before anything else happens.
         let extra: Vec<(String, SharedIpSpec, u64)> = st
             .acquired
@@ -1069,7 +1222,11 @@ impl SharedIpManager {
         }
         for (key, spec, held_epoch) in extra {
             let fkey = format!("release {key}");
-            if st.failures.get(&fkey).is_some_and(|f| Instant::now() < f.next_try) {
+            if st
+                .failures
+                .get(&fkey)
+                .is_some_and(|f| Instant::now() < f.next_try)
+            {
                 continue;
             }
             let r = self.driver.release(&spec, epoch.max(held_epoch)).await;
@@ -1088,8 +1245,10 @@ impl SharedIpManager {
             st.failures.retain(|k, _| k.starts_with("release "));
         } else {
             st.failures.retain(|k, _| {
-                k.strip_prefix("acquire ").is_none_or(|key| wanted.contains(key))
-                    && k.strip_prefix("release ").is_none_or(|key| !wanted.contains(key))
+                k.strip_prefix("acquire ")
+                    .is_none_or(|key| wanted.contains(key))
+                    && k.strip_prefix("release ")
+                        .is_none_or(|key| !wanted.contains(key))
             });
             for spec in specs {
                 let key = spec.key();
@@ -1097,7 +1256,11 @@ impl SharedIpManager {
                     continue;
                 }
                 let fkey = format!("acquire {key}");
-                if st.failures.get(&fkey).is_some_and(|f| Instant::now() < f.next_try) {
+                if st
+                    .failures
+                    .get(&fkey)
+                    .is_some_and(|f| Instant::now() < f.next_try)
+                {
                     continue;
                 }
                 let r = self.driver.acquire(spec, epoch).await;
@@ -1114,7 +1277,11 @@ impl SharedIpManager {
             let all = !specs.is_empty() && specs.iter().all(|s| st.acquired.contains_key(&s.key()));
             if all && st.checked_epoch != Some(epoch) {
                 st.checked_epoch = Some(epoch);
-                let targets = if self.check_targets.is_empty() { test_ips.to_vec() } else { self.check_targets.clone() };
+                let targets = if self.check_targets.is_empty() {
+                    test_ips.to_vec()
+                } else {
+                    self.check_targets.clone()
+                };
                 if let Some(t) = st.check_task.take() {
                     t.abort();
                 }
@@ -1166,7 +1333,12 @@ impl SharedIpManager {
         }
     }
 
-    fn start_check(&self, epoch: u64, specs: &[SharedIpSpec], targets: &[String]) -> Option<tokio::task::JoinHandle<()>> {
+    fn start_check(
+        &self,
+        epoch: u64,
+        specs: &[SharedIpSpec],
+        targets: &[String],
+    ) -> Option<tokio::task::JoinHandle<()>> {
         if targets.is_empty() {
             return None;
         }
@@ -1266,7 +1438,12 @@ impl SharedIpManager {
                     self.record("cleanup", spec, 0, &r);
                     if let Err(e) = r {
                         st.acquired.insert(spec.key(), (spec.clone(), 0));
-                        fail(&mut st.failures, format!("release {}", spec.key()), e, RELEASE_RETRY_MAX);
+                        fail(
+                            &mut st.failures,
+                            format!("release {}", spec.key()),
+                            e,
+                            RELEASE_RETRY_MAX,
+                        );
                     }
                 }
             }
@@ -1279,7 +1456,10 @@ impl SharedIpManager {
     /// Runs the manager in the background until `stop`; see [`SharedIpHandle`].
     /// On `stop` it releases everything (shutdown). Spawn the returned future
     /// on the node's task tracker.
-    pub fn start(self: Arc<Self>, stop: CancellationToken) -> (SharedIpHandle, impl Future<Output = ()> + Send + 'static) {
+    pub fn start(
+        self: Arc<Self>,
+        stop: CancellationToken,
+    ) -> (SharedIpHandle, impl Future<Output = ()> + Send + 'static) {
         let (desired_tx, mut desired_rx) = watch::channel(Desired::default());
         let (report_tx, report_rx) = watch::channel(SharedIpReport {
             driver: self.driver.name().to_owned(),
@@ -1304,8 +1484,14 @@ impl SharedIpManager {
                     wait = HELD_REFRESH;
                     continue;
                 }
-                let report = mgr.reconcile(d.should_hold, d.epoch, &d.specs, &d.test_ips).await;
-                wait = if report.errors.is_empty() { HELD_REFRESH } else { RETRY_MIN };
+                let report = mgr
+                    .reconcile(d.should_hold, d.epoch, &d.specs, &d.test_ips)
+                    .await;
+                wait = if report.errors.is_empty() {
+                    HELD_REFRESH
+                } else {
+                    RETRY_MIN
+                };
                 report_tx.send_replace(report);
             }
             let epoch = desired_rx.borrow().epoch;
@@ -1350,7 +1536,13 @@ impl SharedIpHandle {
     /// Tells the manager what this node should hold; cheap, never waits (call
     /// it on every role tick). The background loop acts only on changes and
     /// on retries.
-    pub fn set_desired(&self, should_hold: bool, epoch: u64, specs: Vec<SharedIpSpec>, test_ips: Vec<String>) {
+    pub fn set_desired(
+        &self,
+        should_hold: bool,
+        epoch: u64,
+        specs: Vec<SharedIpSpec>,
+        test_ips: Vec<String>,
+    ) {
         let d = Desired {
             started: true,
             should_hold,
@@ -1414,7 +1606,14 @@ mod tests {
         assert_eq!((s.prefix, s.cidr()), (24, "192.0.2.10/24".to_owned()));
         assert_eq!(spec("2001:db8::10/64").cidr(), "2001:db8::10/64");
         assert_eq!(spec("192.0.2.10").prefix, 32);
-        for bad in ["192.0.2.10/33", "192.0.2.10/0", "x/24", "0.0.0.0/8", "224.0.0.1/4", "2001:db8::1/129"] {
+        for bad in [
+            "192.0.2.10/33",
+            "192.0.2.10/0",
+            "x/24",
+            "0.0.0.0/8",
+            "224.0.0.1/4",
+            "2001:db8::1/129",
+        ] {
             assert!(SharedIpSpec::parse(bad, "eth0").is_err(), "{bad}");
         }
         assert!(SharedIpSpec::parse("192.0.2.10/24", "").is_err());
@@ -1426,7 +1625,11 @@ mod tests {
         let shared = vec![
             SharedIp {
                 address: "192.0.2.10/24".into(),
-                interfaces: [("a".to_owned(), "eth0".to_owned()), ("b".to_owned(), "ens3".to_owned())].into(),
+                interfaces: [
+                    ("a".to_owned(), "eth0".to_owned()),
+                    ("b".to_owned(), "ens3".to_owned()),
+                ]
+                .into(),
             },
             SharedIp {
                 address: "2001:db8::10/64".into(),
@@ -1441,7 +1644,10 @@ mod tests {
         assert_eq!(a.len(), 2);
         assert!(errs.is_empty());
         let (b, errs) = specs_for_node(&shared, "b");
-        assert_eq!(b, vec![SharedIpSpec::parse("192.0.2.10/24", "ens3").expect("spec")]);
+        assert_eq!(
+            b,
+            vec![SharedIpSpec::parse("192.0.2.10/24", "ens3").expect("spec")]
+        );
         assert_eq!(errs.len(), 1);
         assert!(specs_for_node(&shared, "w").0.is_empty());
     }
@@ -1457,7 +1663,10 @@ mod tests {
         assert_eq!((na[0], na[4], na.len()), (136, 0x20, 32));
         assert_eq!(&na[24..26], &[2, 1]);
         // RFC 1071 example.
-        assert_eq!(icmp_checksum(&[0, 1, 0xf2, 3, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        assert_eq!(
+            icmp_checksum(&[0, 1, 0xf2, 3, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
     }
 
     /// A driver whose acquire fails the first `fail_first` times.
@@ -1469,7 +1678,11 @@ mod tests {
         fn name(&self) -> &'static str {
             "flaky"
         }
-        fn acquire<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64) -> BoxFuture<'a, Result<String, DriverError>> {
+        fn acquire<'a>(
+            &'a self,
+            spec: &'a SharedIpSpec,
+            epoch: u64,
+        ) -> BoxFuture<'a, Result<String, DriverError>> {
             Box::pin(async move {
                 {
                     let mut n = lock(&self.fail_first);
@@ -1481,10 +1694,17 @@ mod tests {
                 self.inner.acquire(spec, epoch).await
             })
         }
-        fn release<'a>(&'a self, spec: &'a SharedIpSpec, epoch: u64) -> BoxFuture<'a, Result<String, DriverError>> {
+        fn release<'a>(
+            &'a self,
+            spec: &'a SharedIpSpec,
+            epoch: u64,
+        ) -> BoxFuture<'a, Result<String, DriverError>> {
             self.inner.release(spec, epoch)
         }
-        fn held<'a>(&'a self, specs: &'a [SharedIpSpec]) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        fn held<'a>(
+            &'a self,
+            specs: &'a [SharedIpSpec],
+        ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
             self.inner.held(specs)
         }
     }
@@ -1546,15 +1766,63 @@ mod tests {
         std::fs::set_permissions(&script, p).expect("chmod");
         let d = ScriptDriver::new(script, Duration::from_millis(500));
         let s = spec("192.0.2.10/24");
-        assert!(d.held(std::slice::from_ref(&s)).await.expect("check").is_empty());
+        assert!(d
+            .held(std::slice::from_ref(&s))
+            .await
+            .expect("check")
+            .is_empty());
         let note = d.acquire(&s, 7).await.expect("acquire");
         assert!(note.contains("took 192.0.2.10/24 epoch 7"), "{note}");
-        assert_eq!(d.held(std::slice::from_ref(&s)).await.expect("check"), vec![s.cidr()]);
+        assert_eq!(
+            d.held(std::slice::from_ref(&s)).await.expect("check"),
+            vec![s.cidr()]
+        );
         let note = d.release(&s, 7).await.expect("release");
         assert!(note.contains("stderr: gave 192.0.2.10/24"), "{note}");
         let o = d.run("slow", &s, 7).await.expect("run");
         assert!(o.timed_out);
         let log = std::fs::read_to_string(format!("{}.log", state.display())).expect("log");
         assert!(log.contains("acquire 192.0.2.10/24 eth0 7"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn background_loop_follows_desired_state_and_releases_on_stop() {
+        let m = Arc::new(SharedIpManager::new(
+            Arc::new(NoneDriver::default()),
+            vec![],
+        ));
+        let stop = CancellationToken::new();
+        let (h, task) = m.start(stop.clone());
+        let task = tokio::spawn(task);
+        let specs = vec![spec("192.0.2.10/24")];
+        assert!(h.startup_cleanup(&specs).await.held.is_empty());
+        h.set_desired(true, 2, specs.clone(), vec![]);
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            held = h.report().held;
+            if !held.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(held, vec!["192.0.2.10/24".to_owned()]);
+        // Demotion: release_all waits for the driver and the loop does not re-acquire.
+        assert!(h.release_all().await.held.is_empty());
+        h.set_desired(true, 3, specs.clone(), vec![]);
+        for _ in 0..100 {
+            if !h.report().held.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!h.report().held.is_empty());
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("loop ends")
+            .expect("loop task");
+        assert!(h.report().held.is_empty(), "released on stop");
+        let actions: Vec<String> = h.drain_events().into_iter().map(|e| e.action).collect();
+        assert_eq!(actions, ["acquire", "release", "acquire", "release"]);
     }
 }

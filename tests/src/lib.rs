@@ -13,6 +13,8 @@
 //! Every wait is bounded by time (and polls at a fixed interval, so by count
 //! too); nothing synchronises on a fixed sleep.
 
+pub mod netns;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
