@@ -94,12 +94,12 @@ impl Timing {
     /// Timing for a primary timeout in milliseconds (clamped to the supported minimum).
     pub fn from_primary_timeout_ms(ms: u64) -> Self {
         let t = ms.max(MIN_PRIMARY_TIMEOUT_MS);
-        let election_min = t * 9 / 20;
+        let election_min = t * 3 / 10;
         Self {
             primary_timeout: Duration::from_millis(t),
             heartbeat: Duration::from_millis((t / 10).max(20)),
             election_min: Duration::from_millis(election_min),
-            election_max: Duration::from_millis(t * 3 / 5),
+            election_max: Duration::from_millis(t * 2 / 5),
             witness_vote_lease: Duration::from_millis(election_min),
             lease: Duration::from_millis(election_min * 4 / 5),
         }
@@ -181,8 +181,8 @@ mod tests {
     fn timing_is_derived_and_lease_is_shorter_than_any_election() {
         let t = Timing::from_primary_timeout_ms(1000);
         assert_eq!(t.heartbeat, Duration::from_millis(100));
-        assert_eq!(t.election_min, Duration::from_millis(450));
-        assert_eq!(t.election_max, Duration::from_millis(600));
+        assert_eq!(t.election_min, Duration::from_millis(300));
+        assert_eq!(t.election_max, Duration::from_millis(400));
         assert!(t.witness_vote_lease <= t.election_min);
         assert!(t.lease < t.election_min);
         assert!(t.election_max < t.primary_timeout);
