@@ -492,6 +492,21 @@ impl AdminBackend for Backend {
                 n.by, n.kind, n.epoch
             ));
         }
+        if let Some(report) = node.shared_ips.get().map(|h| h.report()) {
+            for e in &report.errors {
+                notes.push(format!("shared IP ({}): {e}", report.driver));
+            }
+            if let Some(r) = &report.reachability {
+                notes.push(format!(
+                    "after takeover (epoch {}), {} {} from {}: {}",
+                    r.epoch,
+                    r.target,
+                    if r.ok { "answered" } else { "did not answer" },
+                    r.from,
+                    r.detail
+                ));
+            }
+        }
         if let Some(path) = node.roles.diverged_export() {
             notes.push(format!(
                 "writes this node never replicated were exported to {path}"
@@ -512,7 +527,11 @@ impl AdminBackend for Backend {
                 applied_index: m.last_applied.map(|l| l.index),
                 lease_valid: lease,
                 primary_since_ms: since,
-                shared_ips_held: Vec::new(),
+                shared_ips_held: node
+                    .shared_ips
+                    .get()
+                    .map(|h| h.report().held)
+                    .unwrap_or_default(),
                 notes,
             },
             peers,
@@ -694,13 +713,15 @@ impl AdminBackend for Backend {
             }
         };
         let settings = node.settings();
-        let shared_ips_ok = settings.shared_ips.is_empty();
-        if !shared_ips_ok {
-            reasons.push(
-                "shared IPs are configured but no shared-IP driver is active in this release"
-                    .into(),
-            );
+        let report = node.shared_ips.get().map(|h| h.report());
+        let spec_errors = crate::shared_ip::specs_for_node(&settings.shared_ips, &node.cfg.name).1;
+        for e in &spec_errors {
+            reasons.push(format!("shared IP setting: {e}"));
         }
+        for e in report.iter().flat_map(|r| r.errors.iter()) {
+            reasons.push(format!("shared IP: {e}"));
+        }
+        let shared_ips_ok = spec_errors.is_empty() && report.is_none_or(|r| r.errors.is_empty());
         let facts = node.peer_facts();
         let backup = membership
             .nodes()

@@ -171,11 +171,18 @@ async fn measure(
         let primary_client = cluster.client(p)?;
         let settle = Instant::now() + Duration::from_secs(10);
         while primary_client
-            .call::<_, Value>(Method::PUT, "/api/v1/config/bench-kill-warm", Some(&json!({ "value": 0 })))
+            .call::<_, Value>(
+                Method::PUT,
+                "/api/v1/config/bench-kill-warm",
+                Some(&json!({ "value": 0 })),
+            )
             .await
             .is_err()
         {
-            anyhow::ensure!(Instant::now() < settle, "the primary accepted no write within 10 s");
+            anyhow::ensure!(
+                Instant::now() < settle,
+                "the primary accepted no write within 10 s"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         cluster.kill9(p).await;

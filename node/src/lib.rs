@@ -134,6 +134,16 @@ pub async fn run(
             }
         }
     });
+    // Shared IPs: a node that starts is not primary yet, so any configured
+    // shared address found on its interfaces is removed before anything else.
+    let ip_manager = Arc::new(
+        shared_ip::SharedIpManager::from_config(&cfg.shared_ip).context("shared-IP driver")?,
+    );
+    let (ip_handle, ip_task) = ip_manager.start(background_stop.clone());
+    tasks.spawn(ip_task);
+    let specs = shared_ip::specs_for_node(&node.settings().shared_ips, &cfg.name).0;
+    ip_handle.startup_cleanup(&specs).await;
+    let _ = node.shared_ips.set(ip_handle);
     tasks.spawn(background(node.clone(), background_stop.clone()));
     tasks.spawn(roles::manage_roles(node.clone(), background_stop.clone()));
 
@@ -157,8 +167,17 @@ pub async fn run(
     {
         tracing::warn!("admin listener did not stop in time");
     }
+    // 2. Release the shared IPs, then hand leadership over so the cluster
+    //    does not wait for an election timeout.
+    if let Some(h) = node.shared_ips.get() {
+        if tokio::time::timeout(SHUTDOWN_STEP, h.release_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!("releasing shared IPs timed out");
+        }
+    }
     background_stop.cancel();
-    // 2. Hand leadership over so the cluster does not wait for an election timeout.
     if tokio::time::timeout(SHUTDOWN_STEP, hand_over(&node))
         .await
         .is_err()

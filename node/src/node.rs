@@ -183,6 +183,8 @@ pub struct Node {
     pub(crate) reset_lock: tokio::sync::Mutex<()>,
     /// Automatic failover and scheduled verify.
     pub(crate) duties: crate::failover::Duties,
+    /// The shared-IP manager, once `run` started it.
+    pub shared_ips: std::sync::OnceLock<crate::shared_ip::SharedIpHandle>,
     db: sled::Db,
 }
 
@@ -240,6 +242,7 @@ impl Node {
             roles: crate::roles::RoleState::new(epoch, fence),
             reset_lock: tokio::sync::Mutex::new(()),
             duties: crate::failover::Duties::default(),
+            shared_ips: std::sync::OnceLock::new(),
             db,
         })
     }

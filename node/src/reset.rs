@@ -375,6 +375,14 @@ impl Node {
                 }
                 match self.export_diverged(notice.forked_at, notice.epoch).await {
                     Ok(path) => {
+                        // Stop the old lineage here: a node that keeps leading
+                        // (or following) it would keep the other members of the
+                        // old lineage (the witness) from ever learning of the
+                        // forced promotion. They find out at their next election,
+                        // when the new primary answers "Fenced".
+                        if let Err(e) = self.raft().shutdown().await {
+                            tracing::warn!(error = %e, "stopping the old lineage's Raft");
+                        }
                         tracing::warn!(path = %path, by = notice.by, "replaced by a forced promotion; diverged writes exported; rejoin with `POST /api/v1/relationship/rejoin`");
                         self.roles.set_diverged_export(path);
                     }

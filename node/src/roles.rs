@@ -1057,6 +1057,7 @@ async fn role_tick(node: &Arc<Node>) {
             "role changed"
         );
     }
+    shared_ip_duties(node, role, old_role, &ep).await;
     if raise {
         let node = node.clone();
         tokio::spawn(async move {
@@ -1087,6 +1088,40 @@ async fn role_tick(node: &Arc<Node>) {
         track_peers(node).await;
     }
     crate::failover::tick(node, role);
+}
+
+/// Keeps the shared IPs on the primary only: desired state every tick, an
+/// immediate release when the role is lost (demotion, lease loss, fence),
+/// and the manager's events in the replicated history while primary.
+async fn shared_ip_duties(node: &Arc<Node>, role: Role, old_role: Role, ep: &EpochRecord) {
+    let Some(h) = node.shared_ips.get() else {
+        return;
+    };
+    let settings = node.settings();
+    let specs = crate::shared_ip::specs_for_node(&settings.shared_ips, &node.cfg.name).0;
+    let hold = role == Role::Primary;
+    if old_role == Role::Primary && !hold {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let report = h.release_all().await;
+            tracing::info!(held = ?report.held, "role lost: shared IPs released");
+        });
+    }
+    h.set_desired(hold, ep.epoch, specs, settings.test_ips.clone());
+    let events = h.drain_events();
+    for e in events {
+        if hold {
+            node.record(
+                "shared_ip",
+                "tandem",
+                json!({ "action": e.action, "address": e.address, "interface": e.interface,
+                        "epoch": e.epoch, "ok": e.ok, "detail": e.detail }),
+            )
+            .await;
+        } else {
+            tracing::info!(action = %e.action, address = %e.address, ok = e.ok, detail = %e.detail, "shared IP event");
+        }
+    }
 }
 
 /// The witness does not start elections on its own (so that the backup's

@@ -2612,11 +2612,6 @@ mod t75_failover_topologies {
     /// lineage and the witness follows it, so the witness never contacts
     /// the new primary, is never fenced and cannot rejoin.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "node bug (intermittent, seen 1 run in 8 under load): a fenced old primary still \
-                leads its old Raft lineage (fencing only stops serving: node/src/roles.rs \
-                compute_role, node/src/transport.rs call), so the resumed witness follows it, \
-                never contacts the new primary, is never fenced, and rejoin on it is refused \
-                (node/src/reset.rs rejoin needs a fence notice)"]
     async fn forced_swap_old_primary_back_first_fences_the_witness_too() {
         forced_swap_scenario(false).await;
     }
