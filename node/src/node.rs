@@ -112,6 +112,9 @@ pub fn raft_config(
         // Bounds one AppendEntries frame: 256 entries of at most 64 KiB each
         // stay well inside the 32 MiB frame limit.
         max_payload_entries: 256,
+        // Under load, wait up to 1 ms for more client writes so that one log
+        // append (and one flush) carries many of them.
+        api_batch_linger_ms: 1,
         ..Default::default()
     };
     Ok(Arc::new(cfg.validate()?))
@@ -185,6 +188,9 @@ pub struct Node {
     pub(crate) duties: crate::failover::Duties,
     /// The shared-IP manager, once `run` started it.
     pub shared_ips: std::sync::OnceLock<crate::shared_ip::SharedIpHandle>,
+    /// Bandwidth limit for snapshot and catch-up streams (bytes/s, 0 =
+    /// none), refreshed from the replicated settings by the role manager.
+    pub bandwidth: Arc<AtomicU64>,
     db: sled::Db,
 }
 
@@ -220,12 +226,16 @@ impl Node {
         };
         let epoch = Arc::new(AtomicU64::new(store.reader.epoch().epoch));
         let epoch_now = epoch.clone();
+        let bandwidth = Arc::new(AtomicU64::new(settings.bandwidth_limit_bps));
+        let bandwidth_now = bandwidth.clone();
         let fence = Arc::new(crate::roles::Fence::default());
         let identity = Arc::new(PeerIdentity {
             node_id: cfg.node_id,
             cluster_id: cfg.cluster_id.clone(),
             epoch: Box::new(move || epoch_now.load(Ordering::Relaxed)),
             fence: fence.clone(),
+            // Not wired yet: see `PeerIdentity::bandwidth_limit`.
+            bandwidth_limit: Box::new(move || bandwidth_now.load(Ordering::Relaxed)),
         });
         let network = PeerNetwork::new(identity.clone(), client_tls);
         let engine = start_engine(&cfg, timing, network.clone(), store).await?;
@@ -243,6 +253,7 @@ impl Node {
             reset_lock: tokio::sync::Mutex::new(()),
             duties: crate::failover::Duties::default(),
             shared_ips: std::sync::OnceLock::new(),
+            bandwidth,
             db,
         })
     }

@@ -4,7 +4,9 @@
 //! listener answers [`PeerResponse::Welcome`] or [`PeerResponse::Refused`] and
 //! closes. After the welcome, the dialer sends [`Envelope`]s one at a time and
 //! reads one response for each (snapshot transfer: `SnapshotBegin`, chunks,
-//! `SnapshotEnd`, each acknowledged). Each envelope carries the sender's
+//! `SnapshotEnd`, each acknowledged). The exception is an append stream
+//! ([`PeerRequest::AppendStream`]): several requests in flight, answered in
+//! order. Each envelope carries the sender's
 //! epoch so that a node that learns of a higher epoch can step down at once.
 
 use openraft::alias::{SnapshotMetaOf, VoteOf};
@@ -73,6 +75,11 @@ pub enum PeerRequest {
     },
     /// A relationship action asked of the primary by the other side.
     Action(ActionRequest),
+    /// Raft AppendEntries on a pipelined stream: the first one turns the
+    /// connection into an append stream; from then on the dialer sends only
+    /// these, without waiting, and the listener answers each with
+    /// [`PeerResponse::AppendStream`], in order.
+    AppendStream(AppendEntriesRequest<TypeConfig>),
 }
 
 /// Relationship actions the backup asks the primary to carry out (so that
@@ -151,4 +158,6 @@ pub enum PeerResponse {
         /// Why.
         kind: crate::roles::FenceKind,
     },
+    /// Result of one [`PeerRequest::AppendStream`] request, in request order.
+    AppendStream(Result<openraft::raft::StreamAppendResult<TypeConfig>, String>),
 }

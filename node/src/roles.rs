@@ -1057,7 +1057,7 @@ async fn role_tick(node: &Arc<Node>) {
             "role changed"
         );
     }
-    shared_ip_duties(node, role, old_role, &ep).await;
+    settings_duties(node, role, old_role, &ep).await;
     if raise {
         let node = node.clone();
         tokio::spawn(async move {
@@ -1090,14 +1090,17 @@ async fn role_tick(node: &Arc<Node>) {
     crate::failover::tick(node, role);
 }
 
-/// Keeps the shared IPs on the primary only: desired state every tick, an
+/// Applies the replicated settings that act locally: the bandwidth limit of
+/// outgoing streams, and the shared IPs, kept on the primary only: desired state every tick, an
 /// immediate release when the role is lost (demotion, lease loss, fence),
 /// and the manager's events in the replicated history while primary.
-async fn shared_ip_duties(node: &Arc<Node>, role: Role, old_role: Role, ep: &EpochRecord) {
+async fn settings_duties(node: &Arc<Node>, role: Role, old_role: Role, ep: &EpochRecord) {
+    let settings = node.settings();
+    node.bandwidth
+        .store(settings.bandwidth_limit_bps, Ordering::Relaxed);
     let Some(h) = node.shared_ips.get() else {
         return;
     };
-    let settings = node.settings();
     let specs = crate::shared_ip::specs_for_node(&settings.shared_ips, &node.cfg.name).0;
     let hold = role == Role::Primary;
     if old_role == Role::Primary && !hold {

@@ -15,9 +15,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::RPCOption;
+use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderResponse,
@@ -25,8 +28,8 @@ use openraft::raft::{
 };
 use openraft::{RaftNetworkFactory, RaftNetworkV2, Snapshot};
 use rustls_pki_types::ServerName;
-use tandem_storage::{NodeInfo, TypeConfig};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tandem_storage::{LogId, NodeInfo, TypeConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream as ClientTls;
 use tokio_rustls::server::TlsStream as ServerTls;
@@ -34,7 +37,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::frame::{read_frame, write_frame, FrameError};
+use crate::frame::{encode_frame, read_frame, write_frame, FrameError};
 use crate::node::Node;
 use crate::protocol::{Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION};
 
@@ -46,6 +49,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Idle connections kept per target.
 const POOL_SIZE: usize = 4;
+/// AppendEntries requests a stream may have sent and not yet seen answered.
+const PIPELINE_DEPTH: usize = 16;
+/// Burst a bandwidth limit allows, as time at the limit rate.
+const LIMIT_BURST: Duration = Duration::from_millis(50);
 
 /// What the transport needs to know about this node, shared by client and server.
 pub struct PeerIdentity {
@@ -57,6 +64,52 @@ pub struct PeerIdentity {
     pub epoch: Box<dyn Fn() -> u64 + Send + Sync>,
     /// Where refusals by peers are recorded.
     pub fence: Arc<crate::roles::Fence>,
+    /// Current limit, in bytes per second (0 = unlimited), on what this node
+    /// sends in snapshot chunks and in AppendEntries carrying entries
+    /// (heartbeats are never held back). Read before each chunk or frame.
+    pub bandwidth_limit: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+// ---------------------------------------------------------------- bandwidth
+
+/// A token bucket shared by every stream this node sends: the limit applies
+/// to their sum. The bucket holds at most [`LIMIT_BURST`] worth of bytes; a
+/// send larger than what it holds goes into debt and waits until the debt is
+/// repaid, so a 1 MiB chunk under a 64 KiB/s limit waits about 16 s.
+#[derive(Default)]
+pub struct RateLimiter {
+    bucket: tokio::sync::Mutex<Bucket>,
+}
+
+#[derive(Default)]
+struct Bucket {
+    tokens: f64,
+    last: Option<tokio::time::Instant>,
+}
+
+impl RateLimiter {
+    /// Waits until `bytes` may be sent under `rate` bytes per second
+    /// (0 = unlimited: returns at once). Concurrent callers queue in turn.
+    pub async fn acquire(&self, bytes: usize, rate: u64) {
+        if rate == 0 {
+            return;
+        }
+        let rate = rate as f64;
+        let mut b = self.bucket.lock().await;
+        let now = tokio::time::Instant::now();
+        let cap = rate * LIMIT_BURST.as_secs_f64();
+        let refill = b
+            .last
+            .map_or(cap, |t| now.duration_since(t).as_secs_f64() * rate);
+        b.tokens = (b.tokens + refill).min(cap) - bytes as f64;
+        b.last = Some(now);
+        if b.tokens < 0.0 {
+            // Holding the lock while waiting makes the next sender wait its turn.
+            tokio::time::sleep(Duration::from_secs_f64(-b.tokens / rate)).await;
+            b.tokens = 0.0;
+            b.last = Some(tokio::time::Instant::now());
+        }
+    }
 }
 
 // ---------------------------------------------------------------- client
@@ -74,6 +127,7 @@ struct ClientShared {
     me: Arc<PeerIdentity>,
     connector: TlsConnector,
     pools: Mutex<HashMap<(u64, String), Vec<PeerConn>>>,
+    limiter: Arc<RateLimiter>,
 }
 
 impl PeerNetwork {
@@ -84,6 +138,7 @@ impl PeerNetwork {
                 me,
                 connector: TlsConnector::from(tls),
                 pools: Mutex::new(HashMap::new()),
+                limiter: Arc::new(RateLimiter::default()),
             }),
         }
     }
@@ -233,15 +288,18 @@ impl PeerClient {
     }
 
     async fn checkout(&self) -> Result<ClientTls<TcpStream>, CallError> {
-        let pooled = {
-            // A poisoned lock only means another task panicked while holding it;
-            // the pool itself (a Vec of connections) is still consistent.
-            let mut pools = self.shared.pools.lock().unwrap_or_else(|p| p.into_inner());
-            pools.get_mut(&self.pool_key()).and_then(Vec::pop)
-        };
-        match pooled {
-            Some(c) => Ok(c),
-            None => self.connect().await,
+        loop {
+            let pooled = {
+                // A poisoned lock only means another task panicked while holding it;
+                // the pool itself (a Vec of connections) is still consistent.
+                let mut pools = self.shared.pools.lock().unwrap_or_else(|p| p.into_inner());
+                pools.get_mut(&self.pool_key()).and_then(Vec::pop)
+            };
+            match pooled {
+                Some(c) if idle_and_open(&c) => return Ok(c),
+                Some(_) => continue, // closed by the peer (e.g. it restarted)
+                None => return self.connect().await,
+            }
         }
     }
 
@@ -332,6 +390,10 @@ impl PeerClient {
                 return Err(self.network("snapshot file shorter than its length"));
             }
             sent += n as u64;
+            self.shared
+                .limiter
+                .acquire(n, (self.shared.me.bandwidth_limit)())
+                .await;
             expect_stored(
                 self.exchange(&mut conn, PeerRequest::SnapshotChunk(buf[..n].to_vec()))
                     .await?,
@@ -358,6 +420,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        if !rpc.entries.is_empty() {
+            // Approximate size: the entries dominate the frame.
+            let bytes = tandem_storage::encode(&rpc.entries).map_or(0, |b| b.len());
+            self.shared
+                .limiter
+                .acquire(bytes, (self.shared.me.bandwidth_limit)())
+                .await;
+        }
         match self.call(PeerRequest::Append(rpc), option.hard_ttl()).await {
             Ok(PeerResponse::Append(Ok(r))) => Ok(r),
             Ok(PeerResponse::Append(Err(e))) => Err(self.network(e).into_rpc()),
@@ -366,6 +436,31 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 .into_rpc()),
             Err(e) => Err(e.into_rpc()),
         }
+    }
+
+    /// Pipelined AppendEntries on a dedicated connection: up to
+    /// [`PIPELINE_DEPTH`] requests in flight, answers in order.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendStreamItem>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let conn = self.connect().await.map_err(CallError::into_rpc)?;
+            let ctx = StreamCtx {
+                target: self.target,
+                addr: self.addr.clone(),
+                me: self.shared.me.clone(),
+                limiter: self.shared.limiter.clone(),
+                ttl: option.soft_ttl(),
+            };
+            let s: BoxStream<'s, AppendStreamItem> =
+                Box::pin(append_pipeline(conn, input, ctx).map(|r| r.map_err(CallError::into_rpc)));
+            Ok(s)
+        })
     }
 
     async fn vote(
@@ -433,6 +528,179 @@ impl PeerClient {
     }
 }
 
+/// Whether a pooled connection is still usable: nothing is waiting to be
+/// read on it. A peer that closed it (or restarted) left an end of stream or
+/// an alert there; an idle healthy connection has nothing. Raft traffic runs
+/// on append streams, so pooled connections can sit idle for long.
+fn idle_and_open(conn: &ClientTls<TcpStream>) -> bool {
+    let (tcp, _) = conn.get_ref();
+    let mut buf = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut buf);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    tcp.poll_peek(&mut cx, &mut buf).is_pending()
+}
+
+// ---------------------------------------------------------------- append stream
+
+type AppendStreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// What an append stream needs besides its connection.
+struct StreamCtx {
+    target: u64,
+    addr: String,
+    me: Arc<PeerIdentity>,
+    limiter: Arc<RateLimiter>,
+    /// Bound on the wait for each answer once its request was sent.
+    ttl: Duration,
+}
+
+impl StreamCtx {
+    fn network(&self, reason: impl ToString) -> CallError {
+        CallError::Network {
+            target: self.target,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// What the sending half tells the receiving half, in send order.
+enum Sent {
+    /// A request went out; its answer is due. `(prev, last)` log ids.
+    Request(Option<LogId>, Option<LogId>),
+    /// Sending failed; the stream ends with this error.
+    Failed(String),
+}
+
+/// Aborts the sending task when the answer stream is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs an append stream over `io` (an authenticated peer connection): a
+/// task sends the requests of `input` as they come, holding at most
+/// [`PIPELINE_DEPTH`] unanswered, and the returned stream yields the answers
+/// in order. It ends when `input` ends and every answer is in, or after the
+/// first error, conflict, higher vote or partial success (as openraft's
+/// sequential stream does); the connection is then dropped, never pooled.
+fn append_pipeline<T, S>(
+    io: T,
+    input: S,
+    ctx: StreamCtx,
+) -> impl Stream<Item = Result<StreamAppendResult<TypeConfig>, CallError>> + Send + 'static
+where
+    T: AsyncRead + AsyncWrite + Send + 'static,
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+{
+    let (rd, wr) = tokio::io::split(io);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Sent>(PIPELINE_DEPTH);
+    let sender = tokio::spawn(send_appends(
+        wr,
+        input,
+        ctx.me.clone(),
+        ctx.limiter.clone(),
+        tx,
+    ));
+    let state = Some((rd, rx, ctx, AbortOnDrop(sender)));
+    futures::stream::unfold(state, |state| async move {
+        let (mut rd, mut rx, ctx, guard) = state?;
+        let (prev, last) = match rx.recv().await? {
+            Sent::Request(prev, last) => (prev, last),
+            Sent::Failed(e) => return Some((Err(ctx.network(e)), None)),
+        };
+        let answer =
+            match tokio::time::timeout(ctx.ttl, read_frame::<PeerResponse, _>(&mut rd)).await {
+                Ok(Ok(a)) => a,
+                Ok(Err(e)) => return Some((Err(ctx.network(e)), None)),
+                Err(_) => {
+                    let e = ctx.network(format!("no answer within {:?}", ctx.ttl));
+                    return Some((Err(e), None));
+                }
+            };
+        match answer {
+            PeerResponse::AppendStream(Ok(r)) => {
+                // Go on only after a full success; a conflict, a higher vote
+                // or a partial success ends the stream (openraft restarts it).
+                let go_on = matches!(&r, Ok(matched) if *matched == last);
+                let _ = prev;
+                let next = go_on.then_some((rd, rx, ctx, guard));
+                Some((Ok(r), next))
+            }
+            PeerResponse::AppendStream(Err(e)) => Some((Err(ctx.network(e)), None)),
+            PeerResponse::Fenced {
+                epoch,
+                forked_at,
+                kind,
+            } => {
+                ctx.me.fence.fenced(crate::roles::FenceNotice {
+                    by: ctx.target,
+                    by_addr: ctx.addr.clone(),
+                    epoch,
+                    forked_at,
+                    kind,
+                });
+                let e = ctx.network(format!(
+                    "node {} no longer counts this node as a member",
+                    ctx.target
+                ));
+                Some((Err(e), None))
+            }
+            PeerResponse::Refused { reason } => {
+                Some((Err(ctx.network(format!("refused: {reason}"))), None))
+            }
+            other => Some((
+                Err(ctx.network(format!("unexpected answer {other:?}"))),
+                None,
+            )),
+        }
+    })
+}
+
+/// The sending half of an append stream.
+async fn send_appends<W, S>(
+    mut wr: W,
+    mut input: S,
+    me: Arc<PeerIdentity>,
+    limiter: Arc<RateLimiter>,
+    tx: tokio::sync::mpsc::Sender<Sent>,
+) where
+    W: AsyncWrite + Unpin,
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    while let Some(req) = input.next().await {
+        let prev = req.prev_log_id;
+        let last = req.entries.last().map(|e| e.log_id).or(prev);
+        let heartbeat = req.entries.is_empty();
+        // A pipeline slot first: at most PIPELINE_DEPTH answers outstanding.
+        let Ok(slot) = tx.reserve().await else {
+            return; // the answer stream is gone
+        };
+        let env = Envelope {
+            epoch: (me.epoch)(),
+            body: PeerRequest::AppendStream(req),
+        };
+        let sent = async {
+            let bytes = encode_frame(&env)?;
+            if !heartbeat {
+                limiter.acquire(bytes.len(), (me.bandwidth_limit)()).await;
+            }
+            wr.write_all(&bytes).await?;
+            wr.flush().await?;
+            Ok::<(), FrameError>(())
+        };
+        match sent.await {
+            Ok(()) => slot.send(Sent::Request(prev, last)),
+            Err(e) => {
+                slot.send(Sent::Failed(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- server
 
 /// Everything a peer connection handler needs.
@@ -458,7 +726,6 @@ pub async fn serve_peers(
     tasks: TaskTracker,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    tandem_storage::tmp_stats_spawn();
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -556,6 +823,10 @@ async fn handle_connection(
             }
         };
         server.node.saw_epoch(env.epoch);
+        if let PeerRequest::AppendStream(first) = env.body {
+            serve_append_stream(&server, tls, first, cert_id, env.epoch).await;
+            return;
+        }
         let resp = match dispatch(&server, env.body, &mut incoming, cert_id, env.epoch).await {
             Ok(r) => r,
             Err(reason) => {
@@ -566,6 +837,78 @@ async fn handle_connection(
         };
         if write_frame(&mut tls, &resp).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Serves an append stream (the rest of this connection): requests are
+/// handed to Raft's own pipelined `stream_append` as they arrive and the
+/// answers written back in order. A request from a node that is not a member
+/// ends the stream with [`PeerResponse::Fenced`] after the answers due.
+async fn serve_append_stream(
+    server: &Arc<PeerServer>,
+    tls: ServerTls<TcpStream>,
+    first: AppendEntriesRequest<TypeConfig>,
+    peer: u64,
+    first_epoch: u64,
+) {
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PIPELINE_DEPTH * 2);
+    let (fenced_tx, mut fenced_rx) = tokio::sync::oneshot::channel::<PeerResponse>();
+    let raft = server.node.raft();
+    let input = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let mut answers = std::pin::pin!(raft.stream_append(input));
+    let node = server.node.clone();
+    let reader = async move {
+        let mut next = Some((first, first_epoch));
+        loop {
+            let (req, epoch) = match next.take() {
+                Some(x) => x,
+                None => match read_frame::<Envelope, _>(&mut rd).await {
+                    Ok(Envelope {
+                        epoch,
+                        body: PeerRequest::AppendStream(req),
+                    }) => {
+                        node.saw_epoch(epoch);
+                        (req, epoch)
+                    }
+                    Ok(_) => {
+                        tracing::warn!(peer, "closing append stream: not an append");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
+            if let Some(f) = fence_check(&node, peer, epoch) {
+                let _ = fenced_tx.send(f);
+                return;
+            }
+            node.roles.leader_contact();
+            if tx.send(req).await.is_err() {
+                return;
+            }
+        }
+        // Dropping `tx` ends Raft's input: the answers due still come.
+    };
+    let writer = async move {
+        while let Some(r) = answers.next().await {
+            let stop = !matches!(r, Ok(Ok(_)));
+            let resp = PeerResponse::AppendStream(r.map_err(|e| e.to_string()));
+            if write_frame(&mut wr, &resp).await.is_err() || stop {
+                return;
+            }
+        }
+        if let Ok(f) = fenced_rx.try_recv() {
+            let _ = write_frame(&mut wr, &f).await;
+        }
+    };
+    let mut reader = std::pin::pin!(reader);
+    let mut writer = std::pin::pin!(writer);
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            () = &mut reader, if reading => reading = false,
+            () = &mut writer => return,
         }
     }
 }
@@ -654,6 +997,9 @@ async fn dispatch(
         PeerRequest::Action(action) => {
             PeerResponse::Action(server.node.peer_action(action, peer).await)
         }
+        PeerRequest::AppendStream(_) => {
+            return Err("append stream request on a request/response connection".into())
+        }
         PeerRequest::Append(rpc) => {
             server.node.roles.leader_contact();
             PeerResponse::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
@@ -733,4 +1079,224 @@ async fn dispatch(
             )
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::raft::StreamAppendError;
+    use tandem_storage::{Entry, Vote};
+
+    fn identity(limit: u64) -> Arc<PeerIdentity> {
+        Arc::new(PeerIdentity {
+            node_id: 1,
+            cluster_id: "c".into(),
+            epoch: Box::new(|| 0),
+            fence: Arc::new(crate::roles::Fence::default()),
+            bandwidth_limit: Box::new(move || limit),
+        })
+    }
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(
+            openraft::impls::leader_id_adv::LeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
+    }
+
+    /// Entries `from..to` (a heartbeat when empty) after entry `from - 1`.
+    fn request(from: u64, to: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: (from > 1).then(|| log_id(from - 1)),
+            entries: (from..to)
+                .map(|i| Entry {
+                    log_id: log_id(i),
+                    payload: openraft::EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        }
+    }
+
+    fn ctx(limit: u64) -> StreamCtx {
+        StreamCtx {
+            target: 2,
+            addr: "test".into(),
+            me: identity(limit),
+            limiter: Arc::new(RateLimiter::default()),
+            ttl: Duration::from_secs(5),
+        }
+    }
+
+    /// A follower that reads `batch` requests before answering any of them,
+    /// answering request number `conflict_at` (0-based) with a conflict.
+    async fn fake_follower(
+        mut io: tokio::io::DuplexStream,
+        batch: usize,
+        conflict_at: Option<usize>,
+    ) -> usize {
+        let mut seen = 0;
+        loop {
+            let mut reqs = Vec::new();
+            for _ in 0..batch {
+                match read_frame::<Envelope, _>(&mut io).await {
+                    Ok(Envelope {
+                        body: PeerRequest::AppendStream(r),
+                        ..
+                    }) => reqs.push(r),
+                    Ok(other) => panic!("unexpected {other:?}"),
+                    Err(_) => return seen,
+                }
+            }
+            for r in reqs {
+                let last = r.entries.last().map(|e| e.log_id).or(r.prev_log_id);
+                let answer = if Some(seen) == conflict_at {
+                    Err(StreamAppendError::Conflict(
+                        r.prev_log_id.expect("has prev"),
+                    ))
+                } else {
+                    Ok(last)
+                };
+                seen += 1;
+                write_frame(&mut io, &PeerResponse::AppendStream(Ok(answer)))
+                    .await
+                    .expect("answer written");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn pipeline_sends_ahead_and_answers_in_order() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        // The follower answers only after three requests arrived: a client
+        // waiting for each answer before the next request would hang.
+        let follower = tokio::spawn(fake_follower(server, 3, None));
+        let input = futures::stream::iter(vec![request(1, 3), request(3, 5), request(5, 5)]);
+        let answers: Vec<_> = append_pipeline(client, input, ctx(0)).collect().await;
+        let answers: Vec<_> = answers
+            .into_iter()
+            .map(|a| a.expect("no transport error"))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![
+                Ok(Some(log_id(2))),
+                Ok(Some(log_id(4))),
+                Ok(Some(log_id(4)))
+            ]
+        );
+        assert_eq!(follower.await.expect("follower ran"), 3);
+    }
+
+    #[tokio::test]
+    async fn pipeline_stops_at_a_conflict() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let _follower = tokio::spawn(fake_follower(server, 1, Some(1)));
+        let input = futures::stream::iter(vec![request(1, 3), request(3, 5), request(5, 7)]);
+        let answers: Vec<_> = append_pipeline(client, input, ctx(0)).collect().await;
+        assert_eq!(answers.len(), 2, "nothing after the conflict");
+        assert!(matches!(answers[0], Ok(Ok(Some(_)))));
+        assert!(matches!(
+            answers[1],
+            Ok(Err(StreamAppendError::Conflict(_)))
+        ));
+    }
+
+    #[tokio::test]
+    async fn pipeline_reports_a_broken_connection() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        drop(server);
+        let input = futures::stream::iter(vec![request(1, 3)]);
+        let answers: Vec<_> = append_pipeline(client, input, ctx(0)).collect().await;
+        assert_eq!(answers.len(), 1);
+        assert!(matches!(answers[0], Err(CallError::Network { .. })));
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_not_throttled() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let _follower = tokio::spawn(fake_follower(server, 1, None));
+        // 1 byte/s: any frame with entries would wait for minutes.
+        let input = futures::stream::iter((0..20).map(|_| request(1, 1)));
+        let start = tokio::time::Instant::now();
+        let answers: Vec<_> = append_pipeline(client, input, ctx(1)).collect().await;
+        assert_eq!(answers.len(), 20);
+        assert!(start.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn appends_are_throttled() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let _follower = tokio::spawn(fake_follower(server, 1, None));
+        let input = futures::stream::iter((0..4).map(|i| request(1 + i * 100, 101 + i * 100)));
+        let start = tokio::time::Instant::now();
+        let answers: Vec<_> = append_pipeline(client, input, ctx(2_000)).collect().await;
+        assert_eq!(answers.len(), 4);
+        // 4 frames of 100 entries (about 2 KB in all) at 2 KB/s.
+        assert!(
+            start.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    /// Bytes sent in `window` by `senders` concurrent senders of `chunk`-byte
+    /// pieces through one limiter at `rate` bytes/s.
+    async fn measure(rate: u64, chunk: usize, senders: usize, window: Duration) -> f64 {
+        let limiter = Arc::new(RateLimiter::default());
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let start = tokio::time::Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..senders {
+            let (limiter, sent) = (limiter.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                while start.elapsed() < window {
+                    limiter.acquire(chunk, rate).await;
+                    sent.fetch_add(chunk as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("sender ran");
+        }
+        let secs = start.elapsed().as_secs_f64();
+        sent.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn limiter_holds_the_rate() {
+        // Real time, 1.5 s, the cases side by side.
+        let cases = [
+            (1_000_000, 16 * 1024, 1),
+            (1_000_000, 16 * 1024, 4),
+            (65_536, 16 * 1024, 1),
+            (200_000, 512 * 1024, 1), // chunks larger than the burst
+            (4_000_000, 64 * 1024, 2),
+        ];
+        let runs = cases.map(|(rate, chunk, senders)| {
+            tokio::spawn(measure(rate, chunk, senders, Duration::from_millis(1500)))
+        });
+        for ((rate, chunk, senders), run) in cases.into_iter().zip(runs) {
+            let got = run.await.expect("measured");
+            let ratio = got / rate as f64;
+            assert!(
+                (0.8..=1.2).contains(&ratio),
+                "rate {rate}, chunk {chunk}, {senders} senders: {got:.0} B/s"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unlimited_never_waits() {
+        let limiter = RateLimiter::default();
+        let start = tokio::time::Instant::now();
+        for _ in 0..1000 {
+            limiter.acquire(1 << 20, 0).await;
+        }
+        assert!(start.elapsed() < Duration::from_millis(100));
+    }
 }

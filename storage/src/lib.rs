@@ -179,28 +179,3 @@ pub fn open_with_db(db: sled::Db, dir: &Path) -> Result<Store, StorageError> {
         sled_dir,
     })
 }
-
-#[doc(hidden)]
-pub static TMP_STATS: [std::sync::atomic::AtomicU64; 5] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 5];
-#[doc(hidden)]
-pub fn tmp_stats_spawn() {
-    tokio::spawn(async {
-        let mut last = [0u64; 5];
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            let now: Vec<u64> = TMP_STATS
-                .iter()
-                .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
-                .collect();
-            let d: Vec<u64> = (0..5).map(|i| now[i] - last[i]).collect();
-            if d[0] > 0 {
-                eprintln!(
-                    "TMPSTATS appends={} entries={} flushes={} applies={} applied={}",
-                    d[0], d[1], d[2], d[3], d[4]
-                );
-            }
-            last.copy_from_slice(&now);
-        }
-    });
-}

@@ -240,8 +240,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if batch.is_empty() {
             return Ok(());
         }
-        crate::TMP_STATS[3].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::TMP_STATS[4].fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let shared = self.shared.clone();
         let responses = blocking(move || shared.apply_blocking(&batch)).await?;
         for (responder, response) in responders.into_iter().zip(responses) {

@@ -13,6 +13,7 @@
 //! Every wait is bounded by time (and polls at a fixed interval, so by count
 //! too); nothing synchronises on a fixed sleep.
 
+pub mod netcluster;
 pub mod netns;
 
 use std::collections::BTreeMap;

@@ -190,20 +190,52 @@ impl Topology {
             let ns = t.ns(h);
             ip_ok(&["netns", "add", &ns])?;
             t.created.push(ns.clone());
-            let port = format!("v-{h}");
-            ip_ok(&[
-                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", IFACE, "netns",
-                &ns,
-            ])?;
-            ip_ok(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
             ip_ok(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip_ok(&["-n", &ns, "link", "set", IFACE, "up"])?;
-            let a4 = format!("{}/24", addr4(h));
-            let a6 = format!("{}/64", addr6(h));
-            ip_ok(&["-n", &ns, "addr", "add", &a4, "dev", IFACE])?;
-            ip_ok(&["-n", &ns, "addr", "add", &a6, "dev", IFACE, "nodad"])?;
+            t.plug(h)?;
         }
         Ok(t)
+    }
+
+    /// Connects host `h` to the switch: a veth pair (`v-<h>` on the bridge,
+    /// [`IFACE`] in `h`) and `h`'s own addresses. Done by [`Topology::create`];
+    /// call it again after [`Topology::unplug`].
+    ///
+    /// # Errors
+    /// An `ip` command fails.
+    pub fn plug(&self, h: &str) -> anyhow::Result<()> {
+        let sw = self.ns("sw");
+        let ns = self.ns(h);
+        let port = format!("v-{h}");
+        ip_ok(&[
+            "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", IFACE, "netns", &ns,
+        ])?;
+        ip_ok(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+        ip_ok(&["-n", &ns, "link", "set", IFACE, "up"])?;
+        let a4 = format!("{}/24", addr4(h));
+        let a6 = format!("{}/64", addr6(h));
+        ip_ok(&["-n", &ns, "addr", "add", &a4, "dev", IFACE])?;
+        ip_ok(&["-n", &ns, "addr", "add", &a6, "dev", IFACE, "nodad"])?;
+        Ok(())
+    }
+
+    /// Pulls host `h` off the network as a machine that loses power does:
+    /// its [`IFACE`] (and the veth end on the switch) is deleted, and with
+    /// it every address on it, the shared ones included.
+    ///
+    /// # Errors
+    /// `ip` fails.
+    pub fn unplug(&self, h: &str) -> anyhow::Result<()> {
+        self.ip(h, &["link", "del", IFACE]).map(drop)
+    }
+
+    /// Sets [`IFACE`] of host `h` down or up (the host is cut off from every
+    /// peer but keeps its addresses).
+    ///
+    /// # Errors
+    /// `ip` fails.
+    pub fn set_link(&self, h: &str, up: bool) -> anyhow::Result<()> {
+        let state = if up { "up" } else { "down" };
+        self.ip(h, &["link", "set", IFACE, state]).map(drop)
     }
 
     /// Full namespace name of host `h` (`a`, `b`, `w`, `client`, `sw`).
@@ -360,6 +392,8 @@ pub struct Sample {
 /// address: that succeeds exactly where the address is local, so a sample is
 /// a near-instant snapshot (tens of microseconds for all hosts).
 pub struct Sampler {
+    /// When sampling started (the origin of every [`Sample::at`]).
+    pub started: Instant,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<Vec<Sample>>>,
 }
@@ -385,8 +419,8 @@ impl Sampler {
             .collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop2 = stop.clone();
+        let start = Instant::now();
         let thread = std::thread::spawn(move || {
-            let start = Instant::now();
             let mut samples = Vec::new();
             while !stop2.load(Ordering::SeqCst) && samples.len() < MAX_SAMPLES {
                 let at = start.elapsed();
@@ -403,6 +437,7 @@ impl Sampler {
             samples
         });
         Self {
+            started: start,
             stop,
             thread: Some(thread),
         }
@@ -444,9 +479,13 @@ pub struct Probe {
 /// From the client namespace, connects to `addr` every 10 ms (each attempt
 /// bounded by 100 ms) and records who answered: the servers write their
 /// name and close (an HTTP endpoint naming the node, or [`NameServer`]).
+/// [`Prober::start_with`] takes any probe (e.g. an HTTPS `/health`).
 pub struct Prober {
+    /// When probing started (the origin of every [`Probe::at`]).
+    pub started: Instant,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<Probe>>>,
+    probes: std::sync::Arc<std::sync::Mutex<Vec<Probe>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Prober {
@@ -455,35 +494,75 @@ impl Prober {
     /// # Panics
     /// The namespace cannot be opened.
     pub fn start(t: &Topology, from: &str, target: std::net::SocketAddr) -> Self {
+        Self::start_with(t, from, move || probe_once(target))
+    }
+
+    /// Runs `probe` every 10 ms inside host `from`; what it returns is the
+    /// answer (`None`: nobody answered).
+    ///
+    /// # Panics
+    /// The namespace cannot be opened.
+    pub fn start_with<F>(t: &Topology, from: &str, mut probe: F) -> Self
+    where
+        F: FnMut() -> Option<String> + Send + 'static,
+    {
         let p = format!("/var/run/netns/{}", t.ns(from));
         let f = std::fs::File::open(&p).unwrap_or_else(|e| panic!("open {p}: {e}"));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let start = Instant::now();
-            let mut probes = Vec::new();
-            while !stop2.load(Ordering::SeqCst) && probes.len() < MAX_SAMPLES {
-                let at = start.elapsed();
-                let answer = probe_once(target);
-                probes.push(Probe { at, answer });
-                std::thread::sleep(Duration::from_millis(10));
+        let probes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let thread = std::thread::spawn({
+            let (stop, probes) = (stop.clone(), probes.clone());
+            move || {
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) && n < MAX_SAMPLES {
+                    let at = started.elapsed();
+                    let answer = probe();
+                    probes
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(Probe { at, answer });
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
-            probes
         });
         Self {
+            started,
             stop,
+            probes,
             thread: Some(thread),
         }
+    }
+
+    /// The newest probe so far.
+    pub fn latest(&self) -> Option<Probe> {
+        self.probes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .last()
+            .cloned()
+    }
+
+    /// Whether the newest probe was answered by `name`.
+    pub fn answered_by(&self, name: &str) -> bool {
+        self.latest()
+            .is_some_and(|p| p.answer.as_deref() == Some(name))
     }
 
     /// Stops and returns the probes.
     pub fn finish(mut self) -> Vec<Probe> {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread
-            .take()
-            .map(|t| t.join().expect("prober thread"))
-            .unwrap_or_default()
+        if let Some(t) = self.thread.take() {
+            t.join().expect("prober thread");
+        }
+        std::mem::take(
+            &mut *self
+                .probes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
