@@ -12,7 +12,6 @@ use tandem_storage::NodeKind;
 use tandem_web::BreakOutcome;
 
 use crate::node::{Node, NodeError};
-use crate::protocol::{ActionRequest, PeerRequest};
 use crate::roles::Role;
 use crate::settings::Settings;
 
@@ -208,18 +207,7 @@ impl Node {
             .change_membership(openraft::ChangeMembers::RemoveVoters(ids.clone()), false)
             .await
             .map_err(|e| NodeError::Unavailable(format!("removing the witness: {e}")))?;
-        for (id, addr) in &witnesses {
-            let notice = PeerRequest::Action(ActionRequest::Break {
-                actor: actor.into(),
-            });
-            if let Err(e) = self
-                .network
-                .call(*id, addr, notice, Duration::from_secs(5))
-                .await
-            {
-                tracing::info!(peer = id, error = %e, "witness not told of its removal now; it learns at its next contact");
-            }
-        }
+        self.notify_removed(&witnesses, actor).await;
         tracing::info!(witnesses = ?ids, "witness removed: pair-only topology");
         Ok(BreakOutcome {
             former_peers: ids.into_iter().collect(),

@@ -127,26 +127,18 @@ impl Node {
             .await?;
         let me = self.cfg.node_id;
         let current = self.epoch();
-        let req = Request::Multi(vec![
-            Request::RaiseEpoch {
-                expected_epoch: current.epoch,
-                primary: me,
-                forced: true,
-                forked_at,
-                at_ms: now_ms(),
-            },
-            Request::HistoryAppend {
-                at_ms: now_ms(),
-                node: me,
-                kind: "forced_promotion".into(),
-                actor: actor.to_string(),
-                details_json: json!({
-                    "primary": me, "name": self.cfg.name, "previous_primary": before.primary,
-                    "epoch": current.epoch + 1, "forked_at": forked_at,
-                })
-                .to_string(),
-            },
-        ]);
+        let details = json!({
+            "primary": me, "name": self.cfg.name, "previous_primary": before.primary,
+            "epoch": current.epoch + 1, "forked_at": forked_at,
+        });
+        let req = self.epoch_change(
+            current.epoch,
+            true,
+            forked_at,
+            "forced_promotion",
+            actor,
+            details,
+        );
         let epoch = match self.write(req).await? {
             Response::Multi(r) => match r.first() {
                 Some(Response::Epoch { epoch }) => *epoch,
@@ -253,38 +245,14 @@ impl Node {
         let ep = self.epoch();
         // The epoch is raised (not forced) so that a later look at it shows a
         // plain standalone node, not the survivor of a forced promotion.
-        let req = Request::Multi(vec![
-            Request::RaiseEpoch {
-                expected_epoch: ep.epoch,
-                primary: me,
-                forced: false,
-                forked_at: None,
-                at_ms: now_ms(),
-            },
-            Request::HistoryAppend {
-                at_ms: now_ms(),
-                node: me,
-                kind: "break".into(),
-                actor: actor.to_string(),
-                details_json: json!({ "primary": me, "former_peers": former }).to_string(),
-            },
-        ]);
+        let details = json!({ "primary": me, "former_peers": former });
+        let req = self.epoch_change(ep.epoch, false, None, "break", actor, details);
         match self.write(req).await? {
             Response::Multi(_) => {}
             Response::Refused { reason } => return Err(NodeError::Refused(reason)),
             other => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
         }
-        let addresses: Vec<(u64, String)> = {
-            let m = self.metrics();
-            former
-                .iter()
-                .filter_map(|id| {
-                    m.membership_config
-                        .get_node(id)
-                        .map(|n| (*id, n.peer_addr.clone()))
-                })
-                .collect()
-        };
+        let addresses = self.peer_addresses(&former);
         let keep = std::collections::BTreeSet::from([me]);
         self.raft()
             .change_membership(openraft::ChangeMembers::ReplaceAllVoters(keep), false)
@@ -292,18 +260,7 @@ impl Node {
             .map_err(|e| NodeError::Unavailable(format!("removing the other members: {e}")))?;
         // Former members learn it at their next Raft message (they are
         // answered "removed"); nudge them now so they need not wait.
-        for (id, addr) in &addresses {
-            let notice = PeerRequest::Action(ActionRequest::Break {
-                actor: actor.into(),
-            });
-            if let Err(e) = self
-                .network
-                .call(*id, addr, notice, Duration::from_secs(5))
-                .await
-            {
-                tracing::info!(peer = id, error = %e, "former member not told of the break now; it learns at its next contact");
-            }
-        }
+        self.notify_removed(&addresses, actor).await;
         tracing::info!(former = ?former, "relationship broken; this node is standalone");
         Ok(BreakOutcome {
             former_peers: former,

@@ -1149,30 +1149,76 @@ async fn witness_fallback_election(node: &Node) {
     let _ = node.raft().trigger().elect(false).await;
 }
 
+impl Node {
+    /// One entry that raises the epoch from `expected` with this node as
+    /// primary and records `kind` in the history: both or neither apply.
+    pub(crate) fn epoch_change(
+        &self,
+        expected: u64,
+        forced: bool,
+        forked_at: Option<u64>,
+        kind: &str,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Request {
+        let me = self.cfg.node_id;
+        Request::Multi(vec![
+            Request::RaiseEpoch {
+                expected_epoch: expected,
+                primary: me,
+                forced,
+                forked_at,
+                at_ms: now_ms(),
+            },
+            Request::HistoryAppend {
+                at_ms: now_ms(),
+                node: me,
+                kind: kind.to_string(),
+                actor: actor.to_string(),
+                details_json: details.to_string(),
+            },
+        ])
+    }
+
+    /// Tells members that were just removed (break, witness removal) so they
+    /// need not wait for their next Raft message to find out.
+    pub(crate) async fn notify_removed(&self, members: &[(u64, String)], actor: &str) {
+        for (id, addr) in members {
+            let notice = PeerRequest::Action(ActionRequest::Break {
+                actor: actor.into(),
+            });
+            if let Err(e) = self
+                .network
+                .call(*id, addr, notice, Duration::from_secs(5))
+                .await
+            {
+                tracing::info!(peer = id, error = %e, "removed member not told now; it learns at its next contact");
+            }
+        }
+    }
+
+    /// `(id, peer address)` of these members, from the current membership.
+    pub(crate) fn peer_addresses(&self, ids: &[u64]) -> Vec<(u64, String)> {
+        let m = self.metrics();
+        ids.iter()
+            .filter_map(|id| {
+                m.membership_config
+                    .get_node(id)
+                    .map(|n| (*id, n.peer_addr.clone()))
+            })
+            .collect()
+    }
+}
+
 async fn raise_epoch(node: &Node, ep: EpochRecord) {
     let me = node.cfg.node_id;
-    let req = Request::Multi(vec![
-        Request::RaiseEpoch {
-            expected_epoch: ep.epoch,
-            primary: me,
-            forced: false,
-            forked_at: None,
-            at_ms: now_ms(),
-        },
-        Request::HistoryAppend {
-            at_ms: now_ms(),
-            node: me,
-            kind: "role_change".into(),
-            actor: "tandem".into(),
-            details_json: json!({
-                "primary": me,
-                "name": node.cfg.name,
-                "previous_primary": ep.primary,
-                "epoch": ep.epoch + 1,
-            })
-            .to_string(),
-        },
-    ]);
+    let details = json!({
+        "primary": me,
+        "name": node.cfg.name,
+        "previous_primary": ep.primary,
+        "epoch": ep.epoch + 1,
+    });
+    let req = node.epoch_change(ep.epoch, false, None, "role_change", "tandem", details);
     match node.write(req).await {
         Ok(Response::Multi(_)) => {
             tracing::info!(epoch = ep.epoch + 1, "epoch raised; this node is primary")
