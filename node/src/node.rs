@@ -234,7 +234,7 @@ impl Node {
             cluster_id: cfg.cluster_id.clone(),
             epoch: Box::new(move || epoch_now.load(Ordering::Relaxed)),
             fence: fence.clone(),
-            // Not wired yet: see `PeerIdentity::bandwidth_limit`.
+            // Refreshed from the replicated settings on every role tick.
             bandwidth_limit: Box::new(move || bandwidth_now.load(Ordering::Relaxed)),
         });
         let network = PeerNetwork::new(identity.clone(), client_tls);
