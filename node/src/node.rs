@@ -112,9 +112,6 @@ pub fn raft_config(
         // Bounds one AppendEntries frame: 256 entries of at most 64 KiB each
         // stay well inside the 32 MiB frame limit.
         max_payload_entries: 256,
-        // Under load, wait up to 1 ms for more client writes so that one log
-        // append (and one flush) carries many of them.
-        api_batch_linger_ms: 1,
         ..Default::default()
     };
     Ok(Arc::new(cfg.validate()?))
@@ -381,13 +378,20 @@ impl Node {
         }
     }
 
-    /// Checks an admin bearer token against the replicated hash.
+    /// Checks a bearer token: the admin token, or a per-user API token
+    /// (`tdu_<id>.<secret>`) whose user still exists, against the
+    /// replicated hashes.
     pub fn authorize(&self, bearer: &str) -> bool {
+        let got = hash_secret(bearer);
+        if let Some(id) = crate::users::api_token_id(bearer) {
+            let reader = self.reader();
+            return reader.api_token(id).is_some_and(|t| {
+                constant_time_eq(got.as_bytes(), t.secret_hash.as_bytes())
+                    && reader.user(&t.user).is_some()
+            });
+        }
         match self.reader().admin_token_hash() {
-            Some(expected) => {
-                let got = hash_secret(bearer);
-                constant_time_eq(got.as_bytes(), expected.as_bytes())
-            }
+            Some(expected) => constant_time_eq(got.as_bytes(), expected.as_bytes()),
             None => false,
         }
     }
