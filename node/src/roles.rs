@@ -1129,11 +1129,14 @@ async fn settings_duties(node: &Arc<Node>, role: Role, old_role: Role, ep: &Epoc
 
 /// The witness does not start elections on its own (so that the backup's
 /// first election after the primary dies wins). If no leader has been heard
-/// from for one and a half primary timeouts — the backup cannot win, e.g.
-/// because its log is behind the witness's — the witness stands, leads just
-/// long enough to bring an appliance up to date, and hands over.
+/// from a little after the longest election timeout — the backup cannot
+/// win, e.g. because its log is behind the witness's — the witness stands,
+/// leads just long enough to bring an appliance up to date, and hands over.
 async fn witness_fallback_election(node: &Node) {
-    let limit = node.timing.primary_timeout * 3 / 2;
+    // Just after the longest appliance election timeout: by then the backup
+    // has won if it could (its log was as long as the witness's); if it
+    // could not, the witness leads, brings it up to date and hands over.
+    let limit = node.timing.election_max + node.timing.heartbeat;
     {
         let mut i = node.roles.lock();
         let silent = match i.last_leader_contact {
@@ -1145,7 +1148,7 @@ async fn witness_fallback_election(node: &Node) {
         }
         i.last_witness_election = Some(Instant::now());
     }
-    tracing::info!("no leader for 1.5 primary timeouts: the witness stands for election");
+    tracing::info!("no leader after the longest election timeout: the witness stands for election");
     let _ = node.raft().trigger().elect(false).await;
 }
 
@@ -1233,14 +1236,17 @@ async fn hand_over_from_witness(
     node: &Node,
     m: &openraft::RaftMetrics<tandem_storage::TypeConfig>,
 ) {
+    // One transfer at a time: give a triggered transfer a few heartbeats to
+    // complete before trying again (until then, no rate limit: the check
+    // below is cheap and the hand-over should happen on the first tick an
+    // appliance has caught up).
+    if node
+        .roles
+        .lock()
+        .last_handover
+        .is_some_and(|t| t.elapsed() < node.timing.heartbeat * 3)
     {
-        let mut i = node.roles.lock();
-        if i.last_handover
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
-        {
-            return;
-        }
-        i.last_handover = Some(Instant::now());
+        return;
     }
     let Some(last) = m.last_log_index else { return };
     let membership = m.membership_config.membership();
@@ -1263,6 +1269,7 @@ async fn hand_over_from_witness(
             to,
             "witness is leader: handing leadership to a caught-up appliance"
         );
+        node.roles.lock().last_handover = Some(Instant::now());
         let _ = node.raft().trigger().transfer_leader(to).await;
     }
 }
