@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
-use tandem_storage::{ConfigEntry, NodeKind, Request, Response, Session};
+use tandem_storage::{AdminUser, ConfigEntry, NodeKind, Request, Response, Session};
 use tandem_web::{
-    AdminBackend, ApiError, BreakOutcome, ClusterView, ConfigEntryView, HealthView,
-    HistoryEventView, HistoryPage, HostView, JoinRequest, JoinResponse, JoinTokenRequest,
-    JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView, RoleHealth, SessionCreate,
-    SessionView, SettingsUpdate, SettingsView, StatusView, SwapOutcome, SwapRequest, SyncReport,
-    SyncRequest,
+    AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome, ClusterView,
+    ConfigEntryView, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
+    JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView,
+    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, StatusView, SwapOutcome,
+    SwapRequest, SyncReport, SyncRequest, UserView,
 };
 
 use crate::client::ApiClient;
@@ -159,6 +159,74 @@ fn parse_kind(kind: Option<&str>) -> Result<NodeKind, ApiError> {
         Some(other) => Err(ApiError::BadRequest(format!(
             "kind must be \"appliance\" or \"witness\", not {other:?}"
         ))),
+    }
+}
+
+fn user_view(u: AdminUser) -> UserView {
+    UserView {
+        name: u.name,
+        created_at_ms: u.created_ms,
+        updated_at_ms: u.updated_ms,
+        updated_by: u.updated_by,
+    }
+}
+
+impl Backend {
+    /// Proposes `req` together with a history event of `kind` by `actor`;
+    /// returns the response to `req`.
+    async fn write_recorded(
+        &self,
+        req: Request,
+        kind: &str,
+        actor: &str,
+        details: serde_json::Value,
+    ) -> Result<Response, ApiError> {
+        let cmd = Request::Multi(vec![
+            req,
+            Request::HistoryAppend {
+                at_ms: now_ms(),
+                node: self.node.cfg.node_id,
+                kind: kind.into(),
+                actor: actor.into(),
+                details_json: details.to_string(),
+            },
+        ]);
+        match self.node.write(cmd).await.map_err(api)? {
+            Response::Multi(mut r) if !r.is_empty() => Ok(r.remove(0)),
+            other => Ok(other),
+        }
+    }
+
+    async fn set_password(
+        &self,
+        name: &str,
+        password: String,
+        actor: &str,
+        kind: &str,
+    ) -> Result<UserView, ApiError> {
+        let password_hash = crate::users::hash_password(password)
+            .await
+            .map_err(ApiError::Internal)?;
+        let at_ms = now_ms();
+        let req = Request::UserPut {
+            name: name.to_owned(),
+            password_hash,
+            actor: actor.to_owned(),
+            at_ms,
+        };
+        match self
+            .write_recorded(req, kind, actor, json!({ "user": name }))
+            .await?
+        {
+            Response::Ok => self
+                .node
+                .reader()
+                .user(name)
+                .map(user_view)
+                .ok_or_else(|| ApiError::Internal(format!("user {name:?} vanished"))),
+            Response::Refused { reason } => Err(ApiError::BadRequest(reason)),
+            other => Err(unexpected(other)),
+        }
     }
 }
 
@@ -775,5 +843,132 @@ impl AdminBackend for Backend {
             certificates_ok,
             shared_ips_ok,
         })
+    }
+    async fn verify_user(&self, name: String, password: String) -> Result<bool, ApiError> {
+        let hash = self.node.reader().user(&name).map(|u| u.password_hash);
+        crate::users::verify_password(password, hash)
+            .await
+            .map_err(ApiError::Internal)
+    }
+
+    async fn users(&self) -> Result<Vec<UserView>, ApiError> {
+        Ok(self
+            .node
+            .reader()
+            .users()
+            .into_iter()
+            .map(user_view)
+            .collect())
+    }
+
+    async fn user_put(
+        &self,
+        name: String,
+        password: String,
+        actor: String,
+    ) -> Result<UserView, ApiError> {
+        let kind = if self.node.reader().user(&name).is_some() {
+            "user_password_set"
+        } else {
+            "user_added"
+        };
+        self.set_password(&name, password, &actor, kind).await
+    }
+
+    async fn user_delete(&self, name: String, actor: String) -> Result<(), ApiError> {
+        let req = Request::UserDelete {
+            name: name.clone(),
+            actor: actor.clone(),
+            at_ms: now_ms(),
+        };
+        match self
+            .write_recorded(req, "user_removed", &actor, json!({ "user": name }))
+            .await?
+        {
+            Response::Deleted { existed: true } => Ok(()),
+            Response::Deleted { existed: false } => {
+                Err(ApiError::NotFound(format!("no user {name:?}")))
+            }
+            Response::Refused { reason } => Err(ApiError::Refused(reason)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn change_password(
+        &self,
+        name: String,
+        old_password: String,
+        new_password: String,
+    ) -> Result<(), ApiError> {
+        if !self.verify_user(name.clone(), old_password).await? {
+            return Err(ApiError::Forbidden("the current password is wrong".into()));
+        }
+        self.set_password(&name, new_password, &name, "user_password_changed")
+            .await
+            .map(|_| ())
+    }
+
+    async fn api_token_create(
+        &self,
+        user: String,
+        actor: String,
+    ) -> Result<ApiTokenCreated, ApiError> {
+        let (id, token, secret_hash) = crate::users::new_api_token();
+        let at_ms = now_ms();
+        let req = Request::ApiTokenCreate {
+            id: id.clone(),
+            user: user.clone(),
+            secret_hash,
+            at_ms,
+        };
+        match self
+            .write_recorded(
+                req,
+                "api_token_created",
+                &actor,
+                json!({ "id": id, "user": user }),
+            )
+            .await?
+        {
+            Response::Ok => Ok(ApiTokenCreated {
+                id,
+                user,
+                token,
+                created_at_ms: at_ms,
+            }),
+            Response::Refused { reason } if reason.starts_with("no user") => {
+                Err(ApiError::NotFound(reason))
+            }
+            Response::Refused { reason } => Err(ApiError::Conflict(reason)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn api_token_revoke(&self, id: String, actor: String) -> Result<(), ApiError> {
+        let req = Request::ApiTokenRevoke { id: id.clone() };
+        match self
+            .write_recorded(req, "api_token_revoked", &actor, json!({ "id": id }))
+            .await?
+        {
+            Response::Deleted { existed: true } => Ok(()),
+            Response::Deleted { existed: false } => {
+                Err(ApiError::NotFound(format!("no API token {id:?}")))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn api_token_list(&self) -> Result<Vec<ApiTokenView>, ApiError> {
+        Ok(self
+            .node
+            .reader()
+            .api_tokens()
+            .into_iter()
+            .map(|t| ApiTokenView {
+                id: t.id,
+                user: t.user,
+                created_at_ms: t.created_ms,
+            })
+            .collect())
     }
 }

@@ -83,6 +83,9 @@ pub struct InitOptions {
     pub tuning: Tuning,
 }
 
+/// Name of the web UI user `init` creates.
+pub const INITIAL_ADMIN_USER: &str = "admin";
+
 /// What `init` created; the admin token is shown once and stored only hashed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InitOutcome {
@@ -92,6 +95,13 @@ pub struct InitOutcome {
     pub node_id: u64,
     /// The admin bearer token (only its hash is stored).
     pub admin_token: String,
+    /// The first web UI user (`admin`).
+    #[serde(default)]
+    pub admin_user: String,
+    /// Its one-time password (only an argon2id hash is stored); change it
+    /// on the Users page.
+    #[serde(default)]
+    pub admin_password: String,
     /// The CA certificate file, for clients.
     pub ca_file: PathBuf,
     /// The admin API base URL.
@@ -172,6 +182,11 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
         shared_ip: Default::default(),
     };
     let admin_token = format!("tdm_{}", random_secret(32));
+    let admin_password = crate::users::initial_password();
+    let admin_password_hash = crate::users::hash_password(admin_password.clone())
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("hashing the admin password")?;
     let node = Node::open(dir.clone(), cfg.clone()).await?;
     let members = BTreeMap::from([(1u64, node.info())]);
     node.raft()
@@ -199,6 +214,12 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
                 actor: "init".into(),
                 at_ms: crate::node::now_ms(),
             },
+            Request::UserPut {
+                name: INITIAL_ADMIN_USER.into(),
+                password_hash: admin_password_hash,
+                actor: "init".into(),
+                at_ms: crate::node::now_ms(),
+            },
         ]))
         .await?;
     if let Response::Refused { reason } = answer {
@@ -212,6 +233,8 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
         cluster_id,
         node_id: 1,
         admin_token,
+        admin_user: INITIAL_ADMIN_USER.into(),
+        admin_password,
         ca_file: std::fs::canonicalize(dir.ca_cert()).unwrap_or_else(|_| dir.ca_cert()),
         api: api_advertise,
     })

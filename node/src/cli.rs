@@ -485,6 +485,10 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                     "admin token (shown once, stored hashed): {}",
                     out.admin_token
                 );
+                println!(
+                    "web UI user {:?}, one-time password (shown once, stored hashed): {}",
+                    out.admin_user, out.admin_password
+                );
                 println!("CA certificate: {}", out.ca_file.display());
                 println!("API: {}", out.api);
                 println!("start it with: tandem run --dir {}", a.dir.dir.display());

@@ -33,6 +33,10 @@ pub struct LocalCluster {
     pub root: PathBuf,
     /// Admin token.
     pub token: String,
+    /// The first web UI user.
+    pub admin_user: String,
+    /// Its one-time password.
+    pub admin_password: String,
     /// CA certificate file.
     pub ca_file: PathBuf,
     /// The nodes: a, b, w.
@@ -107,6 +111,8 @@ impl LocalCluster {
         let mut cluster = Self {
             root: root.to_path_buf(),
             token: init.admin_token.clone(),
+            admin_user: init.admin_user.clone(),
+            admin_password: init.admin_password.clone(),
             ca_file: init.ca_file.clone(),
             nodes: vec![DemoNode {
                 name: "a".into(),
@@ -222,6 +228,7 @@ impl LocalCluster {
     pub fn describe(&self) -> Value {
         json!({
             "token": self.token,
+            "admin": { "user": self.admin_user, "password": self.admin_password },
             "ca": self.ca_file,
             "nodes": self.nodes.iter().map(|n| json!({
                 "name": n.name,
@@ -291,6 +298,10 @@ pub async fn run_demo(dir: Option<PathBuf>, shutdown: CancellationToken) -> anyh
     }
     println!();
     println!("admin token: {}", cluster.token);
+    println!(
+        "web UI:      {}/  (user {}, password {})",
+        cluster.nodes[0].api, cluster.admin_user, cluster.admin_password
+    );
     println!("CA file:     {}", cluster.ca_file.display());
     println!("written to:  {}", json_path.display());
     println!();

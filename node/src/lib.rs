@@ -33,6 +33,7 @@ pub mod roles;
 pub mod settings;
 pub mod shared_ip;
 pub mod transport;
+pub mod users;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -186,7 +186,7 @@ mod tests {
         assert!(t.witness_vote_lease <= t.election_min);
         assert!(t.lease < t.election_min);
         assert!(t.election_max < t.primary_timeout);
-        assert!(t.heartbeat * 3 < t.election_min);
+        assert!(t.heartbeat * 3 <= t.election_min);
         let fast = Timing::from_primary_timeout_ms(10);
         assert_eq!(
             fast.primary_timeout,

@@ -1461,14 +1461,15 @@ impl SharedIpManager {
         stop: CancellationToken,
     ) -> (SharedIpHandle, impl Future<Output = ()> + Send + 'static) {
         let (desired_tx, mut desired_rx) = watch::channel(Desired::default());
-        let (report_tx, report_rx) = watch::channel(SharedIpReport {
+        let (report_tx, _) = watch::channel(SharedIpReport {
             driver: self.driver.name().to_owned(),
             ..SharedIpReport::default()
         });
+        let report_tx = Arc::new(report_tx);
         let handle = SharedIpHandle {
             manager: self.clone(),
             desired: Arc::new(desired_tx),
-            report: report_rx,
+            report: report_tx.clone(),
         };
         let mgr = self;
         let task = async move {
@@ -1529,7 +1530,9 @@ struct Desired {
 pub struct SharedIpHandle {
     manager: Arc<SharedIpManager>,
     desired: Arc<watch::Sender<Desired>>,
-    report: watch::Receiver<SharedIpReport>,
+    /// Shared with the loop: `release_all` publishes its report at once, so
+    /// status never shows an address as held after it was released.
+    report: Arc<watch::Sender<SharedIpReport>>,
 }
 
 impl SharedIpHandle {
@@ -1571,7 +1574,9 @@ impl SharedIpHandle {
             cur.should_hold = false;
             was
         });
-        self.manager.release_all(epoch).await
+        let report = self.manager.release_all(epoch).await;
+        self.report.send_replace(report.clone());
+        report
     }
 
     /// Removes stale addresses at start (call once before the first

@@ -17,7 +17,10 @@ use sled::IVec;
 
 use crate::codec;
 use crate::error::StorageError;
-use crate::keys::{self, ConfigRecord, HistoryRecord, SessionRecord, SmMetaKey, TokenRecord};
+use crate::keys::{
+    self, ApiTokenRecord, ConfigRecord, HistoryRecord, SessionRecord, SmMetaKey, TokenRecord,
+    UserRecord,
+};
 use crate::types::{Entry, EpochRecord, Request, Response, SettingsRecord, StoredMembership};
 
 /// Largest value (JSON text) a command may store. sled writes values larger
@@ -43,6 +46,12 @@ pub const MAX_HISTORY_ACTOR_BYTES: usize = 128;
 
 /// Largest status history details (JSON object text).
 pub const MAX_HISTORY_DETAILS_BYTES: usize = 16 * 1024;
+
+/// Longest admin user name.
+pub const MAX_USER_NAME_BYTES: usize = 64;
+
+/// Longest password hash (PHC string) a `UserPut` may store.
+const MAX_PASSWORD_HASH_BYTES: usize = 512;
 
 /// A pending value of a key, as it was before a journaled write: `None` = the
 /// key had no pending write (reads went to the tree).
@@ -265,7 +274,10 @@ fn addressed_key(req: &Request) -> Option<&str> {
         Request::SessionPut { id, .. }
         | Request::SessionDelete { id }
         | Request::JoinTokenCreate { id, .. }
-        | Request::JoinTokenConsume { id, .. } => Some(id),
+        | Request::JoinTokenConsume { id, .. }
+        | Request::ApiTokenCreate { id, .. }
+        | Request::ApiTokenRevoke { id } => Some(id),
+        Request::UserPut { name, .. } | Request::UserDelete { name, .. } => Some(name),
         Request::Bootstrap { .. }
         | Request::SessionSweep { .. }
         | Request::SetAdminTokenHash { .. }
@@ -608,6 +620,87 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             }
             Response::HistoryAppended { seq }
         }
+        Request::UserPut {
+            name,
+            password_hash,
+            actor,
+            at_ms,
+        } => {
+            if name.is_empty() || name.len() > MAX_USER_NAME_BYTES {
+                return Ok(Response::refused(format!(
+                    "user name must be 1..={MAX_USER_NAME_BYTES} bytes"
+                )));
+            }
+            if password_hash.is_empty() || password_hash.len() > MAX_PASSWORD_HASH_BYTES {
+                return Ok(Response::refused("password hash is empty or too long"));
+            }
+            let k = keys::user_key(name);
+            let created_ms = ov.get::<UserRecord>(&k)?.map_or(*at_ms, |u| u.created_ms);
+            ov.put(
+                k,
+                &UserRecord {
+                    password_hash: password_hash.clone(),
+                    created_ms,
+                    updated_ms: *at_ms,
+                    updated_by: actor.clone(),
+                },
+            )?;
+            Response::Ok
+        }
+        Request::UserDelete { name, .. } => {
+            let k = keys::user_key(name);
+            if ov.get::<UserRecord>(&k)?.is_none() {
+                return Ok(Response::Deleted { existed: false });
+            }
+            let users = ov.existing_keys_in(&[keys::prefix::USER], &[keys::prefix::USER + 1])?;
+            if users.len() <= 1 {
+                return Ok(Response::refused("cannot delete the last admin user"));
+            }
+            ov.remove(k);
+            // Its API tokens go with it.
+            let tokens =
+                ov.existing_keys_in(&[keys::prefix::API_TOKEN], &[keys::prefix::API_TOKEN + 1])?;
+            for tk in tokens {
+                if ov
+                    .get::<ApiTokenRecord>(&tk)?
+                    .is_some_and(|t| t.user == *name)
+                {
+                    ov.remove(tk);
+                }
+            }
+            Response::Deleted { existed: true }
+        }
+        Request::ApiTokenCreate {
+            id,
+            user,
+            secret_hash,
+            at_ms,
+        } => {
+            if ov.get::<UserRecord>(&keys::user_key(user))?.is_none() {
+                return Ok(Response::refused(format!("no user {user:?}")));
+            }
+            let k = keys::api_token_key(id);
+            if ov.get::<ApiTokenRecord>(&k)?.is_some() {
+                return Ok(Response::refused("token id already exists"));
+            }
+            ov.put(
+                k,
+                &ApiTokenRecord {
+                    user: user.clone(),
+                    secret_hash: secret_hash.clone(),
+                    created_ms: *at_ms,
+                },
+            )?;
+            Response::Ok
+        }
+        Request::ApiTokenRevoke { id } => {
+            let k = keys::api_token_key(id);
+            let existed = ov.get::<ApiTokenRecord>(&k)?.is_some();
+            if existed {
+                ov.remove(k);
+            }
+            Response::Deleted { existed }
+        }
     })
 }
 
@@ -893,6 +986,127 @@ mod tests {
             singles.store.reader.digest()
         );
         assert_eq!(one_batch.store.reader.digest().0, Some(8));
+    }
+
+    fn user(name: &str, hash: &str) -> Request {
+        Request::UserPut {
+            name: name.into(),
+            password_hash: hash.into(),
+            actor: "init".into(),
+            at_ms: 10,
+        }
+    }
+
+    fn user_delete(name: &str) -> Request {
+        Request::UserDelete {
+            name: name.into(),
+            actor: "admin".into(),
+            at_ms: 20,
+        }
+    }
+
+    fn api_token(id: &str, user: &str) -> Request {
+        Request::ApiTokenCreate {
+            id: id.into(),
+            user: user.into(),
+            secret_hash: format!("hash-{id}"),
+            at_ms: 30,
+        }
+    }
+
+    #[test]
+    fn admin_users_and_api_tokens() {
+        let mut f = Fixture::new();
+        assert_eq!(f.one(user("admin", "$argon2id$h1")), Response::Ok);
+        // The last user cannot be deleted.
+        let before = state_without_applied(&f);
+        assert_eq!(
+            refused(&f.one(user_delete("admin"))),
+            "cannot delete the last admin user"
+        );
+        assert_eq!(before, state_without_applied(&f), "refusals change nothing");
+        assert_eq!(
+            f.one(user_delete("nobody")),
+            Response::Deleted { existed: false }
+        );
+        assert!(refused(&f.one(user("", "h"))).contains("user name"));
+        assert!(
+            refused(&f.one(user(&"n".repeat(MAX_USER_NAME_BYTES + 1), "h"))).contains("user name")
+        );
+        assert!(refused(&f.one(user("x", ""))).contains("password hash"));
+
+        // Replacing keeps the creation time.
+        f.apply(vec![
+            user("alice", "h2"),
+            Request::UserPut {
+                name: "alice".into(),
+                password_hash: "h3".into(),
+                actor: "alice".into(),
+                at_ms: 99,
+            },
+        ]);
+        let alice = f.store.reader.user("alice").expect("alice exists");
+        assert_eq!(
+            (
+                alice.password_hash.as_str(),
+                alice.created_ms,
+                alice.updated_ms,
+                alice.updated_by.as_str()
+            ),
+            ("h3", 10, 99, "alice")
+        );
+        assert!(!format!("{alice:?}").contains("h3"), "Debug hides the hash");
+        let names: Vec<_> = f.store.reader.users().into_iter().map(|u| u.name).collect();
+        assert_eq!(names, ["admin", "alice"]);
+
+        // Tokens need an existing user and a fresh id.
+        assert_eq!(
+            refused(&f.one(api_token("t0", "nobody"))),
+            "no user \"nobody\""
+        );
+        assert_eq!(
+            f.apply(vec![api_token("t1", "alice"), api_token("t2", "admin")]),
+            vec![Response::Ok; 2]
+        );
+        assert_eq!(
+            refused(&f.one(api_token("t1", "admin"))),
+            "token id already exists"
+        );
+        let t1 = f.store.reader.api_token("t1").expect("t1 exists");
+        assert_eq!(
+            (t1.user.as_str(), t1.secret_hash.as_str(), t1.created_ms),
+            ("alice", "hash-t1", 30)
+        );
+        assert_eq!(f.store.reader.api_tokens().len(), 2);
+        assert_eq!(
+            f.one(Request::ApiTokenRevoke { id: "t2".into() }),
+            Response::Deleted { existed: true }
+        );
+        assert_eq!(
+            f.one(Request::ApiTokenRevoke { id: "t2".into() }),
+            Response::Deleted { existed: false }
+        );
+
+        // Deleting a user removes its tokens; then admin is the last one.
+        f.one(api_token("t3", "alice"));
+        assert_eq!(
+            f.one(user_delete("alice")),
+            Response::Deleted { existed: true }
+        );
+        assert!(f.store.reader.user("alice").is_none());
+        assert!(f.store.reader.api_token("t1").is_none());
+        assert!(f.store.reader.api_token("t3").is_none());
+        assert!(f.store.reader.api_tokens().is_empty());
+        assert_eq!(
+            refused(&f.one(user_delete("admin"))),
+            "cannot delete the last admin user"
+        );
+        // In one Multi: add bob, then deleting admin is allowed.
+        assert!(matches!(
+            f.one(Request::Multi(vec![user("bob", "h"), user_delete("admin")])),
+            Response::Multi(_)
+        ));
+        assert_eq!(f.store.reader.users().len(), 1);
     }
 
     fn raise(expected_epoch: u64, primary: u64) -> Request {

@@ -55,6 +55,10 @@ pub(crate) mod prefix {
     pub(crate) const TOKEN: u8 = b't';
     /// Status history: `h` ++ seq (BE u64) → [`super::HistoryRecord`].
     pub(crate) const HISTORY: u8 = b'h';
+    /// Admin users: `u` ++ name (UTF-8) → [`super::UserRecord`].
+    pub(crate) const USER: u8 = b'u';
+    /// Per-user API tokens: `a` ++ id (UTF-8) → [`super::ApiTokenRecord`].
+    pub(crate) const API_TOKEN: u8 = b'a';
 }
 
 /// Typed singleton keys of the state machine's meta keyspace.
@@ -110,6 +114,14 @@ pub(crate) fn session_key(id: &str) -> Vec<u8> {
 
 pub(crate) fn token_key(id: &str) -> Vec<u8> {
     prefixed(prefix::TOKEN, id)
+}
+
+pub(crate) fn user_key(name: &str) -> Vec<u8> {
+    prefixed(prefix::USER, name)
+}
+
+pub(crate) fn api_token_key(id: &str) -> Vec<u8> {
+    prefixed(prefix::API_TOKEN, id)
 }
 
 pub(crate) fn expiry_key(expires_ms: u64, id: &str) -> Vec<u8> {
@@ -186,4 +198,21 @@ pub(crate) struct HistoryRecord {
     pub(crate) kind: String,
     pub(crate) actor: String,
     pub(crate) details_json: String,
+}
+
+/// Stored admin user (its name is in the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UserRecord {
+    pub(crate) password_hash: String,
+    pub(crate) created_ms: u64,
+    pub(crate) updated_ms: u64,
+    pub(crate) updated_by: String,
+}
+
+/// Stored per-user API token (its id is in the key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ApiTokenRecord {
+    pub(crate) user: String,
+    pub(crate) secret_hash: String,
+    pub(crate) created_ms: u64,
 }

@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 pub use apply::{
     HISTORY_CAPACITY, MAX_HISTORY_ACTOR_BYTES, MAX_HISTORY_DETAILS_BYTES, MAX_HISTORY_KIND_BYTES,
-    MAX_KEY_BYTES, MAX_VALUE_BYTES,
+    MAX_KEY_BYTES, MAX_USER_NAME_BYTES, MAX_VALUE_BYTES,
 };
 pub use codec::{decode, encode, CodecError, BINCODE_LIMIT};
 pub use error::StorageError;
@@ -61,9 +61,9 @@ pub use reader::StateReader;
 pub use snapshot::{incoming_snapshot_file, SNAPSHOT_FORMAT};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use types::{
-    ConfigEntry, Entry, EpochRecord, HistoryEvent, JoinToken, LogId, LoggedEntry, NodeInfo,
-    NodeKind, Request, Response, Session, SettingsRecord, Snapshot, SnapshotMeta, StoredMembership,
-    TypeConfig, Vote,
+    AdminUser, ApiToken, ConfigEntry, Entry, EpochRecord, HistoryEvent, JoinToken, LogId,
+    LoggedEntry, NodeInfo, NodeKind, Request, Response, Session, SettingsRecord, Snapshot,
+    SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
 
 /// Default sled page cache size for a node: 16 MiB.

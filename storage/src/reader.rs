@@ -7,9 +7,14 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::StorageError;
-use crate::keys::{self, ConfigRecord, HistoryRecord, SessionRecord, SmMetaKey, TokenRecord};
+use crate::keys::{
+    self, ApiTokenRecord, ConfigRecord, HistoryRecord, SessionRecord, SmMetaKey, TokenRecord,
+    UserRecord,
+};
 use crate::state_machine::{read_applied_state, SmShared};
-use crate::types::{ConfigEntry, EpochRecord, HistoryEvent, JoinToken, Session, SettingsRecord};
+use crate::types::{
+    AdminUser, ApiToken, ConfigEntry, EpochRecord, HistoryEvent, JoinToken, Session, SettingsRecord,
+};
 
 /// Read-only view of the state machine. Cheap to clone; reads run
 /// concurrently with apply (sled is concurrent) and always see the current
@@ -133,6 +138,50 @@ impl StateReader {
             })
         });
         logged("join_token", r, None)
+    }
+
+    /// One admin user.
+    pub fn user(&self, name: &str) -> Option<AdminUser> {
+        let r = self
+            .get::<UserRecord>(&keys::user_key(name))
+            .map(|o| o.map(|u| admin_user(name.to_owned(), u)));
+        logged("user", r, None)
+    }
+
+    /// Every admin user, in name order.
+    pub fn users(&self) -> Vec<AdminUser> {
+        let r = (|| {
+            let cur = self.shared.current();
+            let mut out = Vec::new();
+            for kv in cur.tree.scan_prefix([keys::prefix::USER]) {
+                let (k, v) = kv?;
+                out.push(admin_user(utf8(&k[1..])?, codec::decode(&v)?));
+            }
+            Ok(out)
+        })();
+        logged("users", r, Vec::new())
+    }
+
+    /// One per-user API token.
+    pub fn api_token(&self, id: &str) -> Option<ApiToken> {
+        let r = self
+            .get::<ApiTokenRecord>(&keys::api_token_key(id))
+            .map(|o| o.map(|t| api_token(id.to_owned(), t)));
+        logged("api_token", r, None)
+    }
+
+    /// Every per-user API token, in id order.
+    pub fn api_tokens(&self) -> Vec<ApiToken> {
+        let r = (|| {
+            let cur = self.shared.current();
+            let mut out = Vec::new();
+            for kv in cur.tree.scan_prefix([keys::prefix::API_TOKEN]) {
+                let (k, v) = kv?;
+                out.push(api_token(utf8(&k[1..])?, codec::decode(&v)?));
+            }
+            Ok(out)
+        })();
+        logged("api_tokens", r, Vec::new())
     }
 
     /// Number of stored sessions, expired-but-not-yet-swept ones included.
@@ -274,5 +323,24 @@ fn session(id: String, s: SessionRecord) -> Session {
         data_json: s.data_json,
         created_ms: s.created_ms,
         expires_ms: s.expires_ms,
+    }
+}
+
+fn admin_user(name: String, u: UserRecord) -> AdminUser {
+    AdminUser {
+        name,
+        password_hash: u.password_hash,
+        created_ms: u.created_ms,
+        updated_ms: u.updated_ms,
+        updated_by: u.updated_by,
+    }
+}
+
+fn api_token(id: String, t: ApiTokenRecord) -> ApiToken {
+    ApiToken {
+        id,
+        user: t.user,
+        secret_hash: t.secret_hash,
+        created_ms: t.created_ms,
     }
 }

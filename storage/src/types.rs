@@ -202,6 +202,42 @@ pub enum Request {
         /// Details: a JSON object, at most [`crate::MAX_HISTORY_DETAILS_BYTES`].
         details_json: String,
     },
+    /// Creates an admin user or replaces its password hash.
+    UserPut {
+        /// User name (1..=[`crate::MAX_USER_NAME_BYTES`] bytes).
+        name: String,
+        /// The password's argon2id hash (PHC string), computed by the node.
+        password_hash: String,
+        /// Who created or changed it.
+        actor: String,
+        /// When (ms).
+        at_ms: u64,
+    },
+    /// Removes an admin user and its API tokens; refused for the last user.
+    UserDelete {
+        /// User name.
+        name: String,
+        /// Who removed it.
+        actor: String,
+        /// When (ms).
+        at_ms: u64,
+    },
+    /// Registers a per-user API token (bearer credential of the JSON API).
+    ApiTokenCreate {
+        /// Token id (public part).
+        id: String,
+        /// The user it acts for; must exist.
+        user: String,
+        /// SHA-256 (hex) of the whole token.
+        secret_hash: String,
+        /// When (ms).
+        at_ms: u64,
+    },
+    /// Revokes (removes) a per-user API token.
+    ApiTokenRevoke {
+        /// Token id.
+        id: String,
+    },
 }
 
 impl fmt::Display for Request {
@@ -249,6 +285,16 @@ impl fmt::Display for Request {
             Request::HistoryAppend { kind, node, .. } => {
                 write!(f, "history_append(kind={kind}, node={node})")
             }
+            Request::UserPut { name, actor, .. } => {
+                write!(f, "user_put(name={name}, actor={actor})")
+            }
+            Request::UserDelete { name, actor, .. } => {
+                write!(f, "user_delete(name={name}, actor={actor})")
+            }
+            Request::ApiTokenCreate { id, user, .. } => {
+                write!(f, "api_token_create(id={id}, user={user})")
+            }
+            Request::ApiTokenRevoke { id } => write!(f, "api_token_revoke(id={id})"),
         }
     }
 }
@@ -416,4 +462,44 @@ pub struct LoggedEntry {
     pub leader_node: u64,
     /// The command; `None` for blank and membership entries.
     pub request: Option<Request>,
+}
+
+/// An admin user as readers see it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminUser {
+    /// User name.
+    pub name: String,
+    /// argon2id hash of the password (PHC string).
+    pub password_hash: String,
+    /// When it was created (ms).
+    pub created_ms: u64,
+    /// When it was last changed (ms).
+    pub updated_ms: u64,
+    /// Who changed it last.
+    pub updated_by: String,
+}
+
+impl fmt::Debug for AdminUser {
+    /// Never prints the hash.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminUser")
+            .field("name", &self.name)
+            .field("created_ms", &self.created_ms)
+            .field("updated_ms", &self.updated_ms)
+            .field("updated_by", &self.updated_by)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A per-user API token as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Token id (public part).
+    pub id: String,
+    /// The user it acts for.
+    pub user: String,
+    /// SHA-256 (hex) of the whole token.
+    pub secret_hash: String,
+    /// When it was created (ms).
+    pub created_ms: u64,
 }

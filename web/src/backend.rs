@@ -270,6 +270,90 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// # Errors
     /// `Unavailable` when the node cannot tell.
     fn readiness(&self) -> impl Future<Output = Result<ReadinessView, ApiError>> + Send;
+
+    // ---- admin users and API tokens (the web UI) ---------------------------
+    //
+    // Users live in the replicated state (argon2id hashes), so the same
+    // credentials work on every node. Writes go to the leader (`NotLeader`
+    // otherwise); reads and `verify_user` are served locally.
+
+    /// Whether `password` is `name`'s password. Unknown users answer
+    /// `false` (after about the same time as a wrong password).
+    ///
+    /// # Errors
+    /// `Unavailable`/`Internal` when the check cannot run.
+    fn verify_user(
+        &self,
+        name: String,
+        password: String,
+    ) -> impl Future<Output = Result<bool, ApiError>> + Send;
+
+    /// Every admin user, in name order (never the hashes).
+    ///
+    /// # Errors
+    /// `Unavailable` when they cannot be read.
+    fn users(&self) -> impl Future<Output = Result<Vec<UserView>, ApiError>> + Send;
+
+    /// Creates a user or sets an existing user's password (the router has
+    /// checked the name and the password's length).
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower.
+    fn user_put(
+        &self,
+        name: String,
+        password: String,
+        actor: String,
+    ) -> impl Future<Output = Result<UserView, ApiError>> + Send;
+
+    /// Removes a user and its API tokens.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown user; `Refused` for the last user;
+    /// `NotLeader` on a follower.
+    fn user_delete(
+        &self,
+        name: String,
+        actor: String,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Changes `name`'s own password after checking the old one.
+    ///
+    /// # Errors
+    /// `Forbidden` when `old_password` is wrong; `NotLeader` on a follower.
+    fn change_password(
+        &self,
+        name: String,
+        old_password: String,
+        new_password: String,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Creates a per-user API token (a bearer credential of the JSON API);
+    /// the secret is in the answer only.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown user; `NotLeader` on a follower.
+    fn api_token_create(
+        &self,
+        user: String,
+        actor: String,
+    ) -> impl Future<Output = Result<ApiTokenCreated, ApiError>> + Send;
+
+    /// Revokes a per-user API token.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id; `NotLeader` on a follower.
+    fn api_token_revoke(
+        &self,
+        id: String,
+        actor: String,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// Every per-user API token (never the secrets).
+    ///
+    /// # Errors
+    /// `Unavailable` when they cannot be read.
+    fn api_token_list(&self) -> impl Future<Output = Result<Vec<ApiTokenView>, ApiError>> + Send;
 }
 
 /// `GET /health`.
@@ -752,4 +836,80 @@ pub struct ReadinessView {
     pub certificates_ok: bool,
     /// Whether shared IPs are configured for the backup's interfaces.
     pub shared_ips_ok: bool,
+}
+
+// ---- admin users and API tokens ------------------------------------------
+
+/// An admin user (`GET /api/v1/users`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    /// User name.
+    pub name: String,
+    /// Creation time (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// Last change (ms since the Unix epoch).
+    pub updated_at_ms: u64,
+    /// Who changed it last.
+    pub updated_by: String,
+}
+
+/// Body of `POST /api/v1/users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserCreate {
+    /// 1..=64 chars of `[A-Za-z0-9._@-]`.
+    pub name: String,
+    /// 8..=256 characters.
+    pub password: String,
+}
+
+/// Body of `PUT /api/v1/users/{name}`: sets the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPassword {
+    /// 8..=256 characters.
+    pub password: String,
+}
+
+/// Body of `POST /api/v1/account/password` (own password, login session).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    /// The current password.
+    pub old_password: String,
+    /// The new password, 8..=256 characters.
+    pub new_password: String,
+}
+
+/// Body of `POST /api/v1/api-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenRequest {
+    /// The user the token acts for; default: the logged-in user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// A per-user API token (without its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenView {
+    /// Token id.
+    pub id: String,
+    /// The user it acts for.
+    pub user: String,
+    /// Creation time (ms since the Unix epoch).
+    pub created_at_ms: u64,
+}
+
+/// A new per-user API token: `token` is shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenCreated {
+    /// Token id.
+    pub id: String,
+    /// The user it acts for.
+    pub user: String,
+    /// The bearer token (only its hash is stored).
+    pub token: String,
+    /// Creation time (ms since the Unix epoch).
+    pub created_at_ms: u64,
 }

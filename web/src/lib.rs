@@ -14,6 +14,11 @@
 //! - `settings`: [`validate_settings`], the pure settings checks.
 //! - `openapi`: [`openapi()`], the OpenAPI 3.0 document of every route.
 //! - `tls`: [`serve_tls`], the accept loop with graceful shutdown.
+//! - `ui`: the admin web UI: login sessions (cookie + CSRF token), login
+//!   rate limits, the HTML pages and their embedded assets, server-sent
+//!   status events.
+
+#![recursion_limit = "256"]
 
 mod backend;
 mod error;
@@ -22,23 +27,26 @@ mod openapi;
 mod routes;
 mod settings;
 mod tls;
+mod ui;
 
 pub use backend::{
-    AdminBackend, BreakOutcome, ClusterView, ConfigEntryView, ConfigPut, HealthView,
-    HistoryEventView, HistoryPage, HostView, JoinRequest, JoinResponse, JoinTokenRequest,
-    JoinTokenView, ListView, MemberView, PeerView, ReadMeta, ReadinessView, RoleHealth,
-    SessionCreate, SessionView, SettingsUpdate, SettingsView, SharedIpView, StatusView,
-    SwapOutcome, SwapRequest, SyncReport, SyncRequest, VerifyReport,
+    AdminBackend, ApiTokenCreated, ApiTokenRequest, ApiTokenView, BreakOutcome, ClusterView,
+    ConfigEntryView, ConfigPut, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
+    JoinResponse, JoinTokenRequest, JoinTokenView, ListView, MemberView, PasswordChange, PeerView,
+    ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView,
+    SharedIpView, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserCreate,
+    UserPassword, UserView, VerifyReport,
 };
 pub use error::{ApiError, ErrorBody};
 pub use openapi::openapi;
 pub use routes::{
     router, validate_key, ApiRoute, ACTOR_HEADER, APPLIED_INDEX_HEADER, DEFAULT_HISTORY_LIMIT,
-    DEFAULT_LIST_LIMIT, MAX_BODY_BYTES, MAX_HISTORY_LIMIT, MAX_KEY_LEN, MAX_LIST_LIMIT,
-    MAX_TTL_SECS, ROUTES, STALE_HEADER,
+    DEFAULT_LIST_LIMIT, EVENTS_PATH, EVENT_INTERVAL, MAX_BODY_BYTES, MAX_HISTORY_LIMIT,
+    MAX_KEY_LEN, MAX_LIST_LIMIT, MAX_TTL_SECS, ROUTES, STALE_HEADER,
 };
 pub use settings::{
     validate_settings, MAX_INTERFACE_LEN, MAX_SHARED_IPS, MAX_TEST_IPS, MIN_BANDWIDTH_BPS,
     PRIMARY_TIMEOUT_MS, VERIFY_INTERVAL_SECS,
 };
 pub use tls::{serve_tls, SHUTDOWN_GRACE};
+pub use ui::{CSRF_HEADER, LOGIN_MAX_FAILURES, LOGIN_WINDOW, SESSION_COOKIE, SESSION_TTL};

@@ -140,6 +140,28 @@ fn schemas() -> Value {
         "ConfigEntry": obj(&["key", "value", "version", "updated_by", "updated_at_ms"], json!({
             "key": string(), "value": {}, "version": int(), "updated_by": string(), "updated_at_ms": int()
         })),
+        "User": obj(&["name", "created_at_ms", "updated_at_ms", "updated_by"], json!({
+            "name": string(), "created_at_ms": int(), "updated_at_ms": int(), "updated_by": string()
+        })),
+        "UserList": obj(&["items"], json!({ "items": array(schema("User")) })),
+        "UserCreate": obj(&["name", "password"], json!({
+            "name": { "type": "string", "description": "1..=64 chars of A-Za-z0-9._@-" },
+            "password": { "type": "string", "description": "8..=256 characters" }
+        })),
+        "UserPassword": obj(&["password"], json!({ "password": string() })),
+        "PasswordChange": obj(&["old_password", "new_password"], json!({
+            "old_password": string(), "new_password": string()
+        })),
+        "ApiTokenRequest": obj(&[], json!({
+            "user": { "type": "string", "description": "default: the logged-in user (required with a bearer token)" }
+        })),
+        "ApiToken": obj(&["id", "user", "created_at_ms"], json!({
+            "id": string(), "user": string(), "created_at_ms": int()
+        })),
+        "ApiTokenList": obj(&["items"], json!({ "items": array(schema("ApiToken")) })),
+        "ApiTokenCreated": obj(&["id", "user", "token", "created_at_ms"], json!({
+            "id": string(), "user": string(), "token": { "type": "string", "description": "the bearer token, shown once" }, "created_at_ms": int()
+        })),
         "ConfigList": obj(&["items"], json!({ "items": array(schema("ConfigEntry")) })),
         "ConfigPut": {
             "type": "object", "additionalProperties": false, "required": ["value"],
@@ -416,6 +438,34 @@ pub fn openapi() -> Value {
             "/api/v1/readiness": {
                 "get": op("Would the backup take over if the primary died now, after how long, losing what?", true, vec![], None,
                     vec![ok("200", "readiness", Some("Readiness")), err("503")])
+            },
+            "/api/v1/users": {
+                "get": op("Admin users of the web UI", true, vec![], None,
+                    vec![ok("200", "users", Some("UserList")), err("503")]),
+                "post": op("Add an admin user", true, vec![], Some(body("UserCreate", true)),
+                    vec![ok("201", "created", Some("User")), err("400"), err("409"), err("421"), err("503")])
+            },
+            "/api/v1/users/{name}": {
+                "parameters": [path_param("name", "user name")],
+                "put": op("Set a user's password", true, vec![], Some(body("UserPassword", true)),
+                    vec![ok("200", "changed", Some("User")), err("400"), err("404"), err("421"), err("503")]),
+                "delete": op("Remove a user (not the last one) and its API tokens", true, vec![], None,
+                    vec![ok("204", "removed", None), err("400"), err("404"), err("409"), err("421"), err("503")])
+            },
+            "/api/v1/account/password": {
+                "post": op("Change the logged-in user's own password (login session only)", true, vec![], Some(body("PasswordChange", true)),
+                    vec![ok("204", "changed", None), err("400"), err("403"), err("421"), err("503")])
+            },
+            "/api/v1/api-tokens": {
+                "get": op("Per-user API tokens (without secrets)", true, vec![], None,
+                    vec![ok("200", "tokens", Some("ApiTokenList")), err("503")]),
+                "post": op("Create a per-user API token (bearer credential); the token is shown once", true, vec![], Some(body("ApiTokenRequest", false)),
+                    vec![ok("201", "created", Some("ApiTokenCreated")), err("400"), err("404"), err("421"), err("503")])
+            },
+            "/api/v1/api-tokens/{id}": {
+                "parameters": [path_param("id", "token id")],
+                "delete": op("Revoke a per-user API token", true, vec![], None,
+                    vec![ok("204", "revoked", None), err("400"), err("404"), err("421"), err("503")])
             }
         }
     })

@@ -15,13 +15,25 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::put;
+use axum::Extension;
+use futures::Stream;
+
 use crate::backend::{
-    AdminBackend, ConfigPut, JoinRequest, JoinTokenRequest, ListView, ReadMeta, RoleHealth,
-    SessionCreate, SettingsUpdate, SwapRequest, SyncRequest,
+    AdminBackend, ApiTokenRequest, ConfigPut, JoinRequest, JoinTokenRequest, ListView,
+    PasswordChange, ReadMeta, RoleHealth, SessionCreate, SettingsUpdate, SwapRequest, SyncRequest,
+    UserCreate, UserPassword,
 };
 use crate::error::{ErrorBody, LeaderRedirect};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::settings::validate_settings;
+use crate::ui::{
+    csrf_ok, ui_router, valid_user_name, Caller, Sessions, Ui, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN,
+};
 use crate::ApiError;
 
 /// Largest accepted request body (1 MiB); larger bodies get a 413.
@@ -100,7 +112,23 @@ pub const ROUTES: &[ApiRoute] = &[
     authed("POST", "/api/v1/relationship/rejoin"),
     authed("POST", "/api/v1/relationship/remove-witness"),
     authed("GET", "/api/v1/readiness"),
+    authed("GET", "/api/v1/users"),
+    authed("POST", "/api/v1/users"),
+    authed("PUT", "/api/v1/users/{name}"),
+    authed("DELETE", "/api/v1/users/{name}"),
+    authed("POST", "/api/v1/account/password"),
+    authed("GET", "/api/v1/api-tokens"),
+    authed("POST", "/api/v1/api-tokens"),
+    authed("DELETE", "/api/v1/api-tokens/{id}"),
 ];
+
+/// Server-sent events: `event: status` with a [`crate::StatusView`] every
+/// second. Authenticated like the API; not in [`ROUTES`] (an endless
+/// stream, not a JSON answer).
+pub const EVENTS_PATH: &str = "/api/v1/events";
+
+/// Interval between two status events of [`EVENTS_PATH`].
+pub const EVENT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A path being registered; debug builds check it is in [`ROUTES`].
 fn listed(path: &'static str) -> &'static str {
@@ -149,6 +177,11 @@ const MAX_NAME_LEN: usize = 256;
 /// kind `invalid` and per-field messages; refused actions 409 with kind
 /// `refused`. Unknown routes answer 404, bodies over [`MAX_BODY_BYTES`] 413.
 pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
+    let sessions = Arc::new(Sessions::default());
+    let ui = ui_router(Ui {
+        backend: Arc::clone(&backend),
+        sessions: Arc::clone(&sessions),
+    });
     let protected = Router::new()
         .route(listed("/api/v1/config"), get(config_list::<B>))
         .route(
@@ -185,9 +218,33 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
             post(remove_witness::<B>),
         )
         .route(listed("/api/v1/readiness"), get(readiness::<B>))
+        .route(
+            listed("/api/v1/users"),
+            get(users_list::<B>).post(user_create::<B>),
+        )
+        .route(
+            listed("/api/v1/users/{name}"),
+            put(user_set_password::<B>).delete(user_delete::<B>),
+        )
+        .route(
+            listed("/api/v1/account/password"),
+            post(account_password::<B>),
+        )
+        .route(
+            listed("/api/v1/api-tokens"),
+            get(api_token_list::<B>).post(api_token_create::<B>),
+        )
+        .route(
+            listed("/api/v1/api-tokens/{id}"),
+            axum::routing::delete(api_token_revoke::<B>),
+        )
+        .route(EVENTS_PATH, get(events::<B>))
         .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&backend),
-            require_bearer::<B>,
+            Ui {
+                backend: Arc::clone(&backend),
+                sessions: Arc::clone(&sessions),
+            },
+            require_auth::<B>,
         ));
 
     Router::new()
@@ -199,6 +256,8 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
         .merge(protected)
         .fallback(not_found)
         .with_state(backend)
+        .merge(ui)
+        .layer(Extension(sessions))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(leader_location))
         .layer(middleware::map_response(ensure_json_error))
@@ -206,17 +265,43 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
 
 // ---- middleware ----------------------------------------------------------
 
-async fn require_bearer<B: AdminBackend>(
-    State(backend): State<Arc<B>>,
-    req: Request,
+/// Authenticates an API request: a bearer token (admin token or a per-user
+/// API token; no CSRF token needed), else a login session cookie, whose
+/// state-changing requests must carry the session's CSRF token (403
+/// otherwise) and act as the logged-in user (its name replaces any
+/// [`ACTOR_HEADER`]).
+async fn require_auth<B: AdminBackend>(
+    State(ui): State<Ui<B>>,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    let allowed = bearer_token(req.headers()).is_some_and(|t| backend.authorize(t));
-    if allowed {
-        next.run(req).await
-    } else {
-        ApiError::Unauthorized.into_response()
+    if req.headers().contains_key(AUTHORIZATION) {
+        let allowed = bearer_token(req.headers()).is_some_and(|t| ui.backend.authorize(t));
+        if !allowed {
+            return ApiError::Unauthorized.into_response();
+        }
+        req.extensions_mut().insert(Caller(None));
+        return next.run(req).await;
     }
+    let Some((_, user)) = ui.sessions.lookup(req.headers()) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let safe = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    if !safe && !csrf_ok(req.headers(), &user) {
+        return ApiError::Forbidden("missing or wrong CSRF token (X-CSRF-Token)".into())
+            .into_response();
+    }
+    match HeaderValue::from_str(&user.name) {
+        Ok(v) => {
+            req.headers_mut().insert(ACTOR_HEADER, v);
+        }
+        Err(_) => return ApiError::Unauthorized.into_response(),
+    }
+    req.extensions_mut().insert(Caller(Some(user)));
+    next.run(req).await
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme
@@ -265,7 +350,7 @@ async fn ensure_json_error(resp: Response) -> Response {
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if is_json {
         return resp;
     }
@@ -301,6 +386,7 @@ fn kind_for_status(status: StatusCode) -> &'static str {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::CONFLICT => "conflict",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
@@ -756,6 +842,174 @@ async fn remove_witness<B: AdminBackend>(
 
 async fn readiness<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
     Ok(Json(backend.readiness().await?).into_response())
+}
+
+// ---- users, API tokens, events --------------------------------------------
+
+fn validate_user_name(name: &str) -> Result<(), ApiError> {
+    if valid_user_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            fields: [(
+                "name".to_owned(),
+                "must be 1..=64 characters of A-Z a-z 0-9 . _ @ -".to_owned(),
+            )]
+            .into(),
+        })
+    }
+}
+
+fn validate_password(field: &str, password: &str) -> Result<(), ApiError> {
+    let n = password.chars().count();
+    if (MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&n) && !password.chars().any(char::is_control)
+    {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            fields: [(
+                field.to_owned(),
+                format!(
+                    "must be {MIN_PASSWORD_LEN}..={MAX_PASSWORD_LEN} characters without control characters"
+                ),
+            )]
+            .into(),
+        })
+    }
+}
+
+async fn users_list<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
+    let items = backend.users().await?;
+    Ok(Json(ListView { items }).into_response())
+}
+
+async fn user_create<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<UserCreate>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    validate_user_name(&body.name)?;
+    validate_password("password", &body.password)?;
+    if backend.users().await?.iter().any(|u| u.name == body.name) {
+        return Err(ApiError::Conflict(format!(
+            "user {:?} already exists",
+            body.name
+        )));
+    }
+    let view = backend.user_put(body.name, body.password, actor).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn user_set_password<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<UserPassword>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    validate_user_name(&name)?;
+    validate_password("password", &body.password)?;
+    if !backend.users().await?.iter().any(|u| u.name == name) {
+        return Err(ApiError::NotFound(format!("no user {name:?}")));
+    }
+    let view = backend.user_put(name, body.password, actor).await?;
+    Ok(Json(view).into_response())
+}
+
+async fn user_delete<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    Extension(sessions): Extension<Arc<Sessions>>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let actor = actor(&headers)?;
+    validate_user_name(&name)?;
+    backend.user_delete(name.clone(), actor).await?;
+    sessions.remove_user(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn account_password<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    ApiJson(body): ApiJson<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    let Some(user) = caller else {
+        return Err(ApiError::Forbidden(
+            "changing one's own password needs a login session; use PUT /api/v1/users/{name}"
+                .into(),
+        ));
+    };
+    validate_password("new_password", &body.new_password)?;
+    if body.old_password.is_empty() || body.old_password.len() > MAX_PASSWORD_LEN {
+        return Err(ApiError::Forbidden("the current password is wrong".into()));
+    }
+    backend
+        .change_password(user.name, body.old_password, body.new_password)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn api_token_list<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+) -> Result<Response, ApiError> {
+    let items = backend.api_token_list().await?;
+    Ok(Json(ListView { items }).into_response())
+}
+
+async fn api_token_create<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    Extension(Caller(caller)): Extension<Caller>,
+    headers: HeaderMap,
+    OptionalJson(body): OptionalJson<ApiTokenRequest>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    let user = match (body.user.filter(|u| !u.is_empty()), caller) {
+        (Some(u), _) => u,
+        (None, Some(c)) => c.name,
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "user is required with a bearer token".into(),
+            ))
+        }
+    };
+    validate_user_name(&user)?;
+    let view = backend.api_token_create(user, actor).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn api_token_revoke<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(id): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let actor = actor(&headers)?;
+    validate_id(&id)?;
+    backend.api_token_revoke(id, actor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/events`: a `status` event now and every
+/// [`EVENT_INTERVAL`]; an `error` event (with the message) when the status
+/// cannot be read.
+async fn events<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures::stream::unfold((backend, true), |(backend, first)| async move {
+        if !first {
+            tokio::time::sleep(EVENT_INTERVAL).await;
+        }
+        let event = match backend.status().await {
+            Ok(view) => Event::default()
+                .event("status")
+                .json_data(&view)
+                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())),
+            Err(e) => Event::default().event("error").data(e.to_string()),
+        };
+        Some((Ok(event), (backend, false)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[cfg(test)]

@@ -9,11 +9,12 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
 use tandem_web::{
-    openapi, router, AdminBackend, ApiError, BreakOutcome, ClusterView, ConfigEntryView,
-    HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest, JoinResponse,
-    JoinTokenRequest, JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView, RoleHealth,
-    SessionCreate, SessionView, SettingsUpdate, SettingsView, StatusView, SwapOutcome, SwapRequest,
-    SyncReport, SyncRequest, VerifyReport, MAX_BODY_BYTES, ROUTES,
+    openapi, router, AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome,
+    ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
+    JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView,
+    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, StatusView, SwapOutcome,
+    SwapRequest, SyncReport, SyncRequest, UserView, VerifyReport, LOGIN_MAX_FAILURES,
+    MAX_BODY_BYTES, ROUTES,
 };
 use tower::ServiceExt;
 
@@ -37,6 +38,10 @@ struct State {
     /// Lag reported to `/health/backup`.
     lag: u64,
     settings: Option<SettingsView>,
+    /// Admin users: name → password (plain text: a test double).
+    users: BTreeMap<String, String>,
+    /// API tokens: id → (user, token).
+    api_tokens: BTreeMap<String, (String, String)>,
 }
 
 #[derive(Default)]
@@ -116,8 +121,127 @@ impl MemBackend {
 }
 
 impl AdminBackend for MemBackend {
+    async fn verify_user(&self, name: String, password: String) -> Result<bool, ApiError> {
+        Ok(self.lock().users.get(&name) == Some(&password))
+    }
+
+    async fn users(&self) -> Result<Vec<UserView>, ApiError> {
+        Ok(self
+            .lock()
+            .users
+            .keys()
+            .map(|n| UserView {
+                name: n.clone(),
+                created_at_ms: 1,
+                updated_at_ms: 1,
+                updated_by: "init".into(),
+            })
+            .collect())
+    }
+
+    async fn user_put(
+        &self,
+        name: String,
+        password: String,
+        actor: String,
+    ) -> Result<UserView, ApiError> {
+        self.record(format!("user_put({name})"));
+        let mut st = self.lock();
+        if let Some(l) = st.not_leader.clone() {
+            return Err(ApiError::NotLeader { leader_api: l });
+        }
+        st.last_actor = Some(actor.clone());
+        st.users.insert(name.clone(), password);
+        Ok(UserView {
+            name,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            updated_by: actor,
+        })
+    }
+
+    async fn user_delete(&self, name: String, actor: String) -> Result<(), ApiError> {
+        self.record(format!("user_delete({name})"));
+        let mut st = self.lock();
+        st.last_actor = Some(actor);
+        if !st.users.contains_key(&name) {
+            return Err(ApiError::NotFound(format!("no user {name:?}")));
+        }
+        if st.users.len() == 1 {
+            return Err(ApiError::Refused(
+                "cannot delete the last admin user".into(),
+            ));
+        }
+        st.users.remove(&name);
+        st.api_tokens.retain(|_, (u, _)| *u != name);
+        Ok(())
+    }
+
+    async fn change_password(
+        &self,
+        name: String,
+        old_password: String,
+        new_password: String,
+    ) -> Result<(), ApiError> {
+        let mut st = self.lock();
+        if st.users.get(&name) != Some(&old_password) {
+            return Err(ApiError::Forbidden("the current password is wrong".into()));
+        }
+        st.users.insert(name, new_password);
+        Ok(())
+    }
+
+    async fn api_token_create(
+        &self,
+        user: String,
+        actor: String,
+    ) -> Result<ApiTokenCreated, ApiError> {
+        let mut st = self.lock();
+        if !st.users.contains_key(&user) {
+            return Err(ApiError::NotFound(format!("no user {user:?}")));
+        }
+        st.last_actor = Some(actor);
+        let id = format!("t{}", st.api_tokens.len() + 1);
+        let token = format!("tdu_{id}.secret");
+        st.api_tokens
+            .insert(id.clone(), (user.clone(), token.clone()));
+        Ok(ApiTokenCreated {
+            id,
+            user,
+            token,
+            created_at_ms: 3,
+        })
+    }
+
+    async fn api_token_revoke(&self, id: String, actor: String) -> Result<(), ApiError> {
+        let mut st = self.lock();
+        st.last_actor = Some(actor);
+        st.api_tokens
+            .remove(&id)
+            .map(|_| ())
+            .ok_or_else(|| ApiError::NotFound(format!("no API token {id:?}")))
+    }
+
+    async fn api_token_list(&self) -> Result<Vec<ApiTokenView>, ApiError> {
+        Ok(self
+            .lock()
+            .api_tokens
+            .iter()
+            .map(|(id, (user, _))| ApiTokenView {
+                id: id.clone(),
+                user: user.clone(),
+                created_at_ms: 3,
+            })
+            .collect())
+    }
+
     fn authorize(&self, bearer_token: &str) -> bool {
         bearer_token == TOKEN
+            || self
+                .lock()
+                .api_tokens
+                .values()
+                .any(|(_, t)| t == bearer_token)
     }
 
     async fn health(&self) -> Result<HealthView, ApiError> {
@@ -610,6 +734,26 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::POST, "/api/v1/relationship/rejoin", None),
         (Method::POST, "/api/v1/relationship/remove-witness", None),
         (Method::GET, "/api/v1/readiness", None),
+        (Method::GET, "/api/v1/users", None),
+        (
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "bob", "password": "password1"})),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/users/bob",
+            Some(json!({"password": "password1"})),
+        ),
+        (Method::DELETE, "/api/v1/users/bob", None),
+        (
+            Method::POST,
+            "/api/v1/account/password",
+            Some(json!({"old_password": "x", "new_password": "password1"})),
+        ),
+        (Method::GET, "/api/v1/api-tokens", None),
+        (Method::POST, "/api/v1/api-tokens", Some(json!({}))),
+        (Method::DELETE, "/api/v1/api-tokens/t1", None),
     ];
     for (method, uri, body) in routes {
         for token in [None, Some("wrong"), Some("")] {
@@ -638,7 +782,7 @@ async fn every_api_route_requires_the_bearer_token() {
     }
     // Every bearer-protected route in the table was exercised above.
     let protected = ROUTES.iter().filter(|r| r.auth).count();
-    assert_eq!(protected, 20, "new protected route: add it to this test");
+    assert_eq!(protected, 28, "new protected route: add it to this test");
 }
 
 #[tokio::test]
@@ -1840,4 +1984,471 @@ async fn openapi_lists_exactly_the_routes() {
         let pointer = r.strip_prefix('#').expect("local ref");
         assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
     }
+}
+
+// ---- web UI: login sessions, CSRF, pages, events ---------------------------
+
+const PASSWORD: &str = "correct horse";
+
+fn ui_app() -> (Arc<MemBackend>, Router) {
+    let (backend, app) = app();
+    backend.lock().users.insert("admin".into(), PASSWORD.into());
+    (backend, app)
+}
+
+struct Raw {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn raw(app: &Router, req: Request<Body>) -> Raw {
+    let resp = app
+        .clone()
+        .oneshot(req)
+        .await
+        .expect("router is infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body readable");
+    Raw {
+        status,
+        headers,
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+fn login_request(user: &str, password: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::POST)
+        .uri("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!(
+            "user={user}&password={}",
+            password.replace(' ', "+")
+        )))
+        .expect("valid request")
+}
+
+/// Logs in; returns the cookie header value and the page's CSRF token.
+async fn login(app: &Router) -> (String, String) {
+    let r = raw(app, login_request("admin", PASSWORD)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    assert_eq!(r.header("location"), Some("/"));
+    let set = r.header("set-cookie").expect("a session cookie").to_owned();
+    let cookie = set.split(';').next().expect("name=value").to_owned();
+    let page = raw(app, with_cookie(Method::GET, "/", &cookie, None, None)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let csrf = page
+        .text
+        .split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the page carries the CSRF token")
+        .to_owned();
+    (cookie, csrf)
+}
+
+fn with_cookie(
+    method: Method,
+    uri: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> Request<Body> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::COOKIE, cookie);
+    if let Some(t) = csrf {
+        b = b.header("x-csrf-token", t);
+    }
+    let body = match body {
+        Some(v) => {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    b.body(body).expect("valid request")
+}
+
+#[tokio::test]
+async fn login_sets_a_strict_session_cookie() {
+    let (_, app) = ui_app();
+    let page = raw(&app, request(Method::GET, "/login", None, None)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page
+        .header("content-type")
+        .is_some_and(|v| v.starts_with("text/html")));
+    assert!(page.text.contains("action=\"/ui/login\""));
+    let r = raw(&app, login_request("admin", PASSWORD)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.header("location"), Some("/"));
+    let cookie = r.header("set-cookie").expect("cookie");
+    assert!(cookie.starts_with("tandem_session="), "{cookie}");
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.split("; ").any(|f| f == flag), "{flag} in {cookie}");
+    }
+    let id = cookie
+        .split(';')
+        .next()
+        .and_then(|c| c.split_once('='))
+        .map(|(_, v)| v);
+    assert!(
+        id.is_some_and(|v| v.len() >= 32),
+        "a long random id: {cookie}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_refused_with_the_login_page() {
+    let (_, app) = ui_app();
+    for (user, password) in [("admin", "wrong password"), ("nobody", PASSWORD), ("", "")] {
+        let r = raw(&app, login_request(user, password)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{user}");
+        assert!(r.header("set-cookie").is_none());
+        assert!(r
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("text/html")));
+        assert!(r.text.contains("wrong user name or password"), "{}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn login_failures_are_rate_limited_per_user_and_address() {
+    let (backend, app) = ui_app();
+    backend.lock().users.insert("bob".into(), PASSWORD.into());
+    for _ in 0..LOGIN_MAX_FAILURES {
+        let r = raw(&app, login_request("admin", "wrong password")).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    // Even the right password is refused while limited, with Retry-After.
+    let r = raw(&app, login_request("admin", PASSWORD)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    let wait: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After seconds");
+    assert!((1..=60).contains(&wait));
+    assert!(r.text.contains("too many failed logins"));
+    // The same client address is limited for other users too.
+    let r = raw(&app, login_request("bob", PASSWORD)).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn pages_need_a_session() {
+    let (_, app) = ui_app();
+    for page in ["/", "/settings", "/data", "/setup", "/users"] {
+        let r = raw(&app, request(Method::GET, page, None, None)).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{page}");
+        assert_eq!(r.header("location"), Some("/login"), "{page}");
+        let r = raw(
+            &app,
+            with_cookie(Method::GET, page, "tandem_session=forged", None, None),
+        )
+        .await;
+        assert_eq!(r.header("location"), Some("/login"), "{page}");
+    }
+    let (cookie, _) = login(&app).await;
+    for page in ["/", "/settings", "/data", "/setup", "/users"] {
+        let r = raw(&app, with_cookie(Method::GET, page, &cookie, None, None)).await;
+        assert_eq!(r.status, StatusCode::OK, "{page}");
+        assert!(r.text.contains("/ui/app.js"), "{page}");
+        assert!(r
+            .header("content-security-policy")
+            .is_some_and(|v| v.contains("default-src 'self'")));
+    }
+    // Assets are embedded and need no session.
+    for (asset, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let r = raw(&app, request(Method::GET, asset, None, None)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert!(r
+            .header("content-type")
+            .is_some_and(|v| v.starts_with(kind)));
+        assert!(r.text.len() > 1000, "{asset} is embedded");
+    }
+    // The API without any credential stays 401.
+    call_raw_401(&app).await;
+}
+
+async fn call_raw_401(app: &Router) {
+    send(app, request(Method::GET, "/api/v1/status", None, None))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn csrf_is_enforced_on_state_changing_calls_with_the_cookie() {
+    let (backend, app) = ui_app();
+    let (cookie, csrf) = login(&app).await;
+    // Reads need no CSRF token.
+    let r = raw(
+        &app,
+        with_cookie(Method::GET, "/api/v1/status", &cookie, None, None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    backend.lock().calls.clear();
+    // Writes without, or with a wrong, token are 403 and reach nothing.
+    for token in [None, Some("wrong"), Some("")] {
+        for (method, uri, body) in [
+            (Method::POST, "/api/v1/relationship/sync", Some(json!({}))),
+            (Method::PUT, "/api/v1/settings", Some(valid_settings())),
+            (Method::DELETE, "/api/v1/config/a", None),
+            (
+                Method::POST,
+                "/api/v1/users",
+                Some(json!({"name": "eve", "password": "password1"})),
+            ),
+        ] {
+            let r = send(&app, with_cookie(method.clone(), uri, &cookie, token, body)).await;
+            r.assert_error(StatusCode::FORBIDDEN, "forbidden");
+            assert!(r.body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("CSRF")));
+        }
+    }
+    assert_eq!(backend.calls(), Vec::<String>::new());
+    // With the token the call goes through and acts as the logged-in user,
+    // whatever X-Tandem-Actor says.
+    let mut req = with_cookie(
+        Method::POST,
+        "/api/v1/relationship/sync",
+        &cookie,
+        Some(&csrf),
+        Some(json!({"verify": true})),
+    );
+    req.headers_mut()
+        .insert("x-tandem-actor", "mallory".parse().expect("ascii"));
+    let r = send(&app, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(backend.calls(), ["sync(verify=true,admin)"]);
+    // The logout form needs it too.
+    let r = raw(
+        &app,
+        Request::builder()
+            .method(Method::POST)
+            .uri("/ui/logout")
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from("csrf=wrong"))
+            .expect("valid"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = raw(
+        &app,
+        Request::builder()
+            .method(Method::POST)
+            .uri("/ui/logout")
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}")))
+            .expect("valid"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.header("location"), Some("/login"));
+    assert!(r
+        .header("set-cookie")
+        .is_some_and(|c| c.contains("Max-Age=0")));
+    let r = raw(&app, with_cookie(Method::GET, "/", &cookie, None, None)).await;
+    assert_eq!(r.header("location"), Some("/login"), "the session ended");
+}
+
+#[tokio::test]
+async fn bearer_calls_need_no_csrf_token() {
+    let (backend, app) = ui_app();
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/relationship/sync",
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/users",
+        Some(json!({"name": "bob", "password": "password1"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["name"], "bob");
+    assert_eq!(backend.lock().last_actor.as_deref(), Some("api"));
+    // A per-user API token made on the page works as a bearer token.
+    let (cookie, csrf) = login(&app).await;
+    let r = send(
+        &app,
+        with_cookie(
+            Method::POST,
+            "/api/v1/api-tokens",
+            &cookie,
+            Some(&csrf),
+            Some(json!({})),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["user"], "admin");
+    let token = r.body["token"].as_str().expect("token").to_owned();
+    let r = send(
+        &app,
+        request(Method::GET, "/api/v1/status", Some(&token), None),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = backend
+        .lock()
+        .api_tokens
+        .keys()
+        .next()
+        .cloned()
+        .expect("one token");
+    let r = call(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/api-tokens/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    send(
+        &app,
+        request(Method::GET, "/api/v1/status", Some(&token), None),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    // A bearer call must name the user of a new token.
+    call(&app, Method::POST, "/api/v1/api-tokens", Some(json!({})))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+}
+
+#[tokio::test]
+async fn users_are_validated_and_the_last_one_stays() {
+    let (_, app) = ui_app();
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/users",
+        Some(json!({"name": "a b", "password": "password1"})),
+    )
+    .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid");
+    assert!(r.body["fields"]["name"].is_string());
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/users",
+        Some(json!({"name": "bob", "password": "short"})),
+    )
+    .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid");
+    assert!(r.body["fields"]["password"].is_string());
+    call(
+        &app,
+        Method::POST,
+        "/api/v1/users",
+        Some(json!({"name": "admin", "password": "password1"})),
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "conflict");
+    call(&app, Method::DELETE, "/api/v1/users/admin", None)
+        .await
+        .assert_error(StatusCode::CONFLICT, "refused");
+    call(&app, Method::DELETE, "/api/v1/users/nobody", None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    let r = call(&app, Method::GET, "/api/v1/users", None).await;
+    assert_eq!(r.body["items"][0]["name"], "admin");
+    assert!(r.body["items"][0].get("password").is_none());
+    // Own password: only with a login session, and the old one must match.
+    call(
+        &app,
+        Method::POST,
+        "/api/v1/account/password",
+        Some(json!({"old_password": PASSWORD, "new_password": "password2"})),
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let (cookie, csrf) = login(&app).await;
+    let r = send(
+        &app,
+        with_cookie(
+            Method::POST,
+            "/api/v1/account/password",
+            &cookie,
+            Some(&csrf),
+            Some(json!({"old_password": "nope", "new_password": "password2"})),
+        ),
+    )
+    .await;
+    r.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let r = send(
+        &app,
+        with_cookie(
+            Method::POST,
+            "/api/v1/account/password",
+            &cookie,
+            Some(&csrf),
+            Some(json!({"old_password": PASSWORD, "new_password": "password2"})),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = raw(&app, login_request("admin", "password2")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn events_stream_status() {
+    use futures::StreamExt as _;
+    let (_, app) = ui_app();
+    let resp = app
+        .clone()
+        .oneshot(request(Method::GET, "/api/v1/events", Some(TOKEN), None))
+        .await
+        .expect("router is infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream")));
+    let mut stream = resp.into_body().into_data_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), stream.next())
+            .await
+            .expect("an event within 5 s")
+            .expect("the stream goes on")
+            .expect("a chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with("event: status\n"), "{text}");
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("a data line");
+    let view: StatusView = serde_json::from_str(data).expect("a StatusView");
+    assert!(!view.this_host.name.is_empty());
+    // Without credentials: 401.
+    send(&app, request(Method::GET, "/api/v1/events", None, None))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
 }
