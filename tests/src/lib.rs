@@ -541,6 +541,21 @@ impl Cluster {
         wait_until("a leader", WAIT, || self.find_leader()).await
     }
 
+    /// Waits until a node answers 200 on `/health/primary` (the node that
+    /// accepts writes; the Raft leader can briefly be the witness, which
+    /// never serves) and returns it.
+    pub async fn primary(&self) -> usize {
+        wait_until("a primary", WAIT, || async {
+            for i in 0..self.nodes.len() {
+                if let Some((StatusCode::OK, _)) = self.role_health(i, "primary").await {
+                    return Some(i);
+                }
+            }
+            None
+        })
+        .await
+    }
+
     /// Waits until the cluster (as its leader sees it) has `n` members.
     pub async fn wait_members(&self, n: usize) -> ClusterView {
         wait_until(&format!("{n} members"), WAIT, || async {
