@@ -168,15 +168,22 @@ impl Node {
     }
 
     /// A forced swap: if the primary answers after all, a planned swap is
-    /// safer and loses nothing, so that is done instead.
+    /// safer and loses nothing, so that is tried first; if the primary
+    /// turns out not to answer (it froze a moment ago), the promotion is
+    /// forced as asked.
     pub(crate) async fn forced_swap(&self, actor: &str) -> Result<SwapOutcome, NodeError> {
         let primary_in_contact = self
             .roles
             .since_leader_contact()
             .is_some_and(|d| d < self.timing.primary_timeout);
         if self.compute_role().0 == Role::Backup && primary_in_contact {
-            tracing::info!("primary answers: doing a planned swap instead of a forced promotion");
-            return self.planned_swap(false, actor).await;
+            tracing::info!("primary answers: trying a planned swap instead of a forced promotion");
+            match self.planned_swap(false, actor).await {
+                Err(NodeError::Refused(reason)) if reason.contains("cannot be contacted") => {
+                    tracing::warn!(%reason, "the primary did not answer after all: forcing");
+                }
+                other => return other,
+            }
         }
         self.force_promote(actor).await
     }

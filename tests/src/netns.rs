@@ -485,7 +485,7 @@ pub struct Prober {
     pub started: Instant,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     probes: std::sync::Arc<std::sync::Mutex<Vec<Probe>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Prober {
@@ -502,46 +502,68 @@ impl Prober {
     ///
     /// # Panics
     /// The namespace cannot be opened.
-    pub fn start_with<F>(t: &Topology, from: &str, mut probe: F) -> Self
+    pub fn start_with<F>(t: &Topology, from: &str, probe: F) -> Self
     where
         F: FnMut() -> Option<String> + Send + 'static,
     {
+        Self::start_lanes(t, from, vec![probe])
+    }
+
+    /// Like [`Prober::start_with`] with one sequential probe loop per
+    /// element of `lanes`, the loops started 10 ms / `lanes.len()` apart: a
+    /// probe stuck on a connection whose address went away does not hold up
+    /// the next one. Probes are ordered by their start time.
+    ///
+    /// # Panics
+    /// The namespace cannot be opened, or `lanes` is empty.
+    pub fn start_lanes<F>(t: &Topology, from: &str, lanes: Vec<F>) -> Self
+    where
+        F: FnMut() -> Option<String> + Send + 'static,
+    {
+        assert!(!lanes.is_empty(), "a prober needs a lane");
         let p = format!("/var/run/netns/{}", t.ns(from));
-        let f = std::fs::File::open(&p).unwrap_or_else(|e| panic!("open {p}: {e}"));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let probes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let started = Instant::now();
-        let thread = std::thread::spawn({
-            let (stop, probes) = (stop.clone(), probes.clone());
-            move || {
-                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-                let mut n = 0;
-                while !stop.load(Ordering::SeqCst) && n < MAX_SAMPLES {
-                    let at = started.elapsed();
-                    let answer = probe();
-                    probes
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(Probe { at, answer });
-                    n += 1;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        });
+        let n_lanes = u32::try_from(lanes.len()).unwrap_or(u32::MAX);
+        let threads = lanes
+            .into_iter()
+            .zip(0u32..)
+            .map(|(mut probe, k)| {
+                let f = std::fs::File::open(&p).unwrap_or_else(|e| panic!("open {p}: {e}"));
+                let (stop, probes) = (stop.clone(), probes.clone());
+                std::thread::spawn(move || {
+                    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    std::thread::sleep(Duration::from_millis(10) * k / n_lanes);
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst) && n < MAX_SAMPLES {
+                        let at = started.elapsed();
+                        let answer = probe();
+                        probes
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(Probe { at, answer });
+                        n += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
+            })
+            .collect();
         Self {
             started,
             stop,
             probes,
-            thread: Some(thread),
+            threads,
         }
     }
 
-    /// The newest probe so far.
+    /// The newest probe so far (by start time, among the finished ones).
     pub fn latest(&self) -> Option<Probe> {
         self.probes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .last()
+            .iter()
+            .max_by_key(|p| p.at)
             .cloned()
     }
 
@@ -551,25 +573,27 @@ impl Prober {
             .is_some_and(|p| p.answer.as_deref() == Some(name))
     }
 
-    /// Stops and returns the probes.
+    /// Stops and returns the probes, ordered by start time.
     pub fn finish(mut self) -> Vec<Probe> {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             t.join().expect("prober thread");
         }
-        std::mem::take(
+        let mut probes = std::mem::take(
             &mut *self
                 .probes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        );
+        probes.sort_by_key(|p| p.at);
+        probes
     }
 }
 
 impl Drop for Prober {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
