@@ -120,6 +120,8 @@ pub struct RoleState {
     epoch: Arc<AtomicU64>,
     /// Epochs and refusals seen from peers.
     pub fence: Arc<Fence>,
+    /// Makes the role manager tick now (after an epoch change).
+    wake: tokio::sync::Notify,
     /// Application writes are paused (swap or verify in progress).
     paused: AtomicBool,
     inner: Mutex<RoleInner>,
@@ -157,6 +159,7 @@ impl RoleState {
         Self {
             epoch,
             fence,
+            wake: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
             inner: Mutex::new(RoleInner {
                 role: Role::Backup,
@@ -992,6 +995,7 @@ pub async fn manage_roles(node: Arc<Node>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => role_tick(&node).await,
+            _ = node.roles.wake.notified() => role_tick(&node).await,
         }
     }
 }
@@ -1063,6 +1067,9 @@ async fn role_tick(node: &Arc<Node>) {
         tokio::spawn(async move {
             raise_epoch(&node, ep).await;
             node.roles.lock().raising = false;
+            // Act on the new role at once (take the shared IPs) instead of at
+            // the next tick.
+            node.roles.wake.notify_one();
         });
     }
     if node.roles.fence.notice().is_some() {
