@@ -4,6 +4,9 @@
 //! wipe, install, elect) and in place on the open `sled::Db` (shutdown,
 //! reset, open_with_db, install, elect).
 
+mod common;
+use common::open;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -38,17 +41,6 @@ fn log_id(term: u64, node_id: u64, index: u64) -> LogId {
 /// Opens the store, retrying while sled's file lock is still held: after a
 /// `Db` is dropped, a write sled handed to its own thread pool may keep the
 /// file (and its lock) open for a moment.
-fn open(dir: &std::path::Path) -> Store {
-    for _ in 0..250 {
-        match tandem_storage::open(dir, 4 << 20) {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r.expect("store opens"),
-        }
-    }
-    panic!("sled's lock on {} was never released", dir.display());
-}
 
 async fn apply(store: &mut Store, entries: Vec<Entry>) {
     let items = entries.into_iter().map(|e| Ok((e, None)));

@@ -1,5 +1,8 @@
 //! Snapshot build / transfer / install, restart, and log persistence.
 
+mod common;
+use common::open;
+
 use std::io::{Seek, SeekFrom, Write};
 
 use futures::stream;
@@ -17,10 +20,6 @@ fn log_id(index: u64) -> LogId {
         },
         index,
     )
-}
-
-fn open(dir: &std::path::Path) -> Store {
-    tandem_storage::open(dir, 4 << 20).expect("store opens")
 }
 
 async fn apply(store: &mut Store, entries: Vec<Entry>) {

@@ -1,0 +1,20 @@
+//! Helpers shared by the storage integration tests.
+
+use std::time::Duration;
+
+use tandem_storage::Store;
+
+/// Opens the store in `dir` with a 4 MiB cache. sled releases its file lock
+/// a moment after a `Db` is dropped (its background threads still hold the
+/// file), so a reopen right after a drop retries for a bounded time.
+pub fn open(dir: &std::path::Path) -> Store {
+    for _ in 0..250 {
+        match tandem_storage::open(dir, 4 << 20) {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r.expect("store opens"),
+        }
+    }
+    panic!("sled's lock on {} was never released", dir.display());
+}
