@@ -38,10 +38,6 @@ fn log_id(term: u64, node_id: u64, index: u64) -> LogId {
     )
 }
 
-/// Opens the store, retrying while sled's file lock is still held: after a
-/// `Db` is dropped, a write sled handed to its own thread pool may keep the
-/// file (and its lock) open for a moment.
-
 async fn apply(store: &mut Store, entries: Vec<Entry>) {
     let items = entries.into_iter().map(|e| Ok((e, None)));
     store
