@@ -5,14 +5,13 @@
 //! reset, open_with_db, install, elect).
 
 mod common;
-use common::open;
+use common::{apply, open};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream;
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::async_runtime::WatchReceiver;
 use openraft::entry::RaftEntry;
@@ -36,15 +35,6 @@ fn log_id(term: u64, node_id: u64, index: u64) -> LogId {
         openraft::impls::leader_id_adv::LeaderId { term, node_id },
         index,
     )
-}
-
-async fn apply(store: &mut Store, entries: Vec<Entry>) {
-    let items = entries.into_iter().map(|e| Ok((e, None)));
-    store
-        .sm
-        .apply(stream::iter(items))
-        .await
-        .expect("apply succeeds");
 }
 
 async fn append(store: &mut Store, entries: Vec<Entry>) {

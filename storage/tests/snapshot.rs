@@ -1,11 +1,10 @@
 //! Snapshot build / transfer / install, restart, and log persistence.
 
 mod common;
-use common::open;
+use common::{apply, open};
 
 use std::io::{Seek, SeekFrom, Write};
 
-use futures::stream;
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
@@ -20,15 +19,6 @@ fn log_id(index: u64) -> LogId {
         },
         index,
     )
-}
-
-async fn apply(store: &mut Store, entries: Vec<Entry>) {
-    let items = entries.into_iter().map(|e| Ok((e, None)));
-    store
-        .sm
-        .apply(stream::iter(items))
-        .await
-        .expect("apply succeeds");
 }
 
 /// A state with `n` sessions, applied in batches of 1000 entries.

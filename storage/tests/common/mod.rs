@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use tandem_storage::Store;
+use futures::stream;
+use openraft::storage::RaftStateMachine;
+use tandem_storage::{Entry, Store};
 
 /// Opens the store in `dir` with a 4 MiB cache. sled releases its file lock
 /// a moment after a `Db` is dropped (its background threads still hold the
@@ -17,4 +19,14 @@ pub fn open(dir: &std::path::Path) -> Store {
         }
     }
     panic!("sled's lock on {} was never released", dir.display());
+}
+
+/// Applies `entries` to the store's state machine, as openraft would.
+pub async fn apply(store: &mut Store, entries: Vec<Entry>) {
+    let items = entries.into_iter().map(|e| Ok((e, None)));
+    store
+        .sm
+        .apply(stream::iter(items))
+        .await
+        .expect("apply succeeds");
 }
