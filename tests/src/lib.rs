@@ -796,11 +796,25 @@ impl Cluster {
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for n in &self.nodes {
+            // A panic inside a node (openraft's core, say) scrolls out of the
+            // tail quickly: show those lines first.
+            let panics: Vec<String> = std::fs::read_to_string(&n.log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("panicked at") || l.contains("RaftCore panicked"))
+                .take(5)
+                .map(str::to_owned)
+                .collect();
             out.push_str(&format!(
-                "----- {} (id {}) log {} -----\n{}\n",
+                "----- {} (id {}) log {} -----\n{}{}\n",
                 n.name,
                 n.id(),
                 n.log.display(),
+                if panics.is_empty() {
+                    String::new()
+                } else {
+                    format!("panics:\n{}\n...\n", panics.join("\n"))
+                },
                 tail(&n.log, lines)
             ));
         }
