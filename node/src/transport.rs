@@ -955,10 +955,20 @@ struct IncomingSnapshot {
 fn fence_check(node: &Node, peer: u64, peer_epoch: u64) -> Option<PeerResponse> {
     let m = node.metrics();
     let membership = m.membership_config.membership();
-    if membership.nodes().next().is_none() || membership.get_node(&peer).is_some() {
+    if membership.nodes().next().is_none() {
         return None;
     }
     let ep = node.epoch();
+    if membership.get_node(&peer).is_some() {
+        // A member still speaking for the lineage a forced promotion
+        // replaced (it was re-added by a rejoin while its old Raft ran): a
+        // member of this lineage has applied the forced epoch, a pristine
+        // rejoining node sends epoch 0 and no Raft requests.
+        let stale = ep.forced && peer_epoch != 0 && peer_epoch < ep.epoch;
+        if !stale {
+            return None;
+        }
+    }
     let kind = if ep.forced && peer_epoch < ep.epoch {
         crate::roles::FenceKind::Forced
     } else {
