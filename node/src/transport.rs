@@ -955,9 +955,8 @@ struct IncomingSnapshot {
 fn fence_check(node: &Node, peer: u64, peer_epoch: u64) -> Option<PeerResponse> {
     let m = node.metrics();
     let membership = m.membership_config.membership();
-    if membership.nodes().next().is_none() {
-        return None;
-    }
+    // A pristine node (no membership yet) fences nobody.
+    membership.nodes().next()?;
     let ep = node.epoch();
     if membership.get_node(&peer).is_some() {
         // A member still speaking for the lineage a forced promotion
