@@ -323,6 +323,19 @@ impl Node {
         let Some(notice) = self.roles.fence.notice() else {
             return;
         };
+        // A refusal can arrive late, for a request the previous engine sent
+        // before this node rejoined: a pristine engine, or one that already
+        // follows the refusing node, is not fenced.
+        let m = self.metrics();
+        let pristine = m.membership_config.membership().nodes().next().is_none();
+        if pristine || m.current_leader == Some(notice.by) {
+            tracing::info!(
+                by = notice.by,
+                "stale refusal ignored: this node has rejoined"
+            );
+            self.roles.fence.clear();
+            return;
+        }
         match notice.kind {
             FenceKind::Removed => {
                 if let Err(e) = self
