@@ -811,19 +811,33 @@ impl AdminBackend for Backend {
                 } else {
                     fact.and_then(|f| f.reachable).unwrap_or(false)
                 };
-                if !backup_voter {
-                    reasons.push("the backup is not a voter (pair-only topology: automatic failover is not available in this release)".into());
-                }
-                if !majority {
-                    reasons.push(
-                        "without the primary the remaining voters are no majority (add a witness)"
-                            .into(),
-                    );
+                // Pair + witness: the backup votes and wins the election with
+                // the witness. Pair only: the backup is a learner and takes
+                // over by itself only with automatic failover on and at least
+                // one connectivity test address to tell "primary down" from
+                // "cut off".
+                let by_election = backup_voter && majority;
+                let by_itself =
+                    !backup_voter && settings.auto_failover && !settings.test_ips.is_empty();
+                if !by_election && !by_itself {
+                    if backup_voter {
+                        reasons.push(
+                            "without the primary the remaining voters are no majority (add a witness)"
+                                .into(),
+                        );
+                    } else if !settings.auto_failover {
+                        reasons.push("pair without a witness and automatic failover is off".into());
+                    } else {
+                        reasons.push(
+                            "automatic failover is on but no connectivity test address is set"
+                                .into(),
+                        );
+                    }
                 }
                 if !reachable {
                     reasons.push(format!("backup {b} is not in contact with the primary"));
                 }
-                (backup_voter && majority && reachable, lag)
+                ((by_election || by_itself) && reachable, lag)
             }
             (None, _) => {
                 reasons.push("there is no primary".into());
@@ -836,8 +850,18 @@ impl AdminBackend for Backend {
         };
         Ok(ReadinessView {
             would_fail_over: would,
-            after_ms: would
-                .then(|| (node.timing.election_max + node.timing.heartbeat).as_millis() as u64),
+            after_ms: would.then(|| {
+                let with_witness = membership.nodes().any(|(_, n)| n.kind == NodeKind::Witness);
+                let t = &node.timing;
+                // By election: the longest election timeout and a heartbeat;
+                // pair only: the primary timeout plus the connectivity probe.
+                let d = if with_witness {
+                    t.election_max + t.heartbeat
+                } else {
+                    t.primary_timeout + t.primary_timeout / 2
+                };
+                d.as_millis() as u64
+            }),
             lag_entries: lag,
             reasons,
             certificates_ok,
