@@ -79,6 +79,12 @@ impl Backend {
             committed_index: m.local_committed.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
             purged_index: m.purged.map(|l| l.index),
+            shared_ips_held: self
+                .node
+                .shared_ips
+                .get()
+                .map(|h| h.report().held)
+                .unwrap_or_default(),
         }
     }
 }
@@ -490,8 +496,10 @@ impl AdminBackend for Backend {
             let info = membership.get_node(&f.id).cloned();
             let probe = self.probe.clone();
             async move {
+                // Every peer not known to be down is asked for its /health
+                // (its own view: the shared IPs it holds, its indexes).
                 let health = match (f.reachable, probe, &info) {
-                    (None, Some(client), Some(info)) => {
+                    (None | Some(true), Some(client), Some(info)) => {
                         let c = client.with_base(&info.api_addr);
                         tokio::time::timeout(PEER_PROBE_TIMEOUT, c.get::<HealthView>("/health"))
                             .await
@@ -532,6 +540,7 @@ impl AdminBackend for Backend {
                     lag_bytes,
                     lag_ms: f.lag_ms,
                     api_addr: info.api_addr.clone(),
+                    shared_ips_held: health.as_ref().map(|h| h.shared_ips_held.clone()),
                 }
             })
             .collect::<Vec<_>>();

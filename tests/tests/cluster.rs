@@ -1877,6 +1877,50 @@ mod t70_relationship {
         );
     }
 
+    /// Status shows, per node, the shared IPs it holds: the primary in its
+    /// own view, and the backup's view of the primary (from the primary's
+    /// `/health`). The cluster tests use the `none` driver, which holds
+    /// addresses in memory only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_shows_the_shared_ips_each_node_holds() {
+        let c = Cluster::three(&[]).await;
+        let r = c.wait_roles(WAIT).await;
+        let (p, b) = (r.primary, r.backup);
+        let s0 = settings(&c, p).await;
+        let (pn, bn) = (c.nodes[p].name.clone(), c.nodes[b].name.clone());
+        let body = update_from(&s0, |v| {
+            let mut interfaces = serde_json::Map::new();
+            interfaces.insert(pn.clone(), json!("eth0"));
+            interfaces.insert(bn.clone(), json!("eth0"));
+            v["shared_ips"] = json!([{ "address": "198.51.100.100/24", "interfaces": interfaces }]);
+        });
+        let resp = c
+            .req(p, Method::PUT, "/api/v1/settings")
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT settings");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let want = vec!["198.51.100.100/24".to_string()];
+        wait_until("the primary to report the shared IP", SETTLE, || async {
+            let s = c.status(p).await?;
+            (s.this_host.shared_ips_held == want).then_some(())
+        })
+        .await;
+        wait_until(
+            "the backup to see the primary holding it",
+            SETTLE,
+            || async {
+                let s = c.status(b).await?;
+                let primary = s.peers.iter().find(|x| x.id == c.nodes[p].id())?;
+                (s.this_host.shared_ips_held.is_empty()
+                    && primary.shared_ips_held.as_ref() == Some(&want))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn status_shows_roles_and_peers() {
         let c = Cluster::three(&[]).await;

@@ -383,6 +383,9 @@ pub struct HealthView {
     /// Last log index removed from this node's log (compacted), if any.
     #[serde(default)]
     pub purged_index: Option<u64>,
+    /// Shared IPs (`address/prefix`) this node holds right now.
+    #[serde(default)]
+    pub shared_ips_held: Vec<String>,
 }
 
 /// How a read was served; rendered as the `X-Tandem-Applied-Index` and
@@ -634,6 +637,9 @@ pub struct PeerView {
     pub lag_ms: Option<u64>,
     /// Its admin API address.
     pub api_addr: String,
+    /// Shared IPs the peer reports holding (from its `/health`), when it answered.
+    #[serde(default)]
+    pub shared_ips_held: Option<Vec<String>>,
 }
 
 /// One status history event.

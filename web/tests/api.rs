@@ -257,6 +257,7 @@ impl AdminBackend for MemBackend {
             committed_index: Some(APPLIED),
             snapshot_index: None,
             purged_index: None,
+            shared_ips_held: Vec::new(),
         })
     }
 
@@ -454,6 +455,7 @@ impl AdminBackend for MemBackend {
                 lag_bytes: Some(0),
                 lag_ms: Some(0),
                 api_addr: "https://10.0.0.2:8443".into(),
+                shared_ips_held: Some(Vec::new()),
             }],
             topology: "pair+witness".into(),
             settings: self.current_settings(),
