@@ -16,7 +16,6 @@
 pub mod netcluster;
 pub mod netns;
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::future::Future;
@@ -233,6 +232,45 @@ pub struct Roles {
     pub witness: usize,
     /// The epoch the appliances agree on.
     pub epoch: u64,
+}
+
+/// The relationship the nodes report, when they agree: `nodes` holds each
+/// node's `(id, is witness)`, `reports` the status of every running node.
+/// Every running appliance must name the same primary and epoch, the primary
+/// must say `primary`, the other running appliance `backup`, the witness
+/// `witness`. Shared by the process and the network-namespace harnesses.
+pub fn agree_on_roles(nodes: &[(u64, bool)], reports: &[(usize, StatusView)]) -> Option<Roles> {
+    let witness = nodes.iter().position(|n| n.1)?;
+    let mut agreed: Option<(u64, u64)> = None;
+    for (i, s) in reports {
+        if nodes[*i].1 {
+            continue;
+        }
+        let here = (s.primary?, s.epoch);
+        if agreed.is_some_and(|a| a != here) {
+            return None;
+        }
+        agreed = Some(here);
+    }
+    let (primary_id, epoch) = agreed?;
+    let primary = nodes.iter().position(|n| n.0 == primary_id)?;
+    let backup = (0..nodes.len()).find(|&i| i != primary && !nodes[i].1)?;
+    let ok = reports.iter().all(|(i, s)| {
+        let want = if *i == primary {
+            "primary"
+        } else if *i == witness {
+            "witness"
+        } else {
+            "backup"
+        };
+        s.this_host.role == want
+    });
+    ok.then_some(Roles {
+        primary,
+        backup,
+        witness,
+        epoch,
+    })
 }
 
 /// One node of a [`Cluster`].
@@ -686,43 +724,12 @@ impl Cluster {
     /// `/api/v1/status`, the primary says `primary`, the other running
     /// appliance `backup`, the witness `witness`.
     pub async fn find_roles(&self) -> Option<Roles> {
-        let witness = self.nodes.iter().position(NodeProc::witness)?;
-        let mut agreed: Option<(u64, u64)> = None;
-        let mut roles = BTreeMap::new();
+        let ids: Vec<(u64, bool)> = self.nodes.iter().map(|n| (n.id(), n.witness())).collect();
+        let mut reports = Vec::new();
         for i in self.running() {
-            let s = self.status(i).await?;
-            roles.insert(i, s.this_host.role.clone());
-            if self.nodes[i].witness() {
-                if s.this_host.role != "witness" {
-                    return None;
-                }
-                continue;
-            }
-            let here = (s.primary?, s.epoch);
-            if agreed.is_some_and(|a| a != here) {
-                return None;
-            }
-            agreed = Some(here);
+            reports.push((i, self.status(i).await?));
         }
-        let (primary_id, epoch) = agreed?;
-        let primary = self.index_of(primary_id)?;
-        let backup = (0..self.nodes.len()).find(|&i| i != primary && !self.nodes[i].witness())?;
-        let ok = roles.iter().all(|(&i, role)| {
-            let want = if i == primary {
-                "primary"
-            } else if i == witness {
-                "witness"
-            } else {
-                "backup"
-            };
-            role == want
-        });
-        ok.then_some(Roles {
-            primary,
-            backup,
-            witness,
-            epoch,
-        })
+        agree_on_roles(&ids, &reports)
     }
 
     /// Waits (bounded by `timeout`) for [`Cluster::find_roles`].

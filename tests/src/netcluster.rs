@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use tandem_web::{HealthView, StatusView};
 
 use crate::netns::{addr4, Topology, IFACE};
-use crate::{now_ms, tail, tandem_bin, CliOutput, Roles, CLI_TIMEOUT};
+use crate::{agree_on_roles, now_ms, tail, tandem_bin, CliOutput, Roles, CLI_TIMEOUT};
 
 /// The shared address (without prefix).
 pub const SHARED: &str = "198.51.100.100";
@@ -419,43 +419,12 @@ impl NetCluster {
     /// The relationship as the running nodes report it, when they agree
     /// (as [`crate::Cluster::find_roles`]).
     pub fn find_roles(&self) -> Option<Roles> {
-        let witness = self.nodes.iter().position(|n| n.witness)?;
-        let mut agreed: Option<(u64, u64)> = None;
-        let mut roles = Vec::new();
+        let ids: Vec<(u64, bool)> = self.nodes.iter().map(|n| (n.id, n.witness)).collect();
+        let mut reports = Vec::new();
         for i in self.running() {
-            let s = self.status(i)?;
-            roles.push((i, s.this_host.role.clone()));
-            if self.nodes[i].witness {
-                if s.this_host.role != "witness" {
-                    return None;
-                }
-                continue;
-            }
-            let here = (s.primary?, s.epoch);
-            if agreed.is_some_and(|a| a != here) {
-                return None;
-            }
-            agreed = Some(here);
+            reports.push((i, self.status(i)?));
         }
-        let (primary_id, epoch) = agreed?;
-        let primary = self.nodes.iter().position(|n| n.id == primary_id)?;
-        let backup = (0..self.nodes.len()).find(|&i| i != primary && !self.nodes[i].witness)?;
-        let ok = roles.iter().all(|(i, role)| {
-            let want = if *i == primary {
-                "primary"
-            } else if *i == witness {
-                "witness"
-            } else {
-                "backup"
-            };
-            role == want
-        });
-        ok.then_some(Roles {
-            primary,
-            backup,
-            witness,
-            epoch,
-        })
+        agree_on_roles(&ids, &reports)
     }
 
     /// Waits for [`NetCluster::find_roles`].
