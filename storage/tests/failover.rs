@@ -5,7 +5,7 @@
 //! reset, open_with_db, install, elect).
 
 mod common;
-use common::{apply, open};
+use common::{apply, build_snapshot, open};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -184,14 +184,7 @@ async fn snapshot_round_trip_carries_epoch_settings_history() {
     let digest = leader.reader.digest();
     assert_eq!(digest.0, Some(8));
 
-    let snap = leader
-        .sm
-        .try_create_snapshot_builder(true)
-        .await
-        .expect("builder")
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snap = build_snapshot(&mut leader).await;
     let meta = snap.meta.clone();
     follower
         .sm

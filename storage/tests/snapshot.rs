@@ -1,14 +1,14 @@
 //! Snapshot build / transfer / install, restart, and log persistence.
 
 mod common;
-use common::{apply, open};
+use common::{apply, build_snapshot, open};
 
 use std::io::{Seek, SeekFrom, Write};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
-use openraft::{RaftLogReader, RaftSnapshotBuilder};
+use openraft::RaftLogReader;
 use tandem_storage::{Entry, LogId, Request, Snapshot, Store, TypeConfig};
 
 fn log_id(index: u64) -> LogId {
@@ -75,14 +75,7 @@ async fn snapshot_round_trip_and_restart() {
     let digest_l = leader.reader.digest();
     assert_eq!(digest_l.0, Some(10_001));
 
-    let snap = leader
-        .sm
-        .try_create_snapshot_builder(true)
-        .await
-        .expect("builder")
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snap = build_snapshot(&mut leader).await;
     assert_eq!(snap.meta.last_log_id, Some(log_id(10_001)));
     // Applying after the build does not change the built snapshot.
     apply(
@@ -162,14 +155,7 @@ async fn corrupt_snapshot_is_refused_and_state_kept() {
 
     let snap = leader.sm.get_current_snapshot().await.expect("read");
     assert!(snap.is_none());
-    let snap = leader
-        .sm
-        .try_create_snapshot_builder(true)
-        .await
-        .expect("builder")
-        .build_snapshot()
-        .await
-        .expect("build");
+    let snap = build_snapshot(&mut leader).await;
     let meta = snap.meta.clone();
     let (path, file) = transfer(snap, &follower).await;
     // Flip one byte in the middle.

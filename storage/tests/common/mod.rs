@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use futures::stream;
 use openraft::storage::RaftStateMachine;
-use tandem_storage::{Entry, Store};
+use openraft::RaftSnapshotBuilder;
+use tandem_storage::{Entry, Snapshot, Store};
 
 /// Opens the store in `dir` with a 4 MiB cache. sled releases its file lock
 /// a moment after a `Db` is dropped (its background threads still hold the
@@ -29,4 +30,16 @@ pub async fn apply(store: &mut Store, entries: Vec<Entry>) {
         .apply(stream::iter(items))
         .await
         .expect("apply succeeds");
+}
+
+/// Builds a snapshot of the store's state machine now, as openraft would.
+pub async fn build_snapshot(store: &mut Store) -> Snapshot {
+    store
+        .sm
+        .try_create_snapshot_builder(true)
+        .await
+        .expect("builder")
+        .build_snapshot()
+        .await
+        .expect("build")
 }
