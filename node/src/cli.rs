@@ -91,6 +91,9 @@ pub enum Command {
     /// Measure the write gap of planned swaps and the time from kill -9 of
     /// the primary to the first accepted write, on a local pair + witness.
     BenchFailover(crate::bench_failover::FailoverBenchArgs),
+    /// Internal: the shared-IP guard `tandem run` starts (see `ip_guard`).
+    #[command(name = "shared-ip-guard", hide = true)]
+    SharedIpGuard,
 }
 
 /// Where the data directory is.
@@ -462,6 +465,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
 /// A [`Failure`] carrying the exit code.
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::SharedIpGuard => Ok(crate::ip_guard::run_guard().await?),
         Command::Init(a) => {
             let out = crate::bootstrap::init(InitOptions {
                 dir: a.dir.dir.clone(),

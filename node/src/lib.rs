@@ -26,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod failover;
 pub mod frame;
+pub mod ip_guard;
 pub mod node;
 pub mod protocol;
 pub mod reset;
@@ -137,9 +138,38 @@ pub async fn run(
     });
     // Shared IPs: a node that starts is not primary yet, so any configured
     // shared address found on its interfaces is removed before anything else.
-    let ip_manager = Arc::new(
-        shared_ip::SharedIpManager::from_config(&cfg.shared_ip).context("shared-IP driver")?,
-    );
+    let mut ip_manager =
+        shared_ip::SharedIpManager::from_config(&cfg.shared_ip).context("shared-IP driver")?;
+    // The guard process releases them if this process dies or stalls while
+    // holding them (kill -9, SIGSTOP): see `ip_guard`.
+    let mut guard_reports = None;
+    if cfg.shared_ip.driver != config::SharedIpDriverKind::None {
+        let (link, rx) = ip_guard::GuardLink::new(cfg.shared_ip.clone(), "/proc/self/exe");
+        link.start(background_stop.clone()).await;
+        ip_manager = ip_manager.with_guard(link);
+        guard_reports = Some(rx);
+    }
+    let ip_manager = Arc::new(ip_manager);
+    if let Some(mut rx) = guard_reports {
+        let (mgr, stop) = (ip_manager.clone(), background_stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let report = tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = rx.recv() => r,
+                };
+                let Some(ip_guard::FromGuard::Released {
+                    reason,
+                    addresses,
+                    errors,
+                }) = report
+                else {
+                    return;
+                };
+                mgr.guard_released(&reason, &addresses, &errors).await;
+            }
+        });
+    }
     let (ip_handle, ip_task) = ip_manager.start(background_stop.clone());
     tasks.spawn(ip_task);
     let specs = shared_ip::specs_for_node(&node.settings().shared_ips, &cfg.name).0;

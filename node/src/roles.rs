@@ -325,6 +325,26 @@ impl Node {
         }
     }
 
+    /// How long this node may go on acting as primary without hearing from
+    /// anyone: until its leader lease runs out where peers vote, half the
+    /// primary timeout where it is its only voter (pair only, or alone after
+    /// a forced promotion: a backup takes over only after a whole primary
+    /// timeout). What the shared-IP guard is told on every tick.
+    pub fn lease_remaining(&self) -> Duration {
+        let m = self.metrics();
+        let sole_voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .eq([self.cfg.node_id]);
+        if sole_voter {
+            return self.timing.primary_timeout / 2;
+        }
+        m.last_quorum_acked.as_ref().map_or(Duration::ZERO, |t| {
+            self.timing.lease.saturating_sub(t.elapsed())
+        })
+    }
+
     /// Whether this node must not act as primary because its process was
     /// paused longer than the primary timeout (a backup may have taken over
     /// meanwhile): until a peer acknowledges a heartbeat sent after the
@@ -1110,6 +1130,9 @@ async fn settings_duties(node: &Arc<Node>, role: Role, old_role: Role, ep: &Epoc
     };
     let specs = crate::shared_ip::specs_for_node(&settings.shared_ips, &node.cfg.name).0;
     let hold = role == Role::Primary;
+    if hold {
+        h.renew_lease(node.lease_remaining());
+    }
     if old_role == Role::Primary && !hold {
         let h = h.clone();
         tokio::spawn(async move {

@@ -63,14 +63,14 @@ impl Default for Settings {
 /// openraft makes a node refuse votes for its own longest election timeout
 /// after it last heard from a leader (its vote lease), and a candidate whose
 /// election is refused waits a whole new timeout. So: appliances time out
-/// after a random time in [0.45 t, 0.6 t]; the witness never starts an
+/// after a random time in [0.3 t, 0.4 t]; the witness never starts an
 /// election on its own (it is only a tie-breaker; see the role manager for
-/// its fallback) and its vote lease is 0.45 t, so the backup's first
+/// its fallback) and its vote lease is 0.3 t, so the backup's first
 /// election after the primary dies is granted. A dead primary is replaced
-/// about half a primary timeout after its last heartbeat. Heartbeats go out
-/// every t/10; the primary's lease is 80 % of 0.45 t: no node can win an
+/// well within a primary timeout of its last heartbeat. Heartbeats go out
+/// every t/10; the primary's lease is 80 % of 0.3 t: no node can win an
 /// election before both the witness's vote lease and the backup's timer have
-/// run (both at least 0.45 t after they last heard the leader), and the 20 %
+/// run (both at least 0.3 t after they last heard the leader), and the 20 %
 /// margin covers clock drift between the leader, which measures from the
 /// send time of the acknowledged heartbeat, and followers, which measure from
 /// its arrival.

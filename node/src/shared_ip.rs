@@ -1101,6 +1101,12 @@ struct State {
 pub struct SharedIpManager {
     driver: Arc<dyn SharedIpDriver>,
     check_targets: Vec<String>,
+    /// The guard process told of every address before it is taken.
+    guard: Option<Arc<crate::ip_guard::GuardLink>>,
+    /// Wakes the background loop (the guard released something).
+    kick: tokio::sync::Notify,
+    /// The last pass skipped acquisitions for a lapsed lease.
+    awaiting_lease: std::sync::atomic::AtomicBool,
     state: tokio::sync::Mutex<State>,
     events: Mutex<VecDeque<SharedIpEvent>>,
     reachability: Arc<Mutex<Option<Reachability>>>,
@@ -1136,10 +1142,64 @@ impl SharedIpManager {
         Self {
             driver,
             check_targets,
+            guard: None,
+            kick: tokio::sync::Notify::new(),
+            awaiting_lease: std::sync::atomic::AtomicBool::new(false),
             state: tokio::sync::Mutex::new(State::default()),
             events: Mutex::new(VecDeque::new()),
             reachability: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Tells `guard` of every address before it is taken and after each
+    /// change (see [`crate::ip_guard`]).
+    #[must_use]
+    pub fn with_guard(mut self, guard: Arc<crate::ip_guard::GuardLink>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Tells the guard (if any) that `extra` and everything acquired may be
+    /// on this host now.
+    async fn tell_guard(&self, st: &State, extra: &[&SharedIpSpec], epoch: u64) {
+        let Some(g) = &self.guard else { return };
+        let mut held: Vec<(SharedIpSpec, u64)> = st.acquired.values().cloned().collect();
+        for s in extra {
+            if !held.iter().any(|(h, _)| h == *s) {
+                held.push(((*s).clone(), epoch));
+            }
+        }
+        held.sort();
+        let _ = g.tell(held).await;
+    }
+
+    /// The guard released `addresses` (the lease ran out without renewal):
+    /// they are no longer held; a node that is still primary takes them
+    /// again on the next pass, which starts at once.
+    pub async fn guard_released(&self, reason: &str, addresses: &[String], errors: &[String]) {
+        let mut st = self.state.lock().await;
+        let gone: Vec<(String, SharedIpSpec, u64)> = st
+            .acquired
+            .iter()
+            .filter(|(_, (s, _))| addresses.contains(&s.cidr()))
+            .map(|(k, (s, e))| (k.clone(), s.clone(), *e))
+            .collect();
+        for (key, spec, epoch) in gone {
+            st.acquired.remove(&key);
+            self.record(
+                "guard-release",
+                &spec,
+                epoch,
+                &Ok(format!("by the shared-IP guard: {reason}")),
+            );
+        }
+        for e in errors {
+            tracing::error!(error = %e, "the shared-IP guard could not release an address");
+        }
+        st.checked_epoch = None;
+        self.refresh_held(&mut st, true).await;
+        drop(st);
+        self.kick.notify_one();
     }
 
     /// The driver's name.
@@ -1201,6 +1261,8 @@ impl SharedIpManager {
     ) -> SharedIpReport {
         let mut st = self.state.lock().await;
         st.desired = specs.to_vec();
+        self.awaiting_lease
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let mut changed = false;
         let wanted: BTreeSet<String> = if should_hold {
             specs.iter().map(SharedIpSpec::key).collect()
@@ -1250,19 +1312,30 @@ impl SharedIpManager {
                     && k.strip_prefix("release ")
                         .is_none_or(|key| !wanted.contains(key))
             });
-            for spec in specs {
+            // Nothing is taken on a lapsed lease (a pause, or a stale wish
+            // of the role manager): the next renewal retries.
+            let lapsed = self.guard.as_ref().is_some_and(|g| !g.lease_valid());
+            self.awaiting_lease
+                .store(lapsed, std::sync::atomic::Ordering::Relaxed);
+            let due: Vec<&SharedIpSpec> = specs
+                .iter()
+                .filter(|_| !lapsed)
+                .filter(|spec| {
+                    let key = spec.key();
+                    st.acquired.get(&key).is_none_or(|(_, e)| *e != epoch)
+                        && st
+                            .failures
+                            .get(&format!("acquire {key}"))
+                            .is_none_or(|f| Instant::now() >= f.next_try)
+                })
+                .collect();
+            // The guard hears of an address before it is on this host.
+            if !due.is_empty() {
+                self.tell_guard(&st, &due, epoch).await;
+            }
+            for spec in due {
                 let key = spec.key();
-                if st.acquired.get(&key).is_some_and(|(_, e)| *e == epoch) {
-                    continue;
-                }
                 let fkey = format!("acquire {key}");
-                if st
-                    .failures
-                    .get(&fkey)
-                    .is_some_and(|f| Instant::now() < f.next_try)
-                {
-                    continue;
-                }
                 let r = self.driver.acquire(spec, epoch).await;
                 self.record("acquire", spec, epoch, &r);
                 changed = true;
@@ -1287,6 +1360,9 @@ impl SharedIpManager {
                 }
                 st.check_task = self.start_check(epoch, specs, &targets);
             }
+        }
+        if changed {
+            self.tell_guard(&st, &[], epoch).await;
         }
         self.refresh_held(&mut st, changed).await;
         self.report_of(&st)
@@ -1325,6 +1401,7 @@ impl SharedIpManager {
             .map(|(k, f)| format!("{k}: {} (attempt {})", f.error, f.attempts))
             .collect();
         errors.extend(st.held_error.clone());
+        errors.extend(self.guard.as_ref().and_then(|g| g.error()));
         SharedIpReport {
             driver: self.driver.name().to_owned(),
             held: st.held.clone(),
@@ -1422,6 +1499,7 @@ impl SharedIpManager {
             }
         }
         st.failures.retain(|k, _| k.starts_with("release "));
+        self.tell_guard(&st, &[], epoch).await;
         self.refresh_held(&mut st, true).await;
         self.report_of(&st)
     }
@@ -1449,6 +1527,7 @@ impl SharedIpManager {
             }
             Err(e) => st.held_error = Some(format!("querying held addresses at start: {e}")),
         }
+        self.tell_guard(&st, &[], 0).await;
         self.refresh_held(&mut st, true).await;
         self.report_of(&st)
     }
@@ -1478,6 +1557,7 @@ impl SharedIpManager {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     r = desired_rx.changed() => if r.is_err() { break },
+                    () = mgr.kick.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
                 let d = desired_rx.borrow_and_update().clone();
@@ -1488,7 +1568,11 @@ impl SharedIpManager {
                 let report = mgr
                     .reconcile(d.should_hold, d.epoch, &d.specs, &d.test_ips)
                     .await;
-                wait = if report.errors.is_empty() {
+                wait = if report.errors.is_empty()
+                    && !mgr
+                        .awaiting_lease
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
                     HELD_REFRESH
                 } else {
                     RETRY_MIN
@@ -1577,6 +1661,16 @@ impl SharedIpHandle {
         let report = self.manager.release_all(epoch).await;
         self.report.send_replace(report.clone());
         report
+    }
+
+    /// This primary's lease runs `valid_for` from now: the guard process
+    /// releases the addresses if no renewal follows by then (the daemon is
+    /// paused or stuck). Never waits; call it on every role tick while
+    /// primary.
+    pub fn renew_lease(&self, valid_for: Duration) {
+        if let Some(g) = &self.manager.guard {
+            g.renew(valid_for);
+        }
     }
 
     /// Removes stale addresses at start (call once before the first

@@ -278,3 +278,118 @@ fn client_follows_a_moved_address_and_no_sample_shows_two_holders() {
     );
     assert!(gap < Duration::from_secs(2), "gap {gap:?}");
 }
+
+/// Starts `tandem shared-ip-guard` in host `h` with pipes.
+fn start_guard(t: &Topology, h: &str) -> std::process::Child {
+    t.command(h, tandem_tests::tandem_bin())
+        .arg(tandem_node::ip_guard::GUARD_VERB)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the guard")
+}
+
+fn send(child: &mut std::process::Child, msg: &tandem_node::ip_guard::ToGuard) {
+    let stdin = child.stdin.as_mut().expect("the guard's stdin");
+    let mut line = serde_json::to_vec(msg).expect("json");
+    line.push(b'\n');
+    stdin.write_all(&line).expect("writing to the guard");
+    stdin.flush().expect("flush");
+}
+
+/// Waits (bounded) for the guard to exit; its status and stderr.
+fn guard_exit(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    drop(child.stdin.take());
+    for _ in 0..100 {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (st, err);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the guard did not exit within 5 s of its input closing");
+}
+
+/// The shared-IP guard `tandem run` starts: it releases what it was told
+/// about when its input closes (the daemon died) and when the lease deadline
+/// passes without renewal (the daemon froze), saying so on its output; it
+/// does nothing while renewed; started by hand it refuses with a reason.
+#[test]
+fn guard_releases_when_the_daemon_dies_or_its_lease_lapses() {
+    use tandem_node::config::{SharedIpConfig, SharedIpDriverKind};
+    use tandem_node::ip_guard::{monotonic_ms, FromGuard, ToGuard};
+    if !netns_or_skip("guard_releases_when_the_daemon_dies_or_its_lease_lapses") {
+        return;
+    }
+    let t = Topology::create().expect("topology");
+    let spec = SharedIpSpec::parse(&format!("{SHARED4}/24"), IFACE).expect("spec");
+    let addr = spec.address;
+    let config = ToGuard::Config {
+        shared_ip: SharedIpConfig {
+            driver: SharedIpDriverKind::Netlink,
+            ..SharedIpConfig::default()
+        },
+    };
+    let hold = |deadline_ms| ToGuard::Hold {
+        held: vec![(spec.clone(), 3)],
+        deadline_ms,
+    };
+
+    // 1. The daemon dies: its pipe closes, the guard releases and exits.
+    t.ip("a", &["addr", "add", &spec.cidr(), "dev", IFACE])
+        .expect("add");
+    let mut g = start_guard(&t, "a");
+    send(&mut g, &config);
+    send(&mut g, &hold(Some(monotonic_ms() + 60_000)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(t.has_addr("a", addr), "released while the lease ran");
+    let (st, err) = guard_exit(g);
+    assert!(st.success(), "{st:?}: {err}");
+    assert!(
+        !t.has_addr("a", addr),
+        "still held after the daemon died: {err}"
+    );
+    assert!(err.contains("the daemon is gone"), "{err}");
+
+    // 2. The daemon freezes: renewals stop, the deadline passes.
+    t.ip("a", &["addr", "add", &spec.cidr(), "dev", IFACE])
+        .expect("add");
+    let mut g = start_guard(&t, "a");
+    send(&mut g, &config);
+    for _ in 0..5 {
+        // Renewed: nothing happens.
+        send(&mut g, &hold(Some(monotonic_ms() + 150)));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(t.has_addr("a", addr), "released although renewed");
+    let frozen_at = std::time::Instant::now();
+    let mut out = std::io::BufReader::new(g.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("the guard's report");
+    let waited = frozen_at.elapsed();
+    match serde_json::from_str::<FromGuard>(&line).expect("a report") {
+        FromGuard::Released {
+            addresses, errors, ..
+        } => {
+            assert_eq!(addresses, vec![spec.cidr()]);
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+    }
+    assert!(!t.has_addr("a", addr), "still held after the deadline");
+    assert!(waited < Duration::from_secs(2), "released after {waited:?}");
+    let (st, err) = guard_exit(g);
+    assert!(st.success(), "{st:?}: {err}");
+
+    // 3. Started by hand: a clear refusal.
+    let g = start_guard(&t, "a");
+    let (st, err) = guard_exit(g);
+    assert!(!st.success(), "{err}");
+    assert!(err.contains("started by `tandem run`"), "{err}");
+}

@@ -142,6 +142,15 @@ fn observe(
     }
 }
 
+/// `from` let go of the address before `to` first held it.
+fn assert_released_before_taken(m: &Moved, from: &str, to: &str, what: &str) {
+    let (gone, taken) = (m.last_held(from), m.first_held(to));
+    assert!(
+        gone.zip(taken).is_none_or(|(g, t)| g < t),
+        "{what}: {from} last held at {gone:?}, {to} first at {taken:?}"
+    );
+}
+
 fn names(c: &NetCluster, r: Roles) -> (&'static str, &'static str) {
     (c.nodes[r.primary].name, c.nodes[r.backup].name)
 }
@@ -163,11 +172,20 @@ fn crash(c: &mut NetCluster, r: Roles, what: &str) -> (Moved, Roles) {
     (m, next)
 }
 
-/// The old primary's host comes back and its node restarts: it is backup
-/// and does not take the address. Returns the roles.
-fn restart_old(c: &mut NetCluster, old: usize, primary: usize, what: &str) -> Roles {
+/// The old primary's node restarts (its host first plugged back in when
+/// `unplugged`): it is backup and does not take the address. Returns the
+/// roles.
+fn restart_old(
+    c: &mut NetCluster,
+    old: usize,
+    primary: usize,
+    what: &str,
+    unplugged: bool,
+) -> Roles {
     let (o, p) = (c.nodes[old].name, c.nodes[primary].name);
-    c.topo.plug(o).expect("plugging the old primary back");
+    if unplugged {
+        c.topo.plug(o).expect("plugging the old primary back");
+    }
     let sampler = Sampler::start(&c.topo, shared());
     let prober = c.prober();
     let from_probe = prober.started.elapsed();
@@ -314,13 +332,11 @@ mod crash_of_the_primary {
 mod crash_process_only {
     use super::*;
 
-    /// kill -9 of the primary's process alone: nothing can remove the
-    /// address from its host any more, and the backup takes it too.
+    /// kill -9 of the primary's process alone (its host and network stay
+    /// up): its shared-IP guard releases the address as soon as the process
+    /// is gone, before the backup takes it; the killed node restarts as
+    /// backup and does not take it.
     #[test]
-    #[ignore = "node gap: a primary killed with SIGKILL leaves the shared address on its \
-                interface (node/src/shared_ip.rs NetlinkDriver::do_acquire adds it without \
-                any lifetime and nothing else removes it), so the new primary's acquisition \
-                makes two holders until the old node restarts (startup cleanup)"]
     fn kill9_of_the_primary_process_alone_leaves_a_single_holder() {
         let Some((_g, mut c, r)) =
             setup("kill9_of_the_primary_process_alone_leaves_a_single_holder")
@@ -329,24 +345,63 @@ mod crash_process_only {
         };
         let (p, b) = names(&c, r);
         let what = format!("kill -9 of {p}'s process alone");
+        let m = observe(&mut c, p, b, &what, |c| c.kill9(r.primary));
+        m.report(&what, p, b);
+        assert_single_holder(&m.samples, &what);
+        assert_released_before_taken(&m, p, b, &what);
+        let next = c.wait_roles(SETTLE);
+        assert_eq!(next.primary, r.backup, "{what}: roles {next:?}");
+        restart_old(&mut c, r.primary, r.backup, &what, false);
+    }
+}
+
+mod paused_primary {
+    use super::*;
+
+    /// SIGSTOP of the primary's process: its shared-IP guard releases the
+    /// address when the lease runs out, before the backup can be elected;
+    /// after SIGCONT the old primary stays backup and never takes it back.
+    #[test]
+    fn paused_primary_lets_go_before_the_backup_takes_over() {
+        let Some((_g, mut c, r)) = setup("paused_primary_lets_go_before_the_backup_takes_over")
+        else {
+            return;
+        };
+        let (p, b) = names(&c, r);
+        let what = format!("SIGSTOP of {p}");
+        let m = observe(&mut c, p, b, &what, |c| {
+            c.signal(r.primary, Signal::SIGSTOP);
+        });
+        m.report(&what, p, b);
+        assert_single_holder(&m.samples, &what);
+        assert_released_before_taken(&m, p, b, &what);
+
         let sampler = Sampler::start(&c.topo, shared());
         let prober = c.prober();
-        wait_for("the client answered by the primary", MOVE, || {
-            prober.answered_by(p).then_some(())
+        c.signal(r.primary, Signal::SIGCONT);
+        let roles = wait_for(&format!("{what}: {p} back as backup"), SETTLE, || {
+            c.find_roles()
+                .filter(|x| x.primary == r.backup && x.backup == r.primary)
         });
-        c.kill9(r.primary);
-        wait_for(&format!("{what}: {b} to answer the client"), MOVE, || {
-            (c.holders().contains(&b) && prober.answered_by(b)).then_some(())
-        });
+        assert!(roles.epoch > r.epoch, "{what}: {roles:?} after {r:?}");
+        wait_for(
+            &format!("{what}: {p}'s status to hold nothing"),
+            SETTLE,
+            || c.holds_nothing_by_status(r.primary).then_some(()),
+        );
+        assert_eq!(c.holders(), vec![b], "{what}");
         let probes = prober.finish();
         let samples = sampler.finish();
-        println!(
-            "{what}: {} probes; holders now {:?}",
-            probes.len(),
-            c.holders()
-        );
         assert_single_holder(&samples, &what);
-        assert_eq!(c.holders(), vec![b], "{what}");
+        assert!(
+            samples.iter().all(|s| !s.holders.contains(&p)),
+            "{what}: {p} held the address after SIGCONT: {:?}",
+            samples.iter().find(|s| s.holders.contains(&p))
+        );
+        assert!(
+            probes.iter().all(|x| x.answer.as_deref() != Some(p)),
+            "{what}: the client was answered by {p} after SIGCONT"
+        );
     }
 }
 
@@ -365,11 +420,7 @@ mod cut_off_primary {
         let (m, _) = cut_off(&mut c, r, &what);
         m.report(&what, p, b);
         // The cut-off node let go before the backup took the address.
-        let (gone, taken) = (m.last_held(p), m.first_held(b));
-        assert!(
-            gone.zip(taken).is_none_or(|(g, t)| g < t),
-            "{what}: {p} last held at {gone:?}, {b} first at {taken:?}"
-        );
+        assert_released_before_taken(&m, p, b, &what);
     }
 }
 
@@ -396,10 +447,10 @@ mod forced_promotion {
     use super::*;
 
     /// The primary and the witness frozen (SIGSTOP), `swap --force` on the
-    /// backup: it holds the address. The frozen primary's kernel still has
-    /// the address (a stopped process can release nothing), so the two
-    /// holders overlap until it runs again: then it releases at once, is
-    /// fenced, and never takes the address back.
+    /// backup: it holds the address. The frozen primary's shared-IP guard
+    /// released it when the lease ran out, so there is never a second
+    /// holder; once running again the old primary is fenced and never takes
+    /// the address back.
     #[test]
     fn forced_promotion_takes_the_address_and_the_old_primary_lets_go_when_it_resumes() {
         let Some((_g, c, r)) =
@@ -443,16 +494,14 @@ mod forced_promotion {
         );
         let taken_at = sampler.started.elapsed();
 
-        // The old primary runs again: it must let go and stay fenced.
-        let resumed_at = sampler.started.elapsed();
+        // The old primary runs again: it must stay fenced, holding nothing.
         let resumed_probe = prober.started.elapsed();
         c.signal(r.primary, Signal::SIGCONT);
         wait_for(
-            &format!("{what}: {p} to release the address after SIGCONT"),
+            &format!("{what}: {b} alone to hold the address after SIGCONT"),
             MOVE,
             || (c.holders() == vec![b]).then_some(()),
         );
-        let released_at = sampler.started.elapsed();
         let ps = wait_for(&format!("{what}: {p}'s status"), MOVE, || {
             c.status(r.primary)
                 .filter(|s| s.this_host.shared_ips_held.is_empty())
@@ -510,25 +559,15 @@ mod forced_promotion {
         let probes = prober.finish();
         let samples = sampler.finish();
 
-        // Two holders only while the old primary was frozen, and for at most
-        // one role tick after it resumed.
-        let bad: Vec<&Sample> = overlaps(&samples)
-            .into_iter()
-            .filter(|s| s.at < stopped_at || s.at > resumed_at + Duration::from_secs(1))
-            .collect();
-        assert!(
-            bad.is_empty(),
-            "{what}: two holders outside the frozen window: {:?}",
-            bad.first()
-        );
+        assert_single_holder(&samples, &what);
         let last_p = samples
             .iter()
             .filter(|s| s.holders.contains(&p))
             .map(|s| s.at)
             .next_back();
         assert!(
-            last_p.is_none_or(|t| t <= released_at),
-            "{what}: {p} held the address again at {last_p:?}"
+            last_p.is_none_or(|t| t < taken_at),
+            "{what}: {p} held the address at {last_p:?}, after {b} took it"
         );
         assert!(
             probes
@@ -537,14 +576,11 @@ mod forced_promotion {
                 .all(|x| x.answer.as_deref() != Some(p)),
             "{what}: the client was answered by {p} after it resumed"
         );
-        let frozen_overlap = overlaps(&samples).len();
         println!(
-            "{what}: {b} held the address {} ms after {p} froze; {p} released it {} ms after \
-             SIGCONT; {frozen_overlap} samples with two holders (all while {p} was frozen or \
-             within 1 s of resuming); {p} is now {:?}, then {:?} at epoch {} (notes {:?}); \
-             client gap {} ms",
+            "{what}: {p}'s guard released the address {:?} ms after it froze; {b} held it {} ms \
+             after; {p} is now {:?}, then {:?} at epoch {} (notes {:?}); client gap {} ms",
+            last_p.map(|t| t.saturating_sub(stopped_at).as_millis()),
             (taken_at - stopped_at).as_millis(),
-            (released_at - resumed_at).as_millis(),
             ps.this_host.role,
             pw.this_host.role,
             pw.epoch,
@@ -567,7 +603,13 @@ mod restart_of_the_old_primary {
         let what = format!("crash of {p}");
         let (m, next) = crash(&mut c, r, &what);
         m.report(&what, p, b);
-        let roles = restart_old(&mut c, r.primary, next.primary, &format!("restart of {p}"));
+        let roles = restart_old(
+            &mut c,
+            r.primary,
+            next.primary,
+            &format!("restart of {p}"),
+            true,
+        );
         assert_eq!(roles.primary, r.backup);
         assert_eq!(c.holders(), vec![b]);
         assert!(c
@@ -604,7 +646,13 @@ fn bench_shared_ip_gap() {
         let (m, next) = crash(&mut c, r, &what);
         m.report(&what, c.nodes[old].name, c.nodes[next.primary].name);
         gaps[0].1.push(m.gap.as_millis());
-        r = restart_old(&mut c, old, next.primary, &format!("bench restart {k}"));
+        r = restart_old(
+            &mut c,
+            old,
+            next.primary,
+            &format!("bench restart {k}"),
+            true,
+        );
     }
     for k in 0..runs {
         let what = format!("bench cut-off {k}");
