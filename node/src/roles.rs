@@ -426,11 +426,42 @@ impl Node {
         }
     }
 
+    /// Waits, at most one primary timeout, while the role is in passing:
+    /// this appliance leads but its lease is not confirmed at this instant
+    /// or its epoch entry is not committed yet (a moment of CPU or network
+    /// starvation, a takeover finishing), or no leader is known (an election
+    /// is running). Writes and actions asked then are served (or sent to the
+    /// new primary) once that settles, instead of being refused for a
+    /// hiccup. Returns at once when this node is primary, a follower of a
+    /// known leader, a witness, paused for a swap, or fenced.
+    pub async fn settle_primary(&self) {
+        let deadline = Instant::now() + self.timing.primary_timeout;
+        let me = self.cfg.node_id;
+        loop {
+            if self.compute_role().0 == Role::Primary
+                || Instant::now() >= deadline
+                || self.cfg.kind == NodeKind::Witness
+                || self.roles.paused()
+                || self.roles.fence.notice().is_some()
+            {
+                return;
+            }
+            let m = self.metrics();
+            let leading = m.state == ServerState::Leader && m.current_leader == Some(me);
+            let members = m.membership_config.membership().nodes().count();
+            if !(leading || m.current_leader.is_none()) || members <= 1 {
+                return;
+            }
+            tokio::time::sleep((self.timing.heartbeat / 2).max(Duration::from_millis(5))).await;
+        }
+    }
+
     /// An application write: only on the primary, then through Raft.
     ///
     /// # Errors
     /// As [`Node::check_writable`] and [`Node::write`].
     pub async fn write_app(&self, req: Request) -> Result<Response, NodeError> {
+        self.settle_primary().await;
         self.check_writable()?;
         self.write(req).await
     }
@@ -561,6 +592,7 @@ impl Node {
         pull_sync: bool,
         actor: &str,
     ) -> Result<SwapOutcome, NodeError> {
+        self.settle_primary().await;
         let (role, _) = self.compute_role();
         match role {
             Role::Primary => {
@@ -623,6 +655,12 @@ impl Node {
     /// Serves an action peer `from` asked of this node (it must be the
     /// primary, except for a break notice from the primary).
     pub async fn peer_action(&self, action: ActionRequest, from: u64) -> Result<String, String> {
+        if !matches!(
+            action,
+            ActionRequest::Break { .. } | ActionRequest::Rejoin { .. }
+        ) {
+            self.settle_primary().await;
+        }
         let role = self.compute_role().0;
         if let ActionRequest::Break { actor } = &action {
             if role != Role::Primary {
@@ -815,6 +853,7 @@ impl Node {
     /// # Errors
     /// [`NodeError::Refused`] when there is no backup or it cannot be reached.
     pub async fn sync(&self, verify: bool, actor: &str) -> Result<SyncReport, NodeError> {
+        self.settle_primary().await;
         match self.compute_role().0 {
             Role::Primary => self.sync_now(verify, actor).await,
             Role::Backup => {
