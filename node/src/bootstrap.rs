@@ -180,6 +180,7 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
         api_advertise: api_advertise.clone(),
         tuning: opts.tuning.clone(),
         shared_ip: Default::default(),
+        admin_tls: None,
     };
     let admin_token = format!("tdm_{}", random_secret(32));
     let admin_password = crate::users::initial_password();
@@ -368,6 +369,7 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<JoinResponse> {
         api_advertise,
         tuning: opts.tuning.clone(),
         shared_ip: Default::default(),
+        admin_tls: None,
     };
     dir.save(&cfg)?;
     tracing::info!(node = answer.node_id, cluster = %answer.cluster_id, "joined; start the node with `tandem run`");

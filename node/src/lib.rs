@@ -16,6 +16,7 @@
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`], [`demo`], [`bench`]: the commands.
 
+pub mod admin_tls;
 pub mod backend;
 pub mod bench;
 pub mod bench_failover;
@@ -62,6 +63,9 @@ pub struct RunOverrides {
     pub peer_listen: Option<SocketAddr>,
     /// Admin listener bind address.
     pub api_listen: Option<SocketAddr>,
+    /// Administrator-provided certificate for the admin listener (replaces
+    /// `[admin_tls]` of `node.toml`).
+    pub admin_tls: Option<config::AdminTlsConfig>,
 }
 
 /// Runs the node in `dir` until `shutdown` is cancelled, then stops it in
@@ -84,6 +88,9 @@ pub async fn run(
     if let Some(a) = overrides.api_listen {
         cfg.api_listen = a;
     }
+    if let Some(t) = overrides.admin_tls {
+        cfg.admin_tls = Some(t);
+    }
     let peer_listener = TcpListener::bind(cfg.peer_listen)
         .await
         .with_context(|| format!("binding the peer listener on {}", cfg.peer_listen))?;
@@ -93,13 +100,19 @@ pub async fn run(
 
     let cert_pem = std::fs::read_to_string(dir.node_cert()).context("reading node.pem")?;
     let key_pem = std::fs::read_to_string(dir.node_key()).context("reading node.key")?;
+    let ca_pem = std::fs::read_to_string(dir.ca_cert()).context("reading ca.pem")?;
+    // The admin certificate is checked before storage is opened, so a bad
+    // one stops the node at once with one line saying why.
+    let admin_certs =
+        tandem_certs::AdminCerts::new(&tandem_certs::chain_pem(&cert_pem, &ca_pem), &key_pem)?;
+    let admin_tls_paths = cfg.admin_tls.as_ref().map(|t| admin_tls::resolve(&dir, t));
+    if let Some(paths) = &admin_tls_paths {
+        admin_tls::install(&admin_certs, paths)?;
+    }
+    let admin_tls = admin_certs.server_config()?;
     let node = Arc::new(Node::open(dir.clone(), cfg.clone()).await?);
     node.resume_pending_reset().await?;
     let peer_tls = tandem_certs::peer_server_config(&node.ca_pem, &cert_pem, &key_pem)?;
-    let admin_tls = tandem_certs::admin_server_config(
-        &tandem_certs::chain_pem(&cert_pem, &node.ca_pem),
-        &key_pem,
-    )?;
 
     let tasks = TaskTracker::new();
     let peer_stop = CancellationToken::new();
@@ -147,6 +160,13 @@ pub async fn run(
     let _ = node.shared_ips.set(ip_handle);
     tasks.spawn(background(node.clone(), background_stop.clone()));
     tasks.spawn(roles::manage_roles(node.clone(), background_stop.clone()));
+    if let Some(paths) = admin_tls_paths {
+        tasks.spawn(admin_tls::reload_on_sighup(
+            admin_certs,
+            paths,
+            background_stop.clone(),
+        ));
+    }
 
     tracing::info!(
         node = cfg.node_id,
