@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod reset;
 pub mod roles;
 pub mod settings;
+pub mod setup;
 pub mod shared_ip;
 pub mod transport;
 pub mod users;
@@ -81,6 +82,45 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let dir = DataDir::new(dir);
     let _lock = dir.lock()?;
+    loop {
+        // A join set up from the web UI (or one a crash interrupted) is
+        // applied before anything is opened.
+        setup::apply_pending_join(&dir).context("applying the pending join")?;
+        let Some(old) = run_once(&dir, overrides.clone(), &shutdown).await? else {
+            return Ok(());
+        };
+        // Restart in place: everything the old node owned must be gone
+        // before its store is replaced (tasks still holding it finish
+        // within moments once Raft has stopped).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while old.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if old.strong_count() > 0 {
+            tracing::warn!("parts of the old node are still alive; restarting anyway");
+        }
+        if !tandem_storage::wait_store_released(&dir.db(), Duration::from_secs(10)).await {
+            anyhow::bail!(
+                "the old store was not released; start `tandem run` again to finish the join"
+            );
+        }
+        if shutdown.is_cancelled() {
+            setup::apply_pending_join(&dir).context("applying the pending join")?;
+            return Ok(());
+        }
+        tracing::info!("restarting in place with the new identity");
+    }
+}
+
+/// One life of the node: runs until `shutdown` (returns `None`) or until
+/// the node asks to restart in place (returns the old node, to wait for its
+/// last references to go).
+async fn run_once(
+    dir: &DataDir,
+    overrides: RunOverrides,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<std::sync::Weak<Node>>> {
+    let dir = dir.clone();
     let mut cfg = dir.load()?;
     if let Some(a) = overrides.peer_listen {
         cfg.peer_listen = a;
@@ -178,6 +218,7 @@ pub async fn run(
     tokio::select! {
         _ = shutdown.cancelled() => tracing::info!("shutting down"),
         _ = failed.cancelled() => tracing::error!("a critical task died; shutting down"),
+        _ = node.restart.cancelled() => tracing::info!("stopping to restart in place"),
     }
 
     // 1. Stop the admin listener: no new requests.
@@ -226,7 +267,7 @@ pub async fn run(
     if failed.is_cancelled() && !shutdown.is_cancelled() {
         anyhow::bail!("a critical task died");
     }
-    Ok(())
+    Ok(node.restart.is_cancelled().then(|| Arc::downgrade(&node)))
 }
 
 /// Periodic leader duties: promote caught-up learners, sweep expired sessions.

@@ -162,6 +162,38 @@ where
     }
 }
 
+/// `tandem init --json` of node `name` in `dir` on loopback with free
+/// ports (`flags` added): its printed outcome, its CA certificate (PEM) and
+/// its `node.toml`.
+///
+/// # Panics
+/// When `init` fails or prints something else.
+pub async fn init_node(dir: &Path, name: &str, flags: &[&str]) -> (Value, String, NodeConfig) {
+    let mut args: Vec<OsString> = vec![
+        "init".into(),
+        "--dir".into(),
+        dir.into(),
+        "--name".into(),
+        name.into(),
+        "--peer-listen".into(),
+        "127.0.0.1:0".into(),
+        "--api-listen".into(),
+        "127.0.0.1:0".into(),
+        "--json".into(),
+    ];
+    args.extend(flags.iter().map(OsString::from));
+    let out = tandem(args).await.expect_ok("tandem init");
+    let init: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("init --json printed {:?}: {e}", out.stdout));
+    let ca_file = init
+        .get("ca_file")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("init output lacks ca_file: {init}"));
+    let ca_pem = std::fs::read_to_string(ca_file).expect("reading ca.pem");
+    let cfg = DataDir::new(dir).load().expect("node.toml after init");
+    (init, ca_pem, cfg)
+}
+
 /// Polls `probe` every [`POLL_EVERY`] until it returns `Some`, for at most
 /// `timeout`.
 ///
@@ -352,31 +384,13 @@ impl Cluster {
             .tempdir()
             .expect("creating a temporary directory");
         let dir = root.path().join(name);
-        let mut args: Vec<OsString> = vec![
-            "init".into(),
-            "--dir".into(),
-            dir.clone().into(),
-            "--name".into(),
-            name.into(),
-            "--peer-listen".into(),
-            "127.0.0.1:0".into(),
-            "--api-listen".into(),
-            "127.0.0.1:0".into(),
-            "--json".into(),
-        ];
-        args.extend(flags.iter().map(OsString::from));
-        let out = tandem(args).await.expect_ok("tandem init");
-        let init: Value = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("init --json printed {:?}: {e}", out.stdout));
+        let (init, ca_pem, cfg) = init_node(&dir, name, flags).await;
         let field = |k: &str| {
             init.get(k)
                 .and_then(Value::as_str)
                 .unwrap_or_else(|| panic!("init output lacks {k}: {init}"))
                 .to_string()
         };
-        let ca_file = PathBuf::from(field("ca_file"));
-        let ca_pem = std::fs::read_to_string(&ca_file).expect("reading ca.pem");
-        let cfg = DataDir::new(&dir).load().expect("node.toml after init");
         assert_eq!(field("api"), cfg.api_advertise);
         let mut c = Self {
             admin_token: field("admin_token"),

@@ -202,9 +202,21 @@ fn schemas() -> Value {
             "required": ["token", "name", "kind", "peer_addr", "api_addr", "csr_pem"],
             "properties": {
                 "token": string(), "name": string(), "kind": kind(), "peer_addr": string(),
-                "api_addr": string(), "csr_pem": string()
+                "api_addr": string(), "csr_pem": string(), "actor": string()
             }
         },
+        "SetupRequest": {
+            "type": "object", "additionalProperties": false,
+            "required": ["primary", "token"],
+            "properties": {
+                "primary": string(), "token": string(), "reverse_address": string(),
+                "witness": boolean(), "discard_data": boolean()
+            }
+        },
+        "SetupOutcome": obj(&["node_id", "cluster_id", "role", "primary", "reverse_address", "discarded_config_keys", "discarded_sessions"], json!({
+            "node_id": int(), "cluster_id": string(), "role": string(), "primary": string(),
+            "reverse_address": string(), "discarded_config_keys": int(), "discarded_sessions": int()
+        })),
         "JoinResponse": obj(&["node_id", "cluster_id", "cert_pem", "ca_pem", "members"], json!({
             "node_id": int(), "cluster_id": string(), "cert_pem": string(), "ca_pem": string(),
             "ca_key_pem": string(), "members": array(schema("Member"))
@@ -434,6 +446,11 @@ pub fn openapi() -> Value {
                 "post": op("Remove the witness from a live pair (pair + witness becomes pair only)", true, vec![],
                     Some(body("BreakRequest", false)),
                     vec![ok("200", "removed", Some("BreakOutcome")), err("400"), err("409"), err("503")])
+            },
+            "/api/v1/relationship/setup": {
+                "post": op("Set up relationship from a standalone node: join the primary's cluster with a join token made there, as backup or witness (this node's own data is discarded, then it restarts with its new identity)", true, vec![],
+                    Some(body("SetupRequest", true)),
+                    vec![ok("200", "joined; restarting", Some("SetupOutcome")), err("400"), err("409"), err("503")])
             },
             "/api/v1/readiness": {
                 "get": op("Would the backup take over if the primary died now, after how long, losing what?", true, vec![], None,

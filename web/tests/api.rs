@@ -12,9 +12,9 @@ use tandem_web::{
     openapi, router, AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome,
     ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
     JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView,
-    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, StatusView, SwapOutcome,
-    SwapRequest, SyncReport, SyncRequest, UserView, VerifyReport, LOGIN_MAX_FAILURES,
-    MAX_BODY_BYTES, ROUTES,
+    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome,
+    SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView,
+    VerifyReport, LOGIN_MAX_FAILURES, MAX_BODY_BYTES, ROUTES,
 };
 use tower::ServiceExt;
 
@@ -565,6 +565,25 @@ impl AdminBackend for MemBackend {
         })
     }
 
+    async fn setup(&self, req: SetupRequest, actor: String) -> Result<SetupOutcome, ApiError> {
+        self.record(format!(
+            "setup({},{},{:?},witness={},discard={},{actor})",
+            req.primary, req.token, req.reverse_address, req.witness, req.discard_data
+        ));
+        self.refusal()?;
+        Ok(SetupOutcome {
+            node_id: 2,
+            cluster_id: "c1".into(),
+            role: if req.witness { "witness" } else { "backup" }.into(),
+            primary: req.primary,
+            reverse_address: req
+                .reverse_address
+                .unwrap_or_else(|| "10.0.0.2:7000".into()),
+            discarded_config_keys: 0,
+            discarded_sessions: 0,
+        })
+    }
+
     async fn rejoin(&self, actor: String) -> Result<BreakOutcome, ApiError> {
         self.record(format!("rejoin({actor})"));
         self.refusal()?;
@@ -735,6 +754,11 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::POST, "/api/v1/relationship/break", None),
         (Method::POST, "/api/v1/relationship/rejoin", None),
         (Method::POST, "/api/v1/relationship/remove-witness", None),
+        (
+            Method::POST,
+            "/api/v1/relationship/setup",
+            Some(json!({"primary": "10.0.0.1:8443", "token": "t"})),
+        ),
         (Method::GET, "/api/v1/readiness", None),
         (Method::GET, "/api/v1/users", None),
         (
@@ -784,7 +808,7 @@ async fn every_api_route_requires_the_bearer_token() {
     }
     // Every bearer-protected route in the table was exercised above.
     let protected = ROUTES.iter().filter(|r| r.auth).count();
-    assert_eq!(protected, 28, "new protected route: add it to this test");
+    assert_eq!(protected, 29, "new protected route: add it to this test");
 }
 
 #[tokio::test]
@@ -1840,6 +1864,59 @@ async fn action_bodies_are_checked() {
         .await
         .assert_error(StatusCode::BAD_REQUEST, "bad_request");
     assert!(backend.calls().is_empty(), "{:?}", backend.calls());
+}
+
+#[tokio::test]
+async fn setup_checks_its_body_and_maps_refusals() {
+    let (backend, app) = app();
+    for body in [
+        json!({"primary": "", "token": "t"}),
+        json!({"primary": "a b", "token": "t"}),
+        json!({"primary": "h:1", "token": ""}),
+        json!({"primary": "h:1", "token": "x".repeat(600)}),
+        json!({"primary": "h:1", "token": "t", "reverse_address": "x".repeat(300)}),
+    ] {
+        call(&app, Method::POST, "/api/v1/relationship/setup", Some(body))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid");
+    }
+    for body in [
+        json!({"primary": "h:1"}),
+        json!({"primary": "h:1", "token": "t", "force": true}),
+        json!({"primary": "h:1", "token": "t", "witness": "yes"}),
+    ] {
+        call(&app, Method::POST, "/api/v1/relationship/setup", Some(body))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    assert!(backend.calls().is_empty(), "{:?}", backend.calls());
+
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/relationship/setup",
+        Some(json!({"primary": "https://10.0.0.1:8443", "token": "t1", "witness": true, "discard_data": true})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["role"], "witness");
+    assert_eq!(r.body["node_id"], 2);
+    backend.lock().refuse = Some("this node is already in a relationship".into());
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/relationship/setup",
+        Some(json!({"primary": "h:1", "token": "t2", "reverse_address": "10.0.0.9:7400"})),
+    )
+    .await;
+    r.assert_error(StatusCode::CONFLICT, "refused");
+    assert_eq!(
+        backend.calls(),
+        [
+            "setup(https://10.0.0.1:8443,t1,None,witness=true,discard=true,api)",
+            "setup(h:1,t2,Some(\"10.0.0.9:7400\"),witness=false,discard=false,api)",
+        ]
+    );
 }
 
 #[tokio::test]
