@@ -3382,65 +3382,8 @@ mod t95_setup_relationship {
     //! primary through `POST /api/v1/relationship/setup`, no shell.
     use super::*;
     use tandem_node::config::DataDir;
-    use tandem_tests::{https_client, init_node, pid_alive};
-    use tandem_web::{HistoryPage, SetupOutcome, StatusView};
-
-    /// A second, separately `init`ed node: its own CA and admin token.
-    struct Own {
-        http: reqwest::Client,
-        token: String,
-        api: String,
-    }
-
-    impl Own {
-        fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-            self.http
-                .request(method, format!("{}{path}", self.api))
-                .bearer_auth(&self.token)
-                .header("x-tandem-actor", "alice")
-        }
-
-        async fn setup(&self, body: Value) -> reqwest::Response {
-            self.req(Method::POST, "/api/v1/relationship/setup")
-                .json(&body)
-                .send()
-                .await
-                .expect("POST /api/v1/relationship/setup")
-        }
-
-        async fn status(&self) -> Option<StatusView> {
-            let resp = self.req(Method::GET, "/api/v1/status").send().await.ok()?;
-            (resp.status() == StatusCode::OK).then_some(resp.json().await.ok()?)
-        }
-    }
-
-    /// `tandem init` of `name` beside the cluster's nodes, started as node
-    /// index `c.nodes.len()`; returns a client for its own cluster.
-    async fn init_separately(c: &mut Cluster, name: &str) -> Own {
-        let dir = c.path().join(name);
-        let (init, ca_pem, cfg) = init_node(&dir, name, &[]).await;
-        c.nodes.push(tandem_tests::NodeProc {
-            name: name.into(),
-            log: c.path().join(format!("{name}.log")),
-            dir,
-            cfg,
-            child: None,
-        });
-        let i = c.nodes.len() - 1;
-        c.spawn(i);
-        let own = Own {
-            http: https_client(&ca_pem),
-            token: init["admin_token"].as_str().expect("admin_token").into(),
-            api: c.nodes[i].api().to_string(),
-        };
-        wait_until("the second node to serve", WAIT, || async {
-            own.status()
-                .await
-                .filter(|s| s.this_host.role == "standalone" && s.this_host.lease_valid)
-        })
-        .await;
-        own
-    }
+    use tandem_tests::{pid_alive, Standalone};
+    use tandem_web::{HistoryPage, SetupOutcome};
 
     async fn refused(resp: reqwest::Response, what: &str) -> String {
         let (status, body) = error_body(resp, what).await;
@@ -3450,7 +3393,7 @@ mod t95_setup_relationship {
     }
 
     /// What a refusal must leave as it was, on both sides.
-    async fn assert_unchanged(c: &Cluster, own: &Own, cluster_id: &str) {
+    async fn assert_unchanged(c: &Cluster, own: &Standalone, cluster_id: &str) {
         let s = own
             .status()
             .await
@@ -3476,7 +3419,7 @@ mod t95_setup_relationship {
         let mut c = Cluster::init("a", &[]).await;
         c.put_ok(0, "from/a", &json!({"written": "on the primary"}))
             .await;
-        let own = init_separately(&mut c, "b").await;
+        let own = c.add_standalone("b").await;
         let resp = own
             .req(Method::PUT, "/api/v1/config/b/own")
             .json(&json!({"value": "b's own data"}))
