@@ -285,7 +285,7 @@ async fn require_auth<B: AdminBackend>(
         req.extensions_mut().insert(Caller(None));
         return next.run(req).await;
     }
-    let Some((_, user)) = ui.sessions.lookup(req.headers()) else {
+    let Some((_, user)) = ui.session(req.headers()).await else {
         return ApiError::Unauthorized.into_response();
     };
     let safe = matches!(

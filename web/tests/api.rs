@@ -2270,6 +2270,34 @@ async fn call_raw_401(app: &Router) {
 }
 
 #[tokio::test]
+async fn a_session_ends_when_its_user_is_removed_elsewhere() {
+    let (backend, app) = ui_app();
+    let (cookie, _) = login(&app).await;
+    let status = |app: Router, cookie: String| async move {
+        raw(
+            &app,
+            with_cookie(Method::GET, "/api/v1/status", &cookie, None, None),
+        )
+        .await
+        .status
+    };
+    assert_eq!(status(app.clone(), cookie.clone()).await, StatusCode::OK);
+    // The user is removed through another node: only the replicated users
+    // change here, not this node's session map.
+    backend.lock().users.remove("admin");
+    assert_eq!(
+        status(app.clone(), cookie.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let page = raw(&app, with_cookie(Method::GET, "/", &cookie, None, None)).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.header("location"), Some("/login"));
+    // Re-created with the same name, the old session does not come back.
+    backend.lock().users.insert("admin".into(), PASSWORD.into());
+    assert_eq!(status(app, cookie).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn csrf_is_enforced_on_state_changing_calls_with_the_cookie() {
     let (backend, app) = ui_app();
     let (cookie, csrf) = login(&app).await;
