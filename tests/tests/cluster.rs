@@ -3573,4 +3573,36 @@ mod t95_setup_relationship {
         })
         .await;
     }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn standalone_node_joins_a_pair_as_witness() {
+        let mut c = Cluster::init("a", &[]).await;
+        c.add_node("b", false).await;
+        c.wait_members(2).await;
+        let w = c.add_standalone("w").await;
+        let token = c.token(true, None).await;
+        let resp = w
+            .setup(json!({"primary": c.nodes[0].api(), "token": token, "witness": true}))
+            .await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::OK, "setup: {text}");
+        let out: SetupOutcome = serde_json::from_str(&text).expect("a SetupOutcome");
+        assert_eq!(out.role, "witness");
+        // Answering with the cluster's CA means it restarted with the grant.
+        c.wait_health(w.index).await;
+        let cfg = DataDir::new(&c.nodes[w.index].dir)
+            .load()
+            .expect("w's node.toml");
+        assert_eq!(cfg.kind, tandem_storage::NodeKind::Witness);
+        assert!(
+            !c.nodes[w.index].dir.join("ca.key").exists(),
+            "a witness holds no CA key"
+        );
+        c.nodes[w.index].cfg = cfg;
+        // Pair + witness: three voters, and everyone agrees on the roles.
+        c.wait_voters(3).await;
+        let roles = c.wait_roles(WAIT).await;
+        assert_eq!(roles.witness, w.index);
+        c.put_ok(roles.primary, "after/witness", &json!(true)).await;
+    }
 }

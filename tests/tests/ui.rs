@@ -490,10 +490,10 @@ async fn setup_page_joins_a_primary_in_a_real_browser() {
 
     // b restarts in place as the backup; the page sends the admin to the
     // login, where the primary's users now count.
+    c.wait_health(b_node.index).await;
     c.nodes[b_node.index].cfg = tandem_node::config::DataDir::new(&c.nodes[b_node.index].dir)
         .load()
         .expect("b's node.toml");
-    c.wait_health(b_node.index).await;
     let deadline = Instant::now() + PAGE_WAIT;
     while !on_b
         .current_url()
