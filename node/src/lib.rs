@@ -71,6 +71,10 @@ pub struct RunOverrides {
 
 /// Runs the node in `dir` until `shutdown` is cancelled, then stops it in
 /// order: admin listener, leadership hand-over, peer listener, Raft, sled.
+/// When the node asks to restart in place (a join set up from the web UI
+/// changed its identity, see [`setup`]), it is stopped in the same order,
+/// the join is applied to the directory, and it starts again in this
+/// process.
 ///
 /// # Errors
 /// The directory is missing, locked or unreadable, a listener cannot bind,
