@@ -257,6 +257,78 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{NodeConfig, CONFIG_FORMAT};
+
+    fn old_node(dir: &DataDir) -> NodeConfig {
+        let cfg = NodeConfig {
+            format: CONFIG_FORMAT,
+            name: "b".into(),
+            kind: NodeKind::Appliance,
+            node_id: 1,
+            cluster_id: "old".into(),
+            peer_listen: "127.0.0.1:7002".parse().expect("literal address"),
+            peer_advertise: "127.0.0.1:7002".into(),
+            api_listen: "127.0.0.1:8002".parse().expect("literal address"),
+            api_advertise: "https://127.0.0.1:8002".into(),
+            tuning: Default::default(),
+            shared_ip: Default::default(),
+            admin_tls: None,
+        };
+        dir.save(&cfg).expect("node.toml");
+        tandem_certs::write_key_file(dir.ca_key(), "old CA key").expect("ca.key");
+        std::fs::create_dir_all(dir.db().join("sled")).expect("db");
+        std::fs::write(dir.db().join("sled").join("db"), "old data").expect("db file");
+        cfg
+    }
+
+    fn pending(dir: &DataDir) {
+        let p = PendingJoin {
+            format: JOIN_PENDING_FORMAT,
+            grant: JoinResponse {
+                node_id: 5,
+                cluster_id: "new".into(),
+                cert_pem: "new cert".into(),
+                ca_pem: "new CA".into(),
+                ca_key_pem: None,
+                members: Vec::new(),
+            },
+            key_pem: "new key".into(),
+            kind: NodeKind::Witness,
+            peer_advertise: "10.0.0.2:7400".into(),
+        };
+        let text = serde_json::to_string(&p).expect("serialise");
+        tandem_certs::write_key_file(pending_path(dir), &text).expect("pending file");
+    }
+
+    #[test]
+    fn a_pending_join_is_applied_once_and_survives_a_crash_half_way() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = DataDir::new(tmp.path());
+        let before = old_node(&dir);
+        assert!(!apply_pending_join(&dir).expect("nothing pending"));
+        assert_eq!(dir.load().expect("node.toml"), before);
+
+        pending(&dir);
+        // A crash after some files were written: the next start redoes it all.
+        tandem_certs::write_public_file(dir.ca_cert(), "new CA").expect("partial write");
+        assert!(apply_pending_join(&dir).expect("applied"));
+        let cfg = dir.load().expect("node.toml");
+        assert_eq!((cfg.node_id, cfg.cluster_id.as_str()), (5, "new"));
+        assert_eq!(cfg.kind, NodeKind::Witness);
+        assert_eq!(cfg.peer_advertise, "10.0.0.2:7400");
+        assert_eq!(
+            (cfg.name.as_str(), cfg.api_listen),
+            ("b", before.api_listen)
+        );
+        let read = |p: std::path::PathBuf| std::fs::read_to_string(p).expect("file");
+        assert_eq!(read(dir.node_cert()), "new cert");
+        assert_eq!(read(dir.node_key()), "new key");
+        assert_eq!(read(dir.ca_cert()), "new CA");
+        assert!(!dir.ca_key().exists(), "a witness holds no CA key");
+        assert!(!dir.db().exists(), "the old store is gone");
+        assert!(!pending_path(&dir).exists());
+        assert!(!apply_pending_join(&dir).expect("applied only once"));
+    }
 
     #[test]
     fn host_port() {
