@@ -3565,6 +3565,25 @@ mod t95_setup_relationship {
             .expect("setup on the primary");
         let msg = refused(resp, "setup on a node in a relationship").await;
         assert!(msg.contains("not standalone"), "{msg}");
+        let other = c.add_standalone("c").await;
+        let msg = refused(
+            other
+                .setup(json!({"primary": primary, "token": token}))
+                .await,
+            "a used token",
+        )
+        .await;
+        assert!(msg.contains("join refused"), "{msg}");
+        let s = other
+            .status()
+            .await
+            .expect("c still answers with its own CA");
+        assert_eq!(s.this_host.role, "standalone");
+        let v = c
+            .cluster_view(0, false)
+            .await
+            .expect("the primary's members");
+        assert_eq!(v.members.len(), 2, "nobody else was admitted: {v:?}");
         // b keeps its identity across a normal restart.
         c.stop(1).await;
         c.restart(1).await;
