@@ -89,7 +89,7 @@ pub async fn run(
     loop {
         // A join set up from the web UI (or one a crash interrupted) is
         // applied before anything is opened.
-        setup::apply_pending_join(&dir).context("applying the pending join")?;
+        apply_pending_join(&dir).await?;
         let Some(old) = run_once(&dir, overrides.clone(), &shutdown).await? else {
             return Ok(());
         };
@@ -109,11 +109,20 @@ pub async fn run(
             );
         }
         if shutdown.is_cancelled() {
-            setup::apply_pending_join(&dir).context("applying the pending join")?;
+            apply_pending_join(&dir).await?;
             return Ok(());
         }
         tracing::info!("restarting in place with the new identity");
     }
+}
+
+/// [`setup::apply_pending_join`] on the blocking pool (it fsyncs).
+async fn apply_pending_join(dir: &DataDir) -> anyhow::Result<()> {
+    let dir = dir.clone();
+    tokio::task::spawn_blocking(move || setup::apply_pending_join(&dir))
+        .await?
+        .context("applying the pending join")?;
+    Ok(())
 }
 
 /// One life of the node: runs until `shutdown` (returns `None`) or until
