@@ -611,6 +611,7 @@ impl AdminBackend for Backend {
                     .map(|h| h.report().held)
                     .unwrap_or_default(),
                 notes,
+                peer_addr: node.cfg.peer_advertise.clone(),
             },
             peers,
             topology: topology.into(),

@@ -475,7 +475,9 @@ async fn setup_page_joins_a_primary_in_a_real_browser() {
 
     // ...then the join with the primary's token and the reverse address.
     fill(&on_b, "#setup-token", &token).await;
+    // The reverse connection address is filled in with this node's own.
     let reverse = c.nodes[b_node.index].cfg.peer_advertise.clone();
+    assert_eq!(value(&on_b, "#setup-reverse").await, reverse);
     fill(&on_b, "#setup-reverse", &reverse).await;
     click(&on_b, "#setup-join").await;
     let asked = accept_confirm(&on_b).await;

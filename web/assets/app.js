@@ -476,6 +476,7 @@
         ? "This host is standalone: create a join token here to make it the primary, or join a primary from here (step 2)."
         : "This host is already in a relationship (" + s.topology + "); a token admits one more node (e.g. a witness).";
       if (s.this_host.role !== "standalone") $("#setup-join").disabled = true;
+      if (s.this_host.peer_addr && !$("#setup-reverse").value) $("#setup-reverse").value = s.this_host.peer_addr;
     }
     $("#setup-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();

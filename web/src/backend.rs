@@ -675,6 +675,10 @@ pub struct HostView {
     pub shared_ips_held: Vec<String>,
     /// Things the administrator should know, e.g. `diverged export at …`.
     pub notes: Vec<String>,
+    /// The address peers dial to reach this node (`host:port`): the reverse
+    /// connection address of *Set up relationship*.
+    #[serde(default)]
+    pub peer_addr: String,
 }
 
 /// A peer in [`StatusView`]; what this node cannot know is `null`.

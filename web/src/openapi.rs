@@ -221,11 +221,12 @@ fn schemas() -> Value {
             "node_id": int(), "cluster_id": string(), "cert_pem": string(), "ca_pem": string(),
             "ca_key_pem": string(), "members": array(schema("Member"))
         })),
-        "Host": obj(&["id", "name", "kind", "role", "site", "epoch", "term", "leader", "last_log_index", "committed_index", "applied_index", "lease_valid", "primary_since_ms", "shared_ips_held", "notes"], json!({
+        "Host": obj(&["id", "name", "kind", "role", "site", "epoch", "term", "leader", "last_log_index", "committed_index", "applied_index", "lease_valid", "primary_since_ms", "shared_ips_held", "notes", "peer_addr"], json!({
             "id": int(), "name": string(), "kind": kind(), "role": role(), "site": opt_string(),
             "epoch": int(), "term": int(), "leader": opt_int(), "last_log_index": opt_int(),
             "committed_index": opt_int(), "applied_index": opt_int(), "lease_valid": boolean(),
-            "primary_since_ms": opt_int(), "shared_ips_held": array(string()), "notes": array(string())
+            "primary_since_ms": opt_int(), "shared_ips_held": array(string()), "notes": array(string()),
+            "peer_addr": string()
         })),
         "Peer": obj(&["id", "name", "kind", "role", "voter", "reachable", "last_contact_ms", "lag_entries", "lag_bytes", "lag_ms", "api_addr"], json!({
             "id": int(), "name": string(), "kind": kind(), "role": role(), "voter": boolean(),

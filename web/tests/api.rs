@@ -442,6 +442,7 @@ impl AdminBackend for MemBackend {
                 primary_since_ms: Some(1_000),
                 shared_ips_held: vec!["192.0.2.10/24".into()],
                 notes: Vec::new(),
+                peer_addr: "10.0.0.1:7000".into(),
             },
             peers: vec![PeerView {
                 id: 2,
