@@ -23,10 +23,14 @@
 //! - `tls`: [`peer_server_config`], [`peer_client_config`],
 //!   [`admin_server_config`], [`admin_client_config`].
 //! - `pinning`: [`pinned_ca_client_config`], the pinning verifier, [`PinnedCa`].
+//! - `admin`: [`AdminCerts`], the admin listener's certificate resolver: an
+//!   administrator-provided certificate for browsers, the cluster chain for
+//!   Tandem's own clients (they offer [`CLUSTER_ALPN`]).
 //! - `error`: [`CertError`].
 //!
 //! [`CryptoProvider`]: rustls::crypto::CryptoProvider
 
+mod admin;
 mod ca;
 mod error;
 mod files;
@@ -37,6 +41,7 @@ mod tls;
 #[cfg(test)]
 mod test_support;
 
+pub use admin::{AdminCerts, CLUSTER_ALPN};
 pub use ca::{check_csr, ClusterCa, NodeCert, NodeKey};
 pub use error::CertError;
 pub use files::{write_key_file, write_public_file};

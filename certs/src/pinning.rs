@@ -54,7 +54,10 @@ pub fn pinned_ca_client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    Ok((Arc::new(config), PinnedCa { matched }))
+    Ok((
+        Arc::new(crate::tls::with_cluster_alpn(config)),
+        PinnedCa { matched },
+    ))
 }
 
 /// Handle to the CA certificate accepted by a [`pinned_ca_client_config`]

@@ -14,7 +14,7 @@ use crate::CertError;
 /// Peer traffic: TLS 1.3 only.
 const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 /// Admin listener: browsers and tools may still speak TLS 1.2.
-const TLS12_AND_13: &[&SupportedProtocolVersion] =
+pub(crate) const TLS12_AND_13: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// The crypto provider of every config this crate builds, passed explicitly so
@@ -86,17 +86,13 @@ pub fn admin_server_config(
     cert_chain_pem: &str,
     key_pem: &str,
 ) -> Result<Arc<ServerConfig>, CertError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(TLS12_AND_13)?
-        .with_no_client_auth()
-        .with_single_cert(certs_from_pem(cert_chain_pem)?, key_from_pem(key_pem)?)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    crate::AdminCerts::new(cert_chain_pem, key_pem)?.server_config()
 }
 
 /// Client config for the admin API (the CLI): TLS 1.3, trusts only the cluster
-/// CA `ca_pem`, no client certificate, no ALPN (HTTP clients such as reqwest
-/// set their own).
+/// CA `ca_pem`, no client certificate, ALPN [`crate::CLUSTER_ALPN`] then
+/// `http/1.1`, so that a listener with an administrator-provided certificate
+/// still presents the cluster chain (see [`crate::AdminCerts`]).
 ///
 /// # Errors
 ///
@@ -107,7 +103,14 @@ pub fn admin_client_config(ca_pem: &str) -> Result<Arc<ClientConfig>, CertError>
         .with_protocol_versions(TLS13_ONLY)?
         .with_root_certificates(root_store(ca_pem)?)
         .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(Arc::new(with_cluster_alpn(config)))
+}
+
+/// Makes a client offer [`crate::CLUSTER_ALPN`] (then `http/1.1`): it asks
+/// the admin listener for the cluster chain.
+pub(crate) fn with_cluster_alpn(mut config: ClientConfig) -> ClientConfig {
+    config.alpn_protocols = vec![crate::CLUSTER_ALPN.to_vec(), b"http/1.1".to_vec()];
+    config
 }
 
 /// Concatenates a node certificate and the CA certificate into the chain the
@@ -136,7 +139,7 @@ pub(crate) fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
-fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, CertError> {
+pub(crate) fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, CertError> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|source| CertError::Pem {
         what: "private key",
         source,

@@ -12,8 +12,8 @@ use tandem_web::{
     AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome, ClusterView,
     ConfigEntryView, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
     JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView,
-    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, StatusView, SwapOutcome,
-    SwapRequest, SyncReport, SyncRequest, UserView,
+    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome,
+    SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView,
 };
 
 use crate::client::ApiClient;
@@ -468,6 +468,7 @@ impl AdminBackend for Backend {
                 peer_addr: req.peer_addr,
                 api_addr: req.api_addr,
                 csr_pem: req.csr_pem,
+                actor: req.actor.unwrap_or_else(|| "tandem join".into()),
             })
             .await
             .map_err(api)?;
@@ -610,6 +611,7 @@ impl AdminBackend for Backend {
                     .map(|h| h.report().held)
                     .unwrap_or_default(),
                 notes,
+                peer_addr: node.cfg.peer_advertise.clone(),
             },
             peers,
             topology: topology.into(),
@@ -714,6 +716,10 @@ impl AdminBackend for Backend {
 
     async fn rejoin(&self, actor: String) -> Result<BreakOutcome, ApiError> {
         self.node.rejoin(&actor).await.map_err(action)
+    }
+
+    async fn setup(&self, req: SetupRequest, actor: String) -> Result<SetupOutcome, ApiError> {
+        self.node.setup(req, &actor).await.map_err(action)
     }
 
     async fn health_primary(&self) -> Result<RoleHealth, ApiError> {

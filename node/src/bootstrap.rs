@@ -180,6 +180,7 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
         api_advertise: api_advertise.clone(),
         tuning: opts.tuning.clone(),
         shared_ip: Default::default(),
+        admin_tls: None,
     };
     let admin_token = format!("tdm_{}", random_secret(32));
     let admin_password = crate::users::initial_password();
@@ -292,59 +293,11 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<JoinResponse> {
         peer_addr: peer_advertise.clone(),
         api_addr: api_advertise.clone(),
         csr_pem: key.csr_pem()?,
+        actor: None,
     };
-    let (tls, _pinned) = tandem_certs::pinned_ca_client_config(&token.ca_fingerprint)?;
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured((*tls).clone())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTPS client")?;
-    let mut url = format!("{}/api/v1/join", base_url(&opts.peer));
-    let answer = 'hops: {
-        for _ in 0..4 {
-            let resp = client
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .with_context(|| format!("contacting {url}"))?;
-            let status = resp.status();
-            if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
-                if let Some(loc) = resp
-                    .headers()
-                    .get(reqwest::header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    url = loc.to_string();
-                    continue;
-                }
-            }
-            if !status.is_success() {
-                let text = resp.text().await.unwrap_or_default();
-                let msg = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("message")
-                            .and_then(|m| m.as_str())
-                            .map(str::to_string)
-                    })
-                    .unwrap_or(text);
-                if status.is_client_error() {
-                    bail!("join refused ({status}): {msg}");
-                }
-                bail!("join failed ({status}): {msg}");
-            }
-            break 'hops resp
-                .json::<JoinResponse>()
-                .await
-                .context("reading the join answer")?;
-        }
-        bail!("join: too many redirections to the leader");
-    };
-    let fp = tandem_certs::fingerprint_of_pem(&answer.ca_pem)?;
-    if !fp.eq_ignore_ascii_case(&token.ca_fingerprint) {
-        bail!("the cluster answered with a CA that does not match the token");
-    }
+    let answer = request_join(&opts.peer, &body, &token.ca_fingerprint)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     write_identity(
         &dir,
         &answer.ca_pem,
@@ -368,8 +321,96 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<JoinResponse> {
         api_advertise,
         tuning: opts.tuning.clone(),
         shared_ip: Default::default(),
+        admin_tls: None,
     };
     dir.save(&cfg)?;
     tracing::info!(node = answer.node_id, cluster = %answer.cluster_id, "joined; start the node with `tandem run`");
     Ok(answer)
+}
+
+/// Why asking a cluster to admit a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinCallError {
+    /// The node at the given address could not be contacted (or did not
+    /// present the cluster's CA).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The cluster refused the request (bad, used or expired token…).
+    #[error("{0}")]
+    Refused(String),
+    /// Anything else (a server error, a malformed answer).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Sends `body` to `POST /api/v1/join` of the node at `peer` (its admin
+/// address), trusting it only if it presents the CA with SHA-256
+/// `ca_fingerprint`, following the leader's redirections; checks that the
+/// answer carries that CA.
+///
+/// # Errors
+/// [`JoinCallError`]: nothing was changed locally in any case.
+pub async fn request_join(
+    peer: &str,
+    body: &JoinRequest,
+    ca_fingerprint: &str,
+) -> Result<JoinResponse, JoinCallError> {
+    let failed = |e: &dyn std::fmt::Display| JoinCallError::Failed(e.to_string());
+    let (tls, _pinned) =
+        tandem_certs::pinned_ca_client_config(ca_fingerprint).map_err(|e| failed(&e))?;
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| failed(&format!("building the HTTPS client: {e}")))?;
+    let mut url = format!("{}/api/v1/join", base_url(peer));
+    for _ in 0..4 {
+        let resp = client.post(&url).json(body).send().await.map_err(|e| {
+            JoinCallError::Unreachable(format!("contacting {url}: {:#}", anyhow::Error::from(e)))
+        })?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::MISDIRECTED_REQUEST {
+            if let Some(loc) = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+            {
+                url = loc.to_string();
+                continue;
+            }
+        }
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    v.get("message")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or(text);
+            if status.is_client_error() {
+                return Err(JoinCallError::Refused(format!(
+                    "join refused ({status}): {msg}"
+                )));
+            }
+            return Err(JoinCallError::Failed(format!(
+                "join failed ({status}): {msg}"
+            )));
+        }
+        let answer = resp
+            .json::<JoinResponse>()
+            .await
+            .map_err(|e| failed(&format!("reading the join answer: {e}")))?;
+        let fp = tandem_certs::fingerprint_of_pem(&answer.ca_pem).map_err(|e| failed(&e))?;
+        if !fp.eq_ignore_ascii_case(ca_fingerprint) {
+            return Err(JoinCallError::Failed(
+                "the cluster answered with a CA that does not match the token".into(),
+            ));
+        }
+        return Ok(answer);
+    }
+    Err(JoinCallError::Failed(
+        "join: too many redirections to the leader".into(),
+    ))
 }

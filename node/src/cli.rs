@@ -180,6 +180,14 @@ pub struct RunArgs {
     /// Override the admin listen address from node.toml.
     #[arg(long)]
     api_listen: Option<SocketAddr>,
+    /// PEM certificate chain (leaf first) the admin listener presents instead
+    /// of the node certificate (overrides `[admin_tls]` of node.toml;
+    /// re-read on SIGHUP).
+    #[arg(long, value_name = "FILE", requires = "admin_key")]
+    admin_cert: Option<PathBuf>,
+    /// PEM private key of --admin-cert.
+    #[arg(long, value_name = "FILE", requires = "admin_cert")]
+    admin_key: Option<PathBuf>,
 }
 
 /// How the CLI reaches a node's API.
@@ -459,6 +467,22 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// `--admin-cert`/`--admin-key` as a config section, with paths made
+/// absolute against the current directory (a relative path in `node.toml`
+/// is relative to the data directory instead).
+fn admin_tls_flags(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<crate::config::AdminTlsConfig>> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    Ok(Some(crate::config::AdminTlsConfig {
+        cert: std::path::absolute(&cert).map_err(|e| anyhow::anyhow!("--admin-cert: {e}"))?,
+        key: std::path::absolute(&key).map_err(|e| anyhow::anyhow!("--admin-key: {e}"))?,
+    }))
+}
+
 /// Runs one command.
 ///
 /// # Errors
@@ -506,6 +530,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
                 crate::RunOverrides {
                     peer_listen: a.peer_listen,
                     api_listen: a.api_listen,
+                    admin_tls: admin_tls_flags(a.admin_cert, a.admin_key)?,
                 },
                 shutdown,
             )

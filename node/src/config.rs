@@ -109,6 +109,34 @@ pub struct NodeConfig {
     /// administrator; absent means the `none` driver).
     #[serde(default)]
     pub shared_ip: SharedIpConfig,
+    /// An administrator-provided certificate for the admin listener
+    /// (absent: the node certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_tls: Option<AdminTlsConfig>,
+}
+
+/// The `[admin_tls]` section of `node.toml`: the certificate the admin
+/// listener presents to browsers and other HTTPS clients instead of the node
+/// certificate. The peer listener always keeps the cluster certificate, and
+/// Tandem's own clients (CLI, joining nodes) still get the cluster chain.
+///
+/// ```toml
+/// [admin_tls]
+/// cert = "/etc/tandem/admin-fullchain.pem"   # leaf first, then intermediates
+/// key = "/etc/tandem/admin-key.pem"          # PKCS#8, PKCS#1 or SEC1 PEM
+/// ```
+///
+/// Relative paths are relative to the data directory. Both files are read
+/// at start (a missing, unreadable or mismatched pair stops `run` with one
+/// line saying which) and again on SIGHUP (a bad pair is then logged and the
+/// running certificate kept).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
 }
 
 /// Which shared-IP driver a node uses.
@@ -322,7 +350,22 @@ mod tests {
             api_advertise: "https://127.0.0.1:8001".into(),
             tuning: Tuning::default(),
             shared_ip: SharedIpConfig::default(),
+            admin_tls: None,
         }
+    }
+
+    #[test]
+    fn admin_tls_section_round_trips() {
+        let mut cfg = sample();
+        cfg.admin_tls = Some(AdminTlsConfig {
+            cert: "/etc/tandem/admin.pem".into(),
+            key: "admin.key".into(),
+        });
+        let text = toml::to_string_pretty(&cfg).expect("serialise");
+        assert!(text.contains("[admin_tls]"), "{text}");
+        assert_eq!(toml::from_str::<NodeConfig>(&text).expect("parse"), cfg);
+        let text = toml::to_string_pretty(&sample()).expect("serialise");
+        assert!(!text.contains("admin_tls"), "{text}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`], [`demo`], [`bench`]: the commands.
 
+pub mod admin_tls;
 pub mod backend;
 pub mod bench;
 pub mod bench_failover;
@@ -32,6 +33,7 @@ pub mod protocol;
 pub mod reset;
 pub mod roles;
 pub mod settings;
+pub mod setup;
 pub mod shared_ip;
 pub mod transport;
 pub mod users;
@@ -63,10 +65,17 @@ pub struct RunOverrides {
     pub peer_listen: Option<SocketAddr>,
     /// Admin listener bind address.
     pub api_listen: Option<SocketAddr>,
+    /// Administrator-provided certificate for the admin listener (replaces
+    /// `[admin_tls]` of `node.toml`).
+    pub admin_tls: Option<config::AdminTlsConfig>,
 }
 
 /// Runs the node in `dir` until `shutdown` is cancelled, then stops it in
 /// order: admin listener, leadership hand-over, peer listener, Raft, sled.
+/// When the node asks to restart in place (a join set up from the web UI
+/// changed its identity, see [`setup`]), it is stopped in the same order,
+/// the join is applied to the directory, and it starts again in this
+/// process.
 ///
 /// # Errors
 /// The directory is missing, locked or unreadable, a listener cannot bind,
@@ -78,12 +87,63 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let dir = DataDir::new(dir);
     let _lock = dir.lock()?;
+    loop {
+        // A join set up from the web UI (or one a crash interrupted) is
+        // applied before anything is opened.
+        apply_pending_join(&dir).await?;
+        let Some(old) = run_once(&dir, overrides.clone(), &shutdown).await? else {
+            return Ok(());
+        };
+        // Restart in place: everything the old node owned must be gone
+        // before its store is replaced (tasks still holding it finish
+        // within moments once Raft has stopped).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while old.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if old.strong_count() > 0 {
+            tracing::warn!("parts of the old node are still alive; restarting anyway");
+        }
+        if !tandem_storage::wait_store_released(&dir.db(), Duration::from_secs(10)).await {
+            anyhow::bail!(
+                "the old store was not released; start `tandem run` again to finish the join"
+            );
+        }
+        if shutdown.is_cancelled() {
+            apply_pending_join(&dir).await?;
+            return Ok(());
+        }
+        tracing::info!("restarting in place with the new identity");
+    }
+}
+
+/// [`setup::apply_pending_join`] on the blocking pool (it fsyncs).
+async fn apply_pending_join(dir: &DataDir) -> anyhow::Result<()> {
+    let dir = dir.clone();
+    tokio::task::spawn_blocking(move || setup::apply_pending_join(&dir))
+        .await?
+        .context("applying the pending join")?;
+    Ok(())
+}
+
+/// One life of the node: runs until `shutdown` (returns `None`) or until
+/// the node asks to restart in place (returns the old node, to wait for its
+/// last references to go).
+async fn run_once(
+    dir: &DataDir,
+    overrides: RunOverrides,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<std::sync::Weak<Node>>> {
+    let dir = dir.clone();
     let mut cfg = dir.load()?;
     if let Some(a) = overrides.peer_listen {
         cfg.peer_listen = a;
     }
     if let Some(a) = overrides.api_listen {
         cfg.api_listen = a;
+    }
+    if let Some(t) = overrides.admin_tls {
+        cfg.admin_tls = Some(t);
     }
     let peer_listener = TcpListener::bind(cfg.peer_listen)
         .await
@@ -94,13 +154,19 @@ pub async fn run(
 
     let cert_pem = std::fs::read_to_string(dir.node_cert()).context("reading node.pem")?;
     let key_pem = std::fs::read_to_string(dir.node_key()).context("reading node.key")?;
+    let ca_pem = std::fs::read_to_string(dir.ca_cert()).context("reading ca.pem")?;
+    // The admin certificate is checked before storage is opened, so a bad
+    // one stops the node at once with one line saying why.
+    let admin_certs =
+        tandem_certs::AdminCerts::new(&tandem_certs::chain_pem(&cert_pem, &ca_pem), &key_pem)?;
+    let admin_tls_paths = cfg.admin_tls.as_ref().map(|t| admin_tls::resolve(&dir, t));
+    if let Some(paths) = &admin_tls_paths {
+        admin_tls::install(&admin_certs, paths)?;
+    }
+    let admin_tls = admin_certs.server_config()?;
     let node = Arc::new(Node::open(dir.clone(), cfg.clone()).await?);
     node.resume_pending_reset().await?;
     let peer_tls = tandem_certs::peer_server_config(&node.ca_pem, &cert_pem, &key_pem)?;
-    let admin_tls = tandem_certs::admin_server_config(
-        &tandem_certs::chain_pem(&cert_pem, &node.ca_pem),
-        &key_pem,
-    )?;
 
     let tasks = TaskTracker::new();
     let peer_stop = CancellationToken::new();
@@ -177,6 +243,13 @@ pub async fn run(
     let _ = node.shared_ips.set(ip_handle);
     tasks.spawn(background(node.clone(), background_stop.clone()));
     tasks.spawn(roles::manage_roles(node.clone(), background_stop.clone()));
+    if let Some(paths) = admin_tls_paths {
+        tasks.spawn(admin_tls::reload_on_sighup(
+            admin_certs,
+            paths,
+            background_stop.clone(),
+        ));
+    }
 
     tracing::info!(
         node = cfg.node_id,
@@ -188,6 +261,7 @@ pub async fn run(
     tokio::select! {
         _ = shutdown.cancelled() => tracing::info!("shutting down"),
         _ = failed.cancelled() => tracing::error!("a critical task died; shutting down"),
+        _ = node.restart.cancelled() => tracing::info!("stopping to restart in place"),
     }
 
     // 1. Stop the admin listener: no new requests.
@@ -236,7 +310,7 @@ pub async fn run(
     if failed.is_cancelled() && !shutdown.is_cancelled() {
         anyhow::bail!("a critical task died");
     }
-    Ok(())
+    Ok(node.restart.is_cancelled().then(|| Arc::downgrade(&node)))
 }
 
 /// Periodic leader duties: promote caught-up learners, sweep expired sessions.

@@ -188,6 +188,9 @@ pub struct Node {
     /// Bandwidth limit for snapshot and catch-up streams (bytes/s, 0 =
     /// none), refreshed from the replicated settings by the role manager.
     pub bandwidth: Arc<AtomicU64>,
+    /// Cancelled when the node must restart in place (a join set up from
+    /// the web UI changed its identity); `run` then stops and starts it.
+    pub restart: tokio_util::sync::CancellationToken,
     db: sled::Db,
 }
 
@@ -251,6 +254,7 @@ impl Node {
             duties: crate::failover::Duties::default(),
             shared_ips: std::sync::OnceLock::new(),
             bandwidth,
+            restart: tokio_util::sync::CancellationToken::new(),
             db,
         })
     }
@@ -457,6 +461,20 @@ impl Node {
             ));
         }
         validate_name(&req.name).map_err(NodeError::BadRequest)?;
+        // Names select a node's interfaces in the shared-IP settings: two
+        // members must not share one.
+        if self
+            .metrics()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(_, n)| n.name == req.name)
+        {
+            return Err(NodeError::Refused(format!(
+                "a member is already named {:?}: give the joining node another name",
+                req.name
+            )));
+        }
         let sans = sans_for(&req.peer_addr, &req.api_addr).map_err(NodeError::BadRequest)?;
         // Check the CSR before the token is consumed, so a bad request does not burn it.
         tandem_certs::check_csr(&req.csr_pem)
@@ -507,6 +525,15 @@ impl Node {
             }
         }
         tracing::info!(node = node_id, name = %req.name, kind = ?req.kind, "node joined as learner");
+        self.record(
+            "join",
+            &req.actor,
+            serde_json::json!({
+                "node": node_id, "name": req.name, "kind": kind_name(req.kind),
+                "peer_addr": req.peer_addr, "api_addr": req.api_addr,
+            }),
+        )
+        .await;
         Ok(JoinGrant {
             node_id,
             cluster_id: self.cfg.cluster_id.clone(),
@@ -626,6 +653,8 @@ pub struct JoinRequest {
     pub api_addr: String,
     /// Its certificate signing request.
     pub csr_pem: String,
+    /// Who asked for it (recorded in the history).
+    pub actor: String,
 }
 
 /// What a joining node receives.

@@ -162,6 +162,38 @@ where
     }
 }
 
+/// `tandem init --json` of node `name` in `dir` on loopback with free
+/// ports (`flags` added): its printed outcome, its CA certificate (PEM) and
+/// its `node.toml`.
+///
+/// # Panics
+/// When `init` fails or prints something else.
+pub async fn init_node(dir: &Path, name: &str, flags: &[&str]) -> (Value, String, NodeConfig) {
+    let mut args: Vec<OsString> = vec![
+        "init".into(),
+        "--dir".into(),
+        dir.into(),
+        "--name".into(),
+        name.into(),
+        "--peer-listen".into(),
+        "127.0.0.1:0".into(),
+        "--api-listen".into(),
+        "127.0.0.1:0".into(),
+        "--json".into(),
+    ];
+    args.extend(flags.iter().map(OsString::from));
+    let out = tandem(args).await.expect_ok("tandem init");
+    let init: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("init --json printed {:?}: {e}", out.stdout));
+    let ca_file = init
+        .get("ca_file")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("init output lacks ca_file: {init}"));
+    let ca_pem = std::fs::read_to_string(ca_file).expect("reading ca.pem");
+    let cfg = DataDir::new(dir).load().expect("node.toml after init");
+    (init, ca_pem, cfg)
+}
+
 /// Polls `probe` every [`POLL_EVERY`] until it returns `Some`, for at most
 /// `timeout`.
 ///
@@ -307,6 +339,54 @@ impl NodeProc {
     }
 }
 
+/// A node `init`ed on its own beside a [`Cluster`] (see
+/// [`Cluster::add_standalone`]), reached with its own CA and admin token.
+pub struct Standalone {
+    /// Its index in [`Cluster::nodes`].
+    pub index: usize,
+    /// HTTPS client trusting its own CA.
+    pub http: reqwest::Client,
+    /// Its admin bearer token.
+    pub token: String,
+    /// Its API base URL.
+    pub api: String,
+    /// Its first web UI user and one-time password.
+    pub admin_user: String,
+    /// See `admin_user`.
+    pub admin_password: String,
+}
+
+impl Standalone {
+    /// A request to it with its admin token, acting as `alice`.
+    pub fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .header("x-tandem-actor", "alice")
+    }
+
+    /// `POST /api/v1/relationship/setup` with `body`.
+    ///
+    /// # Panics
+    /// When the node does not answer.
+    pub async fn setup(&self, body: Value) -> reqwest::Response {
+        self.req(Method::POST, "/api/v1/relationship/setup")
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /api/v1/relationship/setup")
+    }
+
+    /// Its `GET /api/v1/status`, while it answers with its own identity.
+    pub async fn status(&self) -> Option<StatusView> {
+        let resp = self.req(Method::GET, "/api/v1/status").send().await.ok()?;
+        if resp.status() != StatusCode::OK {
+            return None;
+        }
+        resp.json().await.ok()
+    }
+}
+
 /// A cluster of `tandem run` child processes in one temporary directory.
 pub struct Cluster {
     /// The temporary root (removed on drop).
@@ -352,31 +432,13 @@ impl Cluster {
             .tempdir()
             .expect("creating a temporary directory");
         let dir = root.path().join(name);
-        let mut args: Vec<OsString> = vec![
-            "init".into(),
-            "--dir".into(),
-            dir.clone().into(),
-            "--name".into(),
-            name.into(),
-            "--peer-listen".into(),
-            "127.0.0.1:0".into(),
-            "--api-listen".into(),
-            "127.0.0.1:0".into(),
-            "--json".into(),
-        ];
-        args.extend(flags.iter().map(OsString::from));
-        let out = tandem(args).await.expect_ok("tandem init");
-        let init: Value = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("init --json printed {:?}: {e}", out.stdout));
+        let (init, ca_pem, cfg) = init_node(&dir, name, flags).await;
         let field = |k: &str| {
             init.get(k)
                 .and_then(Value::as_str)
                 .unwrap_or_else(|| panic!("init output lacks {k}: {init}"))
                 .to_string()
         };
-        let ca_file = PathBuf::from(field("ca_file"));
-        let ca_pem = std::fs::read_to_string(&ca_file).expect("reading ca.pem");
-        let cfg = DataDir::new(&dir).load().expect("node.toml after init");
         assert_eq!(field("api"), cfg.api_advertise);
         let mut c = Self {
             admin_token: field("admin_token"),
@@ -398,6 +460,38 @@ impl Cluster {
         c.spawn(0);
         c.wait_health(0).await;
         c
+    }
+
+    /// `tandem init` of a separate one-node cluster `name` beside this
+    /// cluster's nodes (its own CA and admin token), started as the next
+    /// node index; waits until it serves as standalone. For *Set up
+    /// relationship*, which joins such a node to this cluster.
+    pub async fn add_standalone(&mut self, name: &str) -> Standalone {
+        let dir = self.path().join(name);
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        let (init, ca_pem, cfg) = init_node(&dir, name, &flags).await;
+        let index = self.push_and_spawn(name, dir, cfg);
+        let field = |k: &str| {
+            init.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let own = Standalone {
+            index,
+            http: https_client(&ca_pem),
+            token: field("admin_token"),
+            api: self.nodes[index].api().to_string(),
+            admin_user: field("admin_user"),
+            admin_password: field("admin_password"),
+        };
+        wait_until(&format!("{name} to serve as standalone"), WAIT, || async {
+            own.status()
+                .await
+                .filter(|s| s.this_host.role == "standalone" && s.this_host.lease_valid)
+        })
+        .await;
+        own
     }
 
     /// Root of the temporary directory.
@@ -468,6 +562,13 @@ impl Cluster {
         self.used_tokens.push(token);
         let dir = self.path().join(name);
         let cfg = DataDir::new(&dir).load().expect("node.toml after join");
+        let i = self.push_and_spawn(name, dir, cfg);
+        self.wait_health(i).await;
+        i
+    }
+
+    /// Adds a node prepared in `dir` and starts it; returns its index.
+    fn push_and_spawn(&mut self, name: &str, dir: PathBuf, cfg: NodeConfig) -> usize {
         self.nodes.push(NodeProc {
             name: name.into(),
             log: self.path().join(format!("{name}.log")),
@@ -477,7 +578,6 @@ impl Cluster {
         });
         let i = self.nodes.len() - 1;
         self.spawn(i);
-        self.wait_health(i).await;
         i
     }
 

@@ -3157,3 +3157,471 @@ mod t85_bandwidth {
         );
     }
 }
+
+mod t90_admin_tls {
+    //! An administrator-provided certificate on the admin listener.
+    use super::*;
+    use std::path::Path;
+    use std::sync::Arc;
+    use tandem_tests::CliOutput;
+    use tokio::net::TcpStream;
+    use tokio_rustls::TlsConnector;
+
+    /// A CA of the administrator's own (not the cluster's), made with rcgen.
+    struct AdminCa {
+        issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+        pem: String,
+    }
+
+    impl AdminCa {
+        fn new() -> Self {
+            let key = rcgen::KeyPair::generate().expect("CA key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "Example Corp admin CA");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let pem = params.self_signed(&key).expect("CA certificate").pem();
+            Self {
+                issuer: rcgen::Issuer::new(params, key),
+                pem,
+            }
+        }
+
+        /// A server certificate for 127.0.0.1 named `cn`: (cert PEM, key PEM).
+        fn leaf(&self, cn: &str) -> (String, String) {
+            let key = rcgen::KeyPair::generate().expect("leaf key");
+            let mut params =
+                rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+                    .expect("params");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+            (cert.pem(), key.serialize_pem())
+        }
+
+        /// A browser-like TLS client trusting only this CA (ALPN h2, http/1.1).
+        fn client(&self) -> Arc<rustls::ClientConfig> {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.pem.as_bytes()) {
+                roots.add(c.expect("CA PEM")).expect("CA usable");
+            }
+            let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(cfg)
+        }
+    }
+
+    use rustls_pki_types::pem::PemObject as _;
+
+    fn fingerprint_of(pem: &str) -> String {
+        tandem_certs::fingerprint_of_pem(pem).expect("certificate PEM")
+    }
+
+    /// SHA-256 of the leaf certificate node `i`'s admin listener serves to a
+    /// client trusting only `ca`; `None` when the handshake fails.
+    async fn served_leaf(c: &Cluster, i: usize, ca: &AdminCa) -> Option<String> {
+        let addr = c.nodes[i].cfg.api_listen;
+        let tcp = TcpStream::connect(addr).await.ok()?;
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("an IP name");
+        let tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            TlsConnector::from(ca.client()).connect(name, tcp),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let (_, conn) = tls.get_ref();
+        let leaf = conn.peer_certificates()?.first()?;
+        Some(tandem_certs::fingerprint_sha256(leaf))
+    }
+
+    fn write(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("writing a certificate file");
+        std::fs::rename(&tmp, path).expect("renaming a certificate file");
+    }
+
+    async fn run_expecting_failure(dir: &Path, cert: &Path, key: &Path) -> CliOutput {
+        let out = tandem([
+            "run".as_ref(),
+            "--dir".as_ref(),
+            dir.as_os_str(),
+            "--admin-cert".as_ref(),
+            cert.as_os_str(),
+            "--admin-key".as_ref(),
+            key.as_os_str(),
+        ])
+        .await;
+        assert_eq!(out.code, Some(1), "run should fail: {out:?}");
+        assert!(
+            out.reason().starts_with("tandem: admin TLS"),
+            "one clear line: {out:?}"
+        );
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn admin_listener_serves_the_administrators_certificate() {
+        let mut c = Cluster::init("a", &[]).await;
+        let ca = AdminCa::new();
+        assert!(
+            served_leaf(&c, 0, &ca).await.is_none(),
+            "before: the node certificate, which the admin CA does not sign"
+        );
+        c.stop(0).await;
+
+        // Bad input: nothing starts, one line says why.
+        let dir = c.nodes[0].dir.clone();
+        let certs = c.path().join("admin-certs");
+        std::fs::create_dir_all(&certs).expect("mkdir");
+        let (cert_pem, key_pem) = ca.leaf("admin one");
+        let (cert, key) = (certs.join("admin.pem"), certs.join("admin.key"));
+        write(&cert, &cert_pem);
+        write(&key, &key_pem);
+        let missing = certs.join("missing.key");
+        let out = run_expecting_failure(&dir, &cert, &missing).await;
+        assert!(
+            out.reason().contains("missing.key") && out.reason().contains("No such file"),
+            "{out:?}"
+        );
+        let (_, other_key) = ca.leaf("other");
+        let wrong = certs.join("wrong.key");
+        write(&wrong, &other_key);
+        let out = run_expecting_failure(&dir, &cert, &wrong).await;
+        assert!(out.reason().contains("does not match"), "{out:?}");
+        let out = run_expecting_failure(&dir, &key, &key).await;
+        assert!(out.reason().contains("no certificate"), "{out:?}");
+
+        // node.toml names the files (relative to the data directory).
+        let mut cfg = tandem_node::config::DataDir::new(&dir)
+            .load()
+            .expect("node.toml");
+        cfg.admin_tls = Some(tandem_node::config::AdminTlsConfig {
+            cert: "../admin-certs/admin.pem".into(),
+            key: key.clone(),
+        });
+        tandem_node::config::DataDir::new(&dir)
+            .save(&cfg)
+            .expect("saving node.toml");
+        c.restart(0).await;
+        let served = served_leaf(&c, 0, &ca)
+            .await
+            .expect("a client trusting only the administrator's CA connects");
+        assert_eq!(served, fingerprint_of(&cert_pem));
+        // Over HTTPS, as a browser would.
+        let browser = reqwest::Client::builder()
+            .tls_backend_preconfigured((*ca.client()).clone())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("client");
+        let resp = browser
+            .get(c.url(0, "/health"))
+            .send()
+            .await
+            .expect("GET /health trusting only the administrator's CA");
+        assert_eq!(resp.status(), StatusCode::OK);
+        // Tandem's own clients (the harness, the CLI) still get the cluster chain.
+        c.wait_health(0).await;
+        let out = tandem([
+            "status",
+            "--dir",
+            dir.to_str().expect("utf-8 path"),
+            "--token",
+            &c.admin_token,
+        ])
+        .await;
+        out.expect_ok("tandem status with an administrator certificate installed");
+        // The peer listener keeps the cluster certificate: a node joins and replicates.
+        c.add_node("b", false).await;
+        c.put_ok(0, "after/admin-cert", &json!(1)).await;
+
+        // SIGHUP re-reads the files; a bad pair is refused and the running one kept.
+        let pid = c.nodes[0].pid().expect("running");
+        let hup = || {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            )
+            .expect("SIGHUP")
+        };
+        write(&key, &other_key);
+        hup();
+        wait_until("the refused reload to be logged", WAIT, || async {
+            let log = std::fs::read_to_string(&c.nodes[0].log).unwrap_or_default();
+            log.contains("admin TLS certificate not reloaded")
+                .then_some(())
+        })
+        .await;
+        assert_eq!(
+            served_leaf(&c, 0, &ca).await.as_deref(),
+            Some(fingerprint_of(&cert_pem).as_str())
+        );
+        let (cert2_pem, key2_pem) = ca.leaf("admin two");
+        write(&key, &key2_pem);
+        write(&cert, &cert2_pem);
+        hup();
+        let want = fingerprint_of(&cert2_pem);
+        wait_until("the renewed certificate to be served", WAIT, || async {
+            (served_leaf(&c, 0, &ca).await.as_deref() == Some(want.as_str())).then_some(())
+        })
+        .await;
+        assert!(c.health(0).await.is_some(), "the node kept running");
+    }
+}
+
+mod t95_setup_relationship {
+    //! *Set up relationship* from the page: a standalone node joins a
+    //! primary through `POST /api/v1/relationship/setup`, no shell.
+    use super::*;
+    use tandem_node::config::DataDir;
+    use tandem_tests::{pid_alive, Standalone};
+    use tandem_web::{HistoryPage, SetupOutcome};
+
+    async fn refused(resp: reqwest::Response, what: &str) -> String {
+        let (status, body) = error_body(resp, what).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{what}: {body}");
+        assert_eq!(body["error"], "refused", "{what}: {body}");
+        body["message"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// What a refusal must leave as it was, on both sides.
+    async fn assert_unchanged(c: &Cluster, own: &Standalone, cluster_id: &str) {
+        let s = own
+            .status()
+            .await
+            .expect("the second node still answers with its own CA");
+        assert_eq!(s.this_host.role, "standalone");
+        let resp = own
+            .req(Method::GET, "/api/v1/config/b/own")
+            .send()
+            .await
+            .expect("GET its own key");
+        assert_eq!(resp.status(), StatusCode::OK, "its own data is kept");
+        let v = c
+            .cluster_view(0, false)
+            .await
+            .expect("the primary's members");
+        assert_eq!(v.members.len(), 1, "the primary admitted nobody: {v:?}");
+        assert_eq!(v.cluster_id, cluster_id);
+        assert!(!c.nodes[1].dir.join("join-pending.json").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn standalone_node_joins_the_primary_from_the_page() {
+        let mut c = Cluster::init("a", &[]).await;
+        c.put_ok(0, "from/a", &json!({"written": "on the primary"}))
+            .await;
+        let own = c.add_standalone("b").await;
+        let resp = own
+            .req(Method::PUT, "/api/v1/config/b/own")
+            .json(&json!({"value": "b's own data"}))
+            .send()
+            .await
+            .expect("PUT on b");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let b_pid = c.nodes[1].pid().expect("b runs");
+        let a_cluster = c.cluster_id.clone();
+        let token = c.token(false, None).await;
+        let primary = c.nodes[0].api().to_string();
+
+        // Refusals change nothing.
+        let msg = refused(
+            own.setup(json!({"primary": primary, "token": token})).await,
+            "data without discard_data",
+        )
+        .await;
+        assert!(msg.contains("discards them"), "{msg}");
+        let msg = refused(
+            own.setup(json!({"primary": primary, "token": "not-a-token", "discard_data": true}))
+                .await,
+            "malformed token",
+        )
+        .await;
+        assert!(msg.contains("malformed join token"), "{msg}");
+        let resp = own
+            .req(Method::POST, "/api/v1/join-tokens")
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("a token of b's own");
+        let own_token: Value = resp.json().await.expect("token JSON");
+        let msg = refused(
+            own.setup(
+                json!({"primary": primary, "token": own_token["token"], "discard_data": true}),
+            )
+            .await,
+            "token of its own cluster",
+        )
+        .await;
+        assert!(msg.contains("own cluster"), "{msg}");
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let msg = refused(
+            own.setup(
+                json!({"primary": format!("https://{closed}"), "token": token, "discard_data": true}),
+            )
+            .await,
+            "primary unreachable",
+        )
+        .await;
+        assert!(msg.contains("cannot be contacted"), "{msg}");
+        let expiring = c.token(false, Some(1)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let msg = refused(
+            own.setup(json!({"primary": primary, "token": expiring, "discard_data": true}))
+                .await,
+            "expired token",
+        )
+        .await;
+        assert!(msg.contains("join refused"), "{msg}");
+        let (status, body) = error_body(
+            own.setup(
+                json!({"primary": primary, "token": token, "discard_data": true,
+                              "reverse_address": "no-port"}),
+            )
+            .await,
+            "bad reverse address",
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_unchanged(&c, &own, &a_cluster).await;
+
+        // The join.
+        let reverse = c.nodes[1].cfg.peer_advertise.clone();
+        let resp = own
+            .setup(
+                json!({"primary": primary, "token": token, "discard_data": true,
+                          "reverse_address": reverse}),
+            )
+            .await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::OK, "setup: {text}");
+        let out: SetupOutcome = serde_json::from_str(&text).expect("a SetupOutcome");
+        assert_eq!(out.role, "backup");
+        assert_eq!(out.cluster_id, a_cluster);
+        assert_eq!(out.discarded_config_keys, 1);
+        assert_eq!(out.reverse_address, reverse);
+
+        // b restarts in place (same process) as a member of a's cluster: it
+        // answers with the cluster's CA and admin token.
+        c.wait_health(1).await;
+        assert!(pid_alive(b_pid), "the same process restarted in place");
+        assert_eq!(c.nodes[1].pid(), Some(b_pid));
+        let cfg = DataDir::new(&c.nodes[1].dir).load().expect("b's node.toml");
+        assert_eq!(cfg.node_id, out.node_id);
+        assert_eq!(cfg.cluster_id, a_cluster);
+        c.nodes[1].cfg = cfg;
+        let (a_id, b_id) = (c.nodes[0].id(), c.nodes[1].id());
+        wait_until("a primary and b backup, on both", WAIT, || async {
+            let sa = c.status(0).await?;
+            let sb = c.status(1).await?;
+            let ok = sa.this_host.role == "primary"
+                && sa.peers.iter().any(|p| p.id == b_id && p.role == "backup")
+                && sb.this_host.role == "backup"
+                && sb.primary == Some(a_id)
+                && sb.peers.iter().any(|p| p.id == a_id && p.role == "primary");
+            ok.then_some(())
+        })
+        .await;
+        // The primary's data is on b; b's own is gone.
+        c.put_ok(0, "from/a-after", &json!(2)).await;
+        wait_until("the primary's data on b", WAIT, || async {
+            let got = c.list(1, "from/", true).await;
+            (got.len() == 2).then_some(())
+        })
+        .await;
+        assert!(
+            c.list(1, "b/", true).await.is_empty(),
+            "b's own data was discarded"
+        );
+        // The join is in the replicated history, with who asked.
+        let h: HistoryPage = c
+            .get_json(0, "/api/v1/history?kind=join&limit=50")
+            .await
+            .expect("history");
+        assert!(
+            h.items
+                .iter()
+                .any(|e| e.actor == "alice (on b)" && e.details["node"] == json!(b_id)),
+            "{h:?}"
+        );
+        // The token is spent, and a node in a relationship cannot set one up.
+        let resp = c
+            .req(0, Method::POST, "/api/v1/relationship/setup")
+            .json(&json!({"primary": c.nodes[1].api(), "token": token, "discard_data": true}))
+            .send()
+            .await
+            .expect("setup on the primary");
+        let msg = refused(resp, "setup on a node in a relationship").await;
+        assert!(msg.contains("not standalone"), "{msg}");
+        let other = c.add_standalone("c").await;
+        let msg = refused(
+            other
+                .setup(json!({"primary": primary, "token": token}))
+                .await,
+            "a used token",
+        )
+        .await;
+        assert!(msg.contains("join refused"), "{msg}");
+        let s = other
+            .status()
+            .await
+            .expect("c still answers with its own CA");
+        assert_eq!(s.this_host.role, "standalone");
+        let v = c
+            .cluster_view(0, false)
+            .await
+            .expect("the primary's members");
+        assert_eq!(v.members.len(), 2, "nobody else was admitted: {v:?}");
+        // b keeps its identity across a normal restart.
+        c.stop(1).await;
+        c.restart(1).await;
+        wait_until("b backup again after a restart", WAIT, || async {
+            (c.status(1).await?.this_host.role == "backup").then_some(())
+        })
+        .await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn standalone_node_joins_a_pair_as_witness() {
+        let mut c = Cluster::init("a", &[]).await;
+        c.add_node("b", false).await;
+        c.wait_members(2).await;
+        let w = c.add_standalone("w").await;
+        let token = c.token(true, None).await;
+        let resp = w
+            .setup(json!({"primary": c.nodes[0].api(), "token": token, "witness": true}))
+            .await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::OK, "setup: {text}");
+        let out: SetupOutcome = serde_json::from_str(&text).expect("a SetupOutcome");
+        assert_eq!(out.role, "witness");
+        // Answering with the cluster's CA means it restarted with the grant.
+        c.wait_health(w.index).await;
+        let cfg = DataDir::new(&c.nodes[w.index].dir)
+            .load()
+            .expect("w's node.toml");
+        assert_eq!(cfg.kind, tandem_storage::NodeKind::Witness);
+        assert!(
+            !c.nodes[w.index].dir.join("ca.key").exists(),
+            "a witness holds no CA key"
+        );
+        c.nodes[w.index].cfg = cfg;
+        // Pair + witness: three voters, and everyone agrees on the roles.
+        c.wait_voters(3).await;
+        let roles = c.wait_roles(WAIT).await;
+        assert_eq!(roles.witness, w.index);
+        c.put_ok(roles.primary, "after/witness", &json!(true)).await;
+    }
+}

@@ -403,3 +403,133 @@ async fn failover_page_in_a_real_browser() {
     on_p.close().await.expect("closing the browser");
     on_b.close().await.expect("closing the browser");
 }
+
+/// Accepts the page's `window.confirm`, once it is up; returns its text.
+async fn accept_confirm(b: &Client) -> String {
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        if let Ok(t) = b.get_alert_text().await {
+            b.accept_alert().await.expect("accepting the confirmation");
+            return t;
+        }
+        assert!(Instant::now() < deadline, "no confirmation appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn setup_page_joins_a_primary_in_a_real_browser() {
+    let Some(mut driver) = Driver::start().await else {
+        return;
+    };
+    let mut c = Cluster::init("a", &[]).await;
+    let b_node = c.add_standalone("b").await;
+    let (a_url, b_url) = (c.nodes[0].api().to_owned(), b_node.api.clone());
+    let r = c
+        .req(0, Method::POST, "/api/v1/users")
+        .json(&json!({ "name": USER, "password": PASSWORD }))
+        .send()
+        .await
+        .expect("POST /api/v1/users");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+
+    // On the primary: a join token from the set-up page.
+    let on_a = driver.browser(1280, 900).await;
+    login(&on_a, &a_url, USER, PASSWORD).await;
+    wait_text(&on_a, "#role-banner", "a's banner", |t| !t.is_empty()).await;
+    on_a.goto(&format!("{a_url}/setup"))
+        .await
+        .expect("setup page");
+    wait_text(&on_a, "#setup-state", "a's set-up state", |t| {
+        t.contains("standalone")
+    })
+    .await;
+    click(&on_a, "#create-token").await;
+    let token = wait_text(&on_a, "#join-token", "the join token", |t| t.len() > 64).await;
+    shot(&on_a, "21-setup-token-on-primary").await;
+
+    // On the standalone node, with its own user: a refusal first...
+    let on_b = driver.browser(1280, 900).await;
+    login(&on_b, &b_url, &b_node.admin_user, &b_node.admin_password).await;
+    wait_text(&on_b, "#role-banner", "b's banner", |t| {
+        t.contains("STANDALONE")
+    })
+    .await;
+    on_b.goto(&format!("{b_url}/setup"))
+        .await
+        .expect("setup page");
+    wait_text(&on_b, "#setup-state", "b's set-up state", |t| {
+        t.contains("standalone")
+    })
+    .await;
+    fill(&on_b, "#setup-primary", &a_url).await;
+    fill(&on_b, "#setup-token", "not-a-token").await;
+    click(&on_b, "#setup-join").await;
+    accept_confirm(&on_b).await;
+    let refusal = wait_text(&on_b, "#setup-status", "the refusal", |t| {
+        t.starts_with("Refused") || t.starts_with("Failed") || t.starts_with("Joined")
+    })
+    .await;
+    assert!(refusal.contains("malformed join token"), "{refusal}");
+    shot(&on_b, "22-setup-refused").await;
+
+    // ...then the join with the primary's token and the reverse address.
+    fill(&on_b, "#setup-token", &token).await;
+    // The reverse connection address is filled in with this node's own.
+    let reverse = c.nodes[b_node.index].cfg.peer_advertise.clone();
+    assert_eq!(value(&on_b, "#setup-reverse").await, reverse);
+    fill(&on_b, "#setup-reverse", &reverse).await;
+    click(&on_b, "#setup-join").await;
+    let asked = accept_confirm(&on_b).await;
+    assert!(asked.contains("as its backup"), "{asked}");
+    let joined = wait_text(&on_b, "#setup-status", "the join", |t| {
+        t.starts_with("Refused") || t.starts_with("Failed") || t.starts_with("Joined")
+    })
+    .await;
+    assert!(joined.starts_with("Joined cluster"), "{joined}");
+    assert!(joined.contains(&reverse), "{joined}");
+    shot(&on_b, "23-setup-joined").await;
+
+    // b restarts in place as the backup; the page sends the admin to the
+    // login, where the primary's users now count.
+    c.wait_health(b_node.index).await;
+    c.nodes[b_node.index].cfg = tandem_node::config::DataDir::new(&c.nodes[b_node.index].dir)
+        .load()
+        .expect("b's node.toml");
+    let deadline = Instant::now() + PAGE_WAIT;
+    while !on_b
+        .current_url()
+        .await
+        .expect("url")
+        .as_str()
+        .ends_with("/login")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the page did not go to the login"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    login(&on_b, &b_url, USER, PASSWORD).await;
+    wait_text(&on_b, "#host-role", "b as backup", |t| t == "backup").await;
+    wait_text(&on_b, "#role-banner", "the backup banner", |t| {
+        t.contains("BACKUP")
+    })
+    .await;
+    shot(&on_b, "24-joined-node-is-backup").await;
+    // And the primary's page shows the new backup.
+    on_a.goto(&format!("{a_url}/"))
+        .await
+        .expect("failover page");
+    wait_text(
+        &on_a,
+        "tr[data-peer=\"b\"] .peer-role",
+        "b as backup on a",
+        |t| t == "backup",
+    )
+    .await;
+    shot(&on_a, "25-primary-sees-backup").await;
+
+    on_a.close().await.expect("closing the browser");
+    on_b.close().await.expect("closing the browser");
+}

@@ -473,9 +473,43 @@
     $("#this-api").textContent = thisApi;
     if (s) {
       $("#setup-state").textContent = s.topology === "standalone"
-        ? "This host is standalone: create a join token here, then join the other host with it."
+        ? "This host is standalone: create a join token here to make it the primary, or join a primary from here (step 2)."
         : "This host is already in a relationship (" + s.topology + "); a token admits one more node (e.g. a witness).";
+      if (s.this_host.role !== "standalone") $("#setup-join").disabled = true;
+      if (s.this_host.peer_addr && !$("#setup-reverse").value) $("#setup-reverse").value = s.this_host.peer_addr;
     }
+    $("#setup-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const form = $("#setup-form");
+      clearFieldErrors(form);
+      const body = {
+        primary: $("#setup-primary").value.trim(),
+        token: $("#setup-token").value.trim(),
+        witness: $("#setup-witness").checked,
+        discard_data: $("#setup-discard").checked,
+      };
+      const reverse = $("#setup-reverse").value.trim();
+      if (reverse) body.reverse_address = reverse;
+      const what = body.witness ? "witness" : "backup";
+      if (!window.confirm("Join " + body.primary + " as its " + what + "? This node's own data is discarded and it restarts with the cluster's identity.")) return;
+      say("#setup-status", "Joining…", "busy");
+      $("#setup-join").disabled = true;
+      try {
+        const r = await api("POST", "/api/v1/relationship/setup", body);
+        say("#setup-status", "Joined cluster " + r.cluster_id + " as node " + r.node_id + " (" + r.role +
+          "); the primary reaches it at " + r.reverse_address + ". This node is restarting with the cluster's identity: log in again with a user of the primary.", "ok-msg");
+        window.setTimeout(() => { window.location.href = "/login"; }, 5000);
+      } catch (e) {
+        if (e instanceof ApiError && e.body.fields) {
+          for (const [k, v] of Object.entries(e.body.fields)) {
+            const t = form.querySelector('[data-error="' + k + '"]');
+            if (t) t.textContent = v;
+          }
+        }
+        say("#setup-status", errorText(e), "error");
+        $("#setup-join").disabled = false;
+      }
+    });
     function command() {
       if (!token) return "create a token first";
       const name = $("#join-name").value.trim() || "b";

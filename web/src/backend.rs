@@ -235,6 +235,23 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// `Refused` when there is nothing to rejoin or the other side refuses.
     fn rejoin(&self, actor: String) -> impl Future<Output = Result<BreakOutcome, ApiError>> + Send;
 
+    /// *Set up relationship* from a standalone node (`POST
+    /// /api/v1/relationship/setup`): joins the primary's cluster with a join
+    /// token made there, as its backup (or witness), discarding this node's
+    /// own data; the node then restarts itself with the new identity. The
+    /// router has checked the field lengths.
+    ///
+    /// # Errors
+    /// `Refused` (nothing changed) when this node is not standalone, holds
+    /// data and `discard_data` is off, the token is malformed, expired, used
+    /// or from this node's own cluster, or the primary cannot be reached or
+    /// refuses; `BadRequest` for a malformed address.
+    fn setup(
+        &self,
+        req: SetupRequest,
+        actor: String,
+    ) -> impl Future<Output = Result<SetupOutcome, ApiError>> + Send;
+
     /// Removes the witness from a live pair (`POST
     /// /api/v1/relationship/remove-witness`, on the primary): the topology
     /// becomes pair only and the backup receives the log asynchronously.
@@ -530,6 +547,54 @@ pub struct JoinRequest {
     pub api_addr: String,
     /// PEM certificate signing request for the node's peer certificate.
     pub csr_pem: String,
+    /// Who asked for the join, recorded in the status history (a joining
+    /// node's UI user, `tandem join` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+}
+
+/// Body of `POST /api/v1/relationship/setup`: on a standalone node, join the
+/// primary's relationship from here (*Set up relationship*).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupRequest {
+    /// The primary's admin address (`https://host:port` or `host:port`), as
+    /// given to `tandem join --peer`.
+    pub primary: String,
+    /// A join token created on the primary (`POST /api/v1/join-tokens`).
+    pub token: String,
+    /// The reverse connection address: the `host:port` at which the primary
+    /// reaches this node's peer listener. Absent: this node's advertised
+    /// peer address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverse_address: Option<String>,
+    /// Join as a witness (votes, never primary) instead of as the backup.
+    #[serde(default)]
+    pub witness: bool,
+    /// Confirms that this node's own configuration entries and sessions are
+    /// discarded (refused without it when it holds any).
+    #[serde(default)]
+    pub discard_data: bool,
+}
+
+/// Answer to a successful *Set up relationship*. The node then restarts in
+/// place with its new identity and resyncs from the primary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupOutcome {
+    /// This node's id in the primary's cluster.
+    pub node_id: u64,
+    /// The cluster it joined.
+    pub cluster_id: String,
+    /// Its role once it has caught up: `backup` or `witness`.
+    pub role: String,
+    /// The primary's admin address as given.
+    pub primary: String,
+    /// Its peer address as the primary will dial it.
+    pub reverse_address: String,
+    /// Configuration entries of its own that were discarded.
+    pub discarded_config_keys: u64,
+    /// Sessions of its own that were discarded.
+    pub discarded_sessions: u64,
 }
 
 /// Answer to a successful join.
@@ -610,6 +675,10 @@ pub struct HostView {
     pub shared_ips_held: Vec<String>,
     /// Things the administrator should know, e.g. `diverged export at …`.
     pub notes: Vec<String>,
+    /// The address peers dial to reach this node (`host:port`): the reverse
+    /// connection address of *Set up relationship*.
+    #[serde(default)]
+    pub peer_addr: String,
 }
 
 /// A peer in [`StatusView`]; what this node cannot know is `null`.

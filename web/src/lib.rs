@@ -34,8 +34,8 @@ pub use backend::{
     ConfigEntryView, ConfigPut, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
     JoinResponse, JoinTokenRequest, JoinTokenView, ListView, MemberView, PasswordChange, PeerView,
     ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView,
-    SharedIpView, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserCreate,
-    UserPassword, UserView, VerifyReport,
+    SetupOutcome, SetupRequest, SharedIpView, StatusView, SwapOutcome, SwapRequest, SyncReport,
+    SyncRequest, UserCreate, UserPassword, UserView, VerifyReport,
 };
 pub use error::{ApiError, ErrorBody};
 pub use openapi::openapi;

@@ -202,18 +202,31 @@ fn schemas() -> Value {
             "required": ["token", "name", "kind", "peer_addr", "api_addr", "csr_pem"],
             "properties": {
                 "token": string(), "name": string(), "kind": kind(), "peer_addr": string(),
-                "api_addr": string(), "csr_pem": string()
+                "api_addr": string(), "csr_pem": string(), "actor": string()
             }
         },
+        "SetupRequest": {
+            "type": "object", "additionalProperties": false,
+            "required": ["primary", "token"],
+            "properties": {
+                "primary": string(), "token": string(), "reverse_address": string(),
+                "witness": boolean(), "discard_data": boolean()
+            }
+        },
+        "SetupOutcome": obj(&["node_id", "cluster_id", "role", "primary", "reverse_address", "discarded_config_keys", "discarded_sessions"], json!({
+            "node_id": int(), "cluster_id": string(), "role": string(), "primary": string(),
+            "reverse_address": string(), "discarded_config_keys": int(), "discarded_sessions": int()
+        })),
         "JoinResponse": obj(&["node_id", "cluster_id", "cert_pem", "ca_pem", "members"], json!({
             "node_id": int(), "cluster_id": string(), "cert_pem": string(), "ca_pem": string(),
             "ca_key_pem": string(), "members": array(schema("Member"))
         })),
-        "Host": obj(&["id", "name", "kind", "role", "site", "epoch", "term", "leader", "last_log_index", "committed_index", "applied_index", "lease_valid", "primary_since_ms", "shared_ips_held", "notes"], json!({
+        "Host": obj(&["id", "name", "kind", "role", "site", "epoch", "term", "leader", "last_log_index", "committed_index", "applied_index", "lease_valid", "primary_since_ms", "shared_ips_held", "notes", "peer_addr"], json!({
             "id": int(), "name": string(), "kind": kind(), "role": role(), "site": opt_string(),
             "epoch": int(), "term": int(), "leader": opt_int(), "last_log_index": opt_int(),
             "committed_index": opt_int(), "applied_index": opt_int(), "lease_valid": boolean(),
-            "primary_since_ms": opt_int(), "shared_ips_held": array(string()), "notes": array(string())
+            "primary_since_ms": opt_int(), "shared_ips_held": array(string()), "notes": array(string()),
+            "peer_addr": string()
         })),
         "Peer": obj(&["id", "name", "kind", "role", "voter", "reachable", "last_contact_ms", "lag_entries", "lag_bytes", "lag_ms", "api_addr"], json!({
             "id": int(), "name": string(), "kind": kind(), "role": role(), "voter": boolean(),
@@ -434,6 +447,11 @@ pub fn openapi() -> Value {
                 "post": op("Remove the witness from a live pair (pair + witness becomes pair only)", true, vec![],
                     Some(body("BreakRequest", false)),
                     vec![ok("200", "removed", Some("BreakOutcome")), err("400"), err("409"), err("503")])
+            },
+            "/api/v1/relationship/setup": {
+                "post": op("Set up relationship from a standalone node: join the primary's cluster with a join token made there, as backup or witness (this node's own data is discarded, then it restarts with its new identity)", true, vec![],
+                    Some(body("SetupRequest", true)),
+                    vec![ok("200", "joined; restarting", Some("SetupOutcome")), err("400"), err("409"), err("503")])
             },
             "/api/v1/readiness": {
                 "get": op("Would the backup take over if the primary died now, after how long, losing what?", true, vec![], None,

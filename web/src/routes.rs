@@ -25,8 +25,8 @@ use futures::Stream;
 
 use crate::backend::{
     AdminBackend, ApiTokenRequest, ConfigPut, JoinRequest, JoinTokenRequest, ListView,
-    PasswordChange, ReadMeta, RoleHealth, SessionCreate, SettingsUpdate, SwapRequest, SyncRequest,
-    UserCreate, UserPassword,
+    PasswordChange, ReadMeta, RoleHealth, SessionCreate, SettingsUpdate, SetupRequest, SwapRequest,
+    SyncRequest, UserCreate, UserPassword,
 };
 use crate::error::{ErrorBody, LeaderRedirect};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
@@ -111,6 +111,7 @@ pub const ROUTES: &[ApiRoute] = &[
     authed("POST", "/api/v1/relationship/break"),
     authed("POST", "/api/v1/relationship/rejoin"),
     authed("POST", "/api/v1/relationship/remove-witness"),
+    authed("POST", "/api/v1/relationship/setup"),
     authed("GET", "/api/v1/readiness"),
     authed("GET", "/api/v1/users"),
     authed("POST", "/api/v1/users"),
@@ -213,6 +214,7 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
             post(break_relationship::<B>),
         )
         .route(listed("/api/v1/relationship/rejoin"), post(rejoin::<B>))
+        .route(listed("/api/v1/relationship/setup"), post(setup::<B>))
         .route(
             listed("/api/v1/relationship/remove-witness"),
             post(remove_witness::<B>),
@@ -283,7 +285,7 @@ async fn require_auth<B: AdminBackend>(
         req.extensions_mut().insert(Caller(None));
         return next.run(req).await;
     }
-    let Some((_, user)) = ui.sessions.lookup(req.headers()) else {
+    let Some((_, user)) = ui.session(req.headers()).await else {
         return ApiError::Unauthorized.into_response();
     };
     let safe = matches!(
@@ -829,6 +831,39 @@ async fn rejoin<B: AdminBackend>(
 ) -> Result<Response, ApiError> {
     let actor = actor(&headers)?;
     Ok(Json(backend.rejoin(actor).await?).into_response())
+}
+
+/// Longest accepted address in a setup request.
+const MAX_ADDRESS_LEN: usize = 256;
+/// Longest accepted join token.
+const MAX_TOKEN_LEN: usize = 512;
+
+async fn setup<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<SetupRequest>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    let mut fields = std::collections::BTreeMap::new();
+    let mut check = |name: &str, value: &str, max: usize| {
+        if value.trim().is_empty() || value.len() > max || value.chars().any(char::is_whitespace) {
+            fields.insert(
+                name.to_owned(),
+                format!("required: 1..={max} characters without spaces"),
+            );
+        }
+    };
+    check("primary", body.primary.trim(), MAX_ADDRESS_LEN);
+    check("token", body.token.trim(), MAX_TOKEN_LEN);
+    if let Some(a) = &body.reverse_address {
+        if !a.trim().is_empty() {
+            check("reverse_address", a.trim(), MAX_ADDRESS_LEN);
+        }
+    }
+    if !fields.is_empty() {
+        return Err(ApiError::Invalid { fields });
+    }
+    Ok(Json(backend.setup(body, actor).await?).into_response())
 }
 
 async fn remove_witness<B: AdminBackend>(

@@ -2,7 +2,9 @@
 //! pages and their embedded assets.
 //!
 //! Sessions live in memory on the node that created them (8 h, lost on
-//! restart): the cookie `tandem_session` (`HttpOnly; Secure;
+//! restart; why they are not replicated is in the README, "The web UI"), and
+//! each request checks that the session's user still exists in the
+//! replicated users: the cookie `tandem_session` (`HttpOnly; Secure;
 //! SameSite=Strict; Path=/`) names one, and every state-changing request
 //! made with it must carry the session's CSRF token (`X-CSRF-Token` header
 //! or a `csrf` form field). The pages are plain HTML shells filled in by one
@@ -215,6 +217,26 @@ pub(crate) struct Ui<B> {
     pub(crate) sessions: Arc<Sessions>,
 }
 
+impl<B: AdminBackend> Ui<B> {
+    /// The request's login session, if valid and its user still exists in
+    /// the replicated users: sessions are per node, so a user removed on
+    /// another node (the primary) loses its sessions here at their next
+    /// request. A node that cannot read its users lets nobody in.
+    pub(crate) async fn session(&self, headers: &HeaderMap) -> Option<(String, SessionUser)> {
+        let (id, user) = self.sessions.lookup(headers)?;
+        let exists = self
+            .backend
+            .users()
+            .await
+            .is_ok_and(|users| users.iter().any(|u| u.name == user.name));
+        if !exists {
+            self.sessions.remove_user(&user.name);
+            return None;
+        }
+        Some((id, user))
+    }
+}
+
 impl<B> Clone for Ui<B> {
     fn clone(&self) -> Self {
         Self {
@@ -359,7 +381,7 @@ async fn page<B: AdminBackend, const P: usize>(
     State(ui): State<Ui<B>>,
     headers: HeaderMap,
 ) -> Response {
-    match ui.sessions.lookup(&headers) {
+    match ui.session(&headers).await {
         Some((_, user)) => html(StatusCode::OK, layout(P, &user)),
         None => redirect("/login"),
     }

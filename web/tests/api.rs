@@ -12,9 +12,9 @@ use tandem_web::{
     openapi, router, AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome,
     ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
     JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView,
-    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, StatusView, SwapOutcome,
-    SwapRequest, SyncReport, SyncRequest, UserView, VerifyReport, LOGIN_MAX_FAILURES,
-    MAX_BODY_BYTES, ROUTES,
+    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome,
+    SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView,
+    VerifyReport, LOGIN_MAX_FAILURES, MAX_BODY_BYTES, ROUTES,
 };
 use tower::ServiceExt;
 
@@ -442,6 +442,7 @@ impl AdminBackend for MemBackend {
                 primary_since_ms: Some(1_000),
                 shared_ips_held: vec!["192.0.2.10/24".into()],
                 notes: Vec::new(),
+                peer_addr: "10.0.0.1:7000".into(),
             },
             peers: vec![PeerView {
                 id: 2,
@@ -562,6 +563,25 @@ impl AdminBackend for MemBackend {
         Ok(BreakOutcome {
             former_peers: vec![3],
             role: "primary".into(),
+        })
+    }
+
+    async fn setup(&self, req: SetupRequest, actor: String) -> Result<SetupOutcome, ApiError> {
+        self.record(format!(
+            "setup({},{},{:?},witness={},discard={},{actor})",
+            req.primary, req.token, req.reverse_address, req.witness, req.discard_data
+        ));
+        self.refusal()?;
+        Ok(SetupOutcome {
+            node_id: 2,
+            cluster_id: "c1".into(),
+            role: if req.witness { "witness" } else { "backup" }.into(),
+            primary: req.primary,
+            reverse_address: req
+                .reverse_address
+                .unwrap_or_else(|| "10.0.0.2:7000".into()),
+            discarded_config_keys: 0,
+            discarded_sessions: 0,
         })
     }
 
@@ -735,6 +755,11 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::POST, "/api/v1/relationship/break", None),
         (Method::POST, "/api/v1/relationship/rejoin", None),
         (Method::POST, "/api/v1/relationship/remove-witness", None),
+        (
+            Method::POST,
+            "/api/v1/relationship/setup",
+            Some(json!({"primary": "10.0.0.1:8443", "token": "t"})),
+        ),
         (Method::GET, "/api/v1/readiness", None),
         (Method::GET, "/api/v1/users", None),
         (
@@ -784,7 +809,7 @@ async fn every_api_route_requires_the_bearer_token() {
     }
     // Every bearer-protected route in the table was exercised above.
     let protected = ROUTES.iter().filter(|r| r.auth).count();
-    assert_eq!(protected, 28, "new protected route: add it to this test");
+    assert_eq!(protected, 29, "new protected route: add it to this test");
 }
 
 #[tokio::test]
@@ -1843,6 +1868,59 @@ async fn action_bodies_are_checked() {
 }
 
 #[tokio::test]
+async fn setup_checks_its_body_and_maps_refusals() {
+    let (backend, app) = app();
+    for body in [
+        json!({"primary": "", "token": "t"}),
+        json!({"primary": "a b", "token": "t"}),
+        json!({"primary": "h:1", "token": ""}),
+        json!({"primary": "h:1", "token": "x".repeat(600)}),
+        json!({"primary": "h:1", "token": "t", "reverse_address": "x".repeat(300)}),
+    ] {
+        call(&app, Method::POST, "/api/v1/relationship/setup", Some(body))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid");
+    }
+    for body in [
+        json!({"primary": "h:1"}),
+        json!({"primary": "h:1", "token": "t", "force": true}),
+        json!({"primary": "h:1", "token": "t", "witness": "yes"}),
+    ] {
+        call(&app, Method::POST, "/api/v1/relationship/setup", Some(body))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    }
+    assert!(backend.calls().is_empty(), "{:?}", backend.calls());
+
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/relationship/setup",
+        Some(json!({"primary": "https://10.0.0.1:8443", "token": "t1", "witness": true, "discard_data": true})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["role"], "witness");
+    assert_eq!(r.body["node_id"], 2);
+    backend.lock().refuse = Some("this node is already in a relationship".into());
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/relationship/setup",
+        Some(json!({"primary": "h:1", "token": "t2", "reverse_address": "10.0.0.9:7400"})),
+    )
+    .await;
+    r.assert_error(StatusCode::CONFLICT, "refused");
+    assert_eq!(
+        backend.calls(),
+        [
+            "setup(https://10.0.0.1:8443,t1,None,witness=true,discard=true,api)",
+            "setup(h:1,t2,Some(\"10.0.0.9:7400\"),witness=false,discard=false,api)",
+        ]
+    );
+}
+
+#[tokio::test]
 async fn new_error_variants_map_once() {
     use axum::response::IntoResponse;
     let fields: BTreeMap<String, String> = [("test_ips[0]".to_owned(), "bad".to_owned())].into();
@@ -2190,6 +2268,34 @@ async fn call_raw_401(app: &Router) {
     send(app, request(Method::GET, "/api/v1/status", None, None))
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn a_session_ends_when_its_user_is_removed_elsewhere() {
+    let (backend, app) = ui_app();
+    let (cookie, _) = login(&app).await;
+    let status = |app: Router, cookie: String| async move {
+        raw(
+            &app,
+            with_cookie(Method::GET, "/api/v1/status", &cookie, None, None),
+        )
+        .await
+        .status
+    };
+    assert_eq!(status(app.clone(), cookie.clone()).await, StatusCode::OK);
+    // The user is removed through another node: only the replicated users
+    // change here, not this node's session map.
+    backend.lock().users.remove("admin");
+    assert_eq!(
+        status(app.clone(), cookie.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let page = raw(&app, with_cookie(Method::GET, "/", &cookie, None, None)).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.header("location"), Some("/login"));
+    // Re-created with the same name, the old session does not come back.
+    backend.lock().users.insert("admin".into(), PASSWORD.into());
+    assert_eq!(status(app, cookie).await, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
