@@ -2,8 +2,10 @@
 //! over HTTPS, and the nodes' peak memory.
 //!
 //! Every acknowledged write went through Raft: committed on a quorum whose
-//! log stores flushed before acknowledging. Build with `--release` for
-//! meaningful figures.
+//! log stores flushed before acknowledging. Besides throughput and latency it
+//! prints, per writer count, the CPU time each node and the client itself
+//! spent per acknowledged write (from `/proc`), which other load on the
+//! machine disturbs far less. Build with `--release` for meaningful figures.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +37,9 @@ pub struct BenchArgs {
     /// sled page cache of each node, in MiB.
     #[arg(long, default_value_t = crate::config::Tuning::default().cache_mb)]
     pub cache_mb: u64,
+    /// Log entries between snapshots on each node (`init --snapshot-every`).
+    #[arg(long, default_value_t = crate::config::Tuning::default().snapshot_every)]
+    pub snapshot_every: u64,
 }
 
 /// Peak resident set size of a process, from /proc (Linux).
@@ -45,6 +50,32 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// CPU time (user + system) a process has used so far, from /proc (Linux).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11); // field 14: utime
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
+}
+
+/// CPU time used so far by each node and by this process: nodes in cluster
+/// order, then the benchmark client.
+fn cpu_times(cluster: &LocalCluster) -> Vec<Duration> {
+    let mut out: Vec<Duration> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.child.id().and_then(cpu_time).unwrap_or_default())
+        .collect();
+    out.push(cpu_time(std::process::id()).unwrap_or_default());
+    out
 }
 
 /// Runs the benchmark and prints its figures.
@@ -62,7 +93,9 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     println!("starting a local 3-node cluster in {} ...", root.display());
     let cache = args.cache_mb.to_string();
-    let mut cluster = LocalCluster::start(&root, &["--cache-mb", &cache]).await?;
+    let every = args.snapshot_every.to_string();
+    let flags = ["--cache-mb", &cache, "--snapshot-every", &every];
+    let mut cluster = LocalCluster::start(&root, &flags).await?;
     let result = measure(&cluster, &args).await;
     cluster.stop().await;
     result
@@ -90,9 +123,16 @@ async fn leader_client(cluster: &LocalCluster) -> anyhow::Result<crate::client::
 async fn measure(cluster: &LocalCluster, args: &BenchArgs) -> anyhow::Result<()> {
     let client = leader_client(cluster).await?;
     let value = "x".repeat(256);
+    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
     println!(
-        "{:>8} {:>10} {:>9} {:>9} {:>9} {:>7}",
-        "writers", "writes/s", "p50 ms", "p99 ms", "max ms", "errors"
+        "{:>8} {:>10} {:>9} {:>9} {:>9} {:>7}  CPU µs per write ({}, client)",
+        "writers",
+        "writes/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        names.join(", ")
     );
     for &n in &args.writers {
         let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -128,6 +168,7 @@ async fn measure(cluster: &LocalCluster, args: &BenchArgs) -> anyhow::Result<()>
             }));
         }
         let started = Instant::now();
+        let cpu_before = cpu_times(cluster);
         // Same bounds as above.
         let mut all =
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
@@ -138,42 +179,58 @@ async fn measure(cluster: &LocalCluster, args: &BenchArgs) -> anyhow::Result<()>
             errors += e;
         }
         let secs = started.elapsed().as_secs_f64().max(args.seconds as f64);
+        let writes = all.len().max(1) as f64;
+        let per_write: Vec<f64> = cpu_times(cluster)
+            .iter()
+            .zip(&cpu_before)
+            .map(|(after, before)| after.saturating_sub(*before).as_micros() as f64 / writes)
+            .collect();
+        let total: f64 = per_write.iter().sum();
+        let parts: Vec<String> = per_write.iter().map(|us| format!("{us:.0}")).collect();
         println!(
-            "{:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+            "{:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7}  {:.0} ({})",
             n,
             all.len() as f64 / secs,
             all.value_at_quantile(0.5) as f64 / 1000.0,
             all.value_at_quantile(0.99) as f64 / 1000.0,
             all.max() as f64 / 1000.0,
-            errors
+            errors,
+            total,
+            parts.join(", ")
         );
     }
     if args.sessions > 0 {
         let started = Instant::now();
         let per = args.sessions.div_ceil(64);
         let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut handles = Vec::new();
         for _ in 0..64 {
             let client = client.clone();
             let total = total.clone();
+            let failed = failed.clone();
             handles.push(tokio::spawn(async move {
                 for _ in 0..per {
                     if total.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= per * 64 {
                         break;
                     }
                     let body = json!({ "owner": "bench", "data": { "ip": "192.0.2.1", "agent": "bench" }, "ttl_secs": 86400 });
-                    let _ = client
+                    let r = client
                         .call::<_, serde_json::Value>(Method::POST, "/api/v1/sessions", Some(&body))
                         .await;
+                    if r.is_err() {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }));
         }
         for h in handles {
             h.await?;
         }
+        let failed = failed.load(std::sync::atomic::Ordering::Relaxed);
         println!(
-            "stored {} sessions in {:.1} s",
-            args.sessions,
+            "stored {} sessions in {:.1} s ({failed} failed)",
+            args.sessions.saturating_sub(failed),
             started.elapsed().as_secs_f64()
         );
     }
