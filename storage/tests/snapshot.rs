@@ -227,3 +227,56 @@ async fn log_survives_restart() {
         Some(openraft::Vote::new_committed(1, 1))
     );
 }
+
+/// A purge returns before its entries are removed (they go in the
+/// background): from the moment it returns, nothing at or below the purge
+/// point is read or reported as the last entry, and after a restart the
+/// entries are gone from the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_entries_are_never_read_while_removed_in_the_background() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = open(dir.path());
+    let entries: Vec<Entry> = (1..=5000)
+        .map(|i| Entry::new_normal(log_id(i), Request::SessionDelete { id: format!("{i}") }))
+        .collect();
+    let (tx, rx) = TypeConfig::oneshot();
+    store
+        .log
+        .append(entries.clone(), IOFlushed::signal(tx))
+        .await
+        .expect("append");
+    rx.await.expect("callback called").expect("flushed");
+    let reader = store.log_reader();
+
+    store.log.purge(log_id(4000)).await.expect("purge");
+    let got = store
+        .log
+        .try_get_log_entries(0..10_000)
+        .await
+        .expect("read");
+    assert_eq!(got, entries[4000..]);
+    assert_eq!(reader.entries_from(0, 1).expect("read")[0].index, 4001);
+
+    // Everything purged: the purge point is the last log id, whatever the
+    // background removal has reached.
+    store.log.purge(log_id(5000)).await.expect("purge all");
+    let state = store.log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(5000)));
+    assert_eq!(state.last_log_id, Some(log_id(5000)));
+    assert!(store
+        .log
+        .try_get_log_entries(0..10_000)
+        .await
+        .expect("read")
+        .is_empty());
+    assert_eq!(reader.last_index().expect("read"), None);
+    drop(reader);
+    drop(store);
+
+    let mut store = open(dir.path());
+    let state = store.log.get_log_state().await.expect("state");
+    assert_eq!(state.last_log_id, Some(log_id(5000)));
+    // The log tree itself (`keys::LOG_TREE`) holds none.
+    let tree = store.db.open_tree("log").expect("log tree");
+    assert_eq!(tree.len(), 0, "purged entries left in the tree");
+}
