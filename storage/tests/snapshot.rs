@@ -189,16 +189,7 @@ async fn corrupt_snapshot_is_refused_and_state_kept() {
 async fn log_survives_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut store = open(dir.path());
-    let entries: Vec<Entry> = (1..=100)
-        .map(|i| Entry::new_normal(log_id(i), Request::SessionDelete { id: format!("{i}") }))
-        .collect();
-    let (tx, rx) = TypeConfig::oneshot();
-    store
-        .log
-        .append(entries.clone(), IOFlushed::signal(tx))
-        .await
-        .expect("append");
-    rx.await.expect("callback called").expect("flushed");
+    let entries = append_entries(&mut store, 100).await;
     store.log.purge(log_id(10)).await.expect("purge");
     store
         .log
@@ -236,16 +227,7 @@ async fn log_survives_restart() {
 async fn purged_entries_are_never_read_while_removed_in_the_background() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut store = open(dir.path());
-    let entries: Vec<Entry> = (1..=5000)
-        .map(|i| Entry::new_normal(log_id(i), Request::SessionDelete { id: format!("{i}") }))
-        .collect();
-    let (tx, rx) = TypeConfig::oneshot();
-    store
-        .log
-        .append(entries.clone(), IOFlushed::signal(tx))
-        .await
-        .expect("append");
-    rx.await.expect("callback called").expect("flushed");
+    let entries = append_entries(&mut store, 5000).await;
     let reader = store.log_reader();
 
     store.log.purge(log_id(4000)).await.expect("purge");
@@ -279,4 +261,19 @@ async fn purged_entries_are_never_read_while_removed_in_the_background() {
     // The log tree itself (`keys::LOG_TREE`) holds none.
     let tree = store.db.open_tree("log").expect("log tree");
     assert_eq!(tree.len(), 0, "purged entries left in the tree");
+}
+
+/// Appends entries 1..=n (durably) and returns them.
+async fn append_entries(store: &mut Store, n: u64) -> Vec<Entry> {
+    let entries: Vec<Entry> = (1..=n)
+        .map(|i| Entry::new_normal(log_id(i), Request::SessionDelete { id: format!("{i}") }))
+        .collect();
+    let (tx, rx) = TypeConfig::oneshot();
+    store
+        .log
+        .append(entries.clone(), IOFlushed::signal(tx))
+        .await
+        .expect("append");
+    rx.await.expect("callback called").expect("flushed");
+    entries
 }
