@@ -18,6 +18,9 @@ use tandem_web::{SwapOutcome, SwapRequest, SyncReport, VerifyReport};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{now_ms, Node, NodeError};
+
+/// How often [`Node::settle_primary`] looks at the role again.
+const SETTLE_POLL: Duration = Duration::from_millis(3);
 use crate::protocol::{ActionRequest, PeerRequest, PeerResponse};
 use crate::settings::Settings;
 
@@ -426,7 +429,8 @@ impl Node {
         }
     }
 
-    /// Waits, at most one primary timeout, while the role is in passing:
+    /// Waits, at most one primary timeout, while the role is in passing
+    /// (checking every [`SETTLE_POLL`]):
     /// this appliance leads but its lease is not confirmed at this instant
     /// or its epoch entry is not committed yet (a moment of CPU or network
     /// starvation, a takeover finishing), or no leader is known (an election
@@ -452,7 +456,9 @@ impl Node {
             if !(leading || m.current_leader.is_none()) || members <= 1 {
                 return;
             }
-            tokio::time::sleep((self.timing.heartbeat / 2).max(Duration::from_millis(5))).await;
+            // Short: a takeover's epoch entry commits within milliseconds,
+            // and a planned swap's write gap is measured in tens of them.
+            tokio::time::sleep(SETTLE_POLL).await;
         }
     }
 
