@@ -585,24 +585,12 @@ impl Cluster {
     pub fn spawn(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         assert!(n.child.is_none(), "node {} is already running", n.name);
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .expect("opening the node log");
-        let _ = writeln!(log, "===== harness: starting {} at {} ms", n.name, now_ms());
-        let child = std::process::Command::new(tandem_bin())
-            .arg("run")
-            .arg("--dir")
-            .arg(&n.dir)
-            .env("RUST_LOG", "info,sled=warn,openraft=warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting tandem run");
-        n.child = Some(child);
+        n.child = Some(spawn_run(
+            std::process::Command::new(tandem_bin()),
+            &n.name,
+            &n.dir,
+            &n.log,
+        ));
     }
 
     /// URL of `path` on node `i`.
@@ -942,4 +930,31 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Starts `cmd run --dir DIR` (`cmd` runs the `tandem` binary, possibly
+/// through `ip netns exec`) with its stderr appended to `log`, after a
+/// harness line naming `name`.
+pub fn spawn_run(
+    mut cmd: std::process::Command,
+    name: &str,
+    dir: &Path,
+    log: &Path,
+) -> std::process::Child {
+    let mut out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("opening the node log");
+    let _ = writeln!(out, "===== harness: starting {name} at {} ms", now_ms());
+    cmd.arg("run")
+        .arg("--dir")
+        .arg(dir)
+        .env("RUST_LOG", "info,sled=warn,openraft=warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("starting tandem run")
 }

@@ -19,7 +19,6 @@
 //!   the tail of every node's log. Every wait is bounded.
 
 use std::ffi::OsString;
-use std::fs::OpenOptions;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -295,25 +294,12 @@ impl NetCluster {
     pub fn spawn(&mut self, i: usize) {
         let n = &self.nodes[i];
         assert!(n.child.is_none(), "node {} is already running", n.name);
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .expect("opening the node log");
-        let _ = writeln!(log, "===== harness: starting {} at {} ms", n.name, now_ms());
-        let child = self
-            .topo
-            .command(n.name, tandem_bin())
-            .arg("run")
-            .arg("--dir")
-            .arg(&n.dir)
-            .env("RUST_LOG", "info,sled=warn,openraft=warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting tandem run");
+        let child = crate::spawn_run(
+            self.topo.command(n.name, tandem_bin()),
+            n.name,
+            &n.dir,
+            &n.log,
+        );
         self.nodes[i].child = Some(child);
     }
 
