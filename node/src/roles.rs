@@ -308,21 +308,14 @@ impl Node {
         if self.cfg.kind == NodeKind::Witness {
             return (Role::Witness, false);
         }
-        // A leader that is its only voter is its own quorum (pair only: the
-        // backup is a learner and does not vote).
-        let sole_voter = m.membership_config.membership().voter_ids().eq([me]);
-        let lease_valid = leader
-            && (sole_voter
-                || m.last_quorum_acked
-                    .as_ref()
-                    .is_some_and(|t| t.elapsed() < self.timing.lease));
+        let lease_valid = leader && self.quorum_lease_left(&m).is_none_or(|d| !d.is_zero());
         let fenced = self.roles.fence.highest() > ep.epoch || self.roles.fence.notice().is_some();
         let paused = self.was_paused(&m);
         if lease_valid && ep.primary == Some(me) && !fenced && !paused {
             (Role::Primary, true)
         } else {
             if leader {
-                tracing::debug!(lease_valid, sole_voter, fenced, primary = ?ep.primary, "leader is not primary");
+                tracing::debug!(lease_valid, fenced, primary = ?ep.primary, "leader is not primary");
             }
             (Role::Backup, lease_valid)
         }
@@ -334,18 +327,27 @@ impl Node {
     /// a forced promotion: a backup takes over only after a whole primary
     /// timeout). What the shared-IP guard is told on every tick.
     pub fn lease_remaining(&self) -> Duration {
-        let m = self.metrics();
-        let sole_voter = m
-            .membership_config
+        self.quorum_lease_left(&self.metrics())
+            .unwrap_or(self.timing.primary_timeout / 2)
+    }
+
+    /// What is left of the leader lease a quorum of voters gave (zero when
+    /// none or expired); `None` where this node is its only voter, its own
+    /// quorum (pair only: the backup is a learner and does not vote).
+    fn quorum_lease_left(
+        &self,
+        m: &openraft::RaftMetrics<tandem_storage::TypeConfig>,
+    ) -> Option<Duration> {
+        if m.membership_config
             .membership()
             .voter_ids()
-            .eq([self.cfg.node_id]);
-        if sole_voter {
-            return self.timing.primary_timeout / 2;
+            .eq([self.cfg.node_id])
+        {
+            return None;
         }
-        m.last_quorum_acked.as_ref().map_or(Duration::ZERO, |t| {
+        Some(m.last_quorum_acked.as_ref().map_or(Duration::ZERO, |t| {
             self.timing.lease.saturating_sub(t.elapsed())
-        })
+        }))
     }
 
     /// Whether this node must not act as primary because its process was
