@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use openraft::async_runtime::WatchReceiver;
 use openraft::{Instant as _, ServerState};
 use serde_json::json;
 use tandem_storage::{EpochRecord, NodeKind, Request, Response};
@@ -127,6 +128,9 @@ pub struct RoleState {
     wake: tokio::sync::Notify,
     /// Application writes are paused (swap or verify in progress).
     paused: AtomicBool,
+    /// A planned swap hands leadership over: the shared IPs are let go
+    /// before the transfer and not taken again until it ends.
+    handing_over: AtomicBool,
     inner: Mutex<RoleInner>,
 }
 
@@ -145,6 +149,8 @@ struct RoleInner {
     last_handover: Option<Instant>,
     /// When this node last became leader (reset when it stops leading).
     leader_since: Option<Instant>,
+    /// A task waits for the first quorum acknowledgement of this leader.
+    waiting_quorum: bool,
     /// Last time the role manager ran.
     last_tick: Instant,
     /// Set when the process was found paused (SIGSTOP, a frozen VM) longer
@@ -164,6 +170,7 @@ impl RoleState {
             fence,
             wake: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
             inner: Mutex::new(RoleInner {
                 role: Role::Backup,
                 lease_valid: false,
@@ -176,6 +183,7 @@ impl RoleState {
                 diverged_export: None,
                 last_handover: None,
                 leader_since: None,
+                waiting_quorum: false,
                 last_tick: Instant::now(),
                 resumed_at: None,
                 started: Instant::now(),
@@ -226,7 +234,17 @@ impl RoleState {
 
     pub(crate) fn pause(&self) -> PauseGuard<'_> {
         self.paused.store(true, Ordering::SeqCst);
-        PauseGuard(self)
+        PauseGuard(&self.paused)
+    }
+
+    /// Whether a planned swap is handing leadership over from this node.
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn hand_over(&self) -> PauseGuard<'_> {
+        self.handing_over.store(true, Ordering::SeqCst);
+        PauseGuard(&self.handing_over)
     }
 
     /// Time since `index` was first the leader's last log index: how old the
@@ -245,12 +263,13 @@ impl RoleState {
     }
 }
 
-/// Re-opens writes when a swap or verify ends, however it ends.
-pub(crate) struct PauseGuard<'a>(&'a RoleState);
+/// Clears its flag when a swap or verify ends, however it ends (re-opens
+/// writes; lets the shared IPs be taken again).
+pub(crate) struct PauseGuard<'a>(&'a AtomicBool);
 
 impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
-        self.0.paused.store(false, Ordering::SeqCst);
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -826,6 +845,19 @@ impl Node {
         // In-flight writes (and the event above) reach the backup; new
         // writes are refused until the new primary serves.
         self.wait_caught_up(to, self.timing.primary_timeout).await?;
+        // The shared IPs go before leadership does, so the new primary (which
+        // takes them once its epoch entry commits) never finds them here; a
+        // swap that fails takes them back on the next tick.
+        let _hand_over = self.roles.hand_over();
+        if let Some(h) = self.shared_ips.get() {
+            let report = h.release_all().await;
+            if !report.held.is_empty() {
+                return Err(NodeError::Unavailable(format!(
+                    "the shared IPs could not be released before the swap: still held {:?}",
+                    report.held
+                )));
+            }
+        }
         self.raft()
             .trigger()
             .transfer_leader(to)
@@ -1058,13 +1090,62 @@ pub async fn manage_roles(node: Arc<Node>, stop: CancellationToken) {
     let period = (node.timing.heartbeat / 2).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Changes of leader, vote or membership are acted on at once (a new
+    // leader raises its epoch, an old one lets go of the shared IPs) rather
+    // than at the next tick. The engine is replaced by a reset: follow it.
+    let mut engine = Arc::downgrade(&node.engine());
+    let mut server = node.raft().server_metrics();
     loop {
+        let current = node.engine();
+        if !std::ptr::eq(engine.as_ptr(), Arc::as_ptr(&current)) {
+            engine = Arc::downgrade(&current);
+            server = current.raft.server_metrics();
+        }
+        drop(current);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => role_tick(&node).await,
             _ = node.roles.wake.notified() => role_tick(&node).await,
+            r = server.changed() => {
+                if r.is_err() {
+                    // That Raft stopped (shutdown or reset): ticks go on.
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                }
+                role_tick(&node).await;
+            }
         }
     }
+}
+
+/// A new leader appliance waits for a quorum to acknowledge it before it may
+/// raise its epoch: wakes the role manager as soon as that happens (within a
+/// primary timeout) instead of at the next tick.
+fn wake_on_first_quorum_ack(node: &Arc<Node>) {
+    if std::mem::replace(&mut node.roles.lock().waiting_quorum, true) {
+        return;
+    }
+    let node = node.clone();
+    tokio::spawn(async move {
+        let lease = node.timing.lease;
+        let _ = node
+            .raft()
+            .wait(Some(node.timing.primary_timeout))
+            .metrics(
+                move |m| {
+                    m.state != ServerState::Leader
+                        || m.last_quorum_acked
+                            .as_ref()
+                            .is_some_and(|t| t.elapsed() < lease)
+                },
+                "a quorum acknowledges the new leader",
+            )
+            .await;
+        node.roles.lock().waiting_quorum = false;
+        node.roles.wake.notify_one();
+    });
 }
 
 async fn role_tick(node: &Arc<Node>) {
@@ -1120,6 +1201,9 @@ async fn role_tick(node: &Arc<Node>) {
         }
         (old, raise)
     };
+    if leader && !lease && node.cfg.kind == NodeKind::Appliance && ep.primary != Some(me) {
+        wake_on_first_quorum_ack(node);
+    }
     if old_role != role {
         tracing::info!(
             from = old_role.as_str(),
@@ -1176,11 +1260,11 @@ async fn settings_duties(node: &Arc<Node>, role: Role, old_role: Role, ep: &Epoc
         return;
     };
     let specs = crate::shared_ip::specs_for_node(&settings.shared_ips, &node.cfg.name).0;
-    let hold = role == Role::Primary;
+    let hold = role == Role::Primary && !node.roles.handing_over();
     if hold {
         h.renew_lease(node.lease_remaining());
     }
-    if old_role == Role::Primary && !hold {
+    if old_role == Role::Primary && role != Role::Primary {
         let h = h.clone();
         tokio::spawn(async move {
             let report = h.release_all().await;

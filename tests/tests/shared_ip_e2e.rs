@@ -8,8 +8,13 @@
 //! one at a time (three debug nodes each). The benchmark is a command:
 //!
 //! ```text
-//! cargo test -p tandem-tests --test shared_ip_e2e -- --ignored --nocapture bench
+//! cargo build --release -p tandem-node
+//! TANDEM_BIN=$PWD/target/release/tandem \
+//!   cargo test --release -p tandem-tests --test shared_ip_e2e -- --ignored --nocapture bench
 //! ```
+//!
+//! (the figures of the shipped build; without `TANDEM_BIN` the debug nodes
+//! run, several times slower on each step of a swap).
 //!
 //! (`TANDEM_SHARED_IP_TIMEOUT_MS=300` for the fastest primary timeout,
 //! `TANDEM_BENCH_RUNS` for the runs per scenario, default 10.)
@@ -671,8 +676,9 @@ fn bench_shared_ip_gap() {
         r = next;
     }
     println!(
-        "shared-IP client-visible gap, primary timeout {} ms, {runs} runs each (debug build):",
-        timeout_ms()
+        "shared-IP client-visible gap, primary timeout {} ms, {runs} runs each, nodes {}:",
+        timeout_ms(),
+        tandem_tests::tandem_bin().display()
     );
     for (name, mut v) in gaps {
         v.sort_unstable();
