@@ -107,7 +107,10 @@ pub fn raft_config(
         election_timeout_min: election_min.as_millis() as u64,
         election_timeout_max: election_max.as_millis() as u64,
         enable_elect,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_every),
+        // Snapshots are asked by the role manager (`roles::snapshot_duty`):
+        // after `snapshot_every` entries, or after as many entries as the
+        // last snapshot held records, whichever is more.
+        snapshot_policy: SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: t.keep_behind_snapshot,
         // Bounds one AppendEntries frame: 256 entries of at most 64 KiB each
         // stay well inside the 32 MiB frame limit.

@@ -151,6 +151,8 @@ struct RoleInner {
     leader_since: Option<Instant>,
     /// A task waits for the first quorum acknowledgement of this leader.
     waiting_quorum: bool,
+    /// The last snapshot asked of openraft: applied index then, and when.
+    snapshot_asked: Option<(u64, Instant)>,
     /// Last time the role manager ran.
     last_tick: Instant,
     /// Set when the process was found paused (SIGSTOP, a frozen VM) longer
@@ -184,6 +186,7 @@ impl RoleState {
                 last_handover: None,
                 leader_since: None,
                 waiting_quorum: false,
+                snapshot_asked: None,
                 last_tick: Instant::now(),
                 resumed_at: None,
                 started: Instant::now(),
@@ -1245,7 +1248,45 @@ async fn role_tick(node: &Arc<Node>) {
     if leader {
         track_peers(node).await;
     }
+    snapshot_duty(node, &m).await;
     crate::failover::tick(node, role);
+}
+
+/// Entries between snapshots: `snapshot_every`, or as many as the last
+/// snapshot held records when that is more (at most 16 × `snapshot_every`).
+/// Each snapshot writes the whole state, so a fixed interval makes the cost
+/// per write grow with the state (100,000 sessions dumped every 10,000
+/// writes: ten records per write); this keeps it near one, and the log at
+/// most about the size of the state.
+pub fn snapshot_interval(snapshot_every: u64, last_snapshot_records: u64) -> u64 {
+    let every = snapshot_every.max(1);
+    last_snapshot_records.clamp(every, every.saturating_mul(16))
+}
+
+/// Asks openraft for a snapshot when the log applied since the last one
+/// reached [`snapshot_interval`] (one request at a time; asked again after
+/// a minute if none came of it).
+async fn snapshot_duty(node: &Node, m: &openraft::RaftMetrics<tandem_storage::TypeConfig>) {
+    let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+    let snap = m.snapshot.as_ref().map_or(0, |l| l.index);
+    let every = snapshot_interval(
+        node.cfg.tuning.snapshot_every,
+        node.reader().snapshot_records(),
+    );
+    if applied < snap.saturating_add(every) {
+        return;
+    }
+    {
+        let mut i = node.roles.lock();
+        if i.snapshot_asked
+            .is_some_and(|(at, when)| snap < at && when.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        i.snapshot_asked = Some((applied, Instant::now()));
+    }
+    tracing::debug!(applied, snap, every, "asking for a snapshot");
+    let _ = node.raft().trigger().snapshot().await;
 }
 
 /// Applies the replicated settings that act locally: the bandwidth limit of
@@ -1472,5 +1513,19 @@ async fn track_peers(node: &Node) {
         tracing::info!(peer = id, %name, event = kind, "peer reachability changed");
         node.record(kind, "tandem", json!({ "peer": id, "name": name }))
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_interval;
+
+    #[test]
+    fn snapshot_interval_follows_the_state_size_within_bounds() {
+        assert_eq!(snapshot_interval(10_000, 0), 10_000, "no snapshot yet");
+        assert_eq!(snapshot_interval(10_000, 3_000), 10_000);
+        assert_eq!(snapshot_interval(10_000, 100_000), 100_000);
+        assert_eq!(snapshot_interval(10_000, 10_000_000), 160_000, "capped");
+        assert_eq!(snapshot_interval(0, 0), 1);
     }
 }

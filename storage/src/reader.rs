@@ -39,6 +39,12 @@ fn utf8(bytes: &[u8]) -> Result<String, StorageError> {
 }
 
 impl StateReader {
+    /// Records in the newest snapshot of this state machine (0: none yet);
+    /// the snapshot policy compares it with the log grown since.
+    pub fn snapshot_records(&self) -> u64 {
+        self.shared.snapshot_records()
+    }
+
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
         let cur = self.shared.current();
         match cur.tree.get(key)? {

@@ -18,7 +18,7 @@
 //! the node). `.tmp` and `.part` files are deleted when the store opens.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -289,6 +289,32 @@ pub(crate) fn publish_copy(
 }
 
 /// The newest complete snapshot file, if any.
+/// The number of records a complete snapshot file holds, read from its
+/// trailer (`TAG_END`, count, SHA-256) without reading the records.
+pub(crate) fn record_count(path: &Path) -> Result<u64, StorageError> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let trailer = 1 + 8 + 32;
+    if len < trailer as u64 {
+        return Err(StorageError::BadSnapshot(format!(
+            "snapshot {} is too short for its trailer",
+            path.display()
+        )));
+    }
+    f.seek(SeekFrom::Start(len - trailer as u64))?;
+    let mut buf = [0u8; 9];
+    f.read_exact(&mut buf)?;
+    if buf[0] != TAG_END {
+        return Err(StorageError::BadSnapshot(format!(
+            "snapshot {} has no end tag before its trailer",
+            path.display()
+        )));
+    }
+    let mut count = [0u8; 8];
+    count.copy_from_slice(&buf[1..]);
+    Ok(u64::from_be_bytes(count))
+}
+
 pub(crate) fn current_snapshot(dir: &Path) -> Result<Option<PathBuf>, StorageError> {
     Ok(list(dir)?
         .into_iter()

@@ -2,6 +2,7 @@
 
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use futures::{Stream, StreamExt};
@@ -33,6 +34,8 @@ pub(crate) struct SmShared {
     /// sees the state between two batches, never in the middle of one.
     gate: RwLock<()>,
     pub(crate) snapshot_dir: PathBuf,
+    /// Records in the newest snapshot (0: none yet, or unreadable).
+    snapshot_records: AtomicU64,
 }
 
 impl SmShared {
@@ -53,12 +56,14 @@ impl SmShared {
             }
         }
         let tree = db.open_tree(&current_name)?;
+        let records = snapshot_records_in(&snapshot_dir);
         Ok(Self {
             db,
             root,
             current: RwLock::new(Generation { number, tree }),
             gate: RwLock::new(()),
             snapshot_dir,
+            snapshot_records: AtomicU64::new(records),
         })
     }
 
@@ -97,6 +102,8 @@ impl SmShared {
             last_membership,
         };
         let path = snapshot::write_snapshot(&self.snapshot_dir, &cur.tree, &meta)?;
+        self.snapshot_records
+            .store(snapshot_records_in(&self.snapshot_dir), Ordering::Relaxed);
         Ok((path, meta))
     }
 
@@ -150,8 +157,31 @@ impl SmShared {
             // Dropped under the write lock: no reader uses the old tree.
             self.db.drop_tree(keys::sm_tree_name(old_number))?;
         }
+        self.snapshot_records
+            .store(snapshot_records_in(&self.snapshot_dir), Ordering::Relaxed);
         tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, generation = new_number, "snapshot installed");
         Ok(())
+    }
+}
+
+/// Records in the newest snapshot of `dir` (0 when there is none or its
+/// trailer cannot be read: only the snapshot policy uses it).
+fn snapshot_records_in(dir: &std::path::Path) -> u64 {
+    match snapshot::current_snapshot(dir)
+        .and_then(|p| p.map(|p| snapshot::record_count(&p)).transpose())
+    {
+        Ok(n) => n.unwrap_or(0),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count the records of the newest snapshot");
+            0
+        }
+    }
+}
+
+impl SmShared {
+    /// Records in the newest snapshot (0: none yet).
+    pub(crate) fn snapshot_records(&self) -> u64 {
+        self.snapshot_records.load(Ordering::Relaxed)
     }
 }
 
@@ -168,6 +198,9 @@ pub(crate) fn read_applied_state(
     };
     Ok((applied, membership))
 }
+
+/// Apply batches up to this many entries run on the state machine task.
+const INLINE_APPLY_MAX: usize = 64;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
@@ -241,7 +274,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             return Ok(());
         }
         let shared = self.shared.clone();
-        let responses = blocking(move || shared.apply_blocking(&batch)).await?;
+        // A small batch (the steady state: a few client writes) is applied
+        // in place: sled inserts are in-memory work, and handing each batch
+        // to the blocking pool cost more than the apply itself (~7 % of the
+        // CPU per write). Large batches (catching up) go to the pool.
+        let responses = if batch.len() <= INLINE_APPLY_MAX {
+            shared.apply_blocking(&batch)?
+        } else {
+            blocking(move || shared.apply_blocking(&batch)).await?
+        };
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
                 r.send(response);

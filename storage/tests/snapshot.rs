@@ -74,9 +74,14 @@ async fn snapshot_round_trip_and_restart() {
     assert_eq!(leader.reader.session_count(), 10_000);
     let digest_l = leader.reader.digest();
     assert_eq!(digest_l.0, Some(10_001));
+    assert_eq!(leader.reader.snapshot_records(), 0, "no snapshot yet");
 
     let snap = build_snapshot(&mut leader).await;
     assert_eq!(snap.meta.last_log_id, Some(log_id(10_001)));
+    // What the snapshot policy reads: two records per session (the record
+    // and its expiry index) plus a few meta records.
+    let records = leader.reader.snapshot_records();
+    assert!((20_000..20_100).contains(&records), "{records} records");
     // Applying after the build does not change the built snapshot.
     apply(
         &mut leader,
@@ -98,6 +103,7 @@ async fn snapshot_round_trip_and_restart() {
     std::fs::remove_file(incoming_path).expect("node removes its incoming file");
     assert_eq!(follower.reader.digest(), digest_l);
     assert_eq!(follower.reader.session_count(), 10_000);
+    assert_eq!(follower.reader.snapshot_records(), records);
     assert_eq!(follower.reader.cluster_id().as_deref(), Some("c"));
     let cur = follower
         .sm
@@ -128,6 +134,11 @@ async fn snapshot_round_trip_and_restart() {
     let mut follower = open(dir_f.path());
     assert_eq!(follower.reader.digest(), digest_after);
     assert_eq!(follower.reader.applied_index(), Some(10_002));
+    assert_eq!(
+        follower.reader.snapshot_records(),
+        records,
+        "read back at open"
+    );
     let cur = follower
         .sm
         .get_current_snapshot()
