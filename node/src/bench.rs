@@ -42,12 +42,24 @@ pub struct BenchArgs {
     pub snapshot_every: u64,
 }
 
+/// Idle time before the resident set size is read after the load.
+const SETTLE_BEFORE_RSS: Duration = Duration::from_secs(5);
+
 /// Peak resident set size of a process, from /proc (Linux).
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Resident set size of a process now, from /proc (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
@@ -234,15 +246,22 @@ async fn measure(cluster: &LocalCluster, args: &BenchArgs) -> anyhow::Result<()>
             started.elapsed().as_secs_f64()
         );
     }
+    // Peak RSS includes the transient buffers of the load; what a node
+    // keeps resident while holding the data shows a few seconds later.
+    tokio::time::sleep(SETTLE_BEFORE_RSS).await;
+    let mib = |k: Option<u64>| {
+        k.map_or("unknown".to_string(), |k| {
+            format!("{:.1} MiB", k as f64 / 1024.0)
+        })
+    };
     for n in &cluster.nodes {
-        let rss = n.child.id().and_then(peak_rss_kib);
+        let pid = n.child.id();
         println!(
-            "node {:<2} peak RSS {}",
+            "node {:<2} peak RSS {}, RSS {} s after the load {}",
             n.name,
-            rss.map_or("unknown".to_string(), |k| format!(
-                "{:.1} MiB",
-                k as f64 / 1024.0
-            ))
+            mib(pid.and_then(peak_rss_kib)),
+            SETTLE_BEFORE_RSS.as_secs(),
+            mib(pid.and_then(rss_kib)),
         );
     }
     Ok(())

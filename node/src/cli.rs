@@ -119,7 +119,8 @@ pub struct ListenArgs {
     /// API base URL others use (default: https://<api listen address>).
     #[arg(long)]
     pub api_advertise: Option<String>,
-    /// Build a Raft snapshot every this many log entries.
+    /// Build a Raft snapshot after this many log entries (or after as many
+    /// as the last snapshot held records, if more; at most 16 times this).
     #[arg(long, default_value_t = Tuning::default().snapshot_every)]
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot.

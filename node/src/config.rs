@@ -61,7 +61,9 @@ pub struct Tuning {
     /// replicated one wins once this node has it); Raft heartbeat and
     /// election timeouts are derived from it.
     pub primary_timeout_ms: u64,
-    /// Build a snapshot after this many log entries since the last one.
+    /// Build a snapshot after this many log entries since the last one, or
+    /// after as many as the last snapshot held records when that is more
+    /// (at most 16 times this; see `roles::snapshot_interval`).
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot (for followers slightly behind).
     pub keep_behind_snapshot: u64,
