@@ -305,7 +305,31 @@ fn swap(c: &mut NetCluster, r: Roles, what: &str) -> (Moved, Roles) {
     assert_eq!(next.primary, r.backup, "{what}: roles {next:?}");
     assert!(c.held_by_status(r.backup), "{what}: {b}'s status");
     assert!(c.holds_nothing_by_status(r.primary), "{what}: {p}'s status");
+    // Beyond the 10 ms samples: by the nodes' own clocks (one host), the old
+    // primary removed the address before the new one added it.
+    let removed = last_log_time(&c.nodes[r.primary].log, "shared IP removed");
+    let added = last_log_time(&c.nodes[r.backup].log, "shared IP added");
+    match (removed, added) {
+        (Some(rm), Some(ad)) => assert!(
+            rm.len() == ad.len() && rm < ad,
+            "{what}: {p} removed the address at {rm}, {b} added it at {ad}"
+        ),
+        other => panic!("{what}: no removal/addition lines in the logs: {other:?}"),
+    }
     (m, next)
+}
+
+/// The timestamp (RFC 3339, as the node logs it) of the last line of the
+/// log at `path` that contains `needle`.
+fn last_log_time(path: &std::path::Path, needle: &str) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|t| t.len() > 20 && t.ends_with('Z'))
+        .last()
+        .map(str::to_owned)
 }
 
 fn setup(test: &str) -> Option<(MutexGuard<'static, ()>, NetCluster, Roles)> {
