@@ -325,10 +325,10 @@ fn last_log_time(path: &std::path::Path, needle: &str) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()?
         .lines()
+        .rev()
         .filter(|l| l.contains(needle))
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|t| t.len() > 20 && t.ends_with('Z'))
-        .last()
+        .find(|t| t.len() > 20 && t.ends_with('Z'))
         .map(str::to_owned)
 }
 
