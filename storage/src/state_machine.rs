@@ -92,6 +92,22 @@ impl SmShared {
         apply::apply_entries(&cur.tree, entries)
     }
 
+    /// As [`SmShared::apply_blocking`] if the gate is free now; `None` when
+    /// a digest holds it (the caller then applies on the blocking pool
+    /// rather than wait on an async task).
+    fn try_apply_now(
+        &self,
+        entries: &[crate::types::Entry],
+    ) -> Option<Result<Vec<crate::Response>, StorageError>> {
+        let _gate = match self.gate.try_write() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let cur = self.current();
+        Some(apply::apply_entries(&cur.tree, entries))
+    }
+
     /// Writes the current state to a snapshot file. Called on the state
     /// machine task, so no entry is applied meanwhile.
     fn dump_snapshot(&self) -> Result<(PathBuf, SnapshotMeta), StorageError> {
@@ -277,11 +293,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // A small batch (the steady state: a few client writes) is applied
         // in place: sled inserts are in-memory work, and handing each batch
         // to the blocking pool cost more than the apply itself (~7 % of the
-        // CPU per write). Large batches (catching up) go to the pool.
-        let responses = if batch.len() <= INLINE_APPLY_MAX {
-            shared.apply_blocking(&batch)?
+        // CPU per write). Large batches (catching up), and any batch while a
+        // digest holds the gate, go to the pool.
+        let now = if batch.len() <= INLINE_APPLY_MAX {
+            shared.try_apply_now(&batch)
         } else {
-            blocking(move || shared.apply_blocking(&batch)).await?
+            None
+        };
+        let responses = match now {
+            Some(r) => r?,
+            None => blocking(move || shared.apply_blocking(&batch)).await?,
         };
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(r) = responder {
