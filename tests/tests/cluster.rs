@@ -1217,6 +1217,29 @@ mod t70_relationship {
     }
 
     /// A whole `SettingsUpdate` body from a view, with `edit` applied.
+    /// The shared address the tests configure.
+    const SHARED_IP: &str = "198.51.100.100/24";
+
+    /// `PUT /api/v1/settings` on node `i`: the settings in force with
+    /// [`SHARED_IP`] on the given interface of each given node.
+    async fn put_shared_ip(c: &Cluster, i: usize, on: &[(usize, &str)]) {
+        let s0 = settings(c, i).await;
+        let body = update_from(&s0, |v| {
+            let interfaces: serde_json::Map<String, Value> = on
+                .iter()
+                .map(|(n, iface)| (c.nodes[*n].name.clone(), json!(iface)))
+                .collect();
+            v["shared_ips"] = json!([{ "address": SHARED_IP, "interfaces": interfaces }]);
+        });
+        let resp = c
+            .req(i, Method::PUT, "/api/v1/settings")
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT settings");
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
     fn update_from(v: &SettingsView, edit: impl FnOnce(&mut Value)) -> Value {
         let mut body = json!({
             "primary_timeout_ms": v.primary_timeout_ms,
@@ -1877,6 +1900,133 @@ mod t70_relationship {
         );
     }
 
+    /// A planned swap with the `script` driver (one script for both
+    /// appliances, each naming its own interface, appending what it did to
+    /// one file): when the old primary cannot release the address the swap
+    /// is refused and it keeps serving with the address; once it can, it
+    /// releases *before* the new primary starts to acquire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn planned_swap_releases_the_shared_ips_before_the_new_primary_takes_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut c = Cluster::three(&[]).await;
+        let r = c.wait_roles(WAIT).await;
+        let root = c.path().to_path_buf();
+        let script = root.join("shared-ip.sh");
+        std::fs::write(
+            &script,
+            format!(
+                r#"#!/bin/sh
+# $1 action, $2 address/prefix, $3 interface, $4 epoch
+d='{dir}'
+case "$1" in
+  acquire) echo "acquire-start $3 $4" >> "$d/actions"; touch "$d/held-$3" ;;
+  release) if [ -e "$d/fail-release" ]; then echo "release refused by the test" >&2; exit 1; fi
+           rm -f "$d/held-$3"; echo "released $3 $4" >> "$d/actions" ;;
+  check) [ -e "$d/held-$3" ] || exit 1 ;;
+esac
+"#,
+                dir = root.display()
+            ),
+        )
+        .expect("writing the script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // Both appliances use it (backup first; stopping the primary fails
+        // over, which is fine here).
+        for i in [r.backup, r.primary] {
+            assert_eq!(c.stop(i).await, Some(0));
+            let data = tandem_node::config::DataDir::new(&c.nodes[i].dir);
+            let mut cfg = data.load().expect("node.toml");
+            cfg.shared_ip.driver = tandem_node::config::SharedIpDriverKind::Script;
+            cfg.shared_ip.script = Some(script.clone());
+            data.save(&cfg).expect("writing node.toml");
+            c.restart(i).await;
+            c.wait_roles(WAIT).await;
+        }
+        let r = c.wait_roles(WAIT).await;
+        let (p, b) = (r.primary, r.backup);
+        c.wait_peer_reachable(p, b, true).await;
+        let iface = |i: usize| format!("if{}", c.nodes[i].name);
+        put_shared_ip(&c, p, &[(p, &iface(p)), (b, &iface(b))]).await;
+        let want = vec![SHARED_IP.to_string()];
+        let holds = |i: usize| {
+            let want = want.clone();
+            let c = &c;
+            async move {
+                let s = c.status(i).await?;
+                (s.this_host.shared_ips_held == want).then_some(())
+            }
+        };
+        wait_until("the primary to hold the shared IP", SETTLE, || holds(p)).await;
+        assert!(root.join(format!("held-{}", iface(p))).exists());
+
+        // 1. The release fails: the swap is refused, nothing moves.
+        std::fs::write(root.join("fail-release"), b"").expect("flag");
+        let before = primary_epoch(&c, p).await;
+        let resp = post(
+            &c,
+            p,
+            "/api/v1/relationship/swap",
+            &json!({"pull_sync": false, "force": false}),
+        )
+        .await;
+        let (status, err) = error_body(resp, "swap with a failing release").await;
+        assert!(
+            status.is_server_error() || status == StatusCode::CONFLICT,
+            "{status}: {err}"
+        );
+        assert!(
+            err.to_string().contains("could not be released"),
+            "{status}: {err}"
+        );
+        assert_eq!(primary_epoch(&c, p).await, before, "no new primary");
+        wait_until("the primary to hold the shared IP again", SETTLE, || {
+            holds(p)
+        })
+        .await;
+        assert!(root.join(format!("held-{}", iface(p))).exists());
+        assert!(!root.join(format!("held-{}", iface(b))).exists());
+        let w = c
+            .put(p, "after-refused-swap", &json!(1))
+            .await
+            .expect("write");
+        assert_eq!(
+            w.status(),
+            StatusCode::OK,
+            "writes go on after a refused swap"
+        );
+
+        // 2. The release works: the old primary lets go first.
+        std::fs::remove_file(root.join("fail-release")).expect("unflag");
+        let _: SwapOutcome = ok_json(
+            post(
+                &c,
+                p,
+                "/api/v1/relationship/swap",
+                &json!({"pull_sync": false, "force": false}),
+            )
+            .await,
+            "swap",
+        )
+        .await;
+        wait_until("the new primary to hold the shared IP", SETTLE, || holds(b)).await;
+        let actions = std::fs::read_to_string(root.join("actions")).expect("actions");
+        let lines: Vec<&str> = actions.lines().collect();
+        let released = lines
+            .iter()
+            .rposition(|l| l.starts_with(&format!("released {} ", iface(p))))
+            .unwrap_or_else(|| panic!("no release by the old primary: {actions}"));
+        let acquired = lines
+            .iter()
+            .rposition(|l| l.starts_with(&format!("acquire-start {} ", iface(b))))
+            .unwrap_or_else(|| panic!("no acquisition by the new primary: {actions}"));
+        eprintln!("t70: shared-IP actions:\n{actions}");
+        assert!(
+            released < acquired,
+            "the new primary began to acquire before the old one had released:\n{actions}"
+        );
+        assert!(!root.join(format!("held-{}", iface(p))).exists());
+    }
+
     /// Status shows, per node, the shared IPs it holds: the primary in its
     /// own view, and the backup's view of the primary (from the primary's
     /// `/health`). The cluster tests use the `none` driver, which holds
@@ -1886,22 +2036,8 @@ mod t70_relationship {
         let c = Cluster::three(&[]).await;
         let r = c.wait_roles(WAIT).await;
         let (p, b) = (r.primary, r.backup);
-        let s0 = settings(&c, p).await;
-        let (pn, bn) = (c.nodes[p].name.clone(), c.nodes[b].name.clone());
-        let body = update_from(&s0, |v| {
-            let mut interfaces = serde_json::Map::new();
-            interfaces.insert(pn.clone(), json!("eth0"));
-            interfaces.insert(bn.clone(), json!("eth0"));
-            v["shared_ips"] = json!([{ "address": "198.51.100.100/24", "interfaces": interfaces }]);
-        });
-        let resp = c
-            .req(p, Method::PUT, "/api/v1/settings")
-            .json(&body)
-            .send()
-            .await
-            .expect("PUT settings");
-        assert_eq!(resp.status(), StatusCode::OK);
-        let want = vec!["198.51.100.100/24".to_string()];
+        put_shared_ip(&c, p, &[(p, "eth0"), (b, "eth0")]).await;
+        let want = vec![SHARED_IP.to_string()];
         wait_until("the primary to report the shared IP", SETTLE, || async {
             let s = c.status(p).await?;
             (s.this_host.shared_ips_held == want).then_some(())
