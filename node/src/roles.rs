@@ -1248,7 +1248,7 @@ async fn role_tick(node: &Arc<Node>) {
     if leader {
         track_peers(node).await;
     }
-    snapshot_duty(node, &m).await;
+    snapshot_duty(node, &m);
     crate::failover::tick(node, role);
 }
 
@@ -1266,7 +1266,7 @@ pub fn snapshot_interval(snapshot_every: u64, last_snapshot_records: u64) -> u64
 /// Asks openraft for a snapshot when the log applied since the last one
 /// reached [`snapshot_interval`] (one request at a time; asked again after
 /// a minute if none came of it).
-async fn snapshot_duty(node: &Node, m: &openraft::RaftMetrics<tandem_storage::TypeConfig>) {
+fn snapshot_duty(node: &Node, m: &openraft::RaftMetrics<tandem_storage::TypeConfig>) {
     let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
     let snap = m.snapshot.as_ref().map_or(0, |l| l.index);
     let every = snapshot_interval(
@@ -1286,7 +1286,12 @@ async fn snapshot_duty(node: &Node, m: &openraft::RaftMetrics<tandem_storage::Ty
         i.snapshot_asked = Some((applied, Instant::now()));
     }
     tracing::debug!(applied, snap, every, "asking for a snapshot");
-    let _ = node.raft().trigger().snapshot().await;
+    // Not awaited here: under load openraft's request queue can be full for
+    // a moment, and the role manager must not wait (it renews the guard).
+    let raft = node.raft();
+    tokio::spawn(async move {
+        let _ = raft.trigger().snapshot().await;
+    });
 }
 
 /// Applies the replicated settings that act locally: the bandwidth limit of
