@@ -131,8 +131,15 @@ pub struct RoleState {
     /// A planned swap hands leadership over: the shared IPs are let go
     /// before the transfer and not taken again until it ends.
     handing_over: AtomicBool,
+    /// History events the role manager records without waiting (see
+    /// `Node::record_soon`), in order, by one task.
+    recorder: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<HistoryEvent>>,
     inner: Mutex<RoleInner>,
 }
+
+/// A history event queued by `Node::record_soon`: `(at_ms, kind, actor,
+/// details)`.
+type HistoryEvent = (u64, String, String, serde_json::Value);
 
 struct RoleInner {
     role: Role,
@@ -173,6 +180,7 @@ impl RoleState {
             wake: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
             handing_over: AtomicBool::new(false),
+            recorder: std::sync::OnceLock::new(),
             inner: Mutex::new(RoleInner {
                 role: Role::Backup,
                 lease_valid: false,
@@ -499,8 +507,32 @@ impl Node {
     /// Appends an event to the replicated status history (leader only;
     /// failures are logged, never fatal).
     pub async fn record(&self, kind: &str, actor: &str, details: serde_json::Value) {
+        self.record_at(now_ms(), kind, actor, details).await;
+    }
+
+    /// Queues a history event and returns at once; one task records the
+    /// queued events in order, each with the time it was queued. For the
+    /// role manager, which must not wait for a commit: it renews the
+    /// shared-IP guard's lease every tick, and a commit can wait behind a
+    /// snapshot dump for longer than that lease.
+    pub fn record_soon(self: &Arc<Self>, kind: &str, actor: &str, details: serde_json::Value) {
+        let tx = self.roles.recorder.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<HistoryEvent>();
+            let node = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some((at_ms, kind, actor, details)) = rx.recv().await {
+                    let Some(node) = node.upgrade() else { break };
+                    node.record_at(at_ms, &kind, &actor, details).await;
+                }
+            });
+            tx
+        });
+        let _ = tx.send((now_ms(), kind.to_owned(), actor.to_owned(), details));
+    }
+
+    async fn record_at(&self, at_ms: u64, kind: &str, actor: &str, details: serde_json::Value) {
         let req = Request::HistoryAppend {
-            at_ms: now_ms(),
+            at_ms,
             node: self.cfg.node_id,
             kind: kind.to_string(),
             actor: actor.to_string(),
@@ -1215,7 +1247,7 @@ async fn role_tick(node: &Arc<Node>) {
             "role changed"
         );
     }
-    settings_duties(node, role, old_role, &ep).await;
+    settings_duties(node, role, old_role, &ep);
     if raise {
         let node = node.clone();
         tokio::spawn(async move {
@@ -1246,7 +1278,7 @@ async fn role_tick(node: &Arc<Node>) {
         witness_fallback_election(node).await;
     }
     if leader {
-        track_peers(node).await;
+        track_peers(node);
     }
     snapshot_duty(node, &m);
     crate::failover::tick(node, role);
@@ -1298,7 +1330,7 @@ fn snapshot_duty(node: &Node, m: &openraft::RaftMetrics<tandem_storage::TypeConf
 /// outgoing streams, and the shared IPs, kept on the primary only: desired state every tick, an
 /// immediate release when the role is lost (demotion, lease loss, fence),
 /// and the manager's events in the replicated history while primary.
-async fn settings_duties(node: &Arc<Node>, role: Role, old_role: Role, ep: &EpochRecord) {
+fn settings_duties(node: &Arc<Node>, role: Role, old_role: Role, ep: &EpochRecord) {
     let settings = node.settings();
     node.bandwidth
         .store(settings.bandwidth_limit_bps, Ordering::Relaxed);
@@ -1321,13 +1353,12 @@ async fn settings_duties(node: &Arc<Node>, role: Role, old_role: Role, ep: &Epoc
     let events = h.drain_events();
     for e in events {
         if hold {
-            node.record(
+            node.record_soon(
                 "shared_ip",
                 "tandem",
                 json!({ "action": e.action, "address": e.address, "interface": e.interface,
                         "epoch": e.epoch, "ok": e.ok, "detail": e.detail }),
-            )
-            .await;
+            );
         } else {
             tracing::info!(action = %e.action, address = %e.address, ok = e.ok, detail = %e.detail, "shared IP event");
         }
@@ -1481,7 +1512,7 @@ async fn hand_over_from_witness(
     }
 }
 
-async fn track_peers(node: &Node) {
+fn track_peers(node: &Arc<Node>) {
     {
         // A new leader has no heartbeat answers yet: judge reachability only
         // once it has led for a whole primary timeout.
@@ -1516,8 +1547,7 @@ async fn track_peers(node: &Node) {
             .unwrap_or_default();
         let kind = if up { "peer_found" } else { "peer_lost" };
         tracing::info!(peer = id, %name, event = kind, "peer reachability changed");
-        node.record(kind, "tandem", json!({ "peer": id, "name": name }))
-            .await;
+        node.record_soon(kind, "tandem", json!({ "peer": id, "name": name }));
     }
 }
 

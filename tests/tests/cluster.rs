@@ -2025,6 +2025,23 @@ esac
             "the new primary began to acquire before the old one had released:\n{actions}"
         );
         assert!(!root.join(format!("held-{}", iface(p))).exists());
+        // The history (recorded by the role manager without waiting) names
+        // the new primary's acquisition, on the node it happened on.
+        let b_id = c.nodes[b].id();
+        let page = wait_until("the acquisition in the history", SETTLE, || async {
+            let page = history(&c, b, "shared_ip").await;
+            page.items
+                .iter()
+                .any(|e| {
+                    e.node == b_id
+                        && e.details["action"] == json!("acquire")
+                        && e.details["address"] == json!(SHARED_IP)
+                        && e.details["ok"] == json!(true)
+                })
+                .then_some(page)
+        })
+        .await;
+        assert!(page.items.iter().all(|e| e.kind == "shared_ip"), "{page:?}");
     }
 
     /// Status shows, per node, the shared IPs it holds: the primary in its
