@@ -1164,16 +1164,14 @@ fn wake_on_first_quorum_ack(node: &Arc<Node>) {
     }
     let node = node.clone();
     tokio::spawn(async move {
-        let lease = node.timing.lease;
+        let judge = node.clone();
         let _ = node
             .raft()
             .wait(Some(node.timing.primary_timeout))
             .metrics(
                 move |m| {
                     m.state != ServerState::Leader
-                        || m.last_quorum_acked
-                            .as_ref()
-                            .is_some_and(|t| t.elapsed() < lease)
+                        || judge.quorum_lease_left(m).is_none_or(|d| !d.is_zero())
                 },
                 "a quorum acknowledges the new leader",
             )

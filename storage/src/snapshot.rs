@@ -143,36 +143,37 @@ pub(crate) fn read_meta(path: &Path) -> Result<SnapshotMeta, StorageError> {
 }
 
 /// Streams `tree` to a new snapshot file in `dir`, fsyncs it, renames it into
-/// place, and deletes older snapshot files. Returns the final path.
+/// place, and deletes older snapshot files. Returns the final path and the
+/// number of records written.
 ///
 /// The caller guarantees no writes to `tree` happen meanwhile.
 pub(crate) fn write_snapshot(
     dir: &Path,
     tree: &sled::Tree,
     meta: &SnapshotMeta,
-) -> Result<PathBuf, StorageError> {
+) -> Result<(PathBuf, u64), StorageError> {
     let seq = next_seq(dir)?;
     let tmp = dir.join(format!("snap-{seq:020}.{TMP_EXT}"));
-    write_snapshot_file(&tmp, tree.iter().map(|kv| kv.map_err(Into::into)), meta)?;
+    let count = write_snapshot_file(&tmp, tree.iter().map(|kv| kv.map_err(Into::into)), meta)?;
     let path = publish(dir, &tmp, seq)?;
-    tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, "snapshot written");
-    Ok(path)
+    tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, records = count, "snapshot written");
+    Ok((path, count))
 }
 
 /// Writes `records` (key order) with `meta` as a complete snapshot file at
-/// `path` (created, must not exist) and fsyncs it. On failure the file is
-/// removed.
+/// `path` (created, must not exist) and fsyncs it; returns how many records
+/// it holds. On failure the file is removed.
 pub(crate) fn write_snapshot_file(
     path: &Path,
     records: impl Iterator<Item = Result<(sled::IVec, sled::IVec), StorageError>>,
     meta: &SnapshotMeta,
-) -> Result<(), StorageError> {
+) -> Result<u64, StorageError> {
     let file = OpenOptions::new().write(true).create_new(true).open(path)?;
     let mut w = HashWriter {
         inner: BufWriter::with_capacity(256 * 1024, file),
         ctx: digest::Context::new(&digest::SHA256),
     };
-    let res = (|| -> Result<(), StorageError> {
+    let res = (|| -> Result<u64, StorageError> {
         w.write_all(MAGIC)?;
         w.write_all(&[SNAPSHOT_FORMAT])?;
         write_len_prefixed(&mut w, &codec::encode(meta)?)?;
@@ -190,7 +191,7 @@ pub(crate) fn write_snapshot_file(
         w.inner.write_all(sum.as_ref())?;
         let file = w.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        Ok(())
+        Ok(count)
     })();
     if res.is_err() {
         let _ = fs::remove_file(path);
@@ -288,7 +289,6 @@ pub(crate) fn publish_copy(
     publish(dir, tmp, seq)
 }
 
-/// The newest complete snapshot file, if any.
 /// The number of records a complete snapshot file holds, read from its
 /// trailer (`TAG_END`, count, SHA-256) without reading the records.
 pub(crate) fn record_count(path: &Path) -> Result<u64, StorageError> {
@@ -315,6 +315,7 @@ pub(crate) fn record_count(path: &Path) -> Result<u64, StorageError> {
     Ok(u64::from_be_bytes(count))
 }
 
+/// The newest complete snapshot file, if any.
 pub(crate) fn current_snapshot(dir: &Path) -> Result<Option<PathBuf>, StorageError> {
     Ok(list(dir)?
         .into_iter()

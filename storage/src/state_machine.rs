@@ -56,7 +56,10 @@ impl SmShared {
             }
         }
         let tree = db.open_tree(&current_name)?;
-        let records = snapshot_records_in(&snapshot_dir);
+        let records = records_or_zero(
+            snapshot::current_snapshot(&snapshot_dir)
+                .and_then(|p| p.map_or(Ok(0), |p| snapshot::record_count(&p))),
+        );
         Ok(Self {
             db,
             root,
@@ -88,8 +91,7 @@ impl SmShared {
         entries: &[crate::types::Entry],
     ) -> Result<Vec<crate::Response>, StorageError> {
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
-        let cur = self.current();
-        apply::apply_entries(&cur.tree, entries)
+        apply::apply_entries(&self.current().tree, entries)
     }
 
     /// As [`SmShared::apply_blocking`] if the gate is free now; `None` when
@@ -104,8 +106,12 @@ impl SmShared {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        let cur = self.current();
-        Some(apply::apply_entries(&cur.tree, entries))
+        Some(apply::apply_entries(&self.current().tree, entries))
+    }
+
+    /// Records in the newest snapshot (0: none yet).
+    pub(crate) fn snapshot_records(&self) -> u64 {
+        self.snapshot_records.load(Ordering::Relaxed)
     }
 
     /// Writes the current state to a snapshot file. Called on the state
@@ -117,9 +123,8 @@ impl SmShared {
             last_log_id,
             last_membership,
         };
-        let path = snapshot::write_snapshot(&self.snapshot_dir, &cur.tree, &meta)?;
-        self.snapshot_records
-            .store(snapshot_records_in(&self.snapshot_dir), Ordering::Relaxed);
+        let (path, records) = snapshot::write_snapshot(&self.snapshot_dir, &cur.tree, &meta)?;
+        self.snapshot_records.store(records, Ordering::Relaxed);
         Ok((path, meta))
     }
 
@@ -173,32 +178,22 @@ impl SmShared {
             // Dropped under the write lock: no reader uses the old tree.
             self.db.drop_tree(keys::sm_tree_name(old_number))?;
         }
-        self.snapshot_records
-            .store(snapshot_records_in(&self.snapshot_dir), Ordering::Relaxed);
+        self.snapshot_records.store(
+            records_or_zero(snapshot::record_count(&path)),
+            Ordering::Relaxed,
+        );
         tracing::info!(path = %path.display(), last_log_id = ?meta.last_log_id, generation = new_number, "snapshot installed");
         Ok(())
     }
 }
 
-/// Records in the newest snapshot of `dir` (0 when there is none or its
-/// trailer cannot be read: only the snapshot policy uses it).
-fn snapshot_records_in(dir: &std::path::Path) -> u64 {
-    match snapshot::current_snapshot(dir)
-        .and_then(|p| p.map(|p| snapshot::record_count(&p)).transpose())
-    {
-        Ok(n) => n.unwrap_or(0),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot count the records of the newest snapshot");
-            0
-        }
-    }
-}
-
-impl SmShared {
-    /// Records in the newest snapshot (0: none yet).
-    pub(crate) fn snapshot_records(&self) -> u64 {
-        self.snapshot_records.load(Ordering::Relaxed)
-    }
+/// A snapshot's record count, 0 when its trailer cannot be read (only the
+/// snapshot policy uses it: it then falls back to `snapshot_every`).
+fn records_or_zero(count: Result<u64, StorageError>) -> u64 {
+    count.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot count the records of the newest snapshot");
+        0
+    })
 }
 
 pub(crate) fn read_applied_state(
