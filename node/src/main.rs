@@ -7,7 +7,9 @@ use tandem_node::cli::{execute, Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc rather than glibc malloc: less CPU per write and less memory
-/// held in per-thread arenas (see README, "Writes").
+/// held in per-thread arenas (see README, "Writes"). The `system-allocator`
+/// feature keeps glibc's, for heap profilers that hook malloc (heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
