@@ -472,6 +472,12 @@ async fn offline_snapshot_catch_up_modes() {
             .expect("committed");
         apply(&mut store, log[..6].to_vec()).await;
     }
+    // The log's flusher task ends just after it acknowledged the last
+    // append; an offline open before that finds sled still locked.
+    assert!(
+        tandem_storage::wait_store_released(&dir, Duration::from_secs(10)).await,
+        "the store was not released"
+    );
     for (mode, index, late, total) in [
         (CatchUp::Applied, 6, false, 1),
         (CatchUp::Committed, 7, false, 2),
