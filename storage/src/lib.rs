@@ -35,6 +35,7 @@ mod apply;
 mod error;
 mod in_use;
 mod keys;
+mod log_runs;
 mod log_store;
 mod offline;
 mod reader;

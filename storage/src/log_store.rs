@@ -2,10 +2,10 @@
 //! and [`RaftLogReader`].
 //!
 //! Appends are acknowledged by group commit: `append` inserts its entries in
-//! index order (readable at once) and queues its callback; a single
-//! flusher task flushes everything queued so far with one sled flush plus one
-//! `fdatasync`, then completes the callbacks in order. While a flush runs, new
-//! appends queue up for the next one.
+//! index order, in runs (`log_runs`), readable at once, and queues its
+//! callback; a single flusher task flushes everything queued so far with one
+//! sled flush plus one `fdatasync`, then completes the callbacks in order.
+//! While a flush runs, new appends queue up for the next one.
 
 use std::fmt::Debug;
 use std::fs::File;
@@ -20,6 +20,7 @@ use openraft::{OptionalSend, RaftLogReader};
 use crate::codec;
 use crate::error::StorageError;
 use crate::keys::RaftMetaKey;
+use crate::log_runs;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 pub(crate) struct LogShared {
@@ -35,6 +36,9 @@ pub(crate) struct LogShared {
     /// below the purge marker may still be in the tree while a background
     /// removal runs; readers skip them.
     purged_below: Arc<AtomicU64>,
+    /// One past the last entry's index (0: empty log); kept by append and
+    /// truncate so that an append never leaves two runs covering one index.
+    next_index: AtomicU64,
     /// Serialises background removals of purged entries.
     purging: Mutex<()>,
     /// Marks the store in use while the log store (or a flusher task) lives.
@@ -62,6 +66,7 @@ impl LogShared {
             data_file,
             queue: Mutex::new(FlushQueue::default()),
             purged_below: Arc::new(AtomicU64::new(0)),
+            next_index: AtomicU64::new(0),
             purging: Mutex::new(()),
             _writer: writer,
         };
@@ -70,8 +75,14 @@ impl LogShared {
             shared
                 .purged_below
                 .store(purged.index + 1, Ordering::SeqCst);
-            shared.remove_range(..=purged.index)?;
+            let mut batch = sled::Batch::default();
+            for k in log_runs::runs_at_or_below(&shared.log, purged.index, usize::MAX)? {
+                batch.remove(k);
+            }
+            shared.log.apply_batch(batch)?;
         }
+        let next = log_runs::last_entry(&shared.log)?.map_or(0, |e| e.log_id.index + 1);
+        shared.next_index.store(next, Ordering::SeqCst);
         Ok(shared)
     }
 
@@ -94,30 +105,22 @@ impl LogShared {
         Ok(())
     }
 
-    /// Removes the log entries with index in `range`, as one atomic batch.
-    fn remove_range(&self, range: impl RangeBounds<u64>) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        for kv in self.log.range(key_range(range)) {
-            let (k, _) = kv?;
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch)?;
+    /// Removes the log entries with index `>= from`, as one atomic batch.
+    fn remove_from(&self, from: u64) -> Result<(), StorageError> {
+        self.log
+            .apply_batch(log_runs::truncate_batch(&self.log, from)?)?;
+        self.next_index.fetch_min(from, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Removes the entries up to `index`, oldest first (so the log never
-    /// has a hole), one key at a time with a pause every [`PURGE_CHUNK`]
-    /// keys so that appends and flushes are not held up; one removal at a
-    /// time.
+    /// Removes the runs wholly at or below `index`, oldest first (so the
+    /// log never has a hole), one run at a time with a pause every
+    /// [`PURGE_CHUNK`] runs so that appends and flushes are not held up; one
+    /// removal at a time.
     fn remove_purged(&self, index: u64) -> Result<(), StorageError> {
         let _one = self.purging.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let keys: Vec<sled::IVec> = self
-                .log
-                .range(key_range(..=index))
-                .keys()
-                .take(PURGE_CHUNK)
-                .collect::<Result<_, _>>()?;
+            let keys = log_runs::runs_at_or_below(&self.log, index, PURGE_CHUNK)?;
             if keys.is_empty() {
                 return Ok(());
             }
@@ -187,24 +190,10 @@ impl LogShared {
     }
 }
 
-/// The index a log key holds (`None`: not a log key).
-fn index_of(key: &[u8]) -> Option<u64> {
-    key.try_into().ok().map(u64::from_be_bytes)
-}
-
-/// Entries a background purge removes between two pauses.
+/// Runs a background purge removes between two pauses.
 const PURGE_CHUNK: usize = 256;
 /// The pause.
 const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
-
-fn key_range(range: impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
-    let map = |b: Bound<&u64>| match b {
-        Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-        Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-        Bound::Unbounded => Bound::Unbounded,
-    };
-    (map(range.start_bound()), map(range.end_bound()))
-}
 
 /// The Raft log store. Cheap to clone; clones (and log readers) share the
 /// same trees.
@@ -225,10 +214,7 @@ impl LogStore {
     }
 
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        match self.shared.log.last()? {
-            Some((_, v)) => Ok(Some(codec::decode::<Entry>(&v)?.log_id)),
-            None => Ok(None),
-        }
+        Ok(log_runs::last_entry(&self.shared.log)?.map(|e| e.log_id))
     }
 }
 
@@ -237,17 +223,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let mut out = Vec::new();
+        let from = match range.start_bound() {
+            Bound::Included(f) => *f,
+            Bound::Excluded(f) => f.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(t) => Some(*t),
+            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(t) => Some(t - 1),
+            Bound::Unbounded => None,
+        };
+        // Entries below the purge marker whose background removal has not
+        // reached them yet are skipped.
         let purged_below = self.shared.purged_below.load(Ordering::SeqCst);
-        for kv in self.shared.log.range(key_range(range)) {
-            let (k, v) = kv.map_err(StorageError::from)?;
-            if index_of(&k).is_none_or(|i| i < purged_below) {
-                // Purged; its background removal has not reached it yet.
-                continue;
-            }
-            out.push(codec::decode::<Entry>(&v).map_err(StorageError::from)?);
-        }
-        Ok(out)
+        Ok(log_runs::read(
+            &self.shared.log,
+            from,
+            to,
+            purged_below,
+            usize::MAX,
+        )?)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -306,19 +302,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Plain inserts in index order, not one `sled::Batch`: sled pins its
-        // log for a batch and seals (writes and `sync_file_range`s) an IO
-        // buffer twice per batch, which on a leader appending a few entries
-        // at a time cost more than everything else in the log store. A crash
-        // recovers a prefix of sled's log (recovery stops at the first torn
-        // message), so a cut append leaves a shorter log, never a hole.
-        for entry in entries {
-            self.scratch.clear();
-            codec::encode_into(&mut self.scratch, &entry).map_err(StorageError::from)?;
+        // One insert per run of entries (log_runs), in index order, not one
+        // `sled::Batch`: sled pins its log for a batch and seals (writes and
+        // `sync_file_range`s) an IO buffer twice per batch, which on a leader
+        // appending a few entries at a time cost more than everything else
+        // in the log store. A crash recovers a prefix of sled's log
+        // (recovery stops at the first torn message), so a cut append leaves
+        // a shorter log, never a hole.
+        let (runs, last) = log_runs::encode_runs(entries, &mut self.scratch)?;
+        if let Some((first, _)) = runs.first() {
+            // openraft truncates before it overwrites; should an append
+            // still start inside the log, the old entries from there go
+            // first, so no two runs ever cover one index.
+            if *first < self.shared.next_index.load(Ordering::SeqCst) {
+                self.shared.remove_from(*first)?;
+            }
+        }
+        for (first, value) in runs {
             self.shared
                 .log
-                .insert(&entry.log_id.index.to_be_bytes()[..], &self.scratch[..])
+                .insert(&first.to_be_bytes()[..], value)
                 .map_err(StorageError::from)?;
+        }
+        if let Some(last) = last {
+            self.shared.next_index.store(last + 1, Ordering::SeqCst);
         }
         self.shared.enqueue(callback);
         Ok(())
@@ -326,7 +333,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        self.shared.remove_range(from..)?;
+        self.shared.remove_from(from)?;
         self.shared.durable_flush().await?;
         Ok(())
     }
@@ -387,11 +394,9 @@ impl LogReaderHandle {
         first_index: u64,
         limit: usize,
     ) -> Result<Vec<crate::types::LoggedEntry>, StorageError> {
+        let purged_below = self.purged_below.load(Ordering::SeqCst);
         let mut out = Vec::new();
-        let from = first_index.max(self.purged_below.load(Ordering::SeqCst));
-        for kv in self.log.range(key_range(from..)).take(limit) {
-            let (_, v) = kv?;
-            let entry: Entry = codec::decode(&v)?;
+        for entry in log_runs::read(&self.log, first_index, None, purged_below, limit)? {
             out.push(crate::types::LoggedEntry {
                 index: entry.log_id.index,
                 term: entry.log_id.leader_id.term,
@@ -411,16 +416,7 @@ impl LogReaderHandle {
     /// # Errors
     /// sled errors or a malformed key.
     pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
-        match self.log.last()? {
-            Some((k, _)) => {
-                let b: [u8; 8] = k
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StorageError::Corrupt("malformed log key".into()))?;
-                let index = u64::from_be_bytes(b);
-                Ok((index >= self.purged_below.load(Ordering::SeqCst)).then_some(index))
-            }
-            None => Ok(None),
-        }
+        let last = log_runs::last_entry(&self.log)?.map(|e| e.log_id.index);
+        Ok(last.filter(|i| *i >= self.purged_below.load(Ordering::SeqCst)))
     }
 }

@@ -13,9 +13,10 @@ use crate::apply::{self, Overlay};
 use crate::codec;
 use crate::error::StorageError;
 use crate::keys::{self, RaftMetaKey, SmMetaKey};
+use crate::log_runs;
 use crate::snapshot;
 use crate::state_machine::read_applied_state;
-use crate::types::{Entry, LogId, NodeInfo, SnapshotMeta, StoredMembership};
+use crate::types::{LogId, NodeInfo, SnapshotMeta, StoredMembership};
 use crate::{SLED_DIR, SNAPSHOT_DIR};
 
 /// How far [`build_snapshot_file_offline`] brings the state up with the
@@ -106,18 +107,12 @@ fn write_single_voter_snapshot(
             Some(v) => codec::decode::<Option<LogId>>(&v)?.map(|l| l.index),
             None => None,
         },
-        CatchUp::AllLogged => match log.last()? {
-            Some((_, v)) => Some(codec::decode::<Entry>(&v)?.log_id.index),
-            None => None,
-        },
+        CatchUp::AllLogged => log_runs::last_entry(&log)?.map(|e| e.log_id.index),
     };
     let first = applied.map_or(0, |l| l.index + 1);
     let mut entries = Vec::new();
     if let Some(target) = target.filter(|t| *t >= first) {
-        for kv in log.range(first.to_be_bytes()..=target.to_be_bytes()) {
-            let (_, v) = kv?;
-            entries.push(codec::decode::<Entry>(&v)?);
-        }
+        entries = log_runs::read(&log, first, Some(target), 0, usize::MAX)?;
         for (i, e) in entries.iter().enumerate() {
             if e.log_id.index != first + i as u64 {
                 return Err(StorageError::Corrupt(format!(

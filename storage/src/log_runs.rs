@@ -1,0 +1,368 @@
+//! How Raft log entries are laid out in the `log` tree: in *runs*.
+//!
+//! A run is a sled record holding consecutive entries, keyed by the index of
+//! its first entry (`u64` big-endian, so key order is index order). One
+//! `append` writes as many runs as it needs (a new run starts once the
+//! current one holds [`RUN_TARGET_BYTES`]), so a leader or follower appending
+//! a batch of entries makes one sled insert per run instead of one per entry
+//! (fewer inserts, fewer leaf splits, smaller sled log).
+//!
+//! Value formats, told apart by the first byte:
+//! - [`codec::FORMAT_VERSION`] (1): one `Entry`, `codec::encode`d: the format
+//!   before runs, still read, so an existing log needs no migration;
+//! - [`RUN_TAG`]: a run: repeated `u32` little-endian length ++ the
+//!   `codec::encode`d entry, at least one, indexes consecutive from the key.
+//!
+//! Runs cover the log without gaps: run *i* holds indexes
+//! `[key_i, key_{i+1})`. Truncating inside a run rewrites it shortened; a
+//! purge removes only runs that lie wholly at or below the purged index
+//! (readers skip the purged entries of a run that straddles it).
+
+use std::ops::Bound;
+
+use crate::codec;
+use crate::error::StorageError;
+use crate::types::Entry;
+
+/// First byte of a run value (never a codec format version).
+pub(crate) const RUN_TAG: u8 = b'R';
+
+/// A run is closed once its encoded entries reach this size; a single entry
+/// may be larger (values are at most 64 KiB, keys 1 KiB: always far below
+/// sled's ~128 KiB blob threshold, whose files sled never fsyncs).
+pub(crate) const RUN_TARGET_BYTES: usize = 16 * 1024;
+
+fn corrupt(what: &str) -> StorageError {
+    StorageError::Corrupt(format!("log run: {what}"))
+}
+
+/// Runs to insert: `(first index, value)`, in index order.
+pub(crate) type Runs = Vec<(u64, Vec<u8>)>;
+
+/// Encodes `entries` (consecutive indexes) into runs; also returns the last
+/// entry's index.
+pub(crate) fn encode_runs(
+    entries: impl IntoIterator<Item = Entry>,
+    scratch: &mut Vec<u8>,
+) -> Result<(Runs, Option<u64>), StorageError> {
+    let mut runs = Vec::new();
+    let mut first: Option<u64> = None;
+    let mut last = None;
+    scratch.clear();
+    for entry in entries {
+        last = Some(entry.log_id.index);
+        if first.is_none() {
+            first = Some(entry.log_id.index);
+            scratch.push(RUN_TAG);
+        }
+        let len_at = scratch.len();
+        scratch.extend_from_slice(&[0; 4]);
+        codec::encode_into(scratch, &entry)?;
+        let len =
+            u32::try_from(scratch.len() - len_at - 4).map_err(|_| corrupt("entry too large"))?;
+        scratch[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+        if scratch.len() >= RUN_TARGET_BYTES {
+            if let Some(f) = first.take() {
+                runs.push((f, scratch.clone()));
+            }
+            scratch.clear();
+        }
+    }
+    if let Some(f) = first {
+        runs.push((f, scratch.clone()));
+    }
+    scratch.clear();
+    Ok((runs, last))
+}
+
+/// The entries of one stored value (a run, or one entry of the old format),
+/// checked to be consecutive from `key_index` when given.
+pub(crate) fn decode_value(v: &[u8], key_index: Option<u64>) -> Result<Vec<Entry>, StorageError> {
+    let entries = match v.split_first() {
+        Some((&RUN_TAG, mut rest)) => {
+            let mut out = Vec::new();
+            while !rest.is_empty() {
+                let (len, tail) = rest
+                    .split_at_checked(4)
+                    .ok_or_else(|| corrupt("truncated length"))?;
+                let len =
+                    u32::from_le_bytes(len.try_into().map_err(|_| corrupt("length"))?) as usize;
+                let (bytes, tail) = tail
+                    .split_at_checked(len)
+                    .ok_or_else(|| corrupt("truncated entry"))?;
+                out.push(codec::decode::<Entry>(bytes)?);
+                rest = tail;
+            }
+            out
+        }
+        _ => vec![codec::decode::<Entry>(v)?],
+    };
+    match (key_index, entries.first()) {
+        (_, None) => return Err(corrupt("empty run")),
+        (Some(k), Some(e)) if e.log_id.index != k => {
+            return Err(corrupt(&format!("key {k} holds entry {}", e.log_id.index)))
+        }
+        _ => {}
+    }
+    if entries
+        .windows(2)
+        .any(|w| w[1].log_id.index != w[0].log_id.index + 1)
+    {
+        return Err(corrupt("indexes not consecutive"));
+    }
+    Ok(entries)
+}
+
+fn key_index(k: &[u8]) -> Result<u64, StorageError> {
+    let b: [u8; 8] = k.try_into().map_err(|_| corrupt("malformed key"))?;
+    Ok(u64::from_be_bytes(b))
+}
+
+/// The key of the run holding `index`, if any run starts at or before it.
+fn run_start_at_or_before(log: &sled::Tree, index: u64) -> Result<Option<u64>, StorageError> {
+    match log.range(..=index.to_be_bytes()).next_back() {
+        Some(kv) => Ok(Some(key_index(&kv?.0)?)),
+        None => Ok(None),
+    }
+}
+
+/// Up to `limit` entries with index in `[from, to]` (`to` inclusive,
+/// `None`: no end) and at least `skip_below`, in index order.
+pub(crate) fn read(
+    log: &sled::Tree,
+    from: u64,
+    to: Option<u64>,
+    skip_below: u64,
+    limit: usize,
+) -> Result<Vec<Entry>, StorageError> {
+    let from = from.max(skip_below);
+    let mut out = Vec::new();
+    if to.is_some_and(|t| t < from) || limit == 0 {
+        return Ok(out);
+    }
+    let start = run_start_at_or_before(log, from)?.unwrap_or(from);
+    let upper = match to {
+        Some(t) => Bound::Included(t.to_be_bytes()),
+        None => Bound::Unbounded,
+    };
+    for kv in log.range((Bound::Included(start.to_be_bytes()), upper)) {
+        let (k, v) = kv?;
+        for e in decode_value(&v, Some(key_index(&k)?))? {
+            let i = e.log_id.index;
+            if i < from {
+                continue;
+            }
+            if to.is_some_and(|t| i > t) {
+                return Ok(out);
+            }
+            out.push(e);
+            if out.len() == limit {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The last entry of the log (whatever a purge marker says).
+pub(crate) fn last_entry(log: &sled::Tree) -> Result<Option<Entry>, StorageError> {
+    match log.last()? {
+        Some((k, v)) => Ok(decode_value(&v, Some(key_index(&k)?))?.pop()),
+        None => Ok(None),
+    }
+}
+
+/// One atomic batch that removes every entry with index `>= from`: later
+/// runs go, a run straddling `from` is rewritten with its earlier entries.
+pub(crate) fn truncate_batch(log: &sled::Tree, from: u64) -> Result<sled::Batch, StorageError> {
+    let mut batch = sled::Batch::default();
+    if let Some(start) = run_start_at_or_before(log, from)?.filter(|s| *s < from) {
+        if let Some(v) = log.get(start.to_be_bytes())? {
+            let keep: Vec<Entry> = decode_value(&v, Some(start))?
+                .into_iter()
+                .filter(|e| e.log_id.index < from)
+                .collect();
+            let mut scratch = Vec::new();
+            for (first, value) in encode_runs(keep, &mut scratch)?.0 {
+                batch.insert(&first.to_be_bytes()[..], value);
+            }
+        }
+    }
+    for k in log.range(from.to_be_bytes()..).keys() {
+        batch.remove(k?);
+    }
+    Ok(batch)
+}
+
+/// Keys of up to `max` runs, oldest first, that hold only entries at or
+/// below `index` (a run straddling `index` stays).
+pub(crate) fn runs_at_or_below(
+    log: &sled::Tree,
+    index: u64,
+    max: usize,
+) -> Result<Vec<sled::IVec>, StorageError> {
+    let mut out = Vec::new();
+    let mut iter = log.range(..=index.to_be_bytes()).keys().peekable();
+    while let Some(k) = iter.next() {
+        let k = k?;
+        let whole = match iter.peek() {
+            // The next run starts at or below index + 1: this one ends at or
+            // below index.
+            Some(Ok(next)) => key_index(next)? <= index.saturating_add(1),
+            Some(Err(_)) => return Err(corrupt("unreadable key")),
+            None => {
+                // The last run at or below index: its end decides; it may be
+                // followed by a run starting at index + 1.
+                let next_start = log
+                    .range::<&[u8], _>((Bound::Excluded(k.as_ref()), Bound::Unbounded))
+                    .keys()
+                    .next()
+                    .transpose()?
+                    .map(|n| key_index(&n))
+                    .transpose()?;
+                match next_start {
+                    Some(n) => n <= index.saturating_add(1),
+                    None => match log.get(&k)? {
+                        Some(v) => decode_value(&v, None)?
+                            .last()
+                            .is_some_and(|e| e.log_id.index <= index),
+                        None => false,
+                    },
+                }
+            }
+        };
+        if !whole {
+            break;
+        }
+        out.push(k);
+        if out.len() == max {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{LogId, Request};
+
+    fn entry(i: u64, value_len: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(
+                openraft::impls::leader_id_adv::LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                i,
+            ),
+            payload: openraft::EntryPayload::Normal(Request::ConfigPut {
+                key: format!("k{i}"),
+                value_json: format!("\"{}\"", "x".repeat(value_len)),
+                actor: "t".into(),
+                at_ms: 0,
+                if_version: None,
+            }),
+        }
+    }
+
+    fn indexes(entries: &[Entry]) -> Vec<u64> {
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    /// A log of entries 1..=n in runs of varying sizes, plus one entry in
+    /// the old one-entry format at n + 1.
+    fn tree(n: u64) -> (sled::Db, sled::Tree) {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let log = db.open_tree("log").expect("tree");
+        let mut scratch = Vec::new();
+        let mut i = 1;
+        let mut size = 0;
+        while i <= n {
+            let batch: Vec<Entry> = (i..=n.min(i + size)).map(|j| entry(j, 300)).collect();
+            i += batch.len() as u64;
+            size = (size + 7) % 80;
+            for (first, v) in encode_runs(batch, &mut scratch).expect("encode").0 {
+                log.insert(first.to_be_bytes(), v).expect("insert");
+            }
+        }
+        let old = codec::encode(&entry(n + 1, 10)).expect("encode");
+        log.insert((n + 1).to_be_bytes(), old).expect("insert");
+        (db, log)
+    }
+
+    #[test]
+    fn large_appends_split_into_bounded_runs_and_read_back_in_order() {
+        let mut scratch = Vec::new();
+        let (runs, last) =
+            encode_runs((1..=200).map(|i| entry(i, 300)), &mut scratch).expect("encode");
+        assert_eq!(last, Some(200));
+        assert!(runs.len() > 2, "{} runs", runs.len());
+        for (first, v) in &runs {
+            assert!(v.len() < RUN_TARGET_BYTES + 1024, "{}", v.len());
+            assert_eq!(
+                decode_value(v, Some(*first)).expect("decode")[0]
+                    .log_id
+                    .index,
+                *first
+            );
+        }
+        let (_db, log) = tree(300);
+        assert_eq!(
+            indexes(&read(&log, 0, None, 0, usize::MAX).unwrap()),
+            (1..=301).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            indexes(&read(&log, 37, Some(41), 0, 100).unwrap()),
+            vec![37, 38, 39, 40, 41]
+        );
+        assert_eq!(
+            indexes(&read(&log, 37, None, 100, 3).unwrap()),
+            vec![100, 101, 102]
+        );
+        assert!(read(&log, 302, None, 0, 10).unwrap().is_empty());
+        assert_eq!(last_entry(&log).unwrap().map(|e| e.log_id.index), Some(301));
+    }
+
+    #[test]
+    fn truncate_rewrites_the_straddling_run_and_purge_keeps_it() {
+        for cut in [1, 2, 50, 123, 299, 300, 301] {
+            let (_db, log) = tree(300);
+            log.apply_batch(truncate_batch(&log, cut).unwrap()).unwrap();
+            let left = indexes(&read(&log, 0, None, 0, usize::MAX).unwrap());
+            assert_eq!(left, (1..cut).collect::<Vec<_>>(), "cut at {cut}");
+        }
+        for purge in [0, 1, 50, 123, 300, 301, 500] {
+            let (_db, log) = tree(300);
+            for k in runs_at_or_below(&log, purge, usize::MAX).unwrap() {
+                log.remove(k).unwrap();
+            }
+            let left = indexes(&read(&log, 0, None, 0, usize::MAX).unwrap());
+            // Everything above the purge point is kept, at most one run at
+            // or below it stays, and the log stays contiguous.
+            let expect_from = left.first().copied().unwrap_or(purge + 1);
+            assert!(
+                expect_from <= purge + 1,
+                "purge {purge}: from {expect_from}"
+            );
+            assert_eq!(
+                left,
+                (expect_from..=301).collect::<Vec<_>>(),
+                "purge {purge}"
+            );
+            assert!(purge + 1 - expect_from < 100, "purge {purge} kept too much");
+        }
+    }
+
+    #[test]
+    fn damaged_runs_are_refused_not_misread() {
+        let mut scratch = Vec::new();
+        let (runs, _) = encode_runs((5..=7).map(|i| entry(i, 10)), &mut scratch).expect("encode");
+        let (first, v) = &runs[0];
+        assert!(decode_value(&v[..v.len() - 1], Some(*first)).is_err());
+        assert!(decode_value(v, Some(first + 1)).is_err());
+        assert!(decode_value(&[RUN_TAG], None).is_err());
+        assert!(decode_value(&[RUN_TAG, 9, 9, 9, 9], None).is_err());
+        assert!(decode_value(&[], None).is_err());
+    }
+}
