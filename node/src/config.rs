@@ -77,7 +77,7 @@ impl Default for Tuning {
             primary_timeout_ms: crate::settings::DEFAULT_PRIMARY_TIMEOUT_MS,
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
-            cache_mb: 16,
+            cache_mb: tandem_storage::DEFAULT_CACHE_CAPACITY / (1024 * 1024),
         }
     }
 }

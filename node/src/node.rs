@@ -215,7 +215,12 @@ impl Node {
         let client_tls = tandem_certs::peer_client_config(&ca_pem, &cert_pem, &key_pem)?;
 
         let db_dir = dir.db();
-        let cache = cfg.tuning.cache_mb * 1024 * 1024;
+        // sled asserts (panics) on a cache under 256 bytes: refuse it here.
+        anyhow::ensure!(
+            cfg.tuning.cache_mb >= 1,
+            "tuning.cache_mb must be at least 1 (MiB)"
+        );
+        let cache = cfg.tuning.cache_mb.saturating_mul(1024 * 1024);
         let store = tokio::task::spawn_blocking(move || tandem_storage::open(&db_dir, cache))
             .await?
             .context("opening storage")?;

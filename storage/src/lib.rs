@@ -67,8 +67,10 @@ pub use types::{
     SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
 
-/// Default sled page cache size for a node: 16 MiB.
-pub const DEFAULT_CACHE_CAPACITY: u64 = 16 * 1024 * 1024;
+/// Default sled page cache size for a node: 4 MiB. With 100,000 sessions
+/// stored, 16 MiB held ~18 MiB more per node for a few percent less CPU
+/// per write (README, "Memory").
+pub const DEFAULT_CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 
 pub(crate) const SLED_DIR: &str = "sled";
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
