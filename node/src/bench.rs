@@ -35,7 +35,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// sled page cache of each node, in MiB.
-    #[arg(long, default_value_t = crate::config::Tuning::default().cache_mb)]
+    #[arg(long, default_value_t = crate::config::Tuning::default().cache_mb,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_mb: u64,
     /// Log entries between snapshots on each node (`init --snapshot-every`).
     #[arg(long, default_value_t = crate::config::Tuning::default().snapshot_every)]

@@ -126,8 +126,9 @@ pub struct ListenArgs {
     /// Log entries kept behind a snapshot.
     #[arg(long, default_value_t = Tuning::default().keep_behind_snapshot)]
     pub keep_behind_snapshot: u64,
-    /// sled page cache in MiB.
-    #[arg(long, default_value_t = Tuning::default().cache_mb)]
+    /// sled page cache in MiB (at least 1).
+    #[arg(long, default_value_t = Tuning::default().cache_mb,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_mb: u64,
     /// Primary timeout in ms (Raft heartbeat and election timeouts derive
     /// from it); `init` also stores it in the replicated settings.

@@ -92,6 +92,56 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn a_zero_page_cache_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().join("n");
+    let out = tandem(&[
+        "init",
+        "--dir",
+        &d.to_string_lossy(),
+        "--cache-mb",
+        "0",
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cache-mb"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!d.join("node.toml").exists());
+
+    // A node.toml edited by hand to 0: `run` refuses it with a clear line.
+    let out = tandem(&[
+        "init",
+        "--dir",
+        &d.to_string_lossy(),
+        "--peer-listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let toml = std::fs::read_to_string(d.join("node.toml")).expect("node.toml");
+    assert!(toml.contains("cache_mb = 4"), "{toml}");
+    std::fs::write(
+        d.join("node.toml"),
+        toml.replace("cache_mb = 4", "cache_mb = 0"),
+    )
+    .expect("write");
+    let out = tandem(&["run", "--dir", &d.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert!(
+        reason(&out).contains("cache_mb must be at least 1"),
+        "{}",
+        reason(&out)
+    );
+}
+
+#[test]
 fn run_on_an_empty_directory_exits_1_naming_init() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = tandem(&["run", "--dir", &dir.path().to_string_lossy()]);
