@@ -205,42 +205,29 @@ pub(crate) fn runs_at_or_below(
     max: usize,
 ) -> Result<Vec<sled::IVec>, StorageError> {
     let mut out = Vec::new();
-    let mut iter = log.range(..=index.to_be_bytes()).keys().peekable();
+    // Unbounded, so the run after the last candidate is seen too: a run
+    // ends where the next one starts.
+    let mut iter = log.iter().keys().peekable();
     while let Some(k) = iter.next() {
         let k = k?;
+        if key_index(&k)? > index || out.len() == max {
+            break;
+        }
         let whole = match iter.peek() {
-            // The next run starts at or below index + 1: this one ends at or
-            // below index.
             Some(Ok(next)) => key_index(next)? <= index.saturating_add(1),
             Some(Err(_)) => return Err(corrupt("unreadable key")),
-            None => {
-                // The last run at or below index: its end decides; it may be
-                // followed by a run starting at index + 1.
-                let next_start = log
-                    .range::<&[u8], _>((Bound::Excluded(k.as_ref()), Bound::Unbounded))
-                    .keys()
-                    .next()
-                    .transpose()?
-                    .map(|n| key_index(&n))
-                    .transpose()?;
-                match next_start {
-                    Some(n) => n <= index.saturating_add(1),
-                    None => match log.get(&k)? {
-                        Some(v) => decode_value(&v, None)?
-                            .last()
-                            .is_some_and(|e| e.log_id.index <= index),
-                        None => false,
-                    },
-                }
-            }
+            // The last run: its last entry decides.
+            None => match log.get(&k)? {
+                Some(v) => decode_value(&v, None)?
+                    .last()
+                    .is_some_and(|e| e.log_id.index <= index),
+                None => false,
+            },
         };
         if !whole {
             break;
         }
         out.push(k);
-        if out.len() == max {
-            break;
-        }
     }
     Ok(out)
 }
