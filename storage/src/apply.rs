@@ -2,10 +2,9 @@
 //!
 //! A whole batch of entries is computed against an in-memory overlay of
 //! pending writes on top of the tree (so later entries of the batch see the
-//! effects of earlier ones), then written with ONE `sled::Batch` that also
-//! records the last applied log id and, if it changed, the membership. sled
-//! applies a batch atomically, also across a crash: either all of the batch's
-//! writes are recovered or none.
+//! effects of earlier ones), then written with its redo record (`redo.rs`),
+//! together with the last applied log id and, if it changed, the membership:
+//! after a crash either all of the batch's writes are recovered or none.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -21,6 +20,7 @@ use crate::keys::{
     self, ApiTokenRecord, ConfigRecord, HistoryRecord, SessionRecord, SmMetaKey, TokenRecord,
     UserRecord,
 };
+use crate::redo::{self, Redo};
 use crate::types::{Entry, EpochRecord, Request, Response, SettingsRecord, StoredMembership};
 
 /// Largest value (JSON text) a command may store. sled writes values larger
@@ -204,6 +204,7 @@ impl<'t> Overlay<'t> {
 /// batch and returns one response per entry.
 pub(crate) fn apply_entries(
     tree: &sled::Tree,
+    redo: Option<&Redo<'_>>,
     entries: &[Entry],
 ) -> Result<Vec<Response>, StorageError> {
     if entries.is_empty() {
@@ -211,7 +212,10 @@ pub(crate) fn apply_entries(
     }
     let mut ov = Overlay::new(tree);
     let out = stage_entries(&mut ov, entries)?;
-    tree.apply_batch(ov.into_batch())?;
+    match redo {
+        Some(redo) => redo::write_batch(tree, redo, ov.pending)?,
+        None => tree.apply_batch(ov.into_batch())?,
+    }
     Ok(out)
 }
 
@@ -748,7 +752,7 @@ mod tests {
                 })
                 .collect();
             let cur = self.store.sm.shared.current();
-            apply_entries(&cur.tree, &entries).expect("apply succeeds")
+            apply_entries(&cur.tree, None, &entries).expect("apply succeeds")
         }
 
         fn one(&mut self, req: Request) -> Response {

@@ -15,6 +15,9 @@ pub(crate) const LOG_TREE: &str = "log";
 pub(crate) const RAFT_META_TREE: &str = "raft_meta";
 /// Tree holding the pointer to the current state machine generation.
 pub(crate) const SM_ROOT_TREE: &str = "sm_root";
+/// Tree holding the redo record of the last applied batch (`redo.rs`). Its
+/// name must not start with [`SM_TREE_PREFIX`].
+pub(crate) const SM_REDO_TREE: &str = "sm_redo";
 /// Prefix of state machine generation tree names.
 pub(crate) const SM_TREE_PREFIX: &str = "sm.";
 /// Key in [`SM_ROOT_TREE`] whose value is the current generation (`u64`).

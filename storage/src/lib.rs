@@ -39,6 +39,8 @@ mod log_runs;
 mod log_store;
 mod offline;
 mod reader;
+mod redo;
+mod segment_log;
 mod snapshot;
 mod state_machine;
 
@@ -74,6 +76,9 @@ pub const DEFAULT_CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 
 pub(crate) const SLED_DIR: &str = "sled";
 pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
+/// Directory of the Raft log's segment files, beside `sled` (see
+/// `segment_log`).
+pub(crate) const LOG_DIR: &str = "raft-log";
 
 /// An opened storage directory: the log store and state machine for
 /// openraft, a reader for everyone else, and the sled database underneath.
@@ -163,6 +168,7 @@ pub fn open_with_db(db: sled::Db, dir: &Path) -> Result<Store, StorageError> {
     snapshot::cleanup(&snapshot_dir)?;
     let log = LogStore::new(log_store::LogShared::open(
         db.clone(),
+        dir,
         Some(data_file),
         writer.clone(),
     )?);

@@ -1,3 +1,7 @@
+//! Reading a Raft log kept in sled's `log` tree, the format before segment
+//! files (`segment_log`): the log store moves such a log into segments at
+//! open. Writing runs is kept for the tests of that move.
+//!
 //! How Raft log entries are laid out in the `log` tree: in *runs*.
 //!
 //! A run is a sled record holding consecutive entries, keyed by the index of
@@ -33,6 +37,7 @@ pub(crate) const RUN_TAG: u8 = b'R';
 /// splits a leaf past 16 records, so a log leaf holds up to 16 runs: 16 KiB
 /// runs made 256 KiB leaves that a small page cache kept evicting and
 /// reading back (4 KiB: ~4 % less CPU per write at a 4 MiB cache).
+#[cfg(test)]
 pub(crate) const RUN_TARGET_BYTES: usize = 4 * 1024;
 
 fn corrupt(what: &str) -> StorageError {
@@ -40,10 +45,12 @@ fn corrupt(what: &str) -> StorageError {
 }
 
 /// Runs to insert: `(first index, value)`, in index order.
+#[cfg(test)]
 pub(crate) type Runs = Vec<(u64, Vec<u8>)>;
 
 /// Encodes `entries` (consecutive indexes) into runs; also returns the last
 /// entry's index.
+#[cfg(test)]
 pub(crate) fn encode_runs(
     entries: impl IntoIterator<Item = Entry>,
     scratch: &mut Vec<u8>,
@@ -168,6 +175,7 @@ pub(crate) fn read(
 }
 
 /// The last entry of the log (whatever a purge marker says).
+#[cfg(test)]
 pub(crate) fn last_entry(log: &sled::Tree) -> Result<Option<Entry>, StorageError> {
     match log.last()? {
         Some((k, v)) => Ok(decode_value(&v, Some(key_index(&k)?))?.pop()),
@@ -175,75 +183,21 @@ pub(crate) fn last_entry(log: &sled::Tree) -> Result<Option<Entry>, StorageError
     }
 }
 
-/// One atomic batch that removes every entry with index `>= from`: later
-/// runs go, a run straddling `from` is rewritten with its earlier entries.
-pub(crate) fn truncate_batch(log: &sled::Tree, from: u64) -> Result<sled::Batch, StorageError> {
-    let mut batch = sled::Batch::default();
-    if let Some(start) = run_start_at_or_before(log, from)?.filter(|s| *s < from) {
-        if let Some(v) = log.get(start.to_be_bytes())? {
-            let keep: Vec<Entry> = decode_value(&v, Some(start))?
-                .into_iter()
-                .filter(|e| e.log_id.index < from)
-                .collect();
-            let mut scratch = Vec::new();
-            for (first, value) in encode_runs(keep, &mut scratch)?.0 {
-                batch.insert(&first.to_be_bytes()[..], value);
-            }
-        }
-    }
-    for k in log.range(from.to_be_bytes()..).keys() {
-        batch.remove(k?);
-    }
-    Ok(batch)
-}
-
-/// Keys of up to `max` runs, oldest first, that hold only entries at or
-/// below `index` (a run straddling `index` stays).
-pub(crate) fn runs_at_or_below(
-    log: &sled::Tree,
-    index: u64,
-    max: usize,
-) -> Result<Vec<sled::IVec>, StorageError> {
-    let mut out = Vec::new();
-    // Unbounded, so the run after the last candidate is seen too: a run
-    // ends where the next one starts.
-    let mut iter = log.iter().keys().peekable();
-    while let Some(k) = iter.next() {
-        let k = k?;
-        if key_index(&k)? > index || out.len() == max {
-            break;
-        }
-        let whole = match iter.peek() {
-            Some(Ok(next)) => key_index(next)? <= index.saturating_add(1),
-            Some(Err(_)) => return Err(corrupt("unreadable key")),
-            // The last run: its last entry decides.
-            None => match log.get(&k)? {
-                Some(v) => decode_value(&v, None)?
-                    .last()
-                    .is_some_and(|e| e.log_id.index <= index),
-                None => false,
-            },
-        };
-        if !whole {
-            break;
-        }
-        out.push(k);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::types::{LogId, Request};
 
     fn entry(i: u64, value_len: usize) -> Entry {
+        entry_of(1, i, value_len)
+    }
+
+    /// A config write at `i` in `term` whose value is `value_len` bytes (the
+    /// log tests' entry; also used by `segment_log` and `log_store`).
+    pub(crate) fn entry_of(term: u64, i: u64, value_len: usize) -> Entry {
         Entry {
             log_id: LogId::new(
-                openraft::impls::leader_id_adv::LeaderId {
-                    term: 1,
-                    node_id: 1,
-                },
+                openraft::impls::leader_id_adv::LeaderId { term, node_id: 1 },
                 i,
             ),
             payload: openraft::EntryPayload::Normal(Request::ConfigPut {
@@ -312,36 +266,6 @@ mod tests {
         );
         assert!(read(&log, 302, None, 0, 10).unwrap().is_empty());
         assert_eq!(last_entry(&log).unwrap().map(|e| e.log_id.index), Some(301));
-    }
-
-    #[test]
-    fn truncate_rewrites_the_straddling_run_and_purge_keeps_it() {
-        for cut in [1, 2, 50, 123, 299, 300, 301] {
-            let (_db, log) = tree(300);
-            log.apply_batch(truncate_batch(&log, cut).unwrap()).unwrap();
-            let left = indexes(&read(&log, 0, None, 0, usize::MAX).unwrap());
-            assert_eq!(left, (1..cut).collect::<Vec<_>>(), "cut at {cut}");
-        }
-        for purge in [0, 1, 50, 123, 300, 301, 500] {
-            let (_db, log) = tree(300);
-            for k in runs_at_or_below(&log, purge, usize::MAX).unwrap() {
-                log.remove(k).unwrap();
-            }
-            let left = indexes(&read(&log, 0, None, 0, usize::MAX).unwrap());
-            // Everything above the purge point is kept, at most one run at
-            // or below it stays, and the log stays contiguous.
-            let expect_from = left.first().copied().unwrap_or(purge + 1);
-            assert!(
-                expect_from <= purge + 1,
-                "purge {purge}: from {expect_from}"
-            );
-            assert_eq!(
-                left,
-                (expect_from..=301).collect::<Vec<_>>(),
-                "purge {purge}"
-            );
-            assert!(purge + 1 - expect_from < 100, "purge {purge} kept too much");
-        }
     }
 
     #[test]

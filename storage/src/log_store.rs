@@ -1,16 +1,20 @@
-//! The Raft log and vote on sled: implements openraft's [`RaftLogStorage`]
-//! and [`RaftLogReader`].
+//! The Raft log and vote: implements openraft's [`RaftLogStorage`] and
+//! [`RaftLogReader`]. Entries live in segment files (`segment_log`); vote,
+//! committed and the purge marker in sled's `raft_meta` tree.
 //!
-//! Appends are acknowledged by group commit: `append` inserts its entries in
-//! index order, in runs (`log_runs`), readable at once, and queues its
-//! callback; a single flusher task flushes everything queued so far with one
-//! sled flush plus one `fdatasync`, then completes the callbacks in order.
-//! While a flush runs, new appends queue up for the next one.
+//! Appends are acknowledged by group commit: `append` writes its entries to
+//! the current segment, readable at once, and queues its callback; a single
+//! flusher task syncs everything queued so far (one `fdatasync`), then
+//! completes the callbacks in order. While a sync runs, new appends queue up
+//! for the next one. The state machine's sled writes need no flush per
+//! append: after a crash openraft re-applies the log from the state
+//! machine's durable applied index (storage/DESIGN.md).
 
 use std::fmt::Debug;
 use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -21,26 +25,23 @@ use crate::codec;
 use crate::error::StorageError;
 use crate::keys::RaftMetaKey;
 use crate::log_runs;
+use crate::segment_log::{Recovery, SegmentLog};
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 pub(crate) struct LogShared {
     db: sled::Db,
-    log: sled::Tree,
     meta: sled::Tree,
+    /// The log entries (segment files beside sled).
+    pub(crate) seg: Arc<SegmentLog>,
     /// sled's data file, opened a second time: sled's own flush ends with
     /// `sync_file_range`, which neither persists file metadata nor flushes
     /// the drive's write cache; an `fdatasync` on this handle does both.
     data_file: Option<File>,
     queue: Mutex<FlushQueue>,
     /// One past the highest purged index (0: nothing purged). Entries at or
-    /// below the purge marker may still be in the tree while a background
-    /// removal runs; readers skip them.
+    /// below it may still be in a segment that straddles the purge point, or
+    /// in segments whose removal runs in the background; readers skip them.
     purged_below: Arc<AtomicU64>,
-    /// One past the last entry's index (0: empty log); kept by append and
-    /// truncate so that an append never leaves two runs covering one index.
-    next_index: AtomicU64,
-    /// Serialises background removals of purged entries.
-    purging: Mutex<()>,
     /// Marks the store in use while the log store (or a flusher task) lives.
     _writer: Arc<crate::in_use::WriterToken>,
 }
@@ -52,38 +53,72 @@ struct FlushQueue {
 }
 
 impl LogShared {
+    /// Opens the log of the store in `dir`: its segments in `dir/`
+    /// [`crate::LOG_DIR`] (cut after a torn write, interrupted purges
+    /// finished), and vote, committed and purge marker in sled. A log still
+    /// in sled's `log` tree (stores before the segment files) is moved into
+    /// segments first.
     pub(crate) fn open(
         db: sled::Db,
+        dir: &Path,
         data_file: Option<File>,
         writer: Arc<crate::in_use::WriterToken>,
     ) -> Result<Self, StorageError> {
-        let log = db.open_tree(crate::keys::LOG_TREE)?;
         let meta = db.open_tree(crate::keys::RAFT_META_TREE)?;
+        let purged = match meta.get(RaftMetaKey::LastPurged.as_bytes())? {
+            Some(v) => Some(codec::decode::<LogId>(&v)?),
+            None => None,
+        };
+        let purged_below = purged.map_or(0, |p| p.index + 1);
+        let log_dir = dir.join(crate::LOG_DIR);
+        let (seg, recovery) = SegmentLog::open(&log_dir, purged.map(|p| p.index))?;
+        if recovery != Recovery::default() {
+            tracing::warn!(dir = %log_dir.display(), cut_bytes = recovery.cut_bytes, purged_segments = recovery.purged_segments, "raft log repaired at open (a write the crash interrupted was never acknowledged)");
+        }
         let shared = Self {
             db,
-            log,
             meta,
+            seg: Arc::new(seg),
             data_file,
             queue: Mutex::new(FlushQueue::default()),
-            purged_below: Arc::new(AtomicU64::new(0)),
-            next_index: AtomicU64::new(0),
-            purging: Mutex::new(()),
+            purged_below: Arc::new(AtomicU64::new(purged_below)),
             _writer: writer,
         };
-        // Finish a purge interrupted after its marker was written.
-        if let Some(purged) = shared.get_meta::<LogId>(RaftMetaKey::LastPurged)? {
-            shared
-                .purged_below
-                .store(purged.index + 1, Ordering::SeqCst);
-            let mut batch = sled::Batch::default();
-            for k in log_runs::runs_at_or_below(&shared.log, purged.index, usize::MAX)? {
-                batch.remove(k);
-            }
-            shared.log.apply_batch(batch)?;
-        }
-        let next = log_runs::last_entry(&shared.log)?.map_or(0, |e| e.log_id.index + 1);
-        shared.next_index.store(next, Ordering::SeqCst);
+        shared.migrate_sled_log()?;
         Ok(shared)
+    }
+
+    /// Moves a log kept in sled's `log` tree (the format before segment
+    /// files) into segments: copies it, syncs the segments, then clears the
+    /// tree durably. A crash before the clear leaves the tree whole, and the
+    /// next open starts the copy over.
+    fn migrate_sled_log(&self) -> Result<(), StorageError> {
+        let old = self.db.open_tree(crate::keys::LOG_TREE)?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        self.seg.truncate(0)?;
+        let skip = self.purged_below.load(Ordering::SeqCst);
+        let mut from = 0;
+        let mut moved = 0usize;
+        let mut buf = Vec::new();
+        loop {
+            let chunk = log_runs::read(&old, from, None, skip, MIGRATE_CHUNK)?;
+            let Some(last) = chunk.last().map(|e| e.log_id.index) else {
+                break;
+            };
+            moved += chunk.len();
+            self.seg.append(chunk, &mut buf)?;
+            from = last + 1;
+        }
+        self.seg.sync()?;
+        old.clear()?;
+        self.meta_flush_blocking()?;
+        tracing::info!(
+            entries = moved,
+            "raft log moved from sled into segment files"
+        );
+        Ok(())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -105,34 +140,9 @@ impl LogShared {
         Ok(())
     }
 
-    /// Removes the log entries with index `>= from`, as one atomic batch.
-    fn remove_from(&self, from: u64) -> Result<(), StorageError> {
-        self.log
-            .apply_batch(log_runs::truncate_batch(&self.log, from)?)?;
-        self.next_index.fetch_min(from, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Removes the runs wholly at or below `index`, oldest first (so the
-    /// log never has a hole), one run at a time with a pause every
-    /// [`PURGE_CHUNK`] runs so that appends and flushes are not held up; one
-    /// removal at a time.
-    fn remove_purged(&self, index: u64) -> Result<(), StorageError> {
-        let _one = self.purging.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            let keys = log_runs::runs_at_or_below(&self.log, index, PURGE_CHUNK)?;
-            if keys.is_empty() {
-                return Ok(());
-            }
-            for k in keys {
-                self.log.remove(k)?;
-            }
-            std::thread::sleep(PURGE_PAUSE);
-        }
-    }
-
-    /// Makes every write done so far durable. Blocking.
-    fn durable_flush_blocking(&self) -> Result<(), StorageError> {
+    /// Makes every sled write so far durable (vote, purge marker, and the
+    /// state machine with them). Blocking.
+    fn meta_flush_blocking(&self) -> Result<(), StorageError> {
         self.db.flush()?;
         if let Some(f) = &self.data_file {
             f.sync_data()?;
@@ -140,9 +150,14 @@ impl LogShared {
         Ok(())
     }
 
-    async fn durable_flush(self: &Arc<Self>) -> Result<(), StorageError> {
+    async fn meta_flush(self: &Arc<Self>) -> Result<(), StorageError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.durable_flush_blocking()).await?
+        tokio::task::spawn_blocking(move || this.meta_flush_blocking()).await?
+    }
+
+    async fn log_sync(&self) -> Result<(), StorageError> {
+        let seg = self.seg.clone();
+        tokio::task::spawn_blocking(move || seg.sync()).await?
     }
 
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, FlushQueue> {
@@ -161,7 +176,7 @@ impl LogShared {
         }
     }
 
-    /// Flushes until the queue is empty, then exits; `enqueue` starts a new
+    /// Syncs until the queue is empty, then exits; `enqueue` starts a new
     /// loop when needed, so no task lives while the log is idle.
     async fn flush_loop(self: Arc<Self>) {
         loop {
@@ -173,9 +188,9 @@ impl LogShared {
                 }
                 std::mem::take(&mut q.pending)
             };
-            // Every callback taken above belongs to an append whose batch was
-            // applied before it was queued, so this flush covers it.
-            let res = self.durable_flush().await;
+            // Every callback taken above belongs to an append whose entries
+            // were written before it was queued, so this sync covers it.
+            let res = self.log_sync().await;
             if let Err(e) = &res {
                 tracing::error!(error = %e, "log flush failed");
             }
@@ -190,18 +205,15 @@ impl LogShared {
     }
 }
 
-/// Runs a background purge removes between two pauses.
-const PURGE_CHUNK: usize = 256;
-/// The pause.
-const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+/// Entries per step when moving a sled-kept log into segments.
+const MIGRATE_CHUNK: usize = 4096;
 
 /// The Raft log store. Cheap to clone; clones (and log readers) share the
-/// same trees.
+/// same segments.
 #[derive(Clone)]
 pub struct LogStore {
-    shared: Arc<LogShared>,
-    /// Reused encode buffer, so `append` does not allocate per entry for
-    /// encoding (sled still copies each value once).
+    pub(crate) shared: Arc<LogShared>,
+    /// Reused encode buffer, so `append` does not allocate per append.
     scratch: Vec<u8>,
 }
 
@@ -212,10 +224,23 @@ impl LogStore {
             scratch: Vec::new(),
         }
     }
+}
 
-    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        Ok(log_runs::last_entry(&self.shared.log)?.map(|e| e.log_id))
-    }
+/// `[from, to]` of a range of indexes (`to` `None`: unbounded); `None` if
+/// the range is empty by construction.
+fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Option<u64>)> {
+    let from = match range.start_bound() {
+        Bound::Included(f) => *f,
+        Bound::Excluded(f) => f.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let to = match range.end_bound() {
+        Bound::Included(t) => Some(*t),
+        Bound::Excluded(0) => return None,
+        Bound::Excluded(t) => Some(t - 1),
+        Bound::Unbounded => None,
+    };
+    Some((from, to))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -223,27 +248,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let from = match range.start_bound() {
-            Bound::Included(f) => *f,
-            Bound::Excluded(f) => f.saturating_add(1),
-            Bound::Unbounded => 0,
+        let Some((from, to)) = index_bounds(&range) else {
+            return Ok(Vec::new());
         };
-        let to = match range.end_bound() {
-            Bound::Included(t) => Some(*t),
-            Bound::Excluded(0) => return Ok(Vec::new()),
-            Bound::Excluded(t) => Some(t - 1),
-            Bound::Unbounded => None,
-        };
-        // Entries below the purge marker whose background removal has not
-        // reached them yet are skipped.
-        let purged_below = self.shared.purged_below.load(Ordering::SeqCst);
-        Ok(log_runs::read(
-            &self.shared.log,
-            from,
-            to,
-            purged_below,
-            usize::MAX,
-        )?)
+        // Entries below the purge marker that are still in a segment are
+        // skipped.
+        let from = from.max(self.shared.purged_below.load(Ordering::SeqCst));
+        Ok(self.shared.seg.read_range(from, to, usize::MAX)?)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -256,9 +267,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let last_purged_log_id = self.shared.get_meta::<LogId>(RaftMetaKey::LastPurged)?;
-        // An entry still in the tree below the purge marker (its removal
-        // runs in the background) is never the last one.
-        let last_log_id = self.last_log_id()?.max(last_purged_log_id);
+        // An entry still in a segment below the purge marker is never the
+        // last one.
+        let last_log_id = self.shared.seg.last_log_id().max(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -274,13 +285,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
         self.shared.put_meta(RaftMetaKey::Vote, vote)?;
-        self.shared.durable_flush().await?;
+        self.shared.meta_flush().await?;
         Ok(())
     }
 
     /// Stored without a flush of its own: it becomes durable with the next
-    /// append or vote flush. A stale value after a crash only means fewer
-    /// entries are re-applied at startup, never a wrong one.
+    /// vote or purge flush, or sled's own periodic flush. A stale value after
+    /// a crash only means fewer entries are re-applied at startup, never a
+    /// wrong one.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         self.shared.put_meta(RaftMetaKey::Committed, &committed)?;
         Ok(())
@@ -293,6 +305,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten())
     }
 
+    /// Writes the entries into the current segment (one `pwrite`, readable
+    /// at once) and queues the callback for the next group sync. openraft
+    /// truncates before it overwrites; should an append still start inside
+    /// the log, the old entries from there go first.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -302,75 +318,52 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // One insert per run of entries (log_runs), in index order, not one
-        // `sled::Batch`: sled pins its log for a batch and seals (writes and
-        // `sync_file_range`s) an IO buffer twice per batch, which on a leader
-        // appending a few entries at a time cost more than everything else
-        // in the log store. A crash recovers a prefix of sled's log
-        // (recovery stops at the first torn message), so a cut append leaves
-        // a shorter log, never a hole.
-        let (runs, last) = log_runs::encode_runs(entries, &mut self.scratch)?;
-        if let Some((first, _)) = runs.first() {
-            // openraft truncates before it overwrites; should an append
-            // still start inside the log, the old entries from there go
-            // first, so no two runs ever cover one index.
-            if *first < self.shared.next_index.load(Ordering::SeqCst) {
-                self.shared.remove_from(*first)?;
-            }
-        }
-        for (first, value) in runs {
-            self.shared
-                .log
-                .insert(&first.to_be_bytes()[..], value)
-                .map_err(StorageError::from)?;
-        }
-        if let Some(last) = last {
-            self.shared.next_index.store(last + 1, Ordering::SeqCst);
-        }
+        self.shared.seg.append(entries, &mut self.scratch)?;
         self.shared.enqueue(callback);
         Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        self.shared.remove_from(from)?;
-        self.shared.durable_flush().await?;
+        let seg = self.shared.seg.clone();
+        tokio::task::spawn_blocking(move || seg.truncate(from))
+            .await
+            .map_err(io::Error::other)??;
         Ok(())
     }
 
-    /// Writes the purge marker and returns; the entries are removed in the
-    /// background, oldest first, paced ([`LogShared::remove_purged`]).
-    /// Removing them inline (a scan and a batch of thousands of deletes,
-    /// then a flush) held up the appends queued behind it on every snapshot:
-    /// at 64 writers the write p99 was ~66 ms with it, ~27 ms with the paced
-    /// background removal (storage/DESIGN.md). Nothing needs the removal to be
-    /// durable: readers skip entries below the marker, `get_log_state`
-    /// never reports one as the last, sled recovers a prefix of its log (the
-    /// marker precedes every removal), and `open` finishes an interrupted
-    /// removal. The removal holds the store in use, so a reset waits for it.
+    /// Makes the purge marker durable (and with it the state machine, which
+    /// has applied at least up to the purged entry: after a crash it never
+    /// needs an entry that is gone), then removes the segments wholly at or
+    /// below it in the background. Readers skip purged entries meanwhile;
+    /// `open` finishes an interrupted removal. The removal holds the store
+    /// in use, so a reset waits for it.
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
         self.shared.put_meta(RaftMetaKey::LastPurged, &log_id)?;
+        self.shared.meta_flush().await?;
         self.shared
             .purged_below
             .fetch_max(log_id.index + 1, Ordering::SeqCst);
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = shared.remove_purged(log_id.index) {
-                tracing::warn!(error = %e, index = log_id.index, "removing purged log entries failed; the next start finishes it");
+            if let Err(e) = shared.seg.purge(log_id.index) {
+                tracing::warn!(error = %e, index = log_id.index, "removing purged log segments failed; the next start finishes it");
             }
         });
         Ok(())
     }
 }
 
-/// A read-only handle on the Raft log tree for the node's own use (the
-/// "diverged export"), independent of openraft: obtain it with
+/// A read-only handle on the Raft log for the node's own use (the "diverged
+/// export"), independent of openraft: obtain it with
 /// [`crate::Store::log_reader`] before `Store::log` is moved into `Raft`.
-/// Cheap to clone; reads run concurrently with openraft's log IO (sled is
-/// concurrent) and see whatever the log holds at that moment.
+/// Cheap to clone; reads run concurrently with openraft's log IO and see
+/// whatever the log holds at that moment. After a reset of the store, take
+/// a new handle from the new store: an old one still reads the log as it
+/// was before the reset.
 #[derive(Clone)]
 pub struct LogReaderHandle {
-    log: sled::Tree,
+    seg: Arc<SegmentLog>,
     /// Shared with the log store: entries below it are purged.
     purged_below: Arc<AtomicU64>,
 }
@@ -378,7 +371,7 @@ pub struct LogReaderHandle {
 impl LogReaderHandle {
     pub(crate) fn new(store: &LogStore) -> Self {
         Self {
-            log: store.shared.log.clone(),
+            seg: store.shared.seg.clone(),
             purged_below: store.shared.purged_below.clone(),
         }
     }
@@ -388,15 +381,15 @@ impl LogReaderHandle {
     /// `first_index`.
     ///
     /// # Errors
-    /// sled errors or an undecodable entry.
+    /// I/O errors or an undecodable entry.
     pub fn entries_from(
         &self,
         first_index: u64,
         limit: usize,
     ) -> Result<Vec<crate::types::LoggedEntry>, StorageError> {
-        let purged_below = self.purged_below.load(Ordering::SeqCst);
+        let from = first_index.max(self.purged_below.load(Ordering::SeqCst));
         let mut out = Vec::new();
-        for entry in log_runs::read(&self.log, first_index, None, purged_below, limit)? {
+        for entry in self.seg.read_range(from, None, limit)? {
             out.push(crate::types::LoggedEntry {
                 index: entry.log_id.index,
                 term: entry.log_id.leader_id.term,
@@ -414,9 +407,73 @@ impl LogReaderHandle {
     /// everything was purged after a snapshot).
     ///
     /// # Errors
-    /// sled errors or a malformed key.
+    /// None today; kept fallible for the callers.
     pub fn last_index(&self) -> Result<Option<u64>, StorageError> {
-        let last = log_runs::last_entry(&self.log)?.map(|e| e.log_id.index);
+        let last = self.seg.last_log_id().map(|l| l.index);
         Ok(last.filter(|i| *i >= self.purged_below.load(Ordering::SeqCst)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u64) -> Entry {
+        log_runs::tests::entry_of(1, i, 1)
+    }
+
+    /// A store written before segment files kept its log in sled's `log`
+    /// tree, in runs: the next open moves it (minus purged entries) into
+    /// segments, empties the tree, and the log reads as before.
+    #[tokio::test]
+    async fn a_log_kept_in_sled_moves_into_segments_at_open() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        {
+            let store = crate::open(tmp.path(), 1 << 20).expect("open");
+            let tree = store.db.open_tree(crate::keys::LOG_TREE).expect("tree");
+            let mut scratch = Vec::new();
+            let (runs, _) =
+                log_runs::encode_runs((1..=3000).map(entry), &mut scratch).expect("encode");
+            for (first, value) in runs {
+                tree.insert(first.to_be_bytes(), value).expect("insert");
+            }
+            store
+                .db
+                .open_tree(crate::keys::RAFT_META_TREE)
+                .expect("meta")
+                .insert(
+                    RaftMetaKey::LastPurged.as_bytes(),
+                    codec::encode(&entry(10).log_id).expect("encode"),
+                )
+                .expect("insert");
+            store.flush().expect("flush");
+        }
+        // sled releases its file lock shortly after the drop (its flusher
+        // thread holds the Db until it notices).
+        let mut reopened = None;
+        for _ in 0..100 {
+            match crate::open(tmp.path(), 1 << 20) {
+                Ok(s) => {
+                    reopened = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        let mut store = reopened.expect("reopen");
+        assert!(store
+            .db
+            .open_tree(crate::keys::LOG_TREE)
+            .expect("tree")
+            .is_empty());
+        let state = store.log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(entry(3000).log_id));
+        assert_eq!(state.last_purged_log_id, Some(entry(10).log_id));
+        let got = store.log.try_get_log_entries(0..=3000).await.expect("read");
+        assert_eq!(got, (11..=3000).map(entry).collect::<Vec<_>>());
+        let files = std::fs::read_dir(tmp.path().join(crate::LOG_DIR))
+            .expect("log dir")
+            .count();
+        assert_eq!(files, 1);
     }
 }

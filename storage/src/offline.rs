@@ -13,11 +13,11 @@ use crate::apply::{self, Overlay};
 use crate::codec;
 use crate::error::StorageError;
 use crate::keys::{self, RaftMetaKey, SmMetaKey};
-use crate::log_runs;
+use crate::segment_log::SegmentLog;
 use crate::snapshot;
 use crate::state_machine::read_applied_state;
 use crate::types::{LogId, NodeInfo, SnapshotMeta, StoredMembership};
-use crate::{SLED_DIR, SNAPSHOT_DIR};
+use crate::{LOG_DIR, SLED_DIR, SNAPSHOT_DIR};
 
 /// How far [`build_snapshot_file_offline`] brings the state up with the
 /// local log before dumping it. The store itself is never changed: the
@@ -76,17 +76,26 @@ pub fn build_snapshot_file_offline(
     }
     let store = crate::open(dir, cache_capacity_bytes)?;
     let cur = store.sm.shared.current();
-    let meta = write_single_voter_snapshot(&store.db, &cur.tree, node_id, node, catch_up, out)?;
+    let meta = write_single_voter_snapshot(
+        &store.db,
+        &store.log.shared.seg,
+        &cur.tree,
+        node_id,
+        node,
+        catch_up,
+        out,
+    )?;
     Ok((meta, out.to_path_buf()))
 }
 
 /// The common part of [`build_snapshot_file_offline`] and
-/// [`reset_to_single_voter`]: the state of `sm_tree` caught up with the log
-/// of `db` in an overlay, dumped with a single-voter meta to `out` (written
-/// as `out.tmp`, fsynced, renamed, directory fsynced). Changes nothing in
-/// `db`.
+/// [`reset_to_single_voter`]: the state of `sm_tree` caught up with `log`
+/// in an overlay, dumped with a single-voter meta to `out` (written as
+/// `out.tmp`, fsynced, renamed, directory fsynced). Changes nothing in `db`
+/// or `log`.
 fn write_single_voter_snapshot(
     db: &sled::Db,
+    log: &SegmentLog,
     sm_tree: &sled::Tree,
     node_id: u64,
     node: NodeInfo,
@@ -97,7 +106,6 @@ fn write_single_voter_snapshot(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let log = db.open_tree(keys::LOG_TREE)?;
     let raft_meta = db.open_tree(keys::RAFT_META_TREE)?;
     let (applied, _) = read_applied_state(sm_tree)?;
 
@@ -107,12 +115,12 @@ fn write_single_voter_snapshot(
             Some(v) => codec::decode::<Option<LogId>>(&v)?.map(|l| l.index),
             None => None,
         },
-        CatchUp::AllLogged => log_runs::last_entry(&log)?.map(|e| e.log_id.index),
+        CatchUp::AllLogged => log.last_log_id().map(|l| l.index),
     };
     let first = applied.map_or(0, |l| l.index + 1);
     let mut entries = Vec::new();
     if let Some(target) = target.filter(|t| *t >= first) {
-        entries = log_runs::read(&log, first, Some(target), 0, usize::MAX)?;
+        entries = log.read_range(first, Some(target), usize::MAX)?;
         for (i, e) in entries.iter().enumerate() {
             if e.log_id.index != first + i as u64 {
                 return Err(StorageError::Corrupt(format!(
@@ -170,15 +178,16 @@ fn write_single_voter_snapshot(
     Ok(meta)
 }
 
-/// Removes the store in `dir`: its snapshot directory first, then its sled
-/// directory (so an interrupted wipe never leaves old snapshots beside a
-/// fresh log), then fsyncs `dir`. Other files in `dir` are kept. Missing
+/// Removes the store in `dir`: its snapshot directory first, then its Raft
+/// log segments, then its sled directory (so an interrupted wipe never
+/// leaves old snapshots or an old log beside a fresh state), then fsyncs
+/// `dir`. Other files in `dir` are kept. Missing
 /// parts are fine (a wipe can be repeated). The store must be closed.
 ///
 /// # Errors
 /// I/O errors.
 pub fn wipe(dir: &Path) -> io::Result<()> {
-    for sub in [SNAPSHOT_DIR, SLED_DIR] {
+    for sub in [SNAPSHOT_DIR, LOG_DIR, SLED_DIR] {
         match fs::remove_dir_all(dir.join(sub)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -291,8 +300,12 @@ pub fn reset_to_single_voter(
         None => 0,
     };
     let sm_tree = db.open_tree(keys::sm_tree_name(generation))?;
-    let meta = write_single_voter_snapshot(db, &sm_tree, node_id, node, catch_up, &out)?;
+    // Opened without the purge marker: nothing is removed, and the entries
+    // read (after the applied index) lie above any purge anyway.
+    let (log, _) = SegmentLog::open(&dir.join(LOG_DIR), None)?;
+    let meta = write_single_voter_snapshot(db, &log, &sm_tree, node_id, node, catch_up, &out)?;
     drop(sm_tree);
+    drop(log);
 
     // 2. The marker, durably.
     {
@@ -339,13 +352,13 @@ fn clear_and_unmark(db: &sled::Db, dir: &Path, data_file: &fs::File) -> Result<(
             db.drop_tree(&name)?;
         }
     }
-    // The log, as one batch.
-    let log = db.open_tree(keys::LOG_TREE)?;
-    let mut batch = sled::Batch::default();
-    for k in log.iter().keys() {
-        batch.remove(k?);
-    }
-    log.apply_batch(batch)?;
+    // The log: its segment files (durably), and a log still in sled's tree
+    // (the format before segments).
+    SegmentLog::clear_dir(&dir.join(LOG_DIR))?;
+    db.open_tree(keys::LOG_TREE)?.clear()?;
+    // The redo record of the last batch (it must not be replayed over the
+    // new, empty generation 0).
+    crate::redo::forget(db)?;
     // Vote, committed, last purged.
     db.open_tree(keys::RAFT_META_TREE)?.clear()?;
     // Durable, as the log store's flush.

@@ -27,6 +27,8 @@ pub(crate) struct SmShared {
     pub(crate) db: sled::Db,
     /// Holds the persistent pointer to the current generation.
     root: sled::Tree,
+    /// Holds the redo record of the last applied batch (`redo.rs`).
+    redo_tree: sled::Tree,
     /// The current generation. Readers hold the read lock while they use the
     /// tree, so installing a snapshot never frees a tree under a reader.
     current: RwLock<Generation>,
@@ -56,6 +58,14 @@ impl SmShared {
             }
         }
         let tree = db.open_tree(&current_name)?;
+        let redo_tree = db.open_tree(keys::SM_REDO_TREE)?;
+        let replayed = crate::redo::replay_at_open(&redo_tree, number, &tree)?;
+        if replayed > 0 {
+            tracing::info!(
+                writes = replayed,
+                "last applied batch written again at open"
+            );
+        }
         let records = records_or_zero(
             snapshot::current_snapshot(&snapshot_dir)
                 .and_then(|p| p.map_or(Ok(0), |p| snapshot::record_count(&p))),
@@ -63,6 +73,7 @@ impl SmShared {
         Ok(Self {
             db,
             root,
+            redo_tree,
             current: RwLock::new(Generation { number, tree }),
             gate: RwLock::new(()),
             snapshot_dir,
@@ -91,7 +102,20 @@ impl SmShared {
         entries: &[crate::types::Entry],
     ) -> Result<Vec<crate::Response>, StorageError> {
         let _gate = self.gate.write().unwrap_or_else(PoisonError::into_inner);
-        apply::apply_entries(&self.current().tree, entries)
+        self.apply_locked(entries)
+    }
+
+    /// Applies with the gate held.
+    fn apply_locked(
+        &self,
+        entries: &[crate::types::Entry],
+    ) -> Result<Vec<crate::Response>, StorageError> {
+        let cur = self.current();
+        let redo = crate::redo::Redo {
+            tree: &self.redo_tree,
+            generation: cur.number,
+        };
+        apply::apply_entries(&cur.tree, Some(&redo), entries)
     }
 
     /// As [`SmShared::apply_blocking`] if the gate is free now; `None` when
@@ -106,7 +130,7 @@ impl SmShared {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        Some(apply::apply_entries(&self.current().tree, entries))
+        Some(self.apply_locked(entries))
     }
 
     /// Records in the newest snapshot (0: none yet).
@@ -178,6 +202,9 @@ impl SmShared {
             // Dropped under the write lock: no reader uses the old tree.
             self.db.drop_tree(keys::sm_tree_name(old_number))?;
         }
+        // The old generation's redo record is never replayed (generation
+        // mismatch); removed for tidiness.
+        crate::redo::forget(&self.db)?;
         self.snapshot_records.store(
             records_or_zero(snapshot::record_count(&path)),
             Ordering::Relaxed,

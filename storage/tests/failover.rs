@@ -633,6 +633,7 @@ async fn forced_promotion_in_place() {
     assert_eq!(store.log_reader().last_index().expect("read"), None);
     assert_eq!(snapshot_files(store.snapshot_dir()), 0);
     let reader = store.reader.clone();
+    let new_log_reader = store.log_reader();
     let mut log = store.log;
     let mut sm = store.sm;
     assert_eq!(log.read_vote().await.expect("read"), None);
@@ -710,14 +711,15 @@ async fn forced_promotion_in_place() {
     let m = raft.metrics().borrow_watched().membership_config.clone();
     assert_eq!(m.voter_ids().collect::<Vec<_>>(), vec![2]);
 
-    // The long-lived handles: the Db clone was open all along and sees the
-    // new log; the old log reader reads the same (emptied, refilled) tree;
-    // the old state reader's generation is gone (replace it).
-    assert!(node_db.open_tree("log").expect("tree").len() >= 2);
+    // The handles: the new store's log reader sees the new log; an old log
+    // reader still answers, with the log as it was before the reset (the
+    // node takes a new one from the new store); the old state reader's
+    // generation is gone (replace it).
     assert_eq!(
-        old_log_reader.last_index().expect("read"),
+        new_log_reader.last_index().expect("read"),
         Some(resp.log_id.index)
     );
+    assert!(old_log_reader.last_index().is_ok());
     assert_eq!(old_reader.config_get("net/ip"), None);
 
     std::fs::remove_file(&path).expect("the forced snapshot is not needed any more");
@@ -729,7 +731,8 @@ async fn forced_promotion_in_place() {
     // Restart: drop everything (Db included) and reopen with `open`.
     raft.shutdown().await.expect("shutdown");
     drop(raft);
-    drop((reader, old_reader, old_log_reader, store.reader, store.db));
+    drop((reader, old_reader, old_log_reader, new_log_reader));
+    drop((store.reader, store.db));
     // (`node_db` was open from the first `open` until here.)
     drop((db, node_db));
     let mut store = None;

@@ -1,0 +1,758 @@
+//! The Raft log in append-only segment files, outside sled.
+//!
+//! Layout: `dir/<first index, 20 digits>.seg`, each file a sequence of
+//! records `u32 LE payload length ++ u32 LE CRC-32 of the payload ++
+//! payload`, the payload one `codec::encode`d [`Entry`]. A segment holds
+//! consecutive indexes from the one in its name; a new segment starts once
+//! the current one reaches [`SEGMENT_BYTES`] (or when an append does not
+//! continue the log, after a purge). The in-memory index keeps, per segment,
+//! the end offset of each record (4 bytes per entry).
+//!
+//! Writes are `pwrite`s into the page cache, readable at once; [`sync`]
+//! makes every write so far durable (`fdatasync` of each file written since
+//! the last sync, `fsync` of the directory after a file was created or
+//! removed). The log store calls it once per group of appends.
+//!
+//! Crash safety (storage/DESIGN.md "Raft log segments"):
+//! - a segment is synced before an append to a later segment is
+//!   acknowledged, so after a crash only the last segment can end in a torn
+//!   or partly written record; [`SegmentLog::open`] cuts it at the first
+//!   record that is short, fails its CRC, or does not carry the expected
+//!   index (un-acknowledged entries only);
+//! - truncation removes the later segments and syncs the directory before it
+//!   shortens the segment holding the cut, so a crash in between leaves a
+//!   prefix of the old log, never a gap;
+//! - purge removes whole segments from the front only; the caller makes its
+//!   purge marker durable first, and `open` removes segments wholly at or
+//!   below the marker.
+//!
+//! [`sync`]: SegmentLog::sync
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::codec;
+use crate::error::StorageError;
+use crate::types::{Entry, LogId};
+
+/// A segment is closed once it holds this many bytes (one batch may go a
+/// little past it). Purges free whole segments, so smaller segments give
+/// disk space back sooner; 8 MiB is ~25,000 entries of 256-byte values.
+pub(crate) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Bytes before each payload: length and CRC.
+const HEADER: usize = 8;
+
+/// Suffix of segment file names.
+const SUFFIX: &str = ".seg";
+
+fn corrupt(msg: String) -> StorageError {
+    StorageError::Corrupt(format!("raft log segment: {msg}"))
+}
+
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    /// End offset of record `first + k` at `ends[k]`.
+    ends: Vec<u32>,
+}
+
+impl Segment {
+    fn len(&self) -> u64 {
+        self.ends.last().map_or(0, |e| u64::from(*e))
+    }
+
+    /// One past the last index (== `first` when empty).
+    fn next(&self) -> u64 {
+        self.first + self.ends.len() as u64
+    }
+
+    fn start_of(&self, index: u64) -> u64 {
+        match index - self.first {
+            0 => 0,
+            k => u64::from(self.ends[(k - 1) as usize]),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// In index order; contiguous except where a purge left a gap in front
+    /// of the newest segments.
+    segments: Vec<Segment>,
+    /// Files written since the last sync.
+    unsynced: Vec<Arc<File>>,
+    /// A segment file was created or removed since the last sync.
+    dir_dirty: bool,
+    last_log_id: Option<LogId>,
+}
+
+/// The segment files of one log directory. Appends, truncation and purge
+/// take the write lock; reads the read lock (they `pread` under it, so a
+/// concurrent truncate never hands them half-removed bytes).
+pub(crate) struct SegmentLog {
+    dir: PathBuf,
+    inner: RwLock<Inner>,
+}
+
+/// What [`SegmentLog::open`] repaired, for its log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Recovery {
+    /// Bytes cut from the end of the last segment (a torn write).
+    pub(crate) cut_bytes: u64,
+    /// Segments removed because they lay wholly at or below the purge marker.
+    pub(crate) purged_segments: usize,
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}{SUFFIX}")
+}
+
+fn parse_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn open_rw(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Appends one record holding `entry` to `buf`.
+fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> Result<(), StorageError> {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; HEADER]);
+    if let Err(e) = codec::encode_into(buf, entry) {
+        buf.truncate(at);
+        return Err(e.into());
+    }
+    let payload = &buf[at + HEADER..];
+    let len = u32::try_from(payload.len()).map_err(|_| corrupt("entry too large".into()))?;
+    let crc = crc32fast::hash(payload);
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    buf[at + 4..at + HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// Splits the next record off `bytes`: `Some((payload, rest))`, or `None`
+/// if it is short or fails its CRC.
+fn next_record(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (header, rest) = bytes.split_at_checked(HEADER)?;
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..].try_into().ok()?);
+    if len == 0 {
+        return None;
+    }
+    let (payload, rest) = rest.split_at_checked(len)?;
+    (crc32fast::hash(payload) == crc).then_some((payload, rest))
+}
+
+impl SegmentLog {
+    /// Opens (creating if needed) the log in `dir`: removes segments wholly
+    /// at or below `purged` (an interrupted purge), reads the others, and
+    /// cuts a torn end off the last one.
+    ///
+    /// # Errors
+    /// I/O errors; a damaged record in a segment that is not the last, or
+    /// segments that overlap (neither can come from a crash).
+    pub(crate) fn open(dir: &Path, purged: Option<u64>) -> Result<(Self, Recovery), StorageError> {
+        fs::create_dir_all(dir)?;
+        let mut firsts = Vec::new();
+        for item in fs::read_dir(dir)? {
+            let item = item?;
+            let name = item.file_name();
+            match name.to_str().and_then(parse_name) {
+                Some(first) => firsts.push(first),
+                None => {
+                    // Not ours: leave it, but say so.
+                    tracing::warn!(file = %item.path().display(), "unexpected file in the raft log directory");
+                }
+            }
+        }
+        firsts.sort_unstable();
+        let mut recovery = Recovery::default();
+        let mut segments: Vec<Segment> = Vec::new();
+        let count = firsts.len();
+        for (i, &first) in firsts.iter().enumerate() {
+            let path = dir.join(segment_name(first));
+            let is_last = i + 1 == count;
+            // Wholly purged if the next segment starts at or below purged+1.
+            if let (Some(p), Some(&next_first)) = (purged, firsts.get(i + 1)) {
+                if next_first <= p + 1 {
+                    fs::remove_file(&path)?;
+                    recovery.purged_segments += 1;
+                    continue;
+                }
+            }
+            let file = open_rw(&path, false)?;
+            let bytes = fs::read(&path)?;
+            let mut ends = Vec::new();
+            let mut rest = &bytes[..];
+            let mut expected = first;
+            while !rest.is_empty() {
+                let Some((payload, tail)) = next_record(rest) else {
+                    break;
+                };
+                match codec::decode::<Entry>(payload) {
+                    Ok(e) if e.log_id.index == expected => {}
+                    _ => break,
+                }
+                expected += 1;
+                rest = tail;
+                let end = bytes.len() - rest.len();
+                ends.push(
+                    u32::try_from(end)
+                        .map_err(|_| corrupt(format!("{} too large", path.display())))?,
+                );
+            }
+            if !rest.is_empty() {
+                if !is_last {
+                    return Err(corrupt(format!(
+                        "{}: damaged record at byte {} of {} (not the last segment: not a torn write)",
+                        path.display(),
+                        bytes.len() - rest.len(),
+                        bytes.len()
+                    )));
+                }
+                let keep = (bytes.len() - rest.len()) as u64;
+                recovery.cut_bytes = rest.len() as u64;
+                file.set_len(keep)?;
+                file.sync_all()?;
+            }
+            if let Some(prev) = segments.last() {
+                if first < prev.next() {
+                    return Err(corrupt(format!(
+                        "{} overlaps the segment before it (ends at index {})",
+                        path.display(),
+                        prev.next()
+                    )));
+                }
+                if first > prev.next() {
+                    tracing::warn!(segment = %path.display(), expected = prev.next(), "gap before raft log segment");
+                }
+            }
+            segments.push(Segment {
+                first,
+                path,
+                file: Arc::new(file),
+                ends,
+            });
+        }
+        // The last segments too, once the marker covers them (their removal
+        // may have been cut short).
+        if let Some(p) = purged {
+            while segments.first().is_some_and(|s| s.next() <= p + 1) {
+                let seg = segments.remove(0);
+                fs::remove_file(&seg.path)?;
+                recovery.purged_segments += 1;
+            }
+        }
+        if recovery.purged_segments > 0 {
+            sync_dir(dir)?;
+        }
+        let log = Self {
+            dir: dir.to_path_buf(),
+            inner: RwLock::new(Inner {
+                segments,
+                ..Inner::default()
+            }),
+        };
+        {
+            let mut inner = log.write();
+            inner.last_log_id = Self::read_last(&inner)?;
+        }
+        Ok((log, recovery))
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        // Every update of `Inner` that can fail leaves it describing what is
+        // on disk (see each method), so a poisoned lock is still consistent.
+        self.inner.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn read_last(inner: &Inner) -> Result<Option<LogId>, StorageError> {
+        for seg in inner.segments.iter().rev() {
+            if let Some(&end) = seg.ends.last() {
+                let index = seg.next() - 1;
+                let start = seg.start_of(index);
+                let mut buf = vec![0; (u64::from(end) - start) as usize];
+                seg.file.read_exact_at(&mut buf, start)?;
+                let entries = decode_records(&buf, index, seg)?;
+                return Ok(entries.last().map(|e| e.log_id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The last entry's log id (`None`: empty).
+    pub(crate) fn last_log_id(&self) -> Option<LogId> {
+        self.read().last_log_id
+    }
+
+    /// One past the last index (0: empty).
+    #[cfg(test)]
+    pub(crate) fn next_index(&self) -> u64 {
+        self.read().segments.last().map_or(0, Segment::next)
+    }
+
+    /// Appends `entries` (consecutive indexes). Entries at or after the
+    /// first one's index are removed first (as [`SegmentLog::truncate`]); an
+    /// append that starts past the end begins a new segment. Not durable
+    /// until [`SegmentLog::sync`]. `buf` is scratch space.
+    ///
+    /// # Errors
+    /// Encoding or I/O errors: the log then holds what it held before (a
+    /// partly written record lies past the recorded end and is overwritten
+    /// by the next append, or cut at the next open).
+    pub(crate) fn append(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
+        buf.clear();
+        let mut ends_rel: Vec<u32> = Vec::new();
+        let mut first = None;
+        let mut last = None;
+        for e in entries {
+            if let Some(l) = &last {
+                let l: &LogId = l;
+                if e.log_id.index != l.index + 1 {
+                    return Err(corrupt(format!(
+                        "append of non-consecutive entries ({} after {})",
+                        e.log_id.index, l.index
+                    )));
+                }
+            }
+            first.get_or_insert(e.log_id.index);
+            encode_record(buf, &e)?;
+            ends_rel
+                .push(u32::try_from(buf.len()).map_err(|_| corrupt("append too large".into()))?);
+            last = Some(e.log_id);
+        }
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(());
+        };
+        let mut inner = self.write();
+        let next = inner.segments.last().map_or(0, Segment::next);
+        if first < next {
+            self.truncate_locked(&mut inner, first)?;
+        }
+        let next = inner.segments.last().map_or(0, Segment::next);
+        let start_new = match inner.segments.last() {
+            None => true,
+            Some(s) => first != next || s.len() >= SEGMENT_BYTES,
+        };
+        if start_new {
+            let path = self.dir.join(segment_name(first));
+            let file = open_rw(&path, true)?;
+            // A leftover of an earlier life of this index (cannot be in
+            // `segments`: every later segment was removed above).
+            file.set_len(0)?;
+            inner.dir_dirty = true;
+            inner.segments.push(Segment {
+                first,
+                path,
+                file: Arc::new(file),
+                ends: Vec::new(),
+            });
+        }
+        let seg = inner
+            .segments
+            .last_mut()
+            .expect("a segment was ensured above");
+        let base = seg.len();
+        if base + buf.len() as u64 > u64::from(u32::MAX) {
+            return Err(corrupt("segment would exceed 4 GiB".into()));
+        }
+        seg.file.write_all_at(buf, base)?;
+        let base = base as u32;
+        seg.ends.extend(ends_rel.iter().map(|e| base + e));
+        let file = seg.file.clone();
+        if !inner.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            inner.unsynced.push(file);
+        }
+        inner.last_log_id = Some(last);
+        Ok(())
+    }
+
+    /// Makes every append, truncation and segment removal so far durable.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// I/O errors (the files stay marked unsynced, so the next sync retries).
+    pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        let (files, dir_dirty) = {
+            let mut inner = self.write();
+            (
+                std::mem::take(&mut inner.unsynced),
+                std::mem::take(&mut inner.dir_dirty),
+            )
+        };
+        let result = (|| -> Result<(), StorageError> {
+            for f in &files {
+                f.sync_data()?;
+            }
+            if dir_dirty {
+                sync_dir(&self.dir)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let mut inner = self.write();
+            for f in files {
+                if !inner.unsynced.iter().any(|u| Arc::ptr_eq(u, &f)) {
+                    inner.unsynced.push(f);
+                }
+            }
+            inner.dir_dirty |= dir_dirty;
+        }
+        result
+    }
+
+    /// Removes every entry with index `>= from`, durably. Blocking.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub(crate) fn truncate(&self, from: u64) -> Result<(), StorageError> {
+        let mut inner = self.write();
+        self.truncate_locked(&mut inner, from)?;
+        // The shortened segment's new length.
+        for f in std::mem::take(&mut inner.unsynced) {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn truncate_locked(&self, inner: &mut Inner, from: u64) -> Result<(), StorageError> {
+        // 1. Later segments go, durably, before anything is shortened.
+        let mut removed = false;
+        while inner.segments.last().is_some_and(|s| s.first >= from) {
+            let seg = inner.segments.pop().expect("checked above");
+            inner.unsynced.retain(|f| !Arc::ptr_eq(f, &seg.file));
+            fs::remove_file(&seg.path)?;
+            removed = true;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        // 2. The segment holding `from` is cut there.
+        if let Some(seg) = inner.segments.last_mut() {
+            if from < seg.next() {
+                let keep = seg.start_of(from);
+                seg.file.set_len(keep)?;
+                seg.ends.truncate((from - seg.first) as usize);
+                let file = seg.file.clone();
+                if !inner.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
+                    inner.unsynced.push(file);
+                }
+            }
+        }
+        inner.last_log_id = Self::read_last(inner)?;
+        Ok(())
+    }
+
+    /// Removes the segments whose entries all lie at or below `index`
+    /// (entries of a segment straddling it stay; readers skip them).
+    /// Blocking. The caller has made its purge marker durable first.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub(crate) fn purge(&self, index: u64) -> Result<usize, StorageError> {
+        let mut inner = self.write();
+        let mut n = 0;
+        while inner
+            .segments
+            .first()
+            .is_some_and(|s| s.next() <= index + 1)
+        {
+            let seg = inner.segments.remove(0);
+            inner.unsynced.retain(|f| !Arc::ptr_eq(f, &seg.file));
+            fs::remove_file(&seg.path)?;
+            n += 1;
+        }
+        if n > 0 {
+            inner.dir_dirty = true;
+            if inner.segments.is_empty() {
+                inner.last_log_id = None;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Up to `limit` entries with index in `[from, to]` (`to` inclusive,
+    /// `None`: to the end), in index order.
+    ///
+    /// # Errors
+    /// I/O errors or a record that does not decode.
+    pub(crate) fn read_range(
+        &self,
+        from: u64,
+        to: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let inner = self.read();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        for seg in &inner.segments {
+            if out.len() >= limit {
+                break;
+            }
+            let lo = from.max(seg.first);
+            let mut hi = seg.next(); // exclusive
+            if let Some(t) = to {
+                hi = hi.min(t.saturating_add(1));
+            }
+            hi = hi.min(lo.saturating_add((limit - out.len()) as u64));
+            if lo >= hi {
+                continue;
+            }
+            let start = seg.start_of(lo);
+            let end = u64::from(seg.ends[(hi - 1 - seg.first) as usize]);
+            buf.resize((end - start) as usize, 0);
+            seg.file.read_exact_at(&mut buf, start)?;
+            out.extend(decode_records(&buf, lo, seg)?);
+        }
+        Ok(out)
+    }
+
+    /// Removes every segment file (a reset). Blocking, durable.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub(crate) fn clear_dir(dir: &Path) -> Result<(), StorageError> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        for item in fs::read_dir(dir)? {
+            let item = item?;
+            if item.file_name().to_str().and_then(parse_name).is_some() {
+                fs::remove_file(item.path())?;
+            }
+        }
+        sync_dir(dir)?;
+        Ok(())
+    }
+}
+
+/// Decodes the records in `bytes`, which start with entry `first` of `seg`.
+fn decode_records(bytes: &[u8], first: u64, seg: &Segment) -> Result<Vec<Entry>, StorageError> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    let mut expected = first;
+    while !rest.is_empty() {
+        let (payload, tail) = next_record(rest).ok_or_else(|| {
+            corrupt(format!(
+                "{}: damaged record for index {expected}",
+                seg.path.display()
+            ))
+        })?;
+        let e: Entry = codec::decode(payload)?;
+        if e.log_id.index != expected {
+            return Err(corrupt(format!(
+                "{}: index {} where {expected} was expected",
+                seg.path.display(),
+                e.log_id.index
+            )));
+        }
+        out.push(e);
+        expected += 1;
+        rest = tail;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_runs::tests::entry_of as sized;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        sized(term, index, 8)
+    }
+
+    fn indexes(v: &[Entry]) -> Vec<u64> {
+        v.iter().map(|e| e.log_id.index).collect()
+    }
+
+    fn terms(v: &[Entry]) -> Vec<u64> {
+        v.iter().map(|e| e.log_id.leader_id.term).collect()
+    }
+
+    fn seg_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn appends_read_back_and_survive_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        {
+            let (log, rec) = SegmentLog::open(tmp.path(), None).unwrap();
+            assert_eq!(rec, Recovery::default());
+            assert_eq!(log.last_log_id(), None);
+            log.append((1..=10).map(|i| entry(1, i)), &mut buf).unwrap();
+            log.append((11..=12).map(|i| entry(2, i)), &mut buf)
+                .unwrap();
+            log.sync().unwrap();
+            assert_eq!(
+                indexes(&log.read_range(3, Some(5), usize::MAX).unwrap()),
+                [3, 4, 5]
+            );
+            assert_eq!(indexes(&log.read_range(0, None, 2).unwrap()), [1, 2]);
+            assert_eq!(log.last_log_id().unwrap().index, 12);
+        }
+        let (log, _) = SegmentLog::open(tmp.path(), None).unwrap();
+        let all = log.read_range(0, None, usize::MAX).unwrap();
+        assert_eq!(indexes(&all), (1..=12).collect::<Vec<_>>());
+        assert_eq!(terms(&all)[10..], [2, 2]);
+        assert_eq!(log.next_index(), 13);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_at_open_and_appends_continue() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let path;
+        {
+            let (log, _) = SegmentLog::open(tmp.path(), None).unwrap();
+            log.append((1..=5).map(|i| entry(1, i)), &mut buf).unwrap();
+            log.sync().unwrap();
+            path = log.read().segments[0].path.clone();
+        }
+        // A half-written sixth record, then garbage.
+        let mut rec = Vec::new();
+        encode_record(&mut rec, &entry(1, 6)).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        io::Write::write_all(&mut f, &rec[..rec.len() - 3]).unwrap();
+        drop(f);
+        let (log, rec) = SegmentLog::open(tmp.path(), None).unwrap();
+        assert!(rec.cut_bytes > 0);
+        assert_eq!(log.next_index(), 6);
+        log.append([entry(2, 6)], &mut buf).unwrap();
+        let all = log.read_range(0, None, usize::MAX).unwrap();
+        assert_eq!(indexes(&all), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(all[5].log_id.leader_id.term, 2);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_cut_in_the_last_segment_and_refused_before_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let (first_path, end_of_2) = {
+            let (log, _) = SegmentLog::open(tmp.path(), None).unwrap();
+            log.append((1..=3).map(|i| entry(1, i)), &mut buf).unwrap();
+            log.sync().unwrap();
+            let inner = log.read();
+            (inner.segments[0].path.clone(), inner.segments[0].ends[1])
+        };
+        let mut bytes = fs::read(&first_path).unwrap();
+        bytes[end_of_2 as usize + HEADER + 2] ^= 0x40;
+        fs::write(&first_path, &bytes).unwrap();
+        // Last segment: entry 3 is cut.
+        let (log, rec) = SegmentLog::open(tmp.path(), None).unwrap();
+        assert!(rec.cut_bytes > 0);
+        assert_eq!(log.next_index(), 3);
+        // Damage in a segment that has a successor is refused.
+        fs::write(&first_path, &bytes).unwrap();
+        fs::write(tmp.path().join(segment_name(4)), b"").unwrap();
+        drop(log);
+        let err = SegmentLog::open(tmp.path(), None).err().unwrap();
+        assert!(err.to_string().contains("not a torn write"), "{err}");
+    }
+
+    #[test]
+    fn truncate_removes_later_segments_and_shortens_the_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let (log, _) = SegmentLog::open(tmp.path(), None).unwrap();
+        // Big entries so that several segments exist.
+        let big = |term, index| sized(term, index, 60_000);
+        for i in 1..=400 {
+            log.append([big(1, i)], &mut buf).unwrap();
+        }
+        log.sync().unwrap();
+        let n = seg_files(tmp.path()).len();
+        assert!(n >= 3, "{n} segments");
+        log.truncate(150).unwrap();
+        assert_eq!(log.next_index(), 150);
+        assert_eq!(log.last_log_id().unwrap().index, 149);
+        assert!(seg_files(tmp.path()).len() < n);
+        log.append([big(2, 150), big(2, 151)], &mut buf).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (log, rec) = SegmentLog::open(tmp.path(), None).unwrap();
+        assert_eq!(rec, Recovery::default());
+        let all = log.read_range(140, None, usize::MAX).unwrap();
+        assert_eq!(indexes(&all), (140..=151).collect::<Vec<_>>());
+        assert_eq!(terms(&all)[9..], [1, 2, 2]);
+        // An append starting inside the log replaces from there.
+        log.append([entry(3, 100)], &mut buf).unwrap();
+        assert_eq!(log.next_index(), 101);
+        assert_eq!(log.read_range(99, None, 9).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn purge_removes_whole_segments_and_open_finishes_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let big = |index| sized(1, index, 60_000);
+        let (log, _) = SegmentLog::open(tmp.path(), None).unwrap();
+        for i in 1..=400 {
+            log.append([big(i)], &mut buf).unwrap();
+        }
+        log.sync().unwrap();
+        let before = seg_files(tmp.path());
+        assert!(before.len() >= 3, "{before:?}");
+        let removed = log.purge(300).unwrap();
+        assert!(removed >= 2, "{removed}");
+        let after = seg_files(tmp.path());
+        let first_left = parse_name(&after[0]).unwrap();
+        assert!(first_left <= 301, "{after:?}");
+        assert_eq!(
+            log.read_range(301, Some(301), 1).unwrap()[0].log_id.index,
+            301
+        );
+        drop(log);
+        // An interrupted purge: files wholly below the marker are removed.
+        for name in &before {
+            if !after.contains(name) {
+                fs::write(tmp.path().join(name), b"stale").unwrap();
+            }
+        }
+        let (log, rec) = SegmentLog::open(tmp.path(), Some(300)).unwrap();
+        assert_eq!(rec.purged_segments, removed);
+        assert_eq!(log.next_index(), 401);
+        // Purging everything, then an append past the end starts anew.
+        log.purge(500).unwrap();
+        assert_eq!(log.last_log_id(), None);
+        log.append([entry(1, 501)], &mut buf).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (log, _) = SegmentLog::open(tmp.path(), Some(500)).unwrap();
+        assert_eq!(indexes(&log.read_range(0, None, 10).unwrap()), [501]);
+    }
+}
