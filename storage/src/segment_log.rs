@@ -43,6 +43,12 @@ use crate::types::{Entry, LogId};
 /// disk space back sooner; 8 MiB is ~25,000 entries of 256-byte values.
 pub(crate) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Encoded bytes of the newest entries kept decoded in memory: openraft
+/// reads every entry back right after it was appended (the leader to
+/// replicate it, every node to apply it), and a copy from memory costs less
+/// than a `pread`, a CRC and a decode.
+pub(crate) const TAIL_CACHE_BYTES: usize = 1024 * 1024;
+
 /// Bytes before each payload: length and CRC.
 const HEADER: usize = 8;
 
@@ -89,6 +95,48 @@ struct Inner {
     /// A segment file was created or removed since the last sync.
     dir_dirty: bool,
     last_log_id: Option<LogId>,
+    /// The newest entries, consecutive, ending at the last one (or empty),
+    /// with their encoded sizes; at most [`TAIL_CACHE_BYTES`] in all.
+    tail: std::collections::VecDeque<(Entry, usize)>,
+    tail_bytes: usize,
+}
+
+impl Inner {
+    fn tail_first(&self) -> Option<u64> {
+        self.tail.front().map(|(e, _)| e.log_id.index)
+    }
+
+    /// Drops cached entries with index `>= from`.
+    fn tail_truncate(&mut self, from: u64) {
+        while self
+            .tail
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= from)
+        {
+            if let Some((_, n)) = self.tail.pop_back() {
+                self.tail_bytes -= n;
+            }
+        }
+    }
+
+    fn tail_push(&mut self, entry: Entry, size: usize) {
+        if self
+            .tail
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index + 1 != entry.log_id.index)
+        {
+            self.tail.clear();
+            self.tail_bytes = 0;
+        }
+        self.tail.push_back((entry, size));
+        self.tail_bytes += size;
+        while self.tail_bytes > TAIL_CACHE_BYTES {
+            match self.tail.pop_front() {
+                Some((_, n)) => self.tail_bytes -= n,
+                None => break,
+            }
+        }
+    }
 }
 
 /// The segment files of one log directory. Appends, truncation and purge
@@ -332,6 +380,7 @@ impl SegmentLog {
         let mut ends_rel: Vec<u32> = Vec::new();
         let mut first = None;
         let mut last = None;
+        let mut decoded = Vec::new();
         for e in entries {
             if let Some(l) = &last {
                 let l: &LogId = l;
@@ -343,10 +392,12 @@ impl SegmentLog {
                 }
             }
             first.get_or_insert(e.log_id.index);
+            let before = buf.len();
             encode_record(buf, &e)?;
             ends_rel
                 .push(u32::try_from(buf.len()).map_err(|_| corrupt("append too large".into()))?);
             last = Some(e.log_id);
+            decoded.push((e, buf.len() - before));
         }
         let (Some(first), Some(last)) = (first, last) else {
             return Ok(());
@@ -391,6 +442,9 @@ impl SegmentLog {
             inner.unsynced.push(file);
         }
         inner.last_log_id = Some(last);
+        for (e, size) in decoded {
+            inner.tail_push(e, size);
+        }
         Ok(())
     }
 
@@ -443,6 +497,7 @@ impl SegmentLog {
     }
 
     fn truncate_locked(&self, inner: &mut Inner, from: u64) -> Result<(), StorageError> {
+        inner.tail_truncate(from);
         // 1. Later segments go, durably, before anything is shortened.
         let mut removed = false;
         while inner.segments.last().is_some_and(|s| s.first >= from) {
@@ -493,6 +548,8 @@ impl SegmentLog {
             inner.dir_dirty = true;
             if inner.segments.is_empty() {
                 inner.last_log_id = None;
+                inner.tail.clear();
+                inner.tail_bytes = 0;
             }
         }
         Ok(n)
@@ -511,6 +568,25 @@ impl SegmentLog {
     ) -> Result<Vec<Entry>, StorageError> {
         let inner = self.read();
         let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        // From memory when the range starts within the cached tail (the
+        // tail always ends at the last entry).
+        if let Some(t0) = inner.tail_first().filter(|t0| from >= *t0) {
+            let skip = usize::try_from(from - t0).unwrap_or(usize::MAX);
+            let end = to.map_or(u64::MAX, |t| t.saturating_add(1));
+            out.extend(
+                inner
+                    .tail
+                    .iter()
+                    .skip(skip)
+                    .take_while(|(e, _)| e.log_id.index < end)
+                    .take(limit)
+                    .map(|(e, _)| e.clone()),
+            );
+            return Ok(out);
+        }
         let mut buf = Vec::new();
         for seg in &inner.segments {
             if out.len() >= limit {
@@ -630,6 +706,51 @@ mod tests {
         assert_eq!(indexes(&all), (1..=12).collect::<Vec<_>>());
         assert_eq!(terms(&all)[10..], [2, 2]);
         assert_eq!(log.next_index(), 13);
+    }
+
+    /// Reads served from the in-memory tail agree with reads from disk
+    /// (a reopened log has no tail), across truncation and eviction.
+    #[test]
+    fn the_tail_cache_reads_what_the_disk_holds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut buf = Vec::new();
+        let (log, _) = SegmentLog::open(tmp.path(), None).unwrap();
+        // ~3 MiB in all: the first entries are evicted from the tail.
+        for i in 1..=300 {
+            log.append([sized(1, i, 10_000)], &mut buf).unwrap();
+        }
+        log.truncate(290).unwrap();
+        log.append((290..=295).map(|i| sized(2, i, 10)), &mut buf)
+            .unwrap();
+        log.sync().unwrap();
+        assert!(log.read().tail_first().unwrap() > 1);
+        assert!(log.read().tail_bytes <= TAIL_CACHE_BYTES);
+        let ranges = [
+            (1, Some(3)),
+            (250, Some(260)),
+            (280, None),
+            (294, Some(400)),
+            (296, None),
+        ];
+        let cached: Vec<Vec<Entry>> = ranges
+            .iter()
+            .map(|(f, t)| log.read_range(*f, *t, usize::MAX).unwrap())
+            .collect();
+        drop(log);
+        let (log, _) = SegmentLog::open(tmp.path(), None).unwrap();
+        assert!(log.read().tail.is_empty());
+        for ((f, t), want) in ranges.iter().zip(cached) {
+            assert_eq!(
+                log.read_range(*f, *t, usize::MAX).unwrap(),
+                want,
+                "{f}..{t:?}"
+            );
+        }
+        assert_eq!(
+            terms(&log.read_range(289, Some(291), 9).unwrap()),
+            [1, 2, 2]
+        );
+        assert_eq!(log.read_range(250, None, 2).unwrap().len(), 2);
     }
 
     #[test]
