@@ -6,19 +6,23 @@ use clap::Parser;
 use tandem_node::cli::{execute, Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// The `mimalloc` feature: mimalloc instead of glibc malloc, ~5–10 % less
-/// CPU per write but ~25 MiB more resident per node with 100,000 sessions
-/// (README, "Memory").
+/// The `mimalloc` feature: mimalloc instead of glibc malloc, ~15–20 % less
+/// CPU per write but ~35 MiB more resident per node with 100,000 sessions
+/// (README, "Writes").
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// glibc malloc with one arena: with its default of 8 arenas per core the
 /// threads' arenas fragment and together held ~25 MiB more per node with
-/// 100,000 sessions stored (README, "Memory"). Called first thing in
+/// 100,000 sessions stored (README, "Memory"). glibc's own
+/// `MALLOC_ARENA_MAX`, when set, is left to decide. Called first thing in
 /// `main`, before any other thread exists.
 #[cfg(not(feature = "mimalloc"))]
 fn configure_allocator() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     // SAFETY: mallopt only sets a malloc parameter; no other thread runs yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
