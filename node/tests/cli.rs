@@ -95,17 +95,21 @@ fn usage_errors_exit_2() {
 fn a_zero_page_cache_is_refused_before_anything_is_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().join("n");
-    let out = tandem(&[
-        "init",
-        "--dir",
-        &d.to_string_lossy(),
-        "--cache-mb",
-        "0",
-        "--peer-listen",
-        "127.0.0.1:0",
-        "--api-listen",
-        "127.0.0.1:0",
-    ]);
+    let d_s = d.to_string_lossy();
+    let init = |extra: &[&str]| {
+        let mut args = vec![
+            "init",
+            "--dir",
+            &d_s,
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        tandem(&args)
+    };
+    let out = init(&["--cache-mb", "0"]);
     assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("cache-mb"),
@@ -115,15 +119,7 @@ fn a_zero_page_cache_is_refused_before_anything_is_written() {
     assert!(!d.join("node.toml").exists());
 
     // A node.toml edited by hand to 0: `run` refuses it with a clear line.
-    let out = tandem(&[
-        "init",
-        "--dir",
-        &d.to_string_lossy(),
-        "--peer-listen",
-        "127.0.0.1:0",
-        "--api-listen",
-        "127.0.0.1:0",
-    ]);
+    let out = init(&[]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let toml = std::fs::read_to_string(d.join("node.toml")).expect("node.toml");
     assert!(toml.contains("cache_mb = 4"), "{toml}");

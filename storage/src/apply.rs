@@ -187,24 +187,13 @@ impl<'t> Overlay<'t> {
         }
         Ok(out.into_keys().collect())
     }
-
-    pub(crate) fn into_batch(self) -> sled::Batch {
-        let mut batch = sled::Batch::default();
-        for (k, v) in self.pending {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        batch
-    }
 }
 
-/// Applies `entries` (consecutive, in log order) to `tree` in one atomic
-/// batch and returns one response per entry.
+/// Applies `entries` (consecutive, in log order) to `tree` as one
+/// crash-atomic batch (`redo`) and returns one response per entry.
 pub(crate) fn apply_entries(
     tree: &sled::Tree,
-    redo: Option<&Redo<'_>>,
+    redo: &Redo<'_>,
     entries: &[Entry],
 ) -> Result<Vec<Response>, StorageError> {
     if entries.is_empty() {
@@ -212,10 +201,7 @@ pub(crate) fn apply_entries(
     }
     let mut ov = Overlay::new(tree);
     let out = stage_entries(&mut ov, entries)?;
-    match redo {
-        Some(redo) => redo::write_batch(tree, redo, ov.pending)?,
-        None => tree.apply_batch(ov.into_batch())?,
-    }
+    redo::write_batch(tree, redo, ov.pending)?;
     Ok(out)
 }
 
@@ -751,8 +737,11 @@ mod tests {
                     Entry::new_normal(log_id(self.next), r)
                 })
                 .collect();
-            let cur = self.store.sm.shared.current();
-            apply_entries(&cur.tree, None, &entries).expect("apply succeeds")
+            self.store
+                .sm
+                .shared
+                .apply_blocking(&entries)
+                .expect("apply succeeds")
         }
 
         fn one(&mut self, req: Request) -> Response {

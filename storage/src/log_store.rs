@@ -65,10 +65,7 @@ impl LogShared {
         writer: Arc<crate::in_use::WriterToken>,
     ) -> Result<Self, StorageError> {
         let meta = db.open_tree(crate::keys::RAFT_META_TREE)?;
-        let purged = match meta.get(RaftMetaKey::LastPurged.as_bytes())? {
-            Some(v) => Some(codec::decode::<LogId>(&v)?),
-            None => None,
-        };
+        let purged = read_meta::<LogId>(&meta, RaftMetaKey::LastPurged)?;
         let purged_below = purged.map_or(0, |p| p.index + 1);
         let log_dir = dir.join(crate::LOG_DIR);
         let (seg, recovery) = SegmentLog::open(&log_dir, purged.map(|p| p.index))?;
@@ -125,10 +122,7 @@ impl LogShared {
         &self,
         key: RaftMetaKey,
     ) -> Result<Option<T>, StorageError> {
-        match self.meta.get(key.as_bytes())? {
-            Some(v) => Ok(Some(codec::decode(&v)?)),
-            None => Ok(None),
-        }
+        read_meta(&self.meta, key)
     }
 
     fn put_meta<T: serde::Serialize>(
@@ -202,6 +196,17 @@ impl LogShared {
                 cb.io_completed(r);
             }
         }
+    }
+}
+
+/// The value of `key` in the `raft_meta` tree `meta`.
+fn read_meta<T: serde::de::DeserializeOwned>(
+    meta: &sled::Tree,
+    key: RaftMetaKey,
+) -> Result<Option<T>, StorageError> {
+    match meta.get(key.as_bytes())? {
+        Some(v) => Ok(Some(codec::decode(&v)?)),
+        None => Ok(None),
     }
 }
 

@@ -129,39 +129,36 @@ pub(crate) fn write_batch(
         // Removed first: a stale record must never be replayed over a batch
         // that does not have one.
         redo.tree.remove(REDO_KEY)?;
-        let mut batch = sled::Batch::default();
-        for (k, v) in writes {
-            match v {
-                Some(v) => batch.insert(k, v),
-                None => batch.remove(k),
-            }
-        }
-        tree.apply_batch(batch)?;
+        tree.apply_batch(batch_of(writes))?;
         return Ok(());
     };
     redo.tree.insert(REDO_KEY, record)?;
+    let mut writes = writes;
     let applied_key = SmMetaKey::LastApplied.as_bytes();
-    let mut applied = None;
-    for (k, v) in writes {
-        if k == applied_key {
-            applied = Some(v);
-            continue;
-        }
+    let applied = writes
+        .remove(applied_key)
+        .map(|v| (applied_key.to_vec(), v));
+    for (k, v) in writes.into_iter().chain(applied) {
         match v {
             Some(v) => tree.insert(k, v)?,
             None => tree.remove(k)?,
         };
     }
-    match applied {
-        Some(Some(v)) => {
-            tree.insert(applied_key, v)?;
-        }
-        Some(None) => {
-            tree.remove(applied_key)?;
-        }
-        None => {}
-    }
     Ok(())
+}
+
+/// One `sled::Batch` of `writes` (a value, or `None`: remove).
+pub(crate) fn batch_of<K: Into<IVec>, V: Into<IVec>>(
+    writes: impl IntoIterator<Item = (K, Option<V>)>,
+) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (k, v) in writes {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+    }
+    batch
 }
 
 /// At open: writes the last batch's record again if it belongs to the
@@ -181,15 +178,9 @@ pub(crate) fn replay_at_open(
         redo_tree.remove(REDO_KEY)?;
         return Ok(0);
     }
-    let mut batch = sled::Batch::default();
-    for (k, v) in &writes {
-        match v {
-            Some(v) => batch.insert(*k, *v),
-            None => batch.remove(*k),
-        }
-    }
-    tree.apply_batch(batch)?;
-    Ok(writes.len())
+    let n = writes.len();
+    tree.apply_batch(batch_of(writes))?;
+    Ok(n)
 }
 
 /// Removes the redo record (an install switched generations, or a reset

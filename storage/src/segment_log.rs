@@ -102,6 +102,18 @@ struct Inner {
 }
 
 impl Inner {
+    /// Marks `file` as written since the last sync (once).
+    fn mark_unsynced(&mut self, file: &Arc<File>) {
+        if !self.unsynced.iter().any(|f| Arc::ptr_eq(f, file)) {
+            self.unsynced.push(file.clone());
+        }
+    }
+
+    fn tail_clear(&mut self) {
+        self.tail.clear();
+        self.tail_bytes = 0;
+    }
+
     fn tail_first(&self) -> Option<u64> {
         self.tail.front().map(|(e, _)| e.log_id.index)
     }
@@ -125,8 +137,7 @@ impl Inner {
             .back()
             .is_some_and(|(e, _)| e.log_id.index + 1 != entry.log_id.index)
         {
-            self.tail.clear();
-            self.tail_bytes = 0;
+            self.tail_clear();
         }
         self.tail.push_back((entry, size));
         self.tail_bytes += size;
@@ -250,36 +261,26 @@ impl SegmentLog {
             let file = open_rw(&path, false)?;
             let bytes = fs::read(&path)?;
             let mut ends = Vec::new();
-            let mut rest = &bytes[..];
-            let mut expected = first;
-            while !rest.is_empty() {
-                let Some((payload, tail)) = next_record(rest) else {
-                    break;
-                };
-                match codec::decode::<Entry>(payload) {
-                    Ok(e) if e.log_id.index == expected => {}
-                    _ => break,
+            let mut damaged_at = None;
+            for record in Records::new(&bytes, first) {
+                match record {
+                    Ok((_, end)) => ends.push(
+                        u32::try_from(end)
+                            .map_err(|_| corrupt(format!("{} too large", path.display())))?,
+                    ),
+                    Err(at) => damaged_at = Some(at),
                 }
-                expected += 1;
-                rest = tail;
-                let end = bytes.len() - rest.len();
-                ends.push(
-                    u32::try_from(end)
-                        .map_err(|_| corrupt(format!("{} too large", path.display())))?,
-                );
             }
-            if !rest.is_empty() {
+            if let Some(at) = damaged_at {
                 if !is_last {
                     return Err(corrupt(format!(
-                        "{}: damaged record at byte {} of {} (not the last segment: not a torn write)",
+                        "{}: damaged record at byte {at} of {} (not the last segment: not a torn write)",
                         path.display(),
-                        bytes.len() - rest.len(),
                         bytes.len()
                     )));
                 }
-                let keep = (bytes.len() - rest.len()) as u64;
-                recovery.cut_bytes = rest.len() as u64;
-                file.set_len(keep)?;
+                recovery.cut_bytes = (bytes.len() - at) as u64;
+                file.set_len(at as u64)?;
                 file.sync_all()?;
             }
             if let Some(prev) = segments.last() {
@@ -301,18 +302,6 @@ impl SegmentLog {
                 ends,
             });
         }
-        // The last segments too, once the marker covers them (their removal
-        // may have been cut short).
-        if let Some(p) = purged {
-            while segments.first().is_some_and(|s| s.next() <= p + 1) {
-                let seg = segments.remove(0);
-                fs::remove_file(&seg.path)?;
-                recovery.purged_segments += 1;
-            }
-        }
-        if recovery.purged_segments > 0 {
-            sync_dir(dir)?;
-        }
         let log = Self {
             dir: dir.to_path_buf(),
             inner: RwLock::new(Inner {
@@ -320,6 +309,14 @@ impl SegmentLog {
                 ..Inner::default()
             }),
         };
+        // The last segments too, once the marker covers them (their removal
+        // may have been cut short).
+        if let Some(p) = purged {
+            recovery.purged_segments += log.purge(p)?;
+        }
+        if recovery.purged_segments > 0 {
+            sync_dir(dir)?;
+        }
         {
             let mut inner = log.write();
             inner.last_log_id = Self::read_last(&inner)?;
@@ -379,11 +376,10 @@ impl SegmentLog {
         buf.clear();
         let mut ends_rel: Vec<u32> = Vec::new();
         let mut first = None;
-        let mut last = None;
+        let mut last: Option<LogId> = None;
         let mut decoded = Vec::new();
         for e in entries {
-            if let Some(l) = &last {
-                let l: &LogId = l;
+            if let Some(l) = last {
                 if e.log_id.index != l.index + 1 {
                     return Err(corrupt(format!(
                         "append of non-consecutive entries ({} after {})",
@@ -438,9 +434,7 @@ impl SegmentLog {
         let base = base as u32;
         seg.ends.extend(ends_rel.iter().map(|e| base + e));
         let file = seg.file.clone();
-        if !inner.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
-            inner.unsynced.push(file);
-        }
+        inner.mark_unsynced(&file);
         inner.last_log_id = Some(last);
         for (e, size) in decoded {
             inner.tail_push(e, size);
@@ -472,10 +466,8 @@ impl SegmentLog {
         })();
         if result.is_err() {
             let mut inner = self.write();
-            for f in files {
-                if !inner.unsynced.iter().any(|u| Arc::ptr_eq(u, &f)) {
-                    inner.unsynced.push(f);
-                }
+            for f in &files {
+                inner.mark_unsynced(f);
             }
             inner.dir_dirty |= dir_dirty;
         }
@@ -487,13 +479,9 @@ impl SegmentLog {
     /// # Errors
     /// I/O errors.
     pub(crate) fn truncate(&self, from: u64) -> Result<(), StorageError> {
-        let mut inner = self.write();
-        self.truncate_locked(&mut inner, from)?;
+        self.truncate_locked(&mut self.write(), from)?;
         // The shortened segment's new length.
-        for f in std::mem::take(&mut inner.unsynced) {
-            f.sync_data()?;
-        }
-        Ok(())
+        self.sync()
     }
 
     fn truncate_locked(&self, inner: &mut Inner, from: u64) -> Result<(), StorageError> {
@@ -516,9 +504,7 @@ impl SegmentLog {
                 seg.file.set_len(keep)?;
                 seg.ends.truncate((from - seg.first) as usize);
                 let file = seg.file.clone();
-                if !inner.unsynced.iter().any(|f| Arc::ptr_eq(f, &file)) {
-                    inner.unsynced.push(file);
-                }
+                inner.mark_unsynced(&file);
             }
         }
         inner.last_log_id = Self::read_last(inner)?;
@@ -548,8 +534,7 @@ impl SegmentLog {
             inner.dir_dirty = true;
             if inner.segments.is_empty() {
                 inner.last_log_id = None;
-                inner.tail.clear();
-                inner.tail_bytes = 0;
+                inner.tail_clear();
             }
         }
         Ok(n)
@@ -629,31 +614,63 @@ impl SegmentLog {
     }
 }
 
+/// The records of `bytes`, which start with entry `first`: each entry with
+/// the offset just past its record, until the first record that is short,
+/// fails its CRC, does not decode or carries another index; that one is
+/// `Err(offset where it starts)`, and the last item.
+struct Records<'b> {
+    bytes: &'b [u8],
+    at: usize,
+    expected: u64,
+}
+
+impl<'b> Records<'b> {
+    fn new(bytes: &'b [u8], first: u64) -> Self {
+        Self {
+            bytes,
+            at: 0,
+            expected: first,
+        }
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<(Entry, usize), usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.bytes.get(self.at..).filter(|r| !r.is_empty())?;
+        let good = next_record(rest).and_then(|(payload, tail)| {
+            let e = codec::decode::<Entry>(payload).ok()?;
+            (e.log_id.index == self.expected).then(|| (e, self.bytes.len() - tail.len()))
+        });
+        Some(match good {
+            Some((e, end)) => {
+                self.at = end;
+                self.expected += 1;
+                Ok((e, end))
+            }
+            None => {
+                let bad = self.at;
+                self.at = self.bytes.len();
+                Err(bad)
+            }
+        })
+    }
+}
+
 /// Decodes the records in `bytes`, which start with entry `first` of `seg`.
 fn decode_records(bytes: &[u8], first: u64, seg: &Segment) -> Result<Vec<Entry>, StorageError> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    let mut expected = first;
-    while !rest.is_empty() {
-        let (payload, tail) = next_record(rest).ok_or_else(|| {
-            corrupt(format!(
-                "{}: damaged record for index {expected}",
-                seg.path.display()
-            ))
-        })?;
-        let e: Entry = codec::decode(payload)?;
-        if e.log_id.index != expected {
-            return Err(corrupt(format!(
-                "{}: index {} where {expected} was expected",
-                seg.path.display(),
-                e.log_id.index
-            )));
-        }
-        out.push(e);
-        expected += 1;
-        rest = tail;
-    }
-    Ok(out)
+    Records::new(bytes, first)
+        .map(|r| {
+            r.map(|(e, _)| e).map_err(|at| {
+                corrupt(format!(
+                    "{}: damaged record at byte {} of the read from index {first}",
+                    seg.path.display(),
+                    at
+                ))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ impl SmShared {
         read_applied_state(&cur.tree)
     }
 
-    fn apply_blocking(
+    pub(crate) fn apply_blocking(
         &self,
         entries: &[crate::types::Entry],
     ) -> Result<Vec<crate::Response>, StorageError> {
@@ -115,7 +115,7 @@ impl SmShared {
             tree: &self.redo_tree,
             generation: cur.number,
         };
-        apply::apply_entries(&cur.tree, Some(&redo), entries)
+        apply::apply_entries(&cur.tree, &redo, entries)
     }
 
     /// As [`SmShared::apply_blocking`] if the gate is free now; `None` when
