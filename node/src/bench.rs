@@ -7,6 +7,7 @@
 //! spent per acknowledged write (from `/proc`), which other load on the
 //! machine disturbs far less. Build with `--release` for meaningful figures.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +15,16 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use hdrhistogram::Histogram;
-use reqwest::Method;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::demo::LocalCluster;
 
@@ -114,7 +123,16 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn leader_client(cluster: &LocalCluster) -> anyhow::Result<crate::client::ApiClient> {
+/// Where the benchmark's connections go: the leader's API, trusted through
+/// the cluster CA, with the admin token.
+struct Target {
+    addr: SocketAddr,
+    tls: TlsConnector,
+    host: HeaderValue,
+    auth: HeaderValue,
+}
+
+async fn leader_target(cluster: &LocalCluster) -> anyhow::Result<Arc<Target>> {
     let c = cluster.client(0)?;
     let v: serde_json::Value = c.get("/api/v1/cluster").await?;
     let leader = v
@@ -130,12 +148,85 @@ async fn leader_client(cluster: &LocalCluster) -> anyhow::Result<crate::client::
         .find(|m| m.get("id").and_then(|i| i.as_u64()) == Some(leader))
         .and_then(|m| m.get("api_addr").and_then(|a| a.as_str()))
         .context("leader not in members")?;
-    Ok(c.with_base(api))
+    let host = api.trim_start_matches("https://").trim_end_matches('/');
+    let addr: SocketAddr = host
+        .parse()
+        .with_context(|| format!("leader API address {api:?} is not ip:port"))?;
+    let ca = std::fs::read_to_string(&cluster.ca_file)?;
+    Ok(Arc::new(Target {
+        addr,
+        tls: TlsConnector::from(tandem_certs::admin_client_config(&ca)?),
+        host: HeaderValue::from_str(host)?,
+        auth: HeaderValue::from_str(&format!("Bearer {}", cluster.token))?,
+    }))
+}
+
+/// One benchmark task's own HTTPS connection to the leader: TLS over a
+/// TCP connection and HTTP/1.1 straight on hyper. The load generator shares
+/// this machine's two cores with the three nodes; going around the admin
+/// client (reqwest: URL parsing, a connection pool, redirects) cut its CPU
+/// per write (README, "Writes").
+struct BenchConn {
+    send: SendRequest<Full<Bytes>>,
+    target: Arc<Target>,
+}
+
+impl BenchConn {
+    async fn connect(target: &Arc<Target>) -> anyhow::Result<Self> {
+        let tcp = TcpStream::connect(target.addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::IpAddress(target.addr.ip().into());
+        let tls = target.tls.connect(name, tcp).await?;
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        // Ends when `send` is dropped or the server closes the connection.
+        tokio::spawn(conn);
+        Ok(Self {
+            send,
+            target: Arc::clone(target),
+        })
+    }
+
+    /// Sends one request with a JSON body; Ok when the answer is a 2xx.
+    async fn send(&mut self, method: Method, path: &str, body: Bytes) -> anyhow::Result<()> {
+        self.send.ready().await?;
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.target.host.clone())
+            .header(AUTHORIZATION, self.target.auth.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(Full::new(body))?;
+        let resp = self.send.send_request(req).await?;
+        let status = resp.status();
+        resp.into_body().collect().await?;
+        anyhow::ensure!(status.is_success(), "answered {status}");
+        Ok(())
+    }
+}
+
+/// Sends one request on `conn`, connecting first when there is no
+/// connection or the last one failed.
+async fn send_on(
+    conn: &mut Option<BenchConn>,
+    target: &Arc<Target>,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<()> {
+    if conn.as_ref().is_none_or(|c| c.send.is_closed()) {
+        *conn = Some(BenchConn::connect(target).await?);
+    }
+    let c = conn.as_mut().context("connected above")?;
+    let r = c.send(method, path, body).await;
+    if r.is_err() && c.send.is_closed() {
+        *conn = None;
+    }
+    r
 }
 
 async fn measure(cluster: &LocalCluster, args: &BenchArgs) -> anyhow::Result<()> {
-    let client = leader_client(cluster).await?;
-    let value = "x".repeat(256);
+    let target = leader_target(cluster).await?;
+    let body = Bytes::from(serde_json::to_vec(&json!({ "value": "x".repeat(256) }))?);
     let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
     println!(
         "{:>8} {:>10} {:>9} {:>9} {:>9} {:>7}  CPU µs per write ({}, client)",
@@ -151,24 +242,19 @@ async fn measure(cluster: &LocalCluster, args: &BenchArgs) -> anyhow::Result<()>
         let deadline = Instant::now() + Duration::from_secs(args.seconds);
         let mut handles = Vec::new();
         for w in 0..n {
-            let client = client.clone();
-            let value = value.clone();
+            let target = Arc::clone(&target);
+            let body = body.clone();
             handles.push(tokio::spawn(async move {
                 // 1 µs .. 60 s, 3 significant digits: constants that are valid.
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
                     .expect("valid histogram bounds");
                 let mut errors = 0u64;
                 let mut k = 0u64;
+                let mut conn = None;
                 while Instant::now() < deadline {
-                    let body = json!({ "value": value });
                     let t = Instant::now();
-                    let r = client
-                        .call::<_, serde_json::Value>(
-                            Method::PUT,
-                            &format!("/api/v1/config/bench-{n}-{w}-{k}"),
-                            Some(&body),
-                        )
-                        .await;
+                    let path = format!("/api/v1/config/bench-{n}-{w}-{k}");
+                    let r = send_on(&mut conn, &target, Method::PUT, &path, body.clone()).await;
                     match r {
                         Ok(_) => {
                             let _ = h.record(t.elapsed().as_micros() as u64);
@@ -218,19 +304,30 @@ async fn measure(cluster: &LocalCluster, args: &BenchArgs) -> anyhow::Result<()>
         let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let failed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut handles = Vec::new();
+        let body = Bytes::from(serde_json::to_vec(&json!({
+            "owner": "bench",
+            "data": { "ip": "192.0.2.1", "agent": "bench" },
+            "ttl_secs": 86400,
+        }))?);
         for _ in 0..64 {
-            let client = client.clone();
+            let target = Arc::clone(&target);
+            let body = body.clone();
             let total = total.clone();
             let failed = failed.clone();
             handles.push(tokio::spawn(async move {
+                let mut conn = None;
                 for _ in 0..per {
                     if total.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= per * 64 {
                         break;
                     }
-                    let body = json!({ "owner": "bench", "data": { "ip": "192.0.2.1", "agent": "bench" }, "ttl_secs": 86400 });
-                    let r = client
-                        .call::<_, serde_json::Value>(Method::POST, "/api/v1/sessions", Some(&body))
-                        .await;
+                    let r = send_on(
+                        &mut conn,
+                        &target,
+                        Method::POST,
+                        "/api/v1/sessions",
+                        body.clone(),
+                    )
+                    .await;
                     if r.is_err() {
                         failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }

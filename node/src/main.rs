@@ -6,19 +6,37 @@ use clap::Parser;
 use tandem_node::cli::{execute, Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// The `mimalloc` feature: mimalloc instead of glibc malloc, ~15–20 % less
-/// CPU per write but ~35 MiB more resident per node with 100,000 sessions
-/// (README, "Writes").
-#[cfg(feature = "mimalloc")]
+/// The default allocator: jemalloc, configured by [`MALLOC_CONF`]. Against
+/// glibc malloc with one arena it cut a node's CPU per write by about a
+/// fifth at 64 writers and held less memory once 100,000 sessions were
+/// stored (README, "Writes" and "Memory").
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// glibc malloc with one arena: with its default of 8 arenas per core the
-/// threads' arenas fragment and together held ~25 MiB more per node with
-/// 100,000 sessions stored (README, "Memory"). glibc's own
-/// `MALLOC_ARENA_MAX`, when set, is left to decide. Called first thing in
-/// `main`, before any other thread exists.
-#[cfg(not(feature = "mimalloc"))]
+/// jemalloc's options, which it reads at its first allocation; the
+/// `_RJEM_MALLOC_CONF` environment variable, when set, overrides them.
+/// - `narenas:1`: one arena. The default (four per core) spreads a node's
+///   ~14 threads over arenas that each keep freed memory.
+/// - `tcache_max:1024`, `lg_tcache_nslots_mul:-2`: small per-thread caches
+///   (sizes up to 1 KiB, a quarter of the default slots), which each of
+///   those threads would otherwise fill.
+/// - `background_thread:true`, `dirty_decay_ms:100`, `muzzy_decay_ms:0`:
+///   a jemalloc thread gives freed pages back to the kernel about 100 ms
+///   after they are freed, off the request path (with a decay of 0 every
+///   free returns pages itself, which cost a quarter of the write rate).
+#[cfg(feature = "jemalloc")]
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8; 109] = b"narenas:1,tcache_max:1024,lg_tcache_nslots_mul:-2,\
+background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0\0";
+
+/// Without the `jemalloc` feature: glibc malloc with one arena. With its
+/// default of 8 arenas per core the threads' arenas fragment and together
+/// held ~25 MiB more per node with 100,000 sessions stored (README,
+/// "Memory"). glibc's own `MALLOC_ARENA_MAX`, when set, is left to decide.
+/// Called first thing in `main`, before any other thread exists. This
+/// build suits heap profilers that hook malloc (heaptrack).
+#[cfg(not(feature = "jemalloc"))]
 fn configure_allocator() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
         return;
@@ -29,7 +47,7 @@ fn configure_allocator() {
     }
 }
 
-#[cfg(feature = "mimalloc")]
+#[cfg(feature = "jemalloc")]
 fn configure_allocator() {}
 
 /// How long an idle blocking-pool thread lives (see `main`).
@@ -49,10 +67,9 @@ fn main() -> ExitCode {
     }
     // Blocking-pool threads (sled flushes, applies of large batches,
     // snapshot files) are kept instead of exiting after tokio's 10 s idle
-    // default: thread churn fragments the heap. With mimalloc an exited
-    // thread's pages stay "abandoned" (~350 of its 64 KiB pages on a
-    // follower after storing 100,000 sessions), pinned by the sled nodes
-    // still alive in them: about 10 MiB more per node (README, "Memory").
+    // default: thread churn fragments the heap. Measured with mimalloc, an
+    // earlier allocator: an exited thread's pages stayed "abandoned", pinned
+    // by the sled nodes still alive in them, about 10 MiB more per node.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)

@@ -333,3 +333,36 @@ fn bad_actor_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("actor"), "{}", text(&out.stderr));
 }
+
+/// The binary runs on jemalloc with the options `src/main.rs` documents
+/// (the memory and CPU figures in the README depend on them): jemalloc's
+/// `confirm_conf` prints each option it took, and from where.
+#[cfg(feature = "jemalloc")]
+#[test]
+fn allocator_is_jemalloc_with_the_documented_options() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "confirm_conf:true")
+        .output()
+        .expect("running tandem");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("global variable malloc_conf") && l.contains("narenas:1")),
+        "the binary's malloc_conf was not read:\n{err}"
+    );
+    for option in [
+        "narenas:1",
+        "tcache_max:1024",
+        "lg_tcache_nslots_mul:-2",
+        "background_thread:true",
+        "dirty_decay_ms:100",
+        "muzzy_decay_ms:0",
+    ] {
+        assert!(
+            err.contains(&format!("Set conf value: {option}")),
+            "jemalloc did not take {option}:\n{err}"
+        );
+    }
+}

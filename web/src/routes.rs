@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, OriginalUri, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION,
 };
@@ -16,7 +16,13 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+use axum::routing::future::RouteFuture;
+use tower::{Layer, Service};
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::put;
@@ -177,7 +183,7 @@ const MAX_NAME_LEN: usize = 256;
 /// Creations answer 201, deletions 204. Invalid settings answer 400 with
 /// kind `invalid` and per-field messages; refused actions 409 with kind
 /// `refused`. Unknown routes answer 404, bodies over [`MAX_BODY_BYTES`] 413.
-pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
+pub fn router<B: AdminBackend>(backend: Arc<B>) -> AdminApp {
     let sessions = Arc::new(Sessions::default());
     let ui = ui_router(Ui {
         backend: Arc::clone(&backend),
@@ -249,7 +255,7 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
             require_auth::<B>,
         ));
 
-    Router::new()
+    let router = Router::new()
         .route(listed("/health"), get(health::<B>))
         .route(listed("/health/primary"), get(health_primary::<B>))
         .route(listed("/health/backup"), get(health_backup::<B>))
@@ -258,11 +264,66 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> Router {
         .merge(protected)
         .fallback(not_found)
         .with_state(backend)
-        .merge(ui)
-        .layer(Extension(sessions))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(leader_location))
-        .layer(middleware::map_response(ensure_json_error))
+        .merge(ui);
+    AdminApp { router, sessions }
+}
+
+/// The admin application as one tower service: the [`Router`], with what
+/// every request and every answer needs done once around it: the login
+/// sessions and the body limit go into the request, a `NotLeader` answer
+/// gets its `Location`, and an error answer that is not JSON yet becomes
+/// one.
+///
+/// This is done here rather than with `Router::layer`, which wraps each
+/// route separately and costs several boxed services and futures per
+/// request: on the write path that was a measurable share of the leader's
+/// allocations.
+#[derive(Clone)]
+pub struct AdminApp {
+    router: Router,
+    sessions: Arc<Sessions>,
+}
+
+impl<B> Service<axum::http::Request<B>> for AdminApp
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = AdminFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> AdminFuture {
+        req.extensions_mut().insert(Arc::clone(&self.sessions));
+        let uri = req.uri().clone();
+        let mut routed = DefaultBodyLimit::max(MAX_BODY_BYTES).layer(self.router.clone());
+        AdminFuture {
+            inner: routed.call(req),
+            uri,
+        }
+    }
+}
+
+/// Response future of [`AdminApp`].
+pub struct AdminFuture {
+    inner: RouteFuture<Infallible>,
+    /// The request's URI, for the `Location` of a `NotLeader` answer.
+    uri: Uri,
+}
+
+impl Future for AdminFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let Ok(mut resp) = ready!(Pin::new(&mut this.inner).poll(cx));
+        add_leader_location(&mut resp, &this.uri);
+        Poll::Ready(Ok(ensure_json_error(resp)))
+    }
 }
 
 // ---- middleware ----------------------------------------------------------
@@ -316,15 +377,10 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Completes 421 `NotLeader` answers with `Location: <leader><path?query>`;
-/// only here is the original URI known.
-async fn leader_location(req: Request, next: Next) -> Response {
-    let uri = req
-        .extensions()
-        .get::<OriginalUri>()
-        .map_or_else(|| req.uri().clone(), |o| o.0.clone());
-    let mut resp = next.run(req).await;
+/// only [`AdminApp`] knows the original URI.
+fn add_leader_location(resp: &mut Response, uri: &Uri) {
     if let Some(LeaderRedirect(base)) = resp.extensions_mut().remove::<LeaderRedirect>() {
-        let location = leader_url(&base, &uri);
+        let location = leader_url(&base, uri);
         match HeaderValue::from_str(&location) {
             Ok(v) => {
                 resp.headers_mut().insert(LOCATION, v);
@@ -332,7 +388,6 @@ async fn leader_location(req: Request, next: Next) -> Response {
             Err(_) => tracing::warn!(%location, "leader address is not a valid Location"),
         }
     }
-    resp
 }
 
 fn leader_url(base: &str, uri: &Uri) -> String {
@@ -343,7 +398,7 @@ fn leader_url(base: &str, uri: &Uri) -> String {
 /// Safety net: any error response that is not JSON yet (axum's 405, a
 /// rejection from a layer…) gets an [`ErrorBody`], keeping its status and
 /// headers (such as `Allow`).
-async fn ensure_json_error(resp: Response) -> Response {
+fn ensure_json_error(resp: Response) -> Response {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;

@@ -1,13 +1,14 @@
 //! The HTTPS accept loop: tokio-rustls for TLS, hyper-util for HTTP/1.1 and
 //! HTTP/2, graceful shutdown with a bound.
 
+use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::Router;
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -17,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +29,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `app` over TLS on `listener` until `shutdown` is cancelled.
+/// Serves `app` (an [`crate::AdminApp`] or any axum `Router`) over TLS on
+/// `listener` until `shutdown` is cancelled.
 ///
 /// Each connection runs in its own task: TLS handshake (bounded by 10 s; a
 /// failure is logged at `debug` and only drops that connection), then HTTP/1.1
@@ -43,12 +45,19 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// An accept error that says the listener itself is unusable (anything but
 /// per-connection failures and resource exhaustion, which are logged and
 /// retried).
-pub async fn serve_tls(
+pub async fn serve_tls<S>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    app: Router,
+    app: S,
     shutdown: CancellationToken,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: Service<hyper::Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());

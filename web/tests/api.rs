@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
-use axum::Router;
 use serde_json::{json, Value};
+use tandem_web::AdminApp;
 use tandem_web::{
     openapi, router, AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome,
     ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
@@ -646,7 +646,7 @@ impl AdminBackend for MemBackend {
     }
 }
 
-fn app() -> (Arc<MemBackend>, Router) {
+fn app() -> (Arc<MemBackend>, AdminApp) {
     let backend = Arc::new(MemBackend::default());
     (Arc::clone(&backend), router(backend))
 }
@@ -676,7 +676,7 @@ impl Resp {
     }
 }
 
-async fn send(app: &Router, req: Request<Body>) -> Resp {
+async fn send(app: &AdminApp, req: Request<Body>) -> Resp {
     let resp = app
         .clone()
         .oneshot(req)
@@ -715,7 +715,7 @@ fn request(method: Method, uri: &str, token: Option<&str>, body: Option<Value>) 
     b.body(body).expect("valid request")
 }
 
-async fn call(app: &Router, method: Method, uri: &str, body: Option<Value>) -> Resp {
+async fn call(app: &AdminApp, method: Method, uri: &str, body: Option<Value>) -> Resp {
     send(app, request(method, uri, Some(TOKEN), body)).await
 }
 
@@ -1331,7 +1331,7 @@ fn valid_settings() -> Value {
     })
 }
 
-async fn put_settings(app: &Router, body: Value) -> Resp {
+async fn put_settings(app: &AdminApp, body: Value) -> Resp {
     call(app, Method::PUT, "/api/v1/settings", Some(body)).await
 }
 
@@ -2070,7 +2070,7 @@ async fn openapi_lists_exactly_the_routes() {
 
 const PASSWORD: &str = "correct horse";
 
-fn ui_app() -> (Arc<MemBackend>, Router) {
+fn ui_app() -> (Arc<MemBackend>, AdminApp) {
     let (backend, app) = app();
     backend.lock().users.insert("admin".into(), PASSWORD.into());
     (backend, app)
@@ -2088,7 +2088,7 @@ impl Raw {
     }
 }
 
-async fn raw(app: &Router, req: Request<Body>) -> Raw {
+async fn raw(app: &AdminApp, req: Request<Body>) -> Raw {
     let resp = app
         .clone()
         .oneshot(req)
@@ -2119,7 +2119,7 @@ fn login_request(user: &str, password: &str) -> Request<Body> {
 }
 
 /// Logs in; returns the cookie header value and the page's CSRF token.
-async fn login(app: &Router) -> (String, String) {
+async fn login(app: &AdminApp) -> (String, String) {
     let r = raw(app, login_request("admin", PASSWORD)).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
     assert_eq!(r.header("location"), Some("/"));
@@ -2264,7 +2264,7 @@ async fn pages_need_a_session() {
     call_raw_401(&app).await;
 }
 
-async fn call_raw_401(app: &Router) {
+async fn call_raw_401(app: &AdminApp) {
     send(app, request(Method::GET, "/api/v1/status", None, None))
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
@@ -2274,7 +2274,7 @@ async fn call_raw_401(app: &Router) {
 async fn a_session_ends_when_its_user_is_removed_elsewhere() {
     let (backend, app) = ui_app();
     let (cookie, _) = login(&app).await;
-    let status = |app: Router, cookie: String| async move {
+    let status = |app: AdminApp, cookie: String| async move {
         raw(
             &app,
             with_cookie(Method::GET, "/api/v1/status", &cookie, None, None),
