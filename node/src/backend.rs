@@ -118,6 +118,7 @@ fn api(e: NodeError) -> ApiError {
         NodeError::BadRequest(m) => ApiError::BadRequest(m),
         NodeError::Unavailable(m) => ApiError::Unavailable(m),
         NodeError::Internal(m) => ApiError::Internal(m),
+        NodeError::InsufficientStorage(m) => ApiError::InsufficientStorage(m),
     }
 }
 

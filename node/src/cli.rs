@@ -130,6 +130,11 @@ pub struct ListenArgs {
     #[arg(long, default_value_t = Tuning::default().cache_mb,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_mb: u64,
+    /// Free space in MiB the data directory's filesystem keeps: below it
+    /// application writes (config, sessions) are refused with 507 (0: no
+    /// check).
+    #[arg(long, default_value_t = Tuning::default().min_free_mb)]
+    pub min_free_mb: u64,
     /// Primary timeout in ms (Raft heartbeat and election timeouts derive
     /// from it); `init` also stores it in the replicated settings.
     #[arg(long, default_value_t = Tuning::default().primary_timeout_ms)]
@@ -151,6 +156,7 @@ impl ListenArgs {
             snapshot_every: self.snapshot_every,
             keep_behind_snapshot: self.keep_behind_snapshot,
             cache_mb: self.cache_mb,
+            min_free_mb: self.min_free_mb,
             primary_timeout_ms: self.primary_timeout_ms,
         }
     }

@@ -53,6 +53,11 @@ pub enum ConfigError {
     },
 }
 
+/// Default of [`Tuning::min_free_mb`]: room for a snapshot of a state with
+/// a few hundred thousand records, and for control writes after
+/// application writes stopped.
+pub const DEFAULT_MIN_FREE_MB: u64 = 256;
+
 /// Raft timing and storage tuning. Defaults suit a pair on a LAN.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -69,6 +74,10 @@ pub struct Tuning {
     pub keep_behind_snapshot: u64,
     /// sled page cache, in MiB (sled's own default of 1 GiB is too much for an appliance).
     pub cache_mb: u64,
+    /// Free space, in MiB, the data directory's filesystem must keep for
+    /// application writes (config, sessions) to be accepted; below it they
+    /// answer 507 and control writes use the rest. 0 turns the check off.
+    pub min_free_mb: u64,
 }
 
 impl Default for Tuning {
@@ -78,6 +87,7 @@ impl Default for Tuning {
             snapshot_every: 10_000,
             keep_behind_snapshot: 1_000,
             cache_mb: tandem_storage::DEFAULT_CACHE_CAPACITY / (1024 * 1024),
+            min_free_mb: DEFAULT_MIN_FREE_MB,
         }
     }
 }

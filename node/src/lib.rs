@@ -11,6 +11,7 @@
 //! - [`protocol`]: peer messages and the handshake.
 //! - [`transport`]: the peer listener and the Raft network client.
 //! - [`node`]: a running node and its operations.
+//! - [`disk`]: the free-space reserve application writes are checked against.
 //! - [`backend`]: the `AdminBackend` the web crate serves.
 //! - [`bootstrap`]: `init` and `join`.
 //! - [`client`]: the admin API client the CLI uses.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod disk;
 pub mod failover;
 pub mod frame;
 pub mod ip_guard;

@@ -44,6 +44,10 @@ pub enum NodeError {
     /// A local failure (disk, certificate signing).
     #[error("internal: {0}")]
     Internal(String),
+    /// The data directory's filesystem is below its free-space reserve
+    /// ([`crate::disk::DiskGuard`]); nothing was changed.
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
 }
 
 /// Milliseconds since the Unix epoch, the unit every replicated timestamp uses.
@@ -194,6 +198,8 @@ pub struct Node {
     /// Cancelled when the node must restart in place (a join set up from
     /// the web UI changed its identity); `run` then stops and starts it.
     pub restart: tokio_util::sync::CancellationToken,
+    /// The free-space reserve application writes are checked against.
+    pub disk: crate::disk::DiskGuard,
     db: sled::Db,
 }
 
@@ -221,6 +227,7 @@ impl Node {
             "tuning.cache_mb must be at least 1 (MiB)"
         );
         let cache = cfg.tuning.cache_mb.saturating_mul(1024 * 1024);
+        let disk = crate::disk::DiskGuard::new(db_dir.clone(), cfg.tuning.min_free_mb);
         let store = tokio::task::spawn_blocking(move || tandem_storage::open(&db_dir, cache))
             .await?
             .context("opening storage")?;
@@ -263,6 +270,7 @@ impl Node {
             shared_ips: std::sync::OnceLock::new(),
             bandwidth,
             restart: tokio_util::sync::CancellationToken::new(),
+            disk,
             db,
         })
     }

@@ -512,6 +512,7 @@ impl Node {
         // primary's CPU.
         let computed = self.settle_primary().await;
         self.check_writable_as(Some(computed))?;
+        self.disk.check()?;
         self.write(req).await
     }
 

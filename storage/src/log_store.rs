@@ -187,6 +187,9 @@ impl LogShared {
             let res = self.log_sync().await;
             if let Err(e) = &res {
                 tracing::error!(error = %e, "log flush failed");
+                if let StorageError::Io(io) = e {
+                    self.seg.report_if_full(io);
+                }
             }
             for cb in callbacks {
                 let r = match &res {
@@ -323,7 +326,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.shared.seg.append(entries, &mut self.scratch)?;
+        if let Err(e) = self.shared.seg.append(entries, &mut self.scratch) {
+            let e = io::Error::from(e);
+            self.shared.seg.report_if_full(&e);
+            return Err(e);
+        }
         self.shared.enqueue(callback);
         Ok(())
     }

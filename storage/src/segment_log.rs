@@ -368,6 +368,18 @@ impl SegmentLog {
     /// Encoding or I/O errors: the log then holds what it held before (a
     /// partly written record lies past the recorded end and is overwritten
     /// by the next append, or cut at the next open).
+    /// Logs what a full disk means for the node, when `e` says the disk
+    /// is full: openraft stops Raft on a node whose log cannot be written.
+    pub(crate) fn report_if_full(&self, e: &io::Error) {
+        if e.kind() == io::ErrorKind::StorageFull {
+            tracing::error!(
+                dir = %self.dir.display(),
+                "the disk holding the Raft log is full: Raft stops on this node \
+                 (nothing acknowledged is lost); free space on that filesystem, then restart the node"
+            );
+        }
+    }
+
     pub(crate) fn append(
         &self,
         entries: impl IntoIterator<Item = Entry>,

@@ -63,6 +63,19 @@ pub async fn cluster_slot() -> SemaphorePermit<'static> {
         .expect("the cluster semaphore is never closed")
 }
 
+/// Whether this process runs with effective user id 0 (what mounts and
+/// network namespaces need).
+pub fn is_root() -> bool {
+    let euid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        });
+    euid.as_deref() == Some("0")
+}
+
 /// Path of the `tandem` binary.
 ///
 /// # Panics
@@ -426,11 +439,17 @@ impl Cluster {
     /// `tandem init` of the first node `name`, then starts it and waits until
     /// it answers `/health` as leader.
     pub async fn init(name: &str, flags: &[&str]) -> Self {
-        let slot = cluster_slot().await;
         let root = tempfile::Builder::new()
             .prefix("tandem-test-")
             .tempdir()
             .expect("creating a temporary directory");
+        Self::init_in(root, name, flags).await
+    }
+
+    /// As [`Cluster::init`], with the nodes' directories and logs under
+    /// `root` (a filesystem the test prepared, such as a small tmpfs).
+    pub async fn init_in(root: tempfile::TempDir, name: &str, flags: &[&str]) -> Self {
+        let slot = cluster_slot().await;
         let dir = root.path().join(name);
         let (init, ca_pem, cfg) = init_node(&dir, name, flags).await;
         let field = |k: &str| {

@@ -88,14 +88,7 @@ pub fn ip_ok(args: &[&str]) -> anyhow::Result<String> {
 
 /// Why namespaces cannot be used here, if they cannot.
 pub fn netns_unavailable() -> Option<String> {
-    let euid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        });
-    if euid.as_deref() != Some("0") {
+    if !crate::is_root() {
         return Some("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
     }
     match ip(&["-V"]) {

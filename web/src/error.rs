@@ -76,6 +76,10 @@ pub enum ApiError {
     /// and the client gets a generic message.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The node's disk is below its free-space reserve: 507 with kind
+    /// `insufficient_storage`. Nothing was changed.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 fn not_leader_message(leader_api: Option<&str>) -> String {
@@ -111,6 +115,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 
@@ -130,6 +135,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
+            Self::InsufficientStorage(_) => "insufficient_storage",
         }
     }
 

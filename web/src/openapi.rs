@@ -325,7 +325,8 @@ fn error_responses() -> Value {
         "E404": e("no such key, session or route"),
         "E409": e("precondition failed (conflict) or action refused (refused)"),
         "E421": e("not the leader: Location points at the leader"),
-        "E503": e("unavailable, or not the leader and none known (Retry-After)")
+        "E503": e("unavailable, or not the leader and none known (Retry-After)"),
+        "E507": e("the node's disk is below its free-space reserve (insufficient_storage); nothing changed")
     })
 }
 
@@ -379,22 +380,22 @@ pub fn openapi() -> Value {
                 "get": op("One configuration entry", true, vec![stale()], None,
                     vec![ok("200", applied, Some("ConfigEntry")), err("400"), err("404"), err("421"), err("503")]),
                 "put": op("Create or replace an entry", true, vec![], Some(body("ConfigPut", true)),
-                    vec![ok("200", "written", Some("ConfigEntry")), err("400"), err("409"), err("421"), err("503")]),
+                    vec![ok("200", "written", Some("ConfigEntry")), err("400"), err("409"), err("421"), err("503"), err("507")]),
                 "delete": op("Remove an entry", true, vec![], None,
-                    vec![ok("204", "removed", None), err("400"), err("404"), err("421"), err("503")])
+                    vec![ok("204", "removed", None), err("400"), err("404"), err("421"), err("503"), err("507")])
             },
             "/api/v1/sessions": {
                 "get": op("List live sessions", true, vec![limit(100, 1000), stale()], None,
                     vec![ok("200", applied, Some("SessionList")), err("400"), err("421"), err("503")]),
                 "post": op("Create a session", true, vec![], Some(body("SessionCreate", true)),
-                    vec![ok("201", "created", Some("Session")), err("400"), err("421"), err("503")])
+                    vec![ok("201", "created", Some("Session")), err("400"), err("421"), err("503"), err("507")])
             },
             "/api/v1/sessions/{id}": {
                 "parameters": [path_param("id", "session id")],
                 "get": op("One session", true, vec![stale()], None,
                     vec![ok("200", applied, Some("Session")), err("400"), err("404"), err("421"), err("503")]),
                 "delete": op("Remove a session", true, vec![], None,
-                    vec![ok("204", "removed", None), err("400"), err("404"), err("421"), err("503")])
+                    vec![ok("204", "removed", None), err("400"), err("404"), err("421"), err("503"), err("507")])
             },
             "/api/v1/cluster": {
                 "get": op("Membership and replication progress", true, vec![stale()], None,

@@ -1298,6 +1298,11 @@ async fn backend_errors_map_to_one_status_each() {
         (ApiError::PayloadTooLarge, 413, "payload_too_large"),
         (ApiError::Unavailable("u".into()), 503, "unavailable"),
         (ApiError::Internal("secret detail".into()), 500, "internal"),
+        (
+            ApiError::InsufficientStorage("s".into()),
+            507,
+            "insufficient_storage",
+        ),
     ];
     for (err, status, kind) in cases {
         let resp = err.into_response();
