@@ -586,6 +586,16 @@ impl AdminBackend for Backend {
                 ));
             }
         }
+        if let Err(NodeError::InsufficientStorage(m)) = node.disk.check() {
+            notes.push(format!("configuration and session writes are refused: {m}"));
+        }
+        if node.metrics().state == ServerState::Shutdown {
+            notes.push(
+                "Raft has stopped on this node after a storage failure (a full disk, see its log): \
+                 it neither replicates nor serves writes until it is restarted"
+                    .into(),
+            );
+        }
         if let Some(path) = node.roles.diverged_export() {
             notes.push(format!(
                 "writes this node never replicated were exported to {path}"

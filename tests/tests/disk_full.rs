@@ -100,6 +100,16 @@ fn small_fs(test: &str) -> Option<(tempfile::TempDir, Tmpfs)> {
     }
 }
 
+/// Node 0's status page has a note containing every one of `words`.
+async fn assert_note(c: &Cluster, words: &[&str]) {
+    let status = c.status(0).await.expect("status answers");
+    let notes = &status.this_host.notes;
+    assert!(
+        notes.iter().any(|n| words.iter().all(|w| n.contains(w))),
+        "no note on the status page says {words:?}: {notes:?}"
+    );
+}
+
 /// Writes `key` on node 0 until the answer is `want` (at most 5 s).
 async fn put_until(c: &Cluster, key: &str, want: StatusCode) {
     wait_until(
@@ -224,12 +234,7 @@ async fn application_writes_stop_at_the_reserve_and_resume_when_space_is_freed()
     // The node keeps serving: health, status, reads.
     let health = c.health(0).await.expect("health answers on a full disk");
     assert_eq!(health.leader, Some(health.node_id), "{health:?}");
-    let r = c
-        .req(0, Method::GET, "/api/v1/status")
-        .send()
-        .await
-        .expect("status");
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_note(&c, &["writes are refused", "MiB free"]).await;
     assert!(pid_alive(c.nodes[0].pid().expect("running")));
 
     // Space freed: writes are accepted again.
@@ -297,6 +302,7 @@ async fn a_full_disk_under_the_log_loses_no_acknowledged_write() {
     let pid = c.nodes[0].pid().expect("running");
     assert!(pid_alive(pid), "the node process stays up");
     assert!(c.health(0).await.is_some(), "health answers");
+    assert_note(&c, &["Raft has stopped", "restarted"]).await;
     let log = wait_until(
         "the node's log explains",
         Duration::from_secs(5),
