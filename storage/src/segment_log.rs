@@ -359,15 +359,6 @@ impl SegmentLog {
         self.read().segments.last().map_or(0, Segment::next)
     }
 
-    /// Appends `entries` (consecutive indexes). Entries at or after the
-    /// first one's index are removed first (as [`SegmentLog::truncate`]); an
-    /// append that starts past the end begins a new segment. Not durable
-    /// until [`SegmentLog::sync`]. `buf` is scratch space.
-    ///
-    /// # Errors
-    /// Encoding or I/O errors: the log then holds what it held before (a
-    /// partly written record lies past the recorded end and is overwritten
-    /// by the next append, or cut at the next open).
     /// Logs what a full disk means for the node, when `e` says the disk
     /// is full: openraft stops Raft on a node whose log cannot be written.
     pub(crate) fn report_if_full(&self, e: &io::Error) {
@@ -380,6 +371,15 @@ impl SegmentLog {
         }
     }
 
+    /// Appends `entries` (consecutive indexes). Entries at or after the
+    /// first one's index are removed first (as [`SegmentLog::truncate`]); an
+    /// append that starts past the end begins a new segment. Not durable
+    /// until [`SegmentLog::sync`]. `buf` is scratch space.
+    ///
+    /// # Errors
+    /// Encoding or I/O errors: the log then holds what it held before (a
+    /// partly written record lies past the recorded end and is overwritten
+    /// by the next append, or cut at the next open).
     pub(crate) fn append(
         &self,
         entries: impl IntoIterator<Item = Entry>,

@@ -276,8 +276,8 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> AdminApp {
 ///
 /// This is done here rather than with `Router::layer`, which wraps each
 /// route separately and costs several boxed services and futures per
-/// request: on the write path that was a measurable share of the leader's
-/// allocations.
+/// request (no CPU difference was measurable on this machine; fewer
+/// allocations on every request).
 #[derive(Clone)]
 pub struct AdminApp {
     router: Router,
