@@ -85,8 +85,35 @@ impl Backend {
                 .get()
                 .map(|h| h.report().held)
                 .unwrap_or_default(),
+            disk_free_bytes: self.node.disk.free(),
+            disk_reserve_bytes: Some(self.node.disk.reserve()),
         }
     }
+}
+
+/// What the status page says about a node's storage, from its `/health`:
+/// a disk below the reserve, and Raft stopped (by a storage failure).
+fn peer_storage_notes(name: &str, h: &HealthView) -> Vec<String> {
+    let mut notes = Vec::new();
+    const MIB: f64 = 1024.0 * 1024.0;
+    if let (Some(free), Some(reserve)) = (h.disk_free_bytes, h.disk_reserve_bytes) {
+        if reserve > 0 && free < reserve {
+            notes.push(format!(
+                "{name}: only {:.1} MiB free for its data directory, below its reserve of {:.0} MiB: \
+                 as primary it refuses configuration and session writes, and its Raft stops if the \
+                 disk fills; free space there",
+                free as f64 / MIB,
+                reserve as f64 / MIB
+            ));
+        }
+    }
+    if h.role == role_name(ServerState::Shutdown) {
+        notes.push(format!(
+            "{name}: Raft has stopped there after a storage failure (such as a full disk, see its \
+             log): it neither replicates nor serves writes until it is restarted"
+        ));
+    }
+    notes
 }
 
 fn role_name(s: ServerState) -> &'static str {
@@ -514,6 +541,11 @@ impl AdminBackend for Backend {
             }
         });
         let probed = futures::future::join_all(probes).await;
+        let peer_notes: Vec<String> = probed
+            .iter()
+            .filter_map(|(_, info, health)| Some((info.as_ref()?, health.as_ref()?)))
+            .flat_map(|(info, h)| peer_storage_notes(&info.name, h))
+            .collect();
         let peers = probed
             .into_iter()
             .map(|(f, info, health)| {
@@ -586,16 +618,8 @@ impl AdminBackend for Backend {
                 ));
             }
         }
-        if let Err(NodeError::InsufficientStorage(m)) = node.disk.check() {
-            notes.push(format!("configuration and session writes are refused: {m}"));
-        }
-        if node.metrics().state == ServerState::Shutdown {
-            notes.push(
-                "Raft has stopped on this node after a storage failure (a full disk, see its log): \
-                 it neither replicates nor serves writes until it is restarted"
-                    .into(),
-            );
-        }
+        notes.extend(peer_storage_notes(&node.cfg.name, &self.local_health()));
+        notes.extend(peer_notes);
         if let Some(path) = node.roles.diverged_export() {
             notes.push(format!(
                 "writes this node never replicated were exported to {path}"

@@ -70,6 +70,23 @@ impl DiskGuard {
         }
     }
 
+    /// Bytes available, read at most every [`RECHECK_MS`]; `None` if the
+    /// filesystem cannot be asked.
+    pub fn free(&self) -> Option<u64> {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.read_at.load(Ordering::Relaxed);
+        if last == 0 || now.saturating_sub(last) >= RECHECK_MS {
+            self.read_at.store(now, Ordering::Relaxed);
+            return self.free_now();
+        }
+        Some(self.free.load(Ordering::Relaxed)).filter(|&f| f != u64::MAX)
+    }
+
+    /// The reserve in bytes (0: no check).
+    pub fn reserve(&self) -> u64 {
+        self.min_free
+    }
+
     /// Ok when an application write may go ahead: the filesystem has at
     /// least the reserve available.
     ///
@@ -79,16 +96,9 @@ impl DiskGuard {
         if self.min_free == 0 {
             return Ok(());
         }
-        let now = self.started.elapsed().as_millis() as u64 + 1;
-        let last = self.read_at.load(Ordering::Relaxed);
-        let free = if last == 0 || now.saturating_sub(last) >= RECHECK_MS {
-            self.read_at.store(now, Ordering::Relaxed);
-            // A filesystem that cannot be asked does not stop writes: the
-            // log's own error handling still applies.
-            self.free_now().unwrap_or(u64::MAX)
-        } else {
-            self.free.load(Ordering::Relaxed)
-        };
+        // A filesystem that cannot be asked does not stop writes: the log's
+        // own error handling still applies.
+        let free = self.free().unwrap_or(u64::MAX);
         if free >= self.min_free {
             return Ok(());
         }

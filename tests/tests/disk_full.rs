@@ -100,14 +100,22 @@ fn small_fs(test: &str) -> Option<(tempfile::TempDir, Tmpfs)> {
     }
 }
 
-/// Node 0's status page has a note containing every one of `words`.
-async fn assert_note(c: &Cluster, words: &[&str]) {
-    let status = c.status(0).await.expect("status answers");
-    let notes = &status.this_host.notes;
-    assert!(
-        notes.iter().any(|n| words.iter().all(|w| n.contains(w))),
-        "no note on the status page says {words:?}: {notes:?}"
-    );
+/// Node `i`'s status page has (within 10 s) a note containing every one
+/// of `words`.
+async fn assert_note(c: &Cluster, i: usize, words: &[&str]) {
+    wait_until(
+        &format!("a note on node {i}'s status page saying {words:?}"),
+        Duration::from_secs(10),
+        || async {
+            let status = c.status(i).await?;
+            let notes = &status.this_host.notes;
+            notes
+                .iter()
+                .any(|n| words.iter().all(|w| n.contains(w)))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Writes `key` on node 0 until the answer is `want` (at most 5 s).
@@ -234,7 +242,15 @@ async fn application_writes_stop_at_the_reserve_and_resume_when_space_is_freed()
     // The node keeps serving: health, status, reads.
     let health = c.health(0).await.expect("health answers on a full disk");
     assert_eq!(health.leader, Some(health.node_id), "{health:?}");
-    assert_note(&c, &["writes are refused", "MiB free"]).await;
+    assert_note(&c, 0, &["a: only", "below its reserve of 16 MiB"]).await;
+    let health = c.health(0).await.expect("health");
+    assert_eq!(health.disk_reserve_bytes, Some(RESERVE_MIB * MIB));
+    assert!(
+        health
+            .disk_free_bytes
+            .is_some_and(|f| f < RESERVE_MIB * MIB),
+        "{health:?}"
+    );
     assert!(pid_alive(c.nodes[0].pid().expect("running")));
 
     // Space freed: writes are accepted again.
@@ -302,7 +318,7 @@ async fn a_full_disk_under_the_log_loses_no_acknowledged_write() {
     let pid = c.nodes[0].pid().expect("running");
     assert!(pid_alive(pid), "the node process stays up");
     assert!(c.health(0).await.is_some(), "health answers");
-    assert_note(&c, &["Raft has stopped", "restarted"]).await;
+    assert_note(&c, 0, &["a: Raft has stopped", "restarted"]).await;
     let log = wait_until(
         "the node's log explains",
         Duration::from_secs(5),
@@ -354,4 +370,80 @@ async fn a_full_disk_under_the_log_loses_no_acknowledged_write() {
         },
     )
     .await;
+}
+
+/// A backup's disk fills (its data directory is on the small filesystem,
+/// the primary's is not): the primary's status page says so from the
+/// backup's `/health`, first below the reserve, then that Raft stopped on
+/// the backup once its log could not be written; the primary and the
+/// witness keep committing writes; after freeing space and restarting the
+/// backup, it catches up with every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_a_full_disk_is_reported_and_the_pair_goes_on() {
+    let test = "a_backup_with_a_full_disk_is_reported_and_the_pair_goes_on";
+    let Some((small, _fs)) = small_fs(test) else {
+        return;
+    };
+    let root = tempfile::Builder::new()
+        .prefix("tandem-test-")
+        .tempdir()
+        .expect("temp dir");
+    // `b`'s data directory lives on the small filesystem.
+    let b_dir = small.path().join("b");
+    std::fs::create_dir(&b_dir).expect("creating b's directory");
+    std::os::unix::fs::symlink(&b_dir, root.path().join("b")).expect("symlink");
+    let reserve = RESERVE_MIB.to_string();
+    let mut c = Cluster::init_in(root, "a", &["--min-free-mb", &reserve]).await;
+    c.add_node("b", false).await;
+    c.wait_members(2).await;
+    c.add_node("w", true).await;
+    c.wait_voters(3).await;
+    let leader = c.leader().await;
+    assert_eq!(c.nodes[leader].name, "a", "the node that ran init leads");
+    c.put_ok(leader, "before", &json!(1)).await;
+
+    // Below b's reserve: a's page says so; writes on a go on.
+    let filler = fill_until(small.path(), RESERVE_MIB * MIB / 2);
+    assert_note(&c, leader, &["b: only", "below its reserve of 16 MiB"]).await;
+    c.put_ok(leader, "below-reserve", &json!(2)).await;
+
+    // b's disk full: its Raft stops, a and w commit without it.
+    fill_until(small.path(), 0);
+    let value = "v".repeat(4096);
+    let mut acknowledged = Vec::new();
+    // Bounded: b has at most a few MiB of slack in its files.
+    for i in 0..2_000 {
+        let key = format!("k/{i}");
+        c.put_ok(leader, &key, &json!(value)).await;
+        acknowledged.push(key);
+        if i % 50 == 49 && c.health(1).await.is_some_and(|h| h.role == "shutdown") {
+            break;
+        }
+    }
+    assert_eq!(
+        c.health(1).await.map(|h| h.role),
+        Some("shutdown".to_string()),
+        "b's Raft stopped once its disk was full"
+    );
+    assert_note(&c, leader, &["b: Raft has stopped", "restarted"]).await;
+    c.put_ok(leader, "after-b-stopped", &json!(3)).await;
+
+    // Free space, restart b: it catches up.
+    c.kill9(1);
+    std::fs::remove_file(&filler).expect("removing the filler");
+    c.spawn(1);
+    c.wait_health(1).await;
+    c.wait_caught_up(1).await;
+    for key in acknowledged.iter().map(String::as_str).chain([
+        "before",
+        "below-reserve",
+        "after-b-stopped",
+    ]) {
+        let r = c
+            .req(1, Method::GET, &format!("/api/v1/config/{key}?stale=true"))
+            .send()
+            .await
+            .expect("stale read on b");
+        assert_eq!(r.status(), StatusCode::OK, "{key} on b after catching up");
+    }
 }

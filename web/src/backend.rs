@@ -403,6 +403,14 @@ pub struct HealthView {
     /// Shared IPs (`address/prefix`) this node holds right now.
     #[serde(default)]
     pub shared_ips_held: Vec<String>,
+    /// Bytes available on the filesystem of this node's data directory
+    /// (read at most every 200 ms), when it can be asked.
+    #[serde(default)]
+    pub disk_free_bytes: Option<u64>,
+    /// The free space below which this node refuses application writes
+    /// (`tuning.min_free_mb`; 0: no reserve).
+    #[serde(default)]
+    pub disk_reserve_bytes: Option<u64>,
 }
 
 /// How a read was served; rendered as the `X-Tandem-Applied-Index` and

@@ -132,7 +132,9 @@ fn schemas() -> Value {
             "status": string(), "node": string(), "node_id": int(), "role": string(),
             "leader": opt_int(), "term": int(), "applied_index": opt_int(),
             "last_log_index": opt_int(), "committed_index": opt_int(),
-            "snapshot_index": opt_int(), "purged_index": opt_int()
+            "snapshot_index": opt_int(), "purged_index": opt_int(),
+            "shared_ips_held": array(string()),
+            "disk_free_bytes": opt_int(), "disk_reserve_bytes": opt_int()
         })),
         "RoleHealth": obj(&["ok", "role", "reason"], json!({
             "ok": boolean(), "role": role(), "reason": opt_string()

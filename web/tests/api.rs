@@ -258,6 +258,8 @@ impl AdminBackend for MemBackend {
             snapshot_index: None,
             purged_index: None,
             shared_ips_held: Vec::new(),
+            disk_free_bytes: Some(1 << 30),
+            disk_reserve_bytes: Some(256 << 20),
         })
     }
 
