@@ -93,7 +93,7 @@ impl Backend {
 
 /// What the status page says about a node's storage, from its `/health`:
 /// a disk below the reserve, and Raft stopped (by a storage failure).
-fn peer_storage_notes(name: &str, h: &HealthView) -> Vec<String> {
+fn storage_notes(name: &str, h: &HealthView) -> Vec<String> {
     let mut notes = Vec::new();
     const MIB: f64 = 1024.0 * 1024.0;
     if let (Some(free), Some(reserve)) = (h.disk_free_bytes, h.disk_reserve_bytes) {
@@ -544,7 +544,7 @@ impl AdminBackend for Backend {
         let peer_notes: Vec<String> = probed
             .iter()
             .filter_map(|(_, info, health)| Some((info.as_ref()?, health.as_ref()?)))
-            .flat_map(|(info, h)| peer_storage_notes(&info.name, h))
+            .flat_map(|(info, h)| storage_notes(&info.name, h))
             .collect();
         let peers = probed
             .into_iter()
@@ -618,7 +618,7 @@ impl AdminBackend for Backend {
                 ));
             }
         }
-        notes.extend(peer_storage_notes(&node.cfg.name, &self.local_health()));
+        notes.extend(storage_notes(&node.cfg.name, &self.local_health()));
         notes.extend(peer_notes);
         if let Some(path) = node.roles.diverged_export() {
             notes.push(format!(

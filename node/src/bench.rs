@@ -205,7 +205,7 @@ impl BenchConn {
 }
 
 /// Sends one request on `conn`, connecting first when there is no
-/// connection or the last one failed.
+/// connection or the last one was closed.
 async fn send_on(
     conn: &mut Option<BenchConn>,
     target: &Arc<Target>,
@@ -217,11 +217,7 @@ async fn send_on(
         *conn = Some(BenchConn::connect(target).await?);
     }
     let c = conn.as_mut().context("connected above")?;
-    let r = c.send(method, path, body).await;
-    if r.is_err() && c.send.is_closed() {
-        *conn = None;
-    }
-    r
+    c.send(method, path, body).await
 }
 
 async fn measure(cluster: &LocalCluster, args: &BenchArgs) -> anyhow::Result<()> {

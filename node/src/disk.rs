@@ -34,7 +34,8 @@ pub struct DiskGuard {
     started: Instant,
     /// Milliseconds after `started` of the last reading, plus one (0: none).
     read_at: AtomicU64,
-    /// Bytes available to the daemon at the last reading.
+    /// Bytes available to the daemon at the last reading (`u64::MAX`: that
+    /// reading failed).
     free: AtomicU64,
 }
 
@@ -53,8 +54,9 @@ impl DiskGuard {
 
     /// Bytes available on the data directory's filesystem (to an
     /// unprivileged user: root's reserved blocks are not counted), read
-    /// now. `None` if the filesystem cannot be asked.
-    pub fn free_now(&self) -> Option<u64> {
+    /// now (and kept for [`DiskGuard::free`]). `None` if the filesystem
+    /// cannot be asked.
+    fn free_now(&self) -> Option<u64> {
         match nix::sys::statvfs::statvfs(&self.dir) {
             Ok(s) => {
                 // Both are u64 here, narrower on 32-bit targets.
@@ -65,6 +67,7 @@ impl DiskGuard {
             }
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read the free space of the data directory");
+                self.free.store(u64::MAX, Ordering::Relaxed);
                 None
             }
         }

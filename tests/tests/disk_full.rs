@@ -118,16 +118,12 @@ async fn assert_note(c: &Cluster, i: usize, words: &[&str]) {
     .await;
 }
 
-/// Writes `key` on node 0 until the answer is `want` (at most 5 s).
-async fn put_until(c: &Cluster, key: &str, want: StatusCode) {
-    wait_until(
-        &format!("PUT {key} answered {want}"),
-        Duration::from_secs(5),
-        || async {
-            let r = c.put(0, key, &json!(0)).await.ok()?;
-            (r.status() == want).then_some(())
-        },
-    )
+/// Writes `key` on node 0 until the answer is `want` (at most `within`).
+async fn put_until(c: &Cluster, key: &str, want: StatusCode, within: Duration) {
+    wait_until(&format!("PUT {key} answered {want}"), within, || async {
+        let r = c.put(0, key, &json!(0)).await.ok()?;
+        (r.status() == want).then_some(())
+    })
     .await;
 }
 
@@ -163,7 +159,13 @@ async fn application_writes_stop_at_the_reserve_and_resume_when_space_is_freed()
 
     // Within the guard's re-read interval (a write may still pass in it)
     // writes start being refused.
-    put_until(&c, "probe", StatusCode::INSUFFICIENT_STORAGE).await;
+    put_until(
+        &c,
+        "probe",
+        StatusCode::INSUFFICIENT_STORAGE,
+        Duration::from_secs(5),
+    )
+    .await;
     let r = c.put(0, "during", &json!(1)).await.expect("put");
     assert_eq!(r.status(), StatusCode::INSUFFICIENT_STORAGE);
     let refused: Value = r.json().await.expect("error JSON");
@@ -255,7 +257,7 @@ async fn application_writes_stop_at_the_reserve_and_resume_when_space_is_freed()
 
     // Space freed: writes are accepted again.
     std::fs::remove_file(&filler).expect("removing the filler");
-    put_until(&c, "after", StatusCode::OK).await;
+    put_until(&c, "after", StatusCode::OK, Duration::from_secs(5)).await;
     for i in 0..20 {
         let v: Value = c
             .req(0, Method::GET, &format!("/api/v1/config/before/{i}"))
@@ -361,15 +363,7 @@ async fn a_full_disk_under_the_log_loses_no_acknowledged_write() {
             .unwrap_or_else(|| panic!("acknowledged {key} is missing after the restart"));
         assert_eq!(v["value"], json!(value), "{key}");
     }
-    wait_until(
-        "writes after the restart",
-        Duration::from_secs(20),
-        || async {
-            let r = c.put(0, "after", &json!(1)).await.ok()?;
-            (r.status() == StatusCode::OK).then_some(())
-        },
-    )
-    .await;
+    put_until(&c, "after", StatusCode::OK, Duration::from_secs(20)).await;
 }
 
 /// A backup's disk fills (its data directory is on the small filesystem,
