@@ -234,6 +234,7 @@ impl LocalCluster {
                 "name": n.name,
                 "api": n.api,
                 "dir": n.dir,
+                "pid": n.child.id(),
             })).collect::<Vec<_>>(),
         })
     }
@@ -294,7 +295,13 @@ pub async fn run_demo(dir: Option<PathBuf>, shutdown: CancellationToken) -> anyh
     std::fs::write(&json_path, serde_json::to_vec_pretty(&doc)?).context("writing demo.json")?;
     println!();
     for n in &cluster.nodes {
-        println!("  {:<2} {}   (data: {})", n.name, n.api, n.dir.display());
+        println!(
+            "  {:<2} {}   (pid {}, data: {})",
+            n.name,
+            n.api,
+            n.child.id().unwrap_or(0),
+            n.dir.display()
+        );
     }
     println!();
     println!("admin token: {}", cluster.token);
@@ -318,23 +325,95 @@ pub async fn run_demo(dir: Option<PathBuf>, shutdown: CancellationToken) -> anyh
         cluster.token
     );
     println!();
-    println!("Ctrl-C stops all three.");
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    'watch: loop {
+    println!("Ctrl-C stops all three. Kill one (kill -9 of its PID, in demo.json) to watch the");
+    println!("others carry on; the demo then says how to start it again.");
+    watch_nodes(&mut cluster, &json_path, shutdown).await;
+    println!("stopping ...");
+    cluster.stop().await;
+    println!("stopped; data kept in {}", root.display());
+    Ok(())
+}
+
+/// Until `shutdown`: reports every node that exits, keeps the others
+/// running, and prints the command that starts it again; a line on standard
+/// input starts every exited node again as the demo's own child.
+async fn watch_nodes(cluster: &mut LocalCluster, json_path: &Path, shutdown: CancellationToken) {
+    let mut lines = stdin_lines();
+    let mut stdin_open = true;
+    let mut down = vec![false; cluster.nodes.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break 'watch,
+            _ = shutdown.cancelled() => return,
+            line = lines.recv(), if stdin_open => {
+                if line.is_none() {
+                    // Standard input closed (no terminal): Ctrl-C and the
+                    // printed commands still work.
+                    stdin_open = false;
+                    continue;
+                }
+                for i in 0..down.len() {
+                    if !down[i] {
+                        continue;
+                    }
+                    let name = cluster.nodes[i].name.clone();
+                    match cluster.restart(i) {
+                        Ok(()) => {
+                            down[i] = false;
+                            println!("started {name} again (pid {})", cluster.nodes[i].child.id().unwrap_or(0));
+                        }
+                        Err(e) => eprintln!("could not start {name} again: {e:#}"),
+                    }
+                }
+                write_json(cluster, json_path);
+            }
             _ = tick.tick() => {
-                for n in &mut cluster.nodes {
+                for (i, n) in cluster.nodes.iter_mut().enumerate() {
+                    if down[i] {
+                        continue;
+                    }
                     if let Ok(Some(status)) = n.child.try_wait() {
-                        eprintln!("node {} exited ({status}); see {}", n.name, root.join(format!("{}.log", n.name)).display());
-                        break 'watch;
+                        down[i] = true;
+                        let log = cluster.root.join(format!("{}.log", n.name));
+                        println!();
+                        println!("node {} exited ({status}); its log: {}", n.name, log.display());
+                        println!("the other nodes keep running. Start {} again with:", n.name);
+                        println!("  {} run --dir {}", exe_display(), n.dir.display());
+                        println!("or press Enter here and the demo starts it again.");
                     }
                 }
             }
         }
     }
-    println!("stopping ...");
-    cluster.stop().await;
-    println!("stopped; data kept in {}", root.display());
-    Ok(())
+}
+
+/// Lines typed on standard input. A plain thread reads them: a read
+/// blocked on a terminal must not hold up the runtime's shutdown.
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn exe_display() -> String {
+    tandem_exe().map_or_else(|_| "tandem".into(), |p| p.display().to_string())
+}
+
+fn write_json(cluster: &LocalCluster, path: &Path) {
+    let doc = cluster.describe();
+    match serde_json::to_vec_pretty(&doc) {
+        Ok(bytes) => {
+            if let Err(e) = std::fs::write(path, bytes) {
+                eprintln!("could not update {}: {e}", path.display());
+            }
+        }
+        Err(e) => eprintln!("could not update {}: {e}", path.display()),
+    }
 }

@@ -10,6 +10,8 @@
 //! - [`frame`]: the length-prefixed, size-limited frame codec.
 //! - [`protocol`]: peer messages and the handshake.
 //! - [`transport`]: the peer listener and the Raft network client.
+//! - [`peer_reach`]: which peers answer, logged once per loss and return.
+//! - [`log_limit`]: openraft's repeated warnings, one per call site per 30 s.
 //! - [`node`]: a running node and its operations.
 //! - [`disk`]: the free-space reserve application writes are checked against.
 //! - [`backend`]: the `AdminBackend` the web crate serves.
@@ -30,7 +32,9 @@ pub mod disk;
 pub mod failover;
 pub mod frame;
 pub mod ip_guard;
+pub mod log_limit;
 pub mod node;
+pub mod peer_reach;
 pub mod protocol;
 pub mod reset;
 pub mod roles;
@@ -275,9 +279,11 @@ async fn run_once(
         tracing::warn!("admin listener did not stop in time");
     }
     // 2. Release the shared IPs, then hand leadership over so the cluster
-    //    does not wait for an election timeout.
+    //    does not wait for an election timeout. The release is final: the
+    //    role manager still runs until the hand-over, and its ticks cannot
+    //    take the addresses back (DESIGN rule 6).
     if let Some(h) = node.shared_ips.get() {
-        if tokio::time::timeout(SHUTDOWN_STEP, h.release_all())
+        if tokio::time::timeout(SHUTDOWN_STEP, h.release_for_shutdown())
             .await
             .is_err()
         {

@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tandem_node::cli::{execute, Cli, LogFormat};
-use tracing_subscriber::EnvFilter;
+use tandem_node::log_limit::OpenraftWarnLimit;
+use tracing_subscriber::filter::FilterExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// The default allocator: jemalloc, configured by [`MALLOC_CONF`]. Against
 /// glibc malloc with one arena it cut a node's CPU per write by about a
@@ -57,13 +61,18 @@ fn main() -> ExitCode {
     configure_allocator();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sled=warn,openraft=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .unwrap_or_else(|_| EnvFilter::new("info,sled=warn,openraft=warn"))
+        // openraft warns per failed RPC: against a dead peer, a line per
+        // attempt. Its call sites get one line per 30 s (`log_limit`).
+        .and(OpenraftWarnLimit::default());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(fmt.json().with_filter(filter))
+            .init(),
+        LogFormat::Human => tracing_subscriber::registry()
+            .with(fmt.with_filter(filter))
+            .init(),
     }
     // Blocking-pool threads (sled flushes, applies of large batches,
     // snapshot files) are kept instead of exiting after tokio's 10 s idle

@@ -251,6 +251,7 @@ impl Node {
             fence: fence.clone(),
             // Refreshed from the replicated settings on every role tick.
             bandwidth_limit: Box::new(move || bandwidth_now.load(Ordering::Relaxed)),
+            heartbeat: timing.heartbeat,
         });
         let network = PeerNetwork::new(identity.clone(), client_tls);
         let engine = start_engine(&cfg, timing, network.clone(), store).await?;

@@ -893,18 +893,42 @@ impl Node {
         // writes are refused until the new primary serves.
         self.wait_caught_up(to, self.timing.primary_timeout).await?;
         // The shared IPs go before leadership does, so the new primary (which
-        // takes them once its epoch entry commits) never finds them here; a
-        // swap that fails takes them back on the next tick.
+        // takes them once its epoch entry commits) never finds them here. The
+        // release is final for this epoch (the manager refuses a role tick
+        // that raced with it); a swap that fails lifts that, and the next
+        // tick takes them back if this node is still primary.
         let _hand_over = self.roles.hand_over();
-        if let Some(h) = self.shared_ips.get() {
-            let report = h.release_all().await;
-            if !report.held.is_empty() {
-                return Err(NodeError::Unavailable(format!(
-                    "the shared IPs could not be released before the swap: still held {:?}",
-                    report.held
-                )));
-            }
+        let Some(h) = self.shared_ips.get() else {
+            return self
+                .hand_leadership_to(to, &before, started, pull_sync, sync)
+                .await;
+        };
+        let report = h.release_for_hand_over().await;
+        let r = if report.held.is_empty() {
+            self.hand_leadership_to(to, &before, started, pull_sync, sync)
+                .await
+        } else {
+            Err(NodeError::Unavailable(format!(
+                "the shared IPs could not be released before the swap: still held {:?}",
+                report.held
+            )))
+        };
+        if r.is_err() {
+            h.abandon_hand_over().await;
         }
+        r
+    }
+
+    /// The end of a planned swap: leadership to `to`, then the wait for it
+    /// to raise the epoch as primary.
+    async fn hand_leadership_to(
+        &self,
+        to: u64,
+        before: &EpochRecord,
+        started: Instant,
+        pull_sync: bool,
+        sync: Option<SyncReport>,
+    ) -> Result<SwapOutcome, NodeError> {
         self.raft()
             .trigger()
             .transfer_leader(to)

@@ -14,7 +14,13 @@
 //!
 //! The manager never decides who is primary: the role manager tells it
 //! ([`SharedIpHandle::set_desired`]) on every tick, and calls
-//! [`SharedIpHandle::release_all`] on demotion, lease loss, shutdown and break.
+//! [`SharedIpHandle::release_all`] on demotion, lease loss and break.
+//!
+//! A release for a hand-over ([`SharedIpHandle::release_for_hand_over`]) or
+//! a shutdown ([`SharedIpHandle::release_for_shutdown`]) is final (DESIGN
+//! rule 6): the manager itself refuses every later acquisition at that epoch
+//! or below (after a shutdown release, at any epoch), whatever the role
+//! manager still asks for on a tick that raced with the release.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -1095,6 +1101,22 @@ struct State {
     held: Vec<String>,
     held_at: Option<Instant>,
     held_error: Option<String>,
+    /// Acquisitions at this epoch or below are refused: set by a final
+    /// release (hand-over: its epoch; shutdown: `u64::MAX`).
+    floor: Option<u64>,
+}
+
+/// Why addresses are given up, and whether that is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The role was lost (demotion, lease loss, fence, break): taken again
+    /// only when the role manager asks with a valid lease.
+    RoleLost,
+    /// Leadership is being handed over: nothing is taken again at this
+    /// epoch or below.
+    HandOver,
+    /// The node is stopping: nothing is taken again in this process.
+    Shutdown,
 }
 
 /// Reconciles the desired shared IPs with what the driver holds.
@@ -1263,6 +1285,9 @@ impl SharedIpManager {
         st.desired = specs.to_vec();
         self.awaiting_lease
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        // A final release stands: a wish to hold at its epoch (a role tick
+        // that raced with the release) is a wish to hold nothing.
+        let should_hold = should_hold && st.floor.is_none_or(|f| epoch > f);
         let mut changed = false;
         let wanted: BTreeSet<String> = if should_hold {
             specs.iter().map(SharedIpSpec::key).collect()
@@ -1466,8 +1491,20 @@ impl SharedIpManager {
     /// driver reports held (demotion, lease loss, break, shutdown). Each
     /// release is tried once now, whatever the backoff; failures stay in the
     /// report and are retried by later passes with `should_hold = false`.
-    pub async fn release_all(&self, epoch: u64) -> SharedIpReport {
+    ///
+    /// With [`Release::HandOver`] or [`Release::Shutdown`] the release is
+    /// final: later acquisitions at `epoch` or below (shutdown: any epoch)
+    /// are refused.
+    pub async fn release_all(&self, epoch: u64, why: Release) -> SharedIpReport {
         let mut st = self.state.lock().await;
+        let floor = match why {
+            Release::RoleLost => None,
+            Release::HandOver => Some(epoch),
+            Release::Shutdown => Some(u64::MAX),
+        };
+        if floor.is_some() {
+            st.floor = st.floor.max(floor);
+        }
         if let Some(t) = st.check_task.take() {
             t.abort();
         }
@@ -1580,7 +1617,7 @@ impl SharedIpManager {
                 report_tx.send_replace(report);
             }
             let epoch = desired_rx.borrow().epoch;
-            let report = mgr.release_all(epoch).await;
+            let report = mgr.release_all(epoch, Release::Shutdown).await;
             report_tx.send_replace(report);
         };
         (handle, task)
@@ -1649,8 +1686,37 @@ impl SharedIpHandle {
 
     /// Stops holding (the background loop will not re-acquire until
     /// `set_desired(true, …)`) and releases everything now, waiting for the
-    /// driver. Use on demotion, lease loss, break and shutdown.
+    /// driver. Use on demotion, lease loss and break.
     pub async fn release_all(&self) -> SharedIpReport {
+        self.release(Release::RoleLost).await
+    }
+
+    /// [`Self::release_all`] before leadership is handed over: final for the
+    /// current epoch. If the hand-over is abandoned while this node still
+    /// leads, [`Self::abandon_hand_over`] lifts it.
+    pub async fn release_for_hand_over(&self) -> SharedIpReport {
+        self.release(Release::HandOver).await
+    }
+
+    /// [`Self::release_all`] at shutdown: final for this process.
+    pub async fn release_for_shutdown(&self) -> SharedIpReport {
+        self.release(Release::Shutdown).await
+    }
+
+    /// A planned swap failed before leadership moved: the addresses may be
+    /// taken again at the current epoch (the role manager asks on its next
+    /// tick, as it does for any primary). Does nothing after a shutdown
+    /// release.
+    pub async fn abandon_hand_over(&self) {
+        let mut st = self.manager.state.lock().await;
+        if st.floor != Some(u64::MAX) {
+            st.floor = None;
+        }
+        drop(st);
+        self.manager.kick.notify_one();
+    }
+
+    async fn release(&self, why: Release) -> SharedIpReport {
         let mut epoch = 0;
         self.desired.send_if_modified(|cur| {
             epoch = cur.epoch;
@@ -1658,7 +1724,7 @@ impl SharedIpHandle {
             cur.should_hold = false;
             was
         });
-        let report = self.manager.release_all(epoch).await;
+        let report = self.manager.release_all(epoch, why).await;
         self.report.send_replace(report.clone());
         report
     }
@@ -1923,5 +1989,70 @@ mod tests {
         assert!(h.report().held.is_empty(), "released on stop");
         let actions: Vec<String> = h.drain_events().into_iter().map(|e| e.action).collect();
         assert_eq!(actions, ["acquire", "release", "acquire", "release"]);
+    }
+
+    /// Polls the handle's report until `held` is what it says (bounded).
+    async fn held_becomes(h: &SharedIpHandle, want: bool) -> bool {
+        for _ in 0..100 {
+            if h.report().held.is_empty() != want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// DESIGN rule 6: a wish to hold that races with a hand-over or
+    /// shutdown release (a role tick that computed "primary" just before)
+    /// takes nothing back; only a newer epoch does, and after a shutdown
+    /// release nothing does.
+    #[tokio::test]
+    async fn a_final_release_is_final() {
+        let m = Arc::new(SharedIpManager::new(
+            Arc::new(NoneDriver::default()),
+            vec![],
+        ));
+        let stop = CancellationToken::new();
+        let (h, task) = m.clone().start(stop.clone());
+        let task = tokio::spawn(task);
+        let specs = vec![spec("192.0.2.10/24")];
+        h.set_desired(true, 4, specs.clone(), vec![]);
+        assert!(held_becomes(&h, true).await);
+
+        assert!(h.release_for_hand_over().await.held.is_empty());
+        h.set_desired(true, 4, specs.clone(), vec![]);
+        let r = m.reconcile(true, 4, &specs, &[]).await;
+        assert!(r.held.is_empty(), "taken back at the hand-over's epoch");
+        assert!(!held_becomes(&h, true).await, "the loop took it back");
+        // A failed swap lifts it; the same epoch may be held again.
+        h.abandon_hand_over().await;
+        assert!(held_becomes(&h, true).await);
+        // Released for a hand-over again, then primary under a newer epoch.
+        assert!(h.release_for_hand_over().await.held.is_empty());
+        h.set_desired(true, 5, specs.clone(), vec![]);
+        assert!(held_becomes(&h, true).await);
+
+        assert!(h.release_for_shutdown().await.held.is_empty());
+        for epoch in [5, 6, u64::MAX - 1] {
+            h.set_desired(true, epoch, specs.clone(), vec![]);
+            assert!(m.reconcile(true, epoch, &specs, &[]).await.held.is_empty());
+        }
+        h.abandon_hand_over().await;
+        assert!(
+            !held_becomes(&h, true).await,
+            "taken after a shutdown release"
+        );
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("loop ends")
+            .expect("loop task");
+        let acquired: Vec<u64> = h
+            .drain_events()
+            .into_iter()
+            .filter(|e| e.action == "acquire")
+            .map(|e| e.epoch)
+            .collect();
+        assert_eq!(acquired, [4, 4, 5]);
     }
 }

@@ -4,8 +4,11 @@
 //! Connections are persistent: the client keeps a small pool per target and
 //! opens a new connection when the pool is empty; a connection that fails is
 //! dropped, never reused. Connect failures are reported to openraft as
-//! `Unreachable` (it backs off), everything else as `Network`. The client does
-//! not retry on its own.
+//! `Unreachable`, everything else as `Network`. The client does not retry on
+//! its own: openraft backs off between replication attempts with the delays
+//! [`PeerClient`] hands it (capped at the heartbeat interval), and every
+//! dial's outcome goes to [`crate::peer_reach`], which logs a peer's loss and
+//! return once, not each attempt (DESIGN rule 8).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,7 +22,7 @@ use futures::{Stream, StreamExt};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::RPCOption;
+use openraft::network::{Backoff, RPCOption};
 use openraft::raft::StreamAppendResult;
 use openraft::raft::TransferLeaderRequest;
 use openraft::raft::{
@@ -39,10 +42,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::frame::{encode_frame, read_frame, write_frame, FrameError};
 use crate::node::Node;
+use crate::peer_reach::{backoff_delays, PeerReach};
 use crate::protocol::{Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION};
 
 /// Bound on a TCP connect plus TLS handshake plus hello.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on the TCP connect alone. A peer whose host is cut off answers no
+/// SYN; a dial that waited for the kernel's SYN retries (1 s, then 3 s)
+/// would delay the first replication after the link returns by seconds.
+/// A fresh dial is cheaper.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on an idle server-side wait for the hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size of one snapshot chunk on the wire.
@@ -68,6 +77,9 @@ pub struct PeerIdentity {
     /// sends in snapshot chunks and in AppendEntries carrying entries
     /// (heartbeats are never held back). Read before each chunk or frame.
     pub bandwidth_limit: Box<dyn Fn() -> u64 + Send + Sync>,
+    /// The Raft heartbeat interval: the longest pause openraft makes
+    /// between replication attempts to a peer that does not answer.
+    pub heartbeat: Duration,
 }
 
 // ---------------------------------------------------------------- bandwidth
@@ -128,6 +140,7 @@ struct ClientShared {
     connector: TlsConnector,
     pools: Mutex<HashMap<(u64, String), Vec<PeerConn>>>,
     limiter: Arc<RateLimiter>,
+    reach: PeerReach,
 }
 
 impl PeerNetwork {
@@ -139,6 +152,7 @@ impl PeerNetwork {
                 connector: TlsConnector::from(tls),
                 pools: Mutex::new(HashMap::new()),
                 limiter: Arc::new(RateLimiter::default()),
+                reach: PeerReach::default(),
             }),
         }
     }
@@ -244,12 +258,38 @@ impl PeerClient {
         (self.target, self.addr.clone())
     }
 
+    /// Dials the peer and says hello; the outcome goes to [`PeerReach`].
+    /// A dial dropped before it ends (a caller's timeout) counts as neither.
     async fn connect(&self) -> Result<ClientTls<TcpStream>, CallError> {
+        let r = self.dial().await;
+        match &r {
+            Ok(_) => self.shared.reach.reached(self.target, &self.addr),
+            Err(e) => self
+                .shared
+                .reach
+                .missed(self.target, &self.addr, &e.to_string()),
+        };
+        r
+    }
+
+    async fn dial(&self) -> Result<ClientTls<TcpStream>, CallError> {
         let me = &self.shared.me;
         let dial = async {
-            let tcp = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| self.unreachable(e))?;
+            let tcp = loop {
+                // A dial to a peer that was away starts afresh when another
+                // dial (the next heartbeat's) reaches it: its own SYN may
+                // have been lost while the peer's host was cut off.
+                let back = self.shared.reach.returned();
+                let away = self.shared.reach.is_away(self.target);
+                let connect = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&self.addr));
+                tokio::select! {
+                    r = connect => match r {
+                        Ok(r) => break r.map_err(|e| self.unreachable(e))?,
+                        Err(_) => return Err(self.unreachable("TCP connect timed out")),
+                    },
+                    () = back, if away => {}
+                }
+            };
             tcp.set_nodelay(true).map_err(|e| self.unreachable(e))?;
             let name = ServerName::try_from(tandem_certs::server_name_for(self.target))
                 .map_err(|e| self.unreachable(format!("bad server name: {e}")))?;
@@ -449,6 +489,15 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         Box::pin(async move {
+            // The first request before the dial: openraft sleeps its backoff
+            // inside the request stream, so a peer that refuses connections
+            // is retried at the pace of `backoff()`, not in a busy loop.
+            let mut input = input;
+            let Some(first) = input.next().await else {
+                let none: BoxStream<'s, AppendStreamItem> = Box::pin(futures::stream::empty());
+                return Ok(none);
+            };
+            let input = futures::stream::once(std::future::ready(first)).chain(input);
             let conn = self.connect().await.map_err(CallError::into_rpc)?;
             let ctx = StreamCtx {
                 target: self.target,
@@ -490,6 +539,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             closed = cancel => Err(StreamingError::Closed(closed)),
             r = self.send_snapshot(vote, snapshot) => r.map_err(CallError::into_streaming),
         }
+    }
+
+    /// Delays between replication attempts to a peer that did not answer:
+    /// 10 ms doubling up to the heartbeat interval. openraft uses them once
+    /// an attempt failed as `Unreachable`, and drops them at the first
+    /// success.
+    fn backoff(&self) -> Option<Backoff> {
+        Some(Backoff::new(backoff_delays(self.shared.me.heartbeat)))
     }
 
     async fn transfer_leader(
@@ -1103,6 +1160,7 @@ mod tests {
             epoch: Box::new(|| 0),
             fence: Arc::new(crate::roles::Fence::default()),
             bandwidth_limit: Box::new(move || limit),
+            heartbeat: Duration::from_millis(100),
         })
     }
 

@@ -317,6 +317,34 @@ impl NetCluster {
         kill(pid_of(child), sig).expect("signalling the node");
     }
 
+    /// SIGTERM of node `i` (the documented graceful stop) and a bounded
+    /// wait for its exit; returns its exit code.
+    ///
+    /// # Panics
+    /// If it does not exit within 30 s (it is then killed).
+    pub fn stop(&mut self, i: usize) -> Option<i32> {
+        let mut child = self.nodes[i].child.take().expect("the node is running");
+        let _ = kill(pid_of(&child), Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = kill(pid_of(&child), Signal::SIGKILL);
+        let _ = child.wait();
+        panic!(
+            "node {} did not stop within 30 s of SIGTERM",
+            self.nodes[i].name
+        );
+    }
+
+    /// The PID of node `i`'s process, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].child.as_ref().map(Child::id)
+    }
+
     /// Starts a stopped node again and waits until it answers `/health`.
     pub fn restart(&mut self, i: usize) {
         self.spawn(i);

@@ -999,6 +999,26 @@ mod t60_demo {
         }
     }
 
+    impl Demo {
+        /// Ctrl-C: SIGINT to the demo, which must exit 0 within 30 s.
+        async fn interrupt(&mut self) {
+            let mut child = self.child.take().expect("the demo runs");
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).expect("SIGINT to our child");
+            let start = Instant::now();
+            let status = loop {
+                if let Some(s) = child.try_wait().expect("waiting for the demo") {
+                    break s;
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    self.child = Some(child);
+                    panic!("the demo did not exit within 30 s of SIGINT");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            assert_eq!(status.code(), Some(0), "demo exit status {status:?}");
+        }
+    }
+
     fn is_tandem_run(pid: u32) -> bool {
         std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
             let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
@@ -1130,20 +1150,7 @@ mod t60_demo {
         }
 
         // Ctrl-C: the demo exits 0 within 30 s and leaves no node behind.
-        let mut child = demo.child.take().expect("the demo runs");
-        kill(Pid::from_raw(demo_pid as i32), Signal::SIGINT).expect("SIGINT to our child");
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().expect("waiting for the demo") {
-                break s;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                demo.child = Some(child);
-                panic!("the demo did not exit within 30 s of SIGINT");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        assert_eq!(status.code(), Some(0), "demo exit status {status:?}");
+        demo.interrupt().await;
         for p in &runs {
             assert!(!pid_alive(*p), "node process {p} outlived the demo");
         }
@@ -1152,6 +1159,194 @@ mod t60_demo {
                 http.get(format!("{api}/health")).send().await.is_err(),
                 "{api} still answers after the demo stopped"
             );
+        }
+    }
+
+    /// `GET {api}/health` through `http`.
+    async fn health_of(http: &reqwest::Client, api: &str) -> Option<tandem_web::HealthView> {
+        http.get(format!("{api}/health"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// The demo's nodes with their pids, as demo.json says now.
+    fn demo_nodes(dir: &std::path::Path) -> Option<Vec<(String, String, u32)>> {
+        let text = std::fs::read_to_string(dir.join("demo.json")).ok()?;
+        let doc: Value = serde_json::from_str(&text).ok()?;
+        doc["nodes"]
+            .as_array()?
+            .iter()
+            .map(|n| {
+                Some((
+                    n["name"].as_str()?.to_string(),
+                    n["api"].as_str()?.to_string(),
+                    u32::try_from(n["pid"].as_u64()?).ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Kill -9 of the demo's primary: the backup takes over, the survivors
+    /// keep serving (checked for 10 s), the demo says which node died and
+    /// prints the command that starts it again; that command brings it back
+    /// as backup; Enter on the demo's standard input starts it again as the
+    /// demo's own child; Ctrl-C then stops everything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_keeps_the_survivors_when_a_node_dies_and_brings_it_back() {
+        use std::io::Write;
+        let _slot = tandem_tests::cluster_slot().await;
+        let root = tempfile::Builder::new()
+            .prefix("tandem-demo-test-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = root.path().join("demo");
+        let out_path = root.path().join("demo.out");
+        let out = std::fs::File::create(&out_path).expect("demo.out");
+        let err = std::fs::File::create(root.path().join("demo.err")).expect("demo.err");
+        let mut child = std::process::Command::new(tandem_tests::tandem_bin())
+            .arg("demo")
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("starting tandem demo");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let demo_pid = child.id();
+        let mut demo = Demo {
+            child: Some(child),
+            nodes: Vec::new(),
+            root,
+        };
+        let nodes = wait_until("demo.json", Duration::from_secs(90), || async {
+            demo_nodes(&dir)
+        })
+        .await;
+        demo.nodes = nodes.iter().map(|n| n.2).collect();
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("demo.json")).expect("json"))
+                .expect("demo.json");
+        let token = doc["token"].as_str().expect("token").to_string();
+        let ca_pem = std::fs::read_to_string(doc["ca"].as_str().expect("ca")).expect("the CA file");
+        let http = tandem_tests::https_client(&ca_pem);
+        let role_of = |h: Option<tandem_web::HealthView>| h.map(|h| h.role);
+        let leader = wait_until("a demo leader", WAIT, || async {
+            // a and b are the appliances; w only votes.
+            for (i, n) in nodes.iter().enumerate().take(2) {
+                if role_of(health_of(&http, &n.1).await).as_deref() == Some("leader") {
+                    return Some(i);
+                }
+            }
+            None
+        })
+        .await;
+        let other = 1 - leader;
+        let (dead, dead_api, dead_pid) = nodes[leader].clone();
+        let put = |api: String, key: String| {
+            let (http, token) = (http.clone(), token.clone());
+            async move {
+                http.put(format!("{api}/api/v1/config/{key}"))
+                    .bearer_auth(&token)
+                    .json(&json!({ "value": key }))
+                    .send()
+                    .await
+                    .ok()
+                    .map(|r| r.status())
+            }
+        };
+        assert_eq!(
+            put(dead_api.clone(), "before".into()).await,
+            Some(StatusCode::OK)
+        );
+
+        // kill -9 of the primary (a grandchild of this test, by PID).
+        kill(Pid::from_raw(dead_pid as i32), Signal::SIGKILL).expect("SIGKILL");
+        let survivor_api = nodes[other].1.clone();
+        wait_until("the backup to take over", WAIT, || async {
+            (put(survivor_api.clone(), "after".into()).await == Some(StatusCode::OK)).then_some(())
+        })
+        .await;
+        // The survivors keep serving for 10 s and more.
+        let start = Instant::now();
+        let mut n = 0;
+        while start.elapsed() < Duration::from_secs(10) {
+            n += 1;
+            assert_eq!(
+                put(survivor_api.clone(), format!("k{n}")).await,
+                Some(StatusCode::OK),
+                "write {n} to the new primary, {:?} after the takeover",
+                start.elapsed()
+            );
+            for (name, api, _) in nodes.iter().filter(|x| x.0 != dead) {
+                assert!(
+                    health_of(&http, api).await.is_some(),
+                    "{name} stopped answering {:?} after the takeover",
+                    start.elapsed()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(pid_alive(demo_pid), "the demo exited when one node died");
+
+        // The demo named the node and printed the command.
+        let printed = wait_until("the demo's restart command", WAIT, || async {
+            let text = std::fs::read_to_string(&out_path).ok()?;
+            let mut lines = text
+                .lines()
+                .skip_while(|l| !l.starts_with(&format!("node {dead} exited")));
+            lines.next()?;
+            let cmd = lines.find(|l| l.starts_with("  ") && l.contains(" run --dir "))?;
+            Some(cmd.trim().to_string())
+        })
+        .await;
+        let words: Vec<&str> = printed.split_whitespace().collect();
+        assert_eq!(words.len(), 4, "{printed}");
+        assert_eq!(&words[1..3], ["run", "--dir"], "{printed}");
+        let log = std::fs::File::create(dir.join("restarted.log")).expect("log");
+        let mut mine = std::process::Command::new(words[0])
+            .args(&words[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("running the printed command");
+        let back_as_backup = || async {
+            let h = health_of(&http, &dead_api).await?;
+            let s = health_of(&http, &survivor_api).await?;
+            (h.role == "follower" && s.role == "leader" && h.applied_index >= s.applied_index)
+                .then_some(())
+        };
+        wait_until(&format!("{dead} back as backup"), WAIT, back_as_backup).await;
+        let _ = kill(Pid::from_raw(mine.id() as i32), Signal::SIGKILL);
+        let _ = mine.wait();
+
+        // Enter: the demo starts it again itself.
+        wait_until(&format!("{dead} down again"), WAIT, || async {
+            health_of(&http, &dead_api).await.is_none().then_some(())
+        })
+        .await;
+        stdin.write_all(b"\n").expect("Enter to the demo");
+        stdin.flush().expect("flush");
+        wait_until(
+            &format!("{dead} back as backup again"),
+            WAIT,
+            back_as_backup,
+        )
+        .await;
+        let now = demo_nodes(&dir).expect("demo.json");
+        let restarted = now.iter().find(|x| x.0 == dead).expect("the node").2;
+        assert_ne!(restarted, dead_pid, "demo.json names the new process");
+        demo.nodes = now.iter().map(|x| x.2).collect();
+
+        // Ctrl-C stops all three, the restarted one included.
+        demo.interrupt().await;
+        for p in &demo.nodes {
+            assert!(!pid_alive(*p), "node process {p} outlived the demo");
         }
     }
 }
@@ -3776,5 +3971,152 @@ mod t95_setup_relationship {
         let roles = c.wait_roles(WAIT).await;
         assert_eq!(roles.witness, w.index);
         c.put_ok(roles.primary, "after/witness", &json!(true)).await;
+    }
+}
+
+/// DESIGN rule 8: a backup stopped for maintenance (SIGTERM) or killed
+/// (-9) costs the primary nothing: its log grows by a few summary lines,
+/// not a line per retry, its CPU stays where the writer's load puts it,
+/// writes go on, and the backup is caught up within 2 s of answering again.
+mod t87_dead_peer {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+    use tandem_node::bench::cpu_time;
+
+    /// How long the backup stays down.
+    const DOWN: Duration = Duration::from_secs(30);
+    /// The writer's pace.
+    const WRITE_EVERY: Duration = Duration::from_millis(20);
+
+    #[derive(Clone, Copy, Debug)]
+    enum Down {
+        Sigterm,
+        Kill9,
+    }
+
+    /// Lines and bytes of a log file.
+    fn size_of(log: &std::path::Path) -> (usize, u64) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        (text.lines().count(), text.len() as u64)
+    }
+
+    /// The fraction of one core process `pid` used over `window`.
+    async fn cpu_share(pid: u32, window: Duration) -> f64 {
+        let (t0, c0) = (Instant::now(), cpu_time(pid).expect("cpu time"));
+        tokio::time::sleep(window).await;
+        let (t1, c1) = (Instant::now(), cpu_time(pid).expect("cpu time"));
+        (c1 - c0).as_secs_f64() / (t1 - t0).as_secs_f64()
+    }
+
+    async fn backup_down_costs_the_primary_nothing(how: Down) {
+        let mut c = Cluster::three(&[]).await;
+        let r = c.wait_roles(WAIT).await;
+        let (p, b) = (r.primary, r.backup);
+        let pid = c.nodes[p].pid().expect("the primary runs");
+
+        // A writer at a steady pace, counting outcomes.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let writer = {
+            let req = c.req(p, Method::PUT, "/api/v1/config/x");
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut tick = tokio::time::interval(WRITE_EVERY);
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    n += 1;
+                    let Some(rb) = req.try_clone() else { return };
+                    match rb.json(&json!({ "value": n })).send().await {
+                        Ok(r) if r.status() == StatusCode::OK => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        };
+        wait_until("the writer's first writes", WAIT, || async {
+            (ok.load(Ordering::Relaxed) > 10).then_some(())
+        })
+        .await;
+        let baseline = cpu_share(pid, Duration::from_secs(5)).await;
+
+        let log = c.nodes[p].log.clone();
+        let (lines0, bytes0) = size_of(&log);
+        let (ok0, failed0) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        match how {
+            Down::Sigterm => {
+                c.stop(b).await;
+            }
+            Down::Kill9 => c.kill9(b),
+        }
+        let down = cpu_share(pid, DOWN).await;
+        let (lines1, bytes1) = size_of(&log);
+        let (ok1, failed1) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        let grew = (lines1 - lines0, bytes1 - bytes0);
+        println!(
+            "{how:?} of the backup for {DOWN:?}: the primary's log grew by {} lines, {} bytes; \
+             CPU {:.1} % of a core (writer alone {:.1} %); {} writes ok, {} failed",
+            grew.0,
+            grew.1,
+            down * 100.0,
+            baseline * 100.0,
+            ok1 - ok0,
+            failed1 - failed0
+        );
+        assert!(
+            grew.0 <= 100 && grew.1 <= 64 * 1024,
+            "{how:?}: the primary's log grew by {} lines, {} bytes:\n{}",
+            grew.0,
+            grew.1,
+            tandem_tests::tail(&log, 40)
+        );
+        assert!(
+            down <= baseline + 0.10,
+            "{how:?}: the primary used {:.1} % of a core with the backup down, {:.1} % before",
+            down * 100.0,
+            baseline * 100.0
+        );
+        assert_eq!(
+            failed1, failed0,
+            "{how:?}: writes failed while the backup was down"
+        );
+        assert!(
+            ok1 - ok0 >= (DOWN.as_millis() / WRITE_EVERY.as_millis() / 4) as u64,
+            "{how:?}: only {} writes in {DOWN:?}",
+            ok1 - ok0
+        );
+
+        // Back: caught up within 2 s of answering, the writer still running.
+        c.spawn(b);
+        c.wait_health(b).await;
+        let answered = Instant::now();
+        let caught_up = wait_until("the backup to catch up", WAIT, || async {
+            // The leader first: a backup in step has applied as far a
+            // moment later.
+            let leader = c.applied(p).await?;
+            let mine = c.applied(b).await?;
+            (mine >= leader).then(|| answered.elapsed())
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        let _ = writer.await;
+        println!("{how:?}: the backup caught up {caught_up:?} after it answered again");
+        assert!(
+            caught_up <= Duration::from_secs(2),
+            "{how:?}: caught up only {caught_up:?} after it answered"
+        );
+        c.wait_caught_up(b).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_stopped_for_maintenance_costs_the_primary_nothing() {
+        backup_down_costs_the_primary_nothing(Down::Sigterm).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_backup_costs_the_primary_nothing() {
+        backup_down_costs_the_primary_nothing(Down::Kill9).await;
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_node::shared_ip::{
-    check_reachability, AnnounceSchedule, NetlinkDriver, SharedIpDriver, SharedIpManager,
+    check_reachability, AnnounceSchedule, NetlinkDriver, Release, SharedIpDriver, SharedIpManager,
     SharedIpSpec,
 };
 use tandem_tests::netns::{
@@ -203,7 +203,7 @@ fn manager_cleans_up_at_start_and_reports() {
         let r = m.reconcile(false, 6, &specs, &gw).await;
         assert!(r.held.is_empty(), "{r:?}");
         m.reconcile(true, 7, &specs, &gw).await;
-        let r = m.release_all(7).await;
+        let r = m.release_all(7, Release::RoleLost).await;
         assert!(r.held.is_empty(), "{r:?}");
     });
     assert!(t.holders(spec4.address).is_empty());

@@ -453,6 +453,183 @@ mod cut_off_primary {
     }
 }
 
+/// DESIGN rule 6, at shutdown: SIGTERM of the primary's daemon (restarted
+/// between stops, so the role alternates): no 10 ms sample shows the
+/// address on two hosts, and the stopped node's own log shows no
+/// acquisition after its shutdown began. `TANDEM_GRACEFUL_STOPS` stops
+/// (default 10; the README's figure is from 100).
+mod graceful_stop {
+    use super::*;
+
+    /// The lines of node `name`'s last run (after the harness's start line).
+    fn last_run(log: &std::path::Path, name: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let start = format!("===== harness: starting {name} ");
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines
+            .iter()
+            .rposition(|l| l.starts_with(&start))
+            .unwrap_or(0);
+        lines[from..].iter().map(|l| (*l).to_owned()).collect()
+    }
+
+    #[test]
+    fn graceful_stops_of_the_primary_never_leave_two_holders() {
+        let Some((_g, mut c, mut r)) =
+            setup("graceful_stops_of_the_primary_never_leave_two_holders")
+        else {
+            return;
+        };
+        let stops: usize = std::env::var("TANDEM_GRACEFUL_STOPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        let (mut samples, mut dual) = (0, 0);
+        for n in 1..=stops {
+            let (p, b) = names(&c, r);
+            let what = format!("graceful stop {n}/{stops} of {p}");
+            let m = observe(&mut c, p, b, &what, |c| {
+                let code = c.stop(r.primary);
+                assert_eq!(code, Some(0), "{p} exit code");
+            });
+            samples += m.samples.len();
+            dual += overlaps(&m.samples).len();
+            assert_single_holder(&m.samples, &what);
+            assert_released_before_taken(&m, p, b, &what);
+            // The node's own record: nothing acquired once shutdown began.
+            let run = last_run(&c.nodes[r.primary].log, p);
+            let began = run
+                .iter()
+                .position(|l| l.contains("shutting down"))
+                .unwrap_or_else(|| panic!("{what}: no shutdown line in {p}'s log"));
+            let late: Vec<&String> = run[began..]
+                .iter()
+                .filter(|l| l.contains("shared IP added") || l.contains("action=\"acquire\""))
+                .collect();
+            assert!(
+                late.is_empty(),
+                "{what}: {p} acquired after its shutdown began: {late:?}"
+            );
+            r = restart_old(&mut c, r.primary, r.backup, &what, false);
+        }
+        println!(
+            "{stops} graceful stops of the primary: {dual} of {samples} samples with two holders"
+        );
+    }
+}
+
+/// DESIGN rule 8 across a network: the backup's host unreachable (its link
+/// down) for 30 s while a writer runs costs the primary a few log lines and
+/// no CPU, writes go on, and the backup is caught up within 2 s of its link
+/// coming back.
+mod backup_cut_off {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tandem_node::bench::cpu_time;
+
+    const DOWN: Duration = Duration::from_secs(30);
+
+    fn size_of(log: &std::path::Path) -> (usize, u64) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        (text.lines().count(), text.len() as u64)
+    }
+
+    fn cpu_share(pid: u32, window: Duration) -> f64 {
+        let (t0, c0) = (Instant::now(), cpu_time(pid).expect("cpu time"));
+        std::thread::sleep(window);
+        let (t1, c1) = (Instant::now(), cpu_time(pid).expect("cpu time"));
+        (c1 - c0).as_secs_f64() / (t1 - t0).as_secs_f64()
+    }
+
+    #[test]
+    fn a_cut_off_backup_costs_the_primary_nothing() {
+        let Some((_g, c, r)) = setup("a_cut_off_backup_costs_the_primary_nothing") else {
+            return;
+        };
+        let (p, b) = (r.primary, r.backup);
+        let pid = c.pid(p).expect("the primary runs");
+        let url = format!("{}/api/v1/config/x", c.nodes[p].api());
+        let (stop, ok, failed) = (AtomicBool::new(false), AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            // The writer, from the client's namespace, every 20 ms.
+            s.spawn(|| {
+                c.topo.run_in("client", || async {
+                    let http = tandem_tests::https_client(&c.ca_pem);
+                    let mut tick = tokio::time::interval(Duration::from_millis(20));
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        tick.tick().await;
+                        n += 1;
+                        let r = http
+                            .put(&url)
+                            .bearer_auth(&c.admin_token)
+                            .json(&serde_json::json!({ "value": n }))
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await;
+                        match r {
+                            Ok(r) if r.status().is_success() => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                });
+            });
+            wait_for("the writer's first writes", MOVE, || {
+                (ok.load(Ordering::Relaxed) > 10).then_some(())
+            });
+            let baseline = cpu_share(pid, Duration::from_secs(5));
+            let log = &c.nodes[p].log;
+            let (lines0, bytes0) = size_of(log);
+            let (ok0, failed0) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+            c.topo.set_link(c.nodes[b].name, false).expect("link down");
+            let down = cpu_share(pid, DOWN);
+            let (lines1, bytes1) = size_of(log);
+            let (ok1, failed1) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+            c.topo.set_link(c.nodes[b].name, true).expect("link up");
+            let up = Instant::now();
+            let caught_up = wait_for("the backup to catch up", SETTLE, || {
+                let leader = c.health(p)?.applied_index?;
+                let mine = c.health(b)?.applied_index?;
+                (mine >= leader).then(|| up.elapsed())
+            });
+            stop.store(true, Ordering::Relaxed);
+            println!(
+                "backup cut off for {DOWN:?}: the primary's log grew by {} lines, {} bytes; \
+                 CPU {:.1} % of a core (writer alone {:.1} %); {} writes ok, {} failed; \
+                 caught up {caught_up:?} after the link came back",
+                lines1 - lines0,
+                bytes1 - bytes0,
+                down * 100.0,
+                baseline * 100.0,
+                ok1 - ok0,
+                failed1 - failed0
+            );
+            assert!(
+                lines1 - lines0 <= 100 && bytes1 - bytes0 <= 64 * 1024,
+                "the primary's log grew by {} lines, {} bytes:\n{}",
+                lines1 - lines0,
+                bytes1 - bytes0,
+                tandem_tests::tail(log, 40)
+            );
+            assert!(
+                down <= baseline + 0.10,
+                "the primary used {:.1} % of a core with the backup cut off, {:.1} % before",
+                down * 100.0,
+                baseline * 100.0
+            );
+            assert_eq!(
+                failed1, failed0,
+                "writes failed while the backup was cut off"
+            );
+            assert!(ok1 - ok0 >= 300, "only {} writes in {DOWN:?}", ok1 - ok0);
+            assert!(
+                caught_up <= Duration::from_secs(2),
+                "caught up only {caught_up:?} after the link came back"
+            );
+        });
+    }
+}
+
 mod planned_swap {
     use super::*;
 
