@@ -1,0 +1,238 @@
+//! The relationship commands of the `tandem` CLI against a live cluster.
+use super::*;
+use std::ffi::OsString;
+use tandem_tests::{CliOutput, Roles};
+
+const SETTLE: Duration = Duration::from_secs(15);
+const ACTOR: &str = "t80-cli";
+
+/// `tandem <cmd...> --dir <node i> --token <admin> --actor t80-cli <extra...>`.
+async fn cli(c: &Cluster, i: usize, cmd: &[&str], extra: &[&str]) -> CliOutput {
+    let mut args: Vec<OsString> = cmd.iter().map(OsString::from).collect();
+    args.extend([
+        "--dir".into(),
+        c.nodes[i].dir.clone().into_os_string(),
+        "--token".into(),
+        c.admin_token.clone().into(),
+        "--actor".into(),
+        ACTOR.into(),
+    ]);
+    args.extend(extra.iter().map(OsString::from));
+    tandem(args).await
+}
+
+fn role_of(r: &Roles, i: usize) -> &'static str {
+    if i == r.primary {
+        "primary"
+    } else if i == r.witness {
+        "witness"
+    } else {
+        "backup"
+    }
+}
+
+/// The value of the `role` line of the "This host" block.
+fn shown_role(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("role "))
+        .map(|v| v.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_settings() {
+    let c = Cluster::three(&[]).await;
+    let r = c.wait_roles(WAIT).await;
+
+    for i in 0..3 {
+        let name = c.nodes[i].name.clone();
+        let out = cli(&c, i, &["status"], &[])
+            .await
+            .expect_ok(&format!("tandem status on {name}"));
+        assert!(out.stdout.starts_with("This host"), "{}", out.stdout);
+        assert_eq!(
+            shown_role(&out.stdout).as_deref(),
+            Some(role_of(&r, i)),
+            "status on {name}:\n{}",
+            out.stdout
+        );
+        assert!(out.stdout.contains("Peer hosts"), "{}", out.stdout);
+        for (j, other) in c.nodes.iter().enumerate().filter(|&(j, _)| j != i) {
+            assert!(
+                out.stdout
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{} ", other.name))
+                        && l.contains(role_of(&r, j))),
+                "status on {name} lacks peer {}:\n{}",
+                other.name,
+                out.stdout
+            );
+        }
+        // --json is the raw status; --members the old cluster table.
+        let out = cli(&c, i, &["status"], &["--json"])
+            .await
+            .expect_ok("tandem status --json");
+        let v: Value = serde_json::from_str(&out.stdout).expect("status JSON");
+        assert_eq!(v["this_host"]["role"], role_of(&r, i), "{v}");
+        let out = cli(&c, i, &["status"], &["--members"])
+            .await
+            .expect_ok("tandem status --members");
+        assert!(out.stdout.contains(&c.cluster_id), "{}", out.stdout);
+    }
+
+    // Set on the backup (the write follows the 421 to the primary),
+    // read on the witness.
+    let out = cli(
+        &c,
+        r.backup,
+        &["settings", "set", "primary_timeout_ms=1500"],
+        &[],
+    )
+    .await
+    .expect_ok("tandem settings set primary_timeout_ms=1500");
+    assert!(out.stdout.contains("primary_timeout_ms"), "{}", out.stdout);
+    wait_until("primary_timeout_ms=1500 on the witness", SETTLE, || async {
+        let out = cli(&c, r.witness, &["settings", "show"], &["--json"]).await;
+        if out.code != Some(0) {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&out.stdout).ok()?;
+        (v["primary_timeout_ms"] == 1500).then_some(())
+    })
+    .await;
+    let out = cli(&c, r.witness, &["settings", "show"], &[])
+        .await
+        .expect_ok("tandem settings show");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("primary_timeout_ms") && l.ends_with("1500")),
+        "{}",
+        out.stdout
+    );
+
+    // Out of range: refused by the cluster, exit 3, the field named.
+    let out = cli(
+        &c,
+        r.primary,
+        &["settings", "set", "primary_timeout_ms=5"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        out.code,
+        Some(3),
+        "stdout {} stderr {}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("primary_timeout_ms:")),
+        "no field error line: {}",
+        out.stderr
+    );
+    // Nothing changed.
+    let out = cli(&c, r.primary, &["settings", "show"], &["--json"])
+        .await
+        .expect_ok("tandem settings show --json");
+    let v: Value = serde_json::from_str(&out.stdout).expect("settings JSON");
+    assert_eq!(v["primary_timeout_ms"], 1500, "{v}");
+
+    // The actor header reached the history.
+    let out = cli(
+        &c,
+        r.primary,
+        &["history"],
+        &["--kind", "settings_change", "--json"],
+    )
+    .await
+    .expect_ok("tandem history --kind settings_change --json");
+    let page: Value = serde_json::from_str(&out.stdout).expect("history JSON");
+    assert!(
+        page["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|e| e["actor"] == ACTOR)),
+        "{page}"
+    );
+
+    let out = cli(&c, r.primary, &["readiness"], &[])
+        .await
+        .expect_ok("tandem readiness");
+    assert!(out.stdout.starts_with("would fail over:"), "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_sync_and_history() {
+    let c = Cluster::three(&[]).await;
+    let r = c.wait_roles(WAIT).await;
+    let (old_primary, old_backup) = (r.primary, r.backup);
+
+    let out = cli(&c, old_backup, &["swap"], &["--yes"])
+        .await
+        .expect_ok("tandem swap --yes on the backup");
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("new primary:")
+            && l.contains(&format!("node {}", c.nodes[old_backup].id()))),
+        "{}",
+        out.stdout
+    );
+    let after = c.wait_roles(WAIT).await;
+    assert_eq!(after.primary, old_backup, "{after:?}");
+    assert!(after.epoch > r.epoch, "{r:?} -> {after:?}");
+    let s = c.status(old_primary).await.expect("status");
+    assert_eq!(s.primary, Some(c.nodes[old_backup].id()));
+
+    c.wait_peer_reachable(old_backup, old_primary, true).await;
+    let out = cli(&c, old_backup, &["sync"], &["--verify"])
+        .await
+        .expect_ok("tandem sync --verify");
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with("verify:")
+            && l.trim_end().ends_with("MATCH")
+            && !l.contains("MISMATCH")),
+        "{}",
+        out.stdout
+    );
+    for key in ["bytes:", "entries:", "duration:", "indexes:", "snapshot:"] {
+        assert!(
+            out.stdout.lines().any(|l| l.starts_with(key)),
+            "sync output lacks {key}: {}",
+            out.stdout
+        );
+    }
+
+    let out = cli(&c, old_primary, &["history"], &["--kind", "swap"])
+        .await
+        .expect_ok("tandem history --kind swap");
+    let mut lines = out.stdout.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split_whitespace().collect();
+    assert_eq!(header[0], "SEQ", "{}", out.stdout);
+    assert!(
+        lines.any(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            cells.len() >= 6 && cells[1].ends_with('Z') && cells[3] == "swap" && cells[4] == ACTOR
+        }),
+        "no swap by {ACTOR}: {}",
+        out.stdout
+    );
+
+    // Forcing a swap on the primary: refused, exit 3, nothing changes.
+    let out = cli(&c, old_backup, &["swap"], &["--yes", "--force"]).await;
+    assert_eq!(
+        out.code,
+        Some(3),
+        "stdout {} stderr {}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.reason().starts_with("tandem: ") && out.reason().contains("already the primary"),
+        "{}",
+        out.stderr
+    );
+    let still = c.wait_roles(WAIT).await;
+    assert_eq!(still, after);
+}
