@@ -17,9 +17,10 @@ use tandem_web::{
 };
 
 use crate::client::ApiClient;
-use crate::node::{kind_name, now_ms, random_secret, JoinRequest as NodeJoin, Node, NodeError};
+use crate::node::{kind_name, random_secret, JoinRequest as NodeJoin, Node, NodeError};
 use crate::roles::Role;
 use crate::settings::Settings;
+use crate::util::now_ms;
 use serde_json::json;
 
 /// Largest JSON value (config value or session data) accepted, in bytes of

@@ -165,7 +165,7 @@ async fn leader_target(cluster: &LocalCluster) -> anyhow::Result<Arc<Target>> {
 /// TCP connection and HTTP/1.1 straight on hyper. The load generator shares
 /// this machine's two cores with the three nodes; going around the admin
 /// client (reqwest: URL parsing, a connection pool, redirects) cut its CPU
-/// per write (README, "Writes").
+/// per write (`docs/performance.md`, "Writes and CPU per write").
 struct BenchConn {
     send: SendRequest<Full<Bytes>>,
     target: Arc<Target>,

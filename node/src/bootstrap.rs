@@ -213,13 +213,13 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
                 .to_json(),
                 if_version: None,
                 actor: "init".into(),
-                at_ms: crate::node::now_ms(),
+                at_ms: crate::util::now_ms(),
             },
             Request::UserPut {
                 name: INITIAL_ADMIN_USER.into(),
                 password_hash: admin_password_hash,
                 actor: "init".into(),
-                at_ms: crate::node::now_ms(),
+                at_ms: crate::util::now_ms(),
             },
         ]))
         .await?;

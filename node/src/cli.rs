@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Method;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bootstrap::{InitOptions, JoinOptions, Listen};
 use crate::client::{ApiClient, ClientError};
 use crate::config::Tuning;
+use crate::util::now_ms;
 use tandem_web::{
     BreakOutcome, HistoryPage, ReadinessView, SettingsUpdate, SettingsView, SharedIpView,
     StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest,
@@ -796,12 +797,6 @@ fn usage(message: String) -> Failure {
         code: EXIT_USAGE,
         error: anyhow::anyhow!(message),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn is_actor_char(c: char) -> bool {

@@ -352,14 +352,14 @@ async fn watch_nodes(cluster: &mut LocalCluster, json_path: &Path, shutdown: Can
                     stdin_open = false;
                     continue;
                 }
-                for i in 0..down.len() {
-                    if !down[i] {
+                for (i, is_down) in down.iter_mut().enumerate() {
+                    if !*is_down {
                         continue;
                     }
                     let name = cluster.nodes[i].name.clone();
                     match cluster.restart(i) {
                         Ok(()) => {
-                            down[i] = false;
+                            *is_down = false;
                             println!("started {name} again (pid {})", cluster.nodes[i].child.id().unwrap_or(0));
                         }
                         Err(e) => eprintln!("could not start {name} again: {e:#}"),

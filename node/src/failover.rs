@@ -3,7 +3,6 @@
 //! verification, and removing the witness from a live pair.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,11 +13,12 @@ use tandem_web::BreakOutcome;
 use crate::node::{Node, NodeError};
 use crate::roles::Role;
 use crate::settings::Settings;
+use crate::util::SingleFlight;
 
 /// State of the periodic duties.
 #[derive(Default)]
 pub struct Duties {
-    busy: AtomicBool,
+    busy: SingleFlight,
     inner: Mutex<DutyTimes>,
 }
 
@@ -32,7 +32,7 @@ struct DutyTimes {
 
 impl Duties {
     fn times(&self) -> std::sync::MutexGuard<'_, DutyTimes> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.inner)
     }
 }
 
@@ -75,7 +75,7 @@ async fn probe(target: String, timeout: Duration) -> bool {
 /// Runs the duties once (called from the role manager's tick); each duty
 /// runs in the background and at most one at a time.
 pub(crate) fn tick(node: &std::sync::Arc<Node>, role: Role) {
-    if node.duties.busy.load(Ordering::SeqCst) {
+    if node.duties.busy.held() {
         return;
     }
     let settings = node.settings();
@@ -85,15 +85,18 @@ pub(crate) fn tick(node: &std::sync::Arc<Node>, role: Role) {
     if !due_failover && !due_verify {
         return;
     }
-    node.duties.busy.store(true, Ordering::SeqCst);
+    let Some(flight) = node.duties.busy.claim() else {
+        return;
+    };
     let node = node.clone();
     tokio::spawn(async move {
+        // Released when the duty ends, also when it panics.
+        let _flight = flight;
         if due_failover {
             automatic_failover(&node, &settings).await;
         } else if let Err(e) = node.sync(true, "tandem (scheduled verify)").await {
             tracing::warn!(error = %e, "scheduled verify failed");
         }
-        node.duties.busy.store(false, Ordering::SeqCst);
     });
 }
 

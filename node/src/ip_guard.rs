@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::config::SharedIpConfig;
 use crate::shared_ip::{driver_from_config, SharedIpDriver, SharedIpSpec};
+use crate::util::lock;
 
 /// The hidden CLI verb that runs the guard.
 pub const GUARD_VERB: &str = "shared-ip-guard";
@@ -90,10 +91,6 @@ fn line_of<T: Serialize>(msg: &T) -> Vec<u8> {
     let mut line = serde_json::to_vec(msg).unwrap_or_default();
     line.push(b'\n');
     line
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 // ---------------------------------------------------------------- daemon side

@@ -11,6 +11,7 @@
 //! - [`protocol`]: peer messages and the handshake.
 //! - [`transport`]: the peer listener and the Raft network client.
 //! - [`peer_reach`]: which peers answer, logged once per loss and return.
+//! - [`util`]: `now_ms`, `lock`, `AbortOnDrop`, single-flight flags.
 //! - [`log_limit`]: openraft's repeated warnings, one per call site per 30 s.
 //! - [`node`]: a running node and its operations.
 //! - [`disk`]: the free-space reserve application writes are checked against.
@@ -43,6 +44,7 @@ pub mod setup;
 pub mod shared_ip;
 pub mod transport;
 pub mod users;
+pub mod util;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

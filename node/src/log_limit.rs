@@ -20,6 +20,8 @@ use tracing::subscriber::Interest;
 use tracing::{Level, Metadata};
 use tracing_subscriber::layer::{Context, Filter};
 
+use crate::util::lock;
+
 /// One line per call site per window.
 pub const REPEAT_WINDOW: Duration = Duration::from_secs(30);
 
@@ -40,9 +42,7 @@ impl OpenraftWarnLimit {
         if !limited(meta) {
             return true;
         }
-        // A poisoned lock only means a panic while another event was
-        // checked; the map of instants is still usable.
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = lock(&self.last);
         match last.get(&meta.callsite()) {
             Some(t) if now.saturating_duration_since(*t) < REPEAT_WINDOW => false,
             _ => {

@@ -13,7 +13,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// The default allocator: jemalloc, configured by [`MALLOC_CONF`]. Against
 /// glibc malloc with one arena it cut a node's CPU per write by about a
 /// fifth at 64 writers and held less memory once 100,000 sessions were
-/// stored (README, "Writes" and "Memory").
+/// stored (`docs/performance.md`, "Writes and CPU per write" and "Memory").
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -36,8 +36,8 @@ background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0\0";
 
 /// Without the `jemalloc` feature: glibc malloc with one arena. With its
 /// default of 8 arenas per core the threads' arenas fragment and together
-/// held ~25 MiB more per node with 100,000 sessions stored (README,
-/// "Memory"). glibc's own `MALLOC_ARENA_MAX`, when set, is left to decide.
+/// held ~25 MiB more per node with 100,000 sessions stored
+/// (`docs/performance.md`, "Memory"). glibc's own `MALLOC_ARENA_MAX`, when set, is left to decide.
 /// Called first thing in `main`, before any other thread exists. This
 /// build suits heap profilers that hook malloc (heaptrack).
 #[cfg(not(feature = "jemalloc"))]

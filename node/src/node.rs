@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
@@ -15,6 +15,7 @@ use tandem_storage::{LogReaderHandle, NodeInfo, NodeKind, Request, Response, Sta
 use crate::config::{DataDir, NodeConfig, Tuning};
 use crate::settings::{Settings, Timing};
 use crate::transport::{PeerIdentity, PeerNetwork};
+use crate::util::now_ms;
 use crate::TandemRaft;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -48,14 +49,6 @@ pub enum NodeError {
     /// ([`crate::disk::DiskGuard`]); nothing was changed.
     #[error("insufficient storage: {0}")]
     InsufficientStorage(String),
-}
-
-/// Milliseconds since the Unix epoch, the unit every replicated timestamp uses.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// SHA-256 of `secret`, hex: how tokens are stored.
@@ -280,10 +273,7 @@ impl Node {
     pub fn engine(&self) -> Arc<Engine> {
         // A poisoned lock means a panic while swapping engines; the Arc inside
         // is still a complete engine, so keep serving with it.
-        self.engine
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::util::read(&self.engine).clone()
     }
 
     /// The Raft handle of the current engine.
@@ -298,7 +288,7 @@ impl Node {
 
     /// Replaces the engine (after a reset).
     pub(crate) fn set_engine(&self, engine: Engine) {
-        *self.engine.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(engine);
+        *crate::util::write(&self.engine) = Arc::new(engine);
     }
 
     /// The sled database under every engine of this node.

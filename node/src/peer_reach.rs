@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::util::lock;
+
 /// The longest silence of the log about a peer that stays unreachable.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(30);
 
@@ -106,9 +108,7 @@ impl PeerReach {
 
     /// The bookkeeping behind [`Self::missed`] and [`Self::reached`], at `now`.
     fn note(&self, peer: u64, ok: bool, now: Instant) -> Change {
-        // A poisoned lock only means a panic elsewhere while counting; the
-        // map of counters is still usable.
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = lock(&self.peers);
         if ok {
             return peers.remove(&peer).map_or(Change::Quiet, |a| Change::Back {
                 away: now.saturating_duration_since(a.since),
@@ -150,7 +150,7 @@ impl PeerReach {
 
     /// Whether `peer`'s last dial failed.
     pub fn is_away(&self, peer: u64) -> bool {
-        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let peers = lock(&self.peers);
         peers.contains_key(&peer)
     }
 }

@@ -13,9 +13,10 @@ use serde_json::json;
 use tandem_storage::{CatchUp, NodeKind, Request, Response};
 use tandem_web::{BreakOutcome, SwapOutcome};
 
-use crate::node::{now_ms, start_engine, Node, NodeError};
+use crate::node::{start_engine, Node, NodeError};
 use crate::protocol::{ActionRequest, PeerRequest, PeerResponse};
 use crate::roles::{FenceKind, Role};
+use crate::util::now_ms;
 
 /// What the reset leaves behind.
 enum ResetTo {

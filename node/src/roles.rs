@@ -18,7 +18,8 @@ use tandem_storage::{EpochRecord, NodeKind, Request, Response};
 use tandem_web::{SwapOutcome, SwapRequest, SyncReport, VerifyReport};
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{now_ms, Node, NodeError};
+use crate::node::{Node, NodeError};
+use crate::util::{now_ms, SingleFlight};
 
 /// How often [`Node::settle_primary`] looks at the role again.
 const SETTLE_POLL: Duration = Duration::from_millis(3);
@@ -47,6 +48,66 @@ impl Role {
             Role::Witness => "witness",
             Role::Standalone => "standalone",
         }
+    }
+}
+
+/// Everything the role depends on, read at one moment (see
+/// [`Node::compute_role`]); [`role_of`] decides from it alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleFacts {
+    /// This node's id.
+    pub me: u64,
+    /// Appliance or witness.
+    pub kind: NodeKind,
+    /// Members of the current membership (voters and learners).
+    pub members: usize,
+    /// This node is the Raft leader.
+    pub leader: bool,
+    /// What is left of the leader lease a quorum gave (zero: none or
+    /// expired); `None` where this node is its only voter, its own quorum.
+    pub lease_left: Option<Duration>,
+    /// The applied epoch.
+    pub epoch: u64,
+    /// The primary the applied epoch record names.
+    pub epoch_primary: Option<u64>,
+    /// The applied epoch came from a forced promotion.
+    pub forced: bool,
+    /// The highest epoch a peer has shown this node.
+    pub highest_seen_epoch: u64,
+    /// A peer refused this node as a member.
+    pub refused_as_member: bool,
+    /// The process was paused longer than the primary timeout and no peer
+    /// has acknowledged it since (only asked of a leader).
+    pub paused: bool,
+}
+
+/// The role rules of `node/DESIGN.md` ("Who is primary"), as a pure
+/// function: the role, and whether this node leads with a valid lease
+/// (standalone: whether it leads).
+///
+/// The rules: (1) a witness never serves; (2) the primary is the Raft
+/// leader, (3) with a valid lease, (4) named by the applied epoch, (5) not
+/// fenced (no peer showed a higher epoch or refused it). Alone in its
+/// membership a node is standalone, except the primary of a forced
+/// promotion, which stays *primary* of the relationship.
+pub fn role_of(f: &RoleFacts) -> (Role, bool) {
+    if f.members <= 1 {
+        // Alone after a forced promotion: still the primary of the
+        // relationship (the others are fenced until they rejoin).
+        if f.leader && f.forced && f.epoch_primary == Some(f.me) {
+            return (Role::Primary, true);
+        }
+        return (Role::Standalone, f.leader);
+    }
+    if f.kind == NodeKind::Witness {
+        return (Role::Witness, false);
+    }
+    let lease_valid = f.leader && f.lease_left.is_none_or(|d| !d.is_zero());
+    let fenced = f.highest_seen_epoch > f.epoch || f.refused_as_member;
+    if lease_valid && f.epoch_primary == Some(f.me) && !fenced && !f.paused {
+        (Role::Primary, true)
+    } else {
+        (Role::Backup, lease_valid)
     }
 }
 
@@ -91,7 +152,7 @@ impl Fence {
     /// Records a peer's refusal.
     pub fn fenced(&self, notice: FenceNotice) {
         self.saw_epoch(notice.epoch);
-        let mut n = self.notice.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = crate::util::lock(&self.notice);
         if n.is_none() {
             tracing::warn!(by = notice.by, epoch = notice.epoch, kind = ?notice.kind, "a peer refused this node as a member");
             *n = Some(notice);
@@ -100,15 +161,12 @@ impl Fence {
 
     /// The pending notice, if any.
     pub fn notice(&self) -> Option<FenceNotice> {
-        self.notice
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::util::lock(&self.notice).clone()
     }
 
     /// Forgets the notice (after it was handled).
     pub fn clear(&self) {
-        *self.notice.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *crate::util::lock(&self.notice) = None;
         self.highest_seen.store(0, Ordering::SeqCst);
     }
 
@@ -131,6 +189,10 @@ pub struct RoleState {
     /// A planned swap hands leadership over: the shared IPs are let go
     /// before the transfer and not taken again until it ends.
     handing_over: AtomicBool,
+    /// An epoch raise is running.
+    raising: SingleFlight,
+    /// A fence notice is being handled.
+    handling_fence: SingleFlight,
     /// History events the role manager records without waiting (see
     /// `Node::record_soon`), in order, by one task.
     recorder: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<HistoryEvent>>,
@@ -150,8 +212,6 @@ struct RoleInner {
     samples: VecDeque<(u64, Instant)>,
     /// Leader's view of which peers answer (for peer lost / found events).
     peers_up: BTreeMap<u64, bool>,
-    raising: bool,
-    handling_fence: bool,
     diverged_export: Option<String>,
     last_handover: Option<Instant>,
     /// When this node last became leader (reset when it stops leading).
@@ -180,6 +240,8 @@ impl RoleState {
             wake: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
             handing_over: AtomicBool::new(false),
+            raising: SingleFlight::default(),
+            handling_fence: SingleFlight::default(),
             recorder: std::sync::OnceLock::new(),
             inner: Mutex::new(RoleInner {
                 role: Role::Backup,
@@ -188,8 +250,6 @@ impl RoleState {
                 last_leader_contact: None,
                 samples: VecDeque::new(),
                 peers_up: BTreeMap::new(),
-                raising: false,
-                handling_fence: false,
                 diverged_export: None,
                 last_handover: None,
                 leader_since: None,
@@ -204,9 +264,7 @@ impl RoleState {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RoleInner> {
-        // The inner state is plain data updated in small steps; after a panic
-        // elsewhere it is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.inner)
     }
 
     /// Records that the leader just reached us (an AppendEntries arrived).
@@ -320,35 +378,31 @@ impl Node {
         Settings::parse(self.reader().settings().map(|s| s.settings_json).as_deref())
     }
 
-    /// Computes the role from Raft metrics and the applied epoch.
+    /// Computes the role from Raft metrics and the applied epoch: gathers
+    /// the [`RoleFacts`] and applies [`role_of`].
     pub fn compute_role(&self) -> (Role, bool) {
         let m = self.metrics();
         let ep = self.epoch();
         let me = self.cfg.node_id;
-        let members = m.membership_config.membership().nodes().count();
         let leader = m.state == ServerState::Leader && m.current_leader == Some(me);
-        if members <= 1 {
-            // Alone after a forced promotion: still the primary of the
-            // relationship (the others are fenced until they rejoin).
-            if leader && ep.forced && ep.primary == Some(me) {
-                return (Role::Primary, true);
-            }
-            return (Role::Standalone, leader);
+        let facts = RoleFacts {
+            me,
+            kind: self.cfg.kind,
+            members: m.membership_config.membership().nodes().count(),
+            leader,
+            lease_left: self.quorum_lease_left(&m),
+            epoch: ep.epoch,
+            epoch_primary: ep.primary,
+            forced: ep.forced,
+            highest_seen_epoch: self.roles.fence.highest(),
+            refused_as_member: self.roles.fence.notice().is_some(),
+            paused: leader && self.was_paused(&m),
+        };
+        let (role, lease_valid) = role_of(&facts);
+        if leader && role != Role::Primary {
+            tracing::debug!(?facts, "leader is not primary");
         }
-        if self.cfg.kind == NodeKind::Witness {
-            return (Role::Witness, false);
-        }
-        let lease_valid = leader && self.quorum_lease_left(&m).is_none_or(|d| !d.is_zero());
-        let fenced = self.roles.fence.highest() > ep.epoch || self.roles.fence.notice().is_some();
-        let paused = self.was_paused(&m);
-        if lease_valid && ep.primary == Some(me) && !fenced && !paused {
-            (Role::Primary, true)
-        } else {
-            if leader {
-                tracing::debug!(lease_valid, fenced, primary = ?ep.primary, "leader is not primary");
-            }
-            (Role::Backup, lease_valid)
-        }
+        (role, lease_valid)
     }
 
     /// How long this node may go on acting as primary without hearing from
@@ -1260,16 +1314,13 @@ async fn role_tick(node: &Arc<Node>) {
             i.leader_since = None;
             i.peers_up.clear();
         }
-        let raise = leader
-            && node.cfg.kind == NodeKind::Appliance
-            && lease
-            && ep.primary != Some(me)
-            && !i.raising;
-        if raise {
-            i.raising = true;
-        }
+        let raise =
+            leader && node.cfg.kind == NodeKind::Appliance && lease && ep.primary != Some(me);
         (old, raise)
     };
+    // At most one raise at a time; the flight ends with its task, also
+    // when that task panics.
+    let raise = raise.then(|| node.roles.raising.claim()).flatten();
     if leader && !lease && node.cfg.kind == NodeKind::Appliance && ep.primary != Some(me) {
         wake_on_first_quorum_ack(node);
     }
@@ -1282,26 +1333,22 @@ async fn role_tick(node: &Arc<Node>) {
         );
     }
     settings_duties(node, role, old_role, &ep);
-    if raise {
+    if let Some(flight) = raise {
         let node = node.clone();
         tokio::spawn(async move {
             raise_epoch(&node, ep).await;
-            node.roles.lock().raising = false;
+            drop(flight);
             // Act on the new role at once (take the shared IPs) instead of at
             // the next tick.
             node.roles.wake.notify_one();
         });
     }
     if node.roles.fence.notice().is_some() {
-        let start = {
-            let mut i = node.roles.lock();
-            !std::mem::replace(&mut i.handling_fence, true)
-        };
-        if start {
+        if let Some(flight) = node.roles.handling_fence.claim() {
             let node = node.clone();
             tokio::spawn(async move {
+                let _flight = flight;
                 node.handle_fence().await;
-                node.roles.lock().handling_fence = false;
             });
         }
     }
@@ -1587,7 +1634,159 @@ fn track_peers(node: &Arc<Node>) {
 
 #[cfg(test)]
 mod tests {
-    use super::snapshot_interval;
+    use std::time::Duration;
+
+    use tandem_storage::NodeKind;
+
+    use super::{role_of, snapshot_interval, Role, RoleFacts};
+
+    /// An appliance (node 1) of a three-member relationship that leads with
+    /// a fresh lease and is named by the applied epoch 5: the primary.
+    fn primary() -> RoleFacts {
+        RoleFacts {
+            me: 1,
+            kind: NodeKind::Appliance,
+            members: 3,
+            leader: true,
+            lease_left: Some(Duration::from_millis(200)),
+            epoch: 5,
+            epoch_primary: Some(1),
+            forced: false,
+            highest_seen_epoch: 5,
+            refused_as_member: false,
+            paused: false,
+        }
+    }
+
+    /// Each rule of node/DESIGN.md ("Who is primary") and its edges, as a
+    /// change to [`primary`] and the role it must give.
+    #[test]
+    fn the_role_rules_table() {
+        type Case = (&'static str, fn(&mut RoleFacts), (Role, bool));
+        let cases: &[Case] = &[
+            (
+                "leader, lease, named by the epoch",
+                |_| {},
+                (Role::Primary, true),
+            ),
+            // Rule 1: a witness never serves, even as leader.
+            (
+                "witness leading",
+                |f| f.kind = NodeKind::Witness,
+                (Role::Witness, false),
+            ),
+            (
+                "witness following",
+                |f| {
+                    f.kind = NodeKind::Witness;
+                    f.leader = false;
+                },
+                (Role::Witness, false),
+            ),
+            // Rule 2: only the leader.
+            (
+                "follower named by the epoch",
+                |f| f.leader = false,
+                (Role::Backup, false),
+            ),
+            (
+                "learner (pair only backup)",
+                |f| {
+                    f.leader = false;
+                    f.epoch_primary = Some(2);
+                    f.members = 2;
+                },
+                (Role::Backup, false),
+            ),
+            // Rule 3: the lease.
+            (
+                "lease just expired",
+                |f| f.lease_left = Some(Duration::ZERO),
+                (Role::Backup, false),
+            ),
+            (
+                "lease with 1 ms left",
+                |f| f.lease_left = Some(Duration::from_millis(1)),
+                (Role::Primary, true),
+            ),
+            (
+                "its own quorum (pair only)",
+                |f| f.lease_left = None,
+                (Role::Primary, true),
+            ),
+            // Rule 4: the committed epoch names it.
+            (
+                "epoch raise not yet committed",
+                |f| f.epoch_primary = Some(2),
+                (Role::Backup, true),
+            ),
+            (
+                "no primary yet",
+                |f| f.epoch_primary = None,
+                (Role::Backup, true),
+            ),
+            // Rule 5: fencing.
+            (
+                "a peer showed a higher epoch",
+                |f| f.highest_seen_epoch = 6,
+                (Role::Backup, true),
+            ),
+            (
+                "a lower epoch seen",
+                |f| f.highest_seen_epoch = 4,
+                (Role::Primary, true),
+            ),
+            (
+                "refused as a member",
+                |f| f.refused_as_member = true,
+                (Role::Backup, true),
+            ),
+            // A pause longer than the primary timeout, not yet acknowledged.
+            ("paused", |f| f.paused = true, (Role::Backup, true)),
+            // Alone in the membership.
+            (
+                "alone, leading",
+                |f| f.members = 1,
+                (Role::Standalone, true),
+            ),
+            (
+                "alone, not leading",
+                |f| {
+                    f.members = 1;
+                    f.leader = false;
+                },
+                (Role::Standalone, false),
+            ),
+            (
+                "alone after a forced promotion",
+                |f| {
+                    f.members = 1;
+                    f.forced = true;
+                    f.lease_left = None;
+                },
+                (Role::Primary, true),
+            ),
+            (
+                "alone, forced, another named",
+                |f| {
+                    f.members = 1;
+                    f.forced = true;
+                    f.epoch_primary = Some(2);
+                },
+                (Role::Standalone, true),
+            ),
+            (
+                "forced primary back in a relationship",
+                |f| f.forced = true,
+                (Role::Primary, true),
+            ),
+        ];
+        for (what, change, want) in cases {
+            let mut f = primary();
+            change(&mut f);
+            assert_eq!(role_of(&f), *want, "{what}: {f:?}");
+        }
+    }
 
     #[test]
     fn snapshot_interval_follows_the_state_size_within_bounds() {

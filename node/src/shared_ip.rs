@@ -29,7 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{SharedIpConfig, SharedIpDriverKind};
 use crate::settings::SharedIp;
+use crate::util::{lock, now_ms, AbortOnDrop};
 
 /// A boxed, sendable future (keeps [`SharedIpDriver`] object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -269,10 +270,6 @@ impl SharedIpDriver for NoneDriver {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 // ---------------------------------------------------------------- script
 
 /// Runs `<script> <acquire|release|check> <address/prefix> <interface> <epoch>`.
@@ -494,14 +491,6 @@ impl Drop for NetlinkDriver {
         for (_, h) in std::mem::take(&mut *lock(&self.announcers)) {
             h.abort();
         }
-    }
-}
-
-/// Aborts a task when dropped (the netlink connection of one operation).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -1132,12 +1121,6 @@ pub struct SharedIpManager {
     state: tokio::sync::Mutex<State>,
     events: Mutex<VecDeque<SharedIpEvent>>,
     reachability: Arc<Mutex<Option<Reachability>>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn backoff(attempts: u32, max: Duration) -> Duration {

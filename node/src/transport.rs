@@ -44,6 +44,7 @@ use crate::frame::{encode_frame, read_frame, write_frame, FrameError};
 use crate::node::Node;
 use crate::peer_reach::{backoff_delays, PeerReach};
 use crate::protocol::{Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION};
+use crate::util::{lock, AbortOnDrop};
 
 /// Bound on a TCP connect plus TLS handshake plus hello.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -332,7 +333,7 @@ impl PeerClient {
             let pooled = {
                 // A poisoned lock only means another task panicked while holding it;
                 // the pool itself (a Vec of connections) is still consistent.
-                let mut pools = self.shared.pools.lock().unwrap_or_else(|p| p.into_inner());
+                let mut pools = lock(&self.shared.pools);
                 pools.get_mut(&self.pool_key()).and_then(Vec::pop)
             };
             match pooled {
@@ -344,7 +345,7 @@ impl PeerClient {
     }
 
     fn checkin(&self, conn: ClientTls<TcpStream>) {
-        let mut pools = self.shared.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pools = lock(&self.shared.pools);
         let pool = pools.entry(self.pool_key()).or_default();
         if pool.len() < POOL_SIZE {
             pool.push(conn);
@@ -626,15 +627,6 @@ enum Sent {
     Request(Option<LogId>, Option<LogId>),
     /// Sending failed; the stream ends with this error.
     Failed(String),
-}
-
-/// Aborts the sending task when the answer stream is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Runs an append stream over `io` (an authenticated peer connection): a

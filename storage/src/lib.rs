@@ -71,7 +71,7 @@ pub use types::{
 
 /// Default sled page cache size for a node: 4 MiB. With 100,000 sessions
 /// stored, 16 MiB held ~18 MiB more per node for up to ~10 % less CPU per
-/// write (README, "Memory").
+/// write (`docs/performance.md`, "Memory").
 pub const DEFAULT_CACHE_CAPACITY: u64 = 4 * 1024 * 1024;
 
 pub(crate) const SLED_DIR: &str = "sled";
