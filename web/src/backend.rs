@@ -2,12 +2,15 @@
 //!
 //! The `node` crate implements the trait; `web` never sees Raft or storage
 //! types. Views derive both `Serialize` and `Deserialize` so that clients (the
-//! CLI, the cluster tests) can decode responses with the same types.
+//! CLI, the cluster tests) can decode responses with the same types, and
+//! `ToSchema`, from which the OpenAPI document takes their schemas (utoipa
+//! reads the serde attributes, so the schema follows the wire format).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::ApiError;
 
@@ -374,7 +377,7 @@ pub trait AdminBackend: Send + Sync + 'static {
 }
 
 /// `GET /health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthView {
     /// Always `"ok"` when the node answers.
     pub status: String,
@@ -424,7 +427,7 @@ pub struct ReadMeta {
 }
 
 /// One configuration entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ConfigEntryView {
     /// The key (1..=256 chars of `[A-Za-z0-9._:/-]`).
     pub key: String,
@@ -439,7 +442,7 @@ pub struct ConfigEntryView {
 }
 
 /// Body of `PUT /api/v1/config/{key}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigPut {
     /// The new value (required; may be `null`).
@@ -450,7 +453,7 @@ pub struct ConfigPut {
 }
 
 /// Body of `POST /api/v1/sessions`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionCreate {
     /// Who owns the session (1..=256 chars).
@@ -463,7 +466,7 @@ pub struct SessionCreate {
 }
 
 /// One session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SessionView {
     /// Session id, chosen by the backend.
     pub id: String,
@@ -478,7 +481,7 @@ pub struct SessionView {
 }
 
 /// `GET /api/v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterView {
     /// Cluster identity.
     pub cluster_id: String,
@@ -493,7 +496,7 @@ pub struct ClusterView {
 }
 
 /// One cluster member; fields the answering node does not know are `null`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MemberView {
     /// Node id.
     pub id: u64,
@@ -518,7 +521,7 @@ pub struct MemberView {
 }
 
 /// Body of `POST /api/v1/join-tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinTokenRequest {
     /// Token lifetime in seconds (1..=31_536_000); the backend's default
@@ -531,7 +534,7 @@ pub struct JoinTokenRequest {
 }
 
 /// A minted join token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JoinTokenView {
     /// The secret to pass in [`JoinRequest::token`].
     pub token: String,
@@ -540,7 +543,7 @@ pub struct JoinTokenView {
 }
 
 /// Body of `POST /api/v1/join` (no bearer token; `token` is the credential).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// Join token from `POST /api/v1/join-tokens`.
@@ -563,7 +566,7 @@ pub struct JoinRequest {
 
 /// Body of `POST /api/v1/relationship/setup`: on a standalone node, join the
 /// primary's relationship from here (*Set up relationship*).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetupRequest {
     /// The primary's admin address (`https://host:port` or `host:port`), as
@@ -587,7 +590,7 @@ pub struct SetupRequest {
 
 /// Answer to a successful *Set up relationship*. The node then restarts in
 /// place with its new identity and resyncs from the primary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SetupOutcome {
     /// This node's id in the primary's cluster.
     pub node_id: u64,
@@ -606,7 +609,7 @@ pub struct SetupOutcome {
 }
 
 /// Answer to a successful join.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct JoinResponse {
     /// Id assigned to the new node.
     pub node_id: u64,
@@ -625,7 +628,7 @@ pub struct JoinResponse {
 }
 
 /// Items of a list response: `{"items": [...]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ListView<T> {
     /// The listed items, in backend order.
     pub items: Vec<T>,
@@ -634,7 +637,7 @@ pub struct ListView<T> {
 // ---- relationship API views --------------------------------------------
 
 /// `GET /api/v1/status`: everything the failover page shows at a glance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusView {
     /// The node that answered.
     pub this_host: HostView,
@@ -651,7 +654,7 @@ pub struct StatusView {
 }
 
 /// The answering node in [`StatusView`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HostView {
     /// Node id.
     pub id: u64,
@@ -690,7 +693,7 @@ pub struct HostView {
 }
 
 /// A peer in [`StatusView`]; what this node cannot know is `null`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PeerView {
     /// Node id.
     pub id: u64,
@@ -720,7 +723,7 @@ pub struct PeerView {
 }
 
 /// One status history event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryEventView {
     /// Sequence number (0 for the first event ever).
     pub seq: u64,
@@ -739,7 +742,7 @@ pub struct HistoryEventView {
 }
 
 /// `GET /api/v1/history`: one page, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryPage {
     /// The events.
     pub items: Vec<HistoryEventView>,
@@ -750,7 +753,7 @@ pub struct HistoryPage {
 }
 
 /// A shared IP address and the interface each node puts it on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SharedIpView {
     /// Address with prefix: `192.0.2.10/24` or `2001:db8::10/64`.
@@ -760,7 +763,7 @@ pub struct SharedIpView {
 }
 
 /// The replicated relationship settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SettingsView {
     /// Starts at 0 (defaults, never written), +1 per write.
     pub version: u64,
@@ -786,7 +789,7 @@ pub struct SettingsView {
 
 /// Body of `PUT /api/v1/settings`: the whole settings (every field
 /// required), checked by [`crate::validate_settings`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsUpdate {
     /// 300..=60000.
@@ -809,7 +812,7 @@ pub struct SettingsUpdate {
 }
 
 /// Body of `POST /api/v1/relationship/swap` (an empty body means defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SwapRequest {
     /// Wait for a full catch-up (by snapshot if need be) before swapping.
@@ -822,7 +825,7 @@ pub struct SwapRequest {
 }
 
 /// Answer to a swap.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SwapOutcome {
     /// Primary before the swap, if there was one.
     pub previous_primary: Option<u64>,
@@ -841,7 +844,7 @@ pub struct SwapOutcome {
 }
 
 /// Body of `POST /api/v1/relationship/sync` (an empty body means defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
     /// Compare state digests of both sides at one applied index afterwards.
@@ -850,7 +853,7 @@ pub struct SyncRequest {
 }
 
 /// Answer to a sync.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SyncReport {
     /// Node id of the backup that was synced.
     pub backup: u64,
@@ -871,7 +874,7 @@ pub struct SyncReport {
 }
 
 /// State digest comparison at one applied index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyReport {
     /// The applied index both digests were taken at.
     pub index: u64,
@@ -884,7 +887,7 @@ pub struct VerifyReport {
 }
 
 /// Answer to a break.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BreakOutcome {
     /// Node ids that were in the relationship with this node.
     pub former_peers: Vec<u64>,
@@ -893,7 +896,7 @@ pub struct BreakOutcome {
 }
 
 /// `GET /health/primary` and `GET /health/backup` (200 when `ok`, else 503).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RoleHealth {
     /// Whether the node is in the asked-for role (and in sync, for backup).
     pub ok: bool,
@@ -904,7 +907,7 @@ pub struct RoleHealth {
 }
 
 /// `GET /api/v1/readiness`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReadinessView {
     /// Whether a backup would take over if the primary died now.
     pub would_fail_over: bool,
@@ -924,7 +927,7 @@ pub struct ReadinessView {
 // ---- admin users and API tokens ------------------------------------------
 
 /// An admin user (`GET /api/v1/users`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UserView {
     /// User name.
     pub name: String,
@@ -937,7 +940,7 @@ pub struct UserView {
 }
 
 /// Body of `POST /api/v1/users`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserCreate {
     /// 1..=64 chars of `[A-Za-z0-9._@-]`.
@@ -947,7 +950,7 @@ pub struct UserCreate {
 }
 
 /// Body of `PUT /api/v1/users/{name}`: sets the password.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPassword {
     /// 8..=256 characters.
@@ -955,7 +958,7 @@ pub struct UserPassword {
 }
 
 /// Body of `POST /api/v1/account/password` (own password, login session).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChange {
     /// The current password.
@@ -965,7 +968,7 @@ pub struct PasswordChange {
 }
 
 /// Body of `POST /api/v1/api-tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiTokenRequest {
     /// The user the token acts for; default: the logged-in user.
@@ -974,7 +977,7 @@ pub struct ApiTokenRequest {
 }
 
 /// A per-user API token (without its secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiTokenView {
     /// Token id.
     pub id: String,
@@ -985,7 +988,7 @@ pub struct ApiTokenView {
 }
 
 /// A new per-user API token: `token` is shown once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiTokenCreated {
     /// Token id.
     pub id: String,

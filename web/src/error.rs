@@ -7,6 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
+use utoipa::ToSchema;
 
 /// Seconds a client is told to wait (`Retry-After`) on a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -139,6 +141,56 @@ impl ApiError {
         }
     }
 
+    /// One value of every variant, `NotLeader` both with and without a
+    /// leader (they map to different statuses): the list from which the
+    /// OpenAPI document takes the kinds of [`ErrorBody::error`], and against
+    /// which the tests check the mapping and the document.
+    pub fn examples() -> Vec<Self> {
+        let text = || "example".to_owned();
+        let all = vec![
+            Self::NotLeader {
+                leader_api: Some("https://192.0.2.1:8443".to_owned()),
+            },
+            Self::NotLeader { leader_api: None },
+            Self::Unauthorized,
+            Self::Forbidden(text()),
+            Self::NotFound(text()),
+            Self::BadRequest(text()),
+            Self::MethodNotAllowed,
+            Self::Conflict(text()),
+            Self::PayloadTooLarge,
+            Self::UnsupportedMediaType(text()),
+            Self::Unavailable(text()),
+            Self::Invalid {
+                fields: BTreeMap::from([("field".to_owned(), text())]),
+            },
+            Self::Refused(text()),
+            Self::Internal(text()),
+            Self::InsufficientStorage(text()),
+        ];
+        // No `_` arm: a new variant does not compile here until it is also
+        // in the list above.
+        for e in &all {
+            match e {
+                Self::NotLeader { .. }
+                | Self::Unauthorized
+                | Self::Forbidden(_)
+                | Self::NotFound(_)
+                | Self::BadRequest(_)
+                | Self::MethodNotAllowed
+                | Self::Conflict(_)
+                | Self::PayloadTooLarge
+                | Self::UnsupportedMediaType(_)
+                | Self::Unavailable(_)
+                | Self::Invalid { .. }
+                | Self::Refused(_)
+                | Self::Internal(_)
+                | Self::InsufficientStorage(_) => {}
+            }
+        }
+        all
+    }
+
     /// Maps an axum extractor rejection (by its status) to an `ApiError`,
     /// keeping axum's explanation as the message.
     pub(crate) fn from_rejection(status: StatusCode, text: String) -> Self {
@@ -154,9 +206,10 @@ impl ApiError {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable kind, e.g. `not_found` (see [`ApiError::kind`]).
+    #[schema(schema_with = kind_schema)]
     pub error: String,
     /// Human-readable explanation.
     pub message: String,
@@ -166,6 +219,24 @@ pub struct ErrorBody {
     /// For `invalid`: field path → what is wrong with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<BTreeMap<String, String>>,
+}
+
+/// The schema of [`ErrorBody::error`]: a string, one of the kinds of
+/// [`ApiError::examples`].
+fn kind_schema() -> Object {
+    let mut kinds: Vec<&str> = Vec::new();
+    for kind in ApiError::examples().iter().map(ApiError::kind) {
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(kinds))
+        .description(Some(
+            "Machine-readable kind; `leader_api` comes with `not_leader`, `fields` with `invalid`.",
+        ))
+        .build()
 }
 
 /// Response extension asking the router's redirect middleware to set

@@ -9,16 +9,19 @@
 //! Modules:
 //! - `backend`: [`AdminBackend`] and the JSON views / request bodies.
 //! - `error`: [`ApiError`], the one error type, and its single HTTP mapping.
-//! - `routes`: [`router`], handlers, bearer authentication, validation.
+//! - `routes`: [`router`], handlers, bearer authentication, validation, and
+//!   [`openapi()`], the OpenAPI 3.1 document of every route, generated with
+//!   utoipa from the handlers' `#[utoipa::path]` attributes and the view
+//!   types' `ToSchema` derives.
 //! - `extract`: extractors that turn axum rejections into [`ApiError`]s.
 //! - `settings`: [`validate_settings`], the pure settings checks.
-//! - `openapi`: [`openapi()`], the OpenAPI 3.0 document of every route.
+//! - `openapi`: the document's shared parts: one error response per status
+//!   [`ApiError`] maps to (all with the [`ErrorBody`] schema) and the bearer
+//!   security scheme.
 //! - `tls`: [`serve_tls`], the accept loop with graceful shutdown.
 //! - `ui`: the admin web UI: login sessions (cookie + CSRF token), login
 //!   rate limits, the HTML pages and their embedded assets, server-sent
 //!   status events.
-
-#![recursion_limit = "256"]
 
 mod backend;
 mod error;
@@ -38,11 +41,11 @@ pub use backend::{
     SyncRequest, UserCreate, UserPassword, UserView, VerifyReport,
 };
 pub use error::{ApiError, ErrorBody};
-pub use openapi::openapi;
 pub use routes::{
-    router, validate_key, AdminApp, AdminFuture, ApiRoute, ACTOR_HEADER, APPLIED_INDEX_HEADER,
-    DEFAULT_HISTORY_LIMIT, DEFAULT_LIST_LIMIT, EVENTS_PATH, EVENT_INTERVAL, MAX_BODY_BYTES,
-    MAX_HISTORY_LIMIT, MAX_KEY_LEN, MAX_LIST_LIMIT, MAX_TTL_SECS, ROUTES, STALE_HEADER,
+    openapi, router, validate_key, AdminApp, AdminFuture, ApiRoute, ACTOR_HEADER,
+    APPLIED_INDEX_HEADER, DEFAULT_HISTORY_LIMIT, DEFAULT_LIST_LIMIT, EVENTS_PATH, EVENT_INTERVAL,
+    MAX_BODY_BYTES, MAX_HISTORY_LIMIT, MAX_KEY_LEN, MAX_LIST_LIMIT, MAX_TTL_SECS, ROUTES,
+    STALE_HEADER,
 };
 pub use settings::{
     validate_settings, MAX_INTERFACE_LEN, MAX_SHARED_IPS, MAX_TEST_IPS, MIN_BANDWIDTH_BPS,

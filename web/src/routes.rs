@@ -1,5 +1,7 @@
 //! The axum router: routes, handlers, authentication and the middleware that
-//! keeps every error JSON and points `NotLeader` answers at the leader.
+//! keeps every error JSON and points `NotLeader` answers at the leader; and
+//! the OpenAPI document, derived from the handlers' `#[utoipa::path]`
+//! attributes.
 
 use std::sync::Arc;
 
@@ -29,13 +31,22 @@ use axum::routing::put;
 use axum::Extension;
 use futures::Stream;
 
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
 use crate::backend::{
-    AdminBackend, ApiTokenRequest, ConfigPut, JoinRequest, JoinTokenRequest, ListView,
-    PasswordChange, ReadMeta, RoleHealth, SessionCreate, SettingsUpdate, SetupRequest, SwapRequest,
-    SyncRequest, UserCreate, UserPassword,
+    AdminBackend, ApiTokenCreated, ApiTokenRequest, ApiTokenView, BreakOutcome, ClusterView,
+    ConfigEntryView, ConfigPut, HealthView, HistoryPage, JoinRequest, JoinResponse,
+    JoinTokenRequest, JoinTokenView, ListView, PasswordChange, ReadMeta, ReadinessView, RoleHealth,
+    SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome, SetupRequest,
+    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserCreate, UserPassword,
+    UserView,
 };
 use crate::error::{ErrorBody, LeaderRedirect};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+use crate::openapi::{
+    ref_inlined_schemas, BearerScheme, E400, E401, E403, E404, E405, E409, E413, E415, E421, E500,
+    E503, E507,
+};
 use crate::settings::validate_settings;
 use crate::ui::{
     csrf_ok, ui_router, valid_user_name, Caller, Sessions, Ui, MAX_PASSWORD_LEN, MIN_PASSWORD_LEN,
@@ -61,7 +72,7 @@ pub const MAX_HISTORY_LIMIT: usize = 500;
 const MAX_HISTORY_KIND_LEN: usize = 64;
 
 /// One route of the admin API, as registered by [`router`] and described by
-/// [`crate::openapi`].
+/// [`openapi()`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiRoute {
     /// HTTP method, upper case.
@@ -128,6 +139,71 @@ pub const ROUTES: &[ApiRoute] = &[
     authed("POST", "/api/v1/api-tokens"),
     authed("DELETE", "/api/v1/api-tokens/{id}"),
 ];
+
+/// The OpenAPI document of [`ROUTES`]: every operation from its handler's
+/// `#[utoipa::path]`, every schema from the view types' `ToSchema`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Tandem admin API",
+        description = "Status, settings and actions of a Tandem relationship (primary, backup, \
+                       witness). Writes accept an `X-Tandem-Actor` header naming who acts \
+                       (default `api`). Every error answer is an `ErrorBody`."
+    ),
+    paths(
+        health,
+        health_primary,
+        health_backup,
+        openapi_json,
+        join,
+        config_list,
+        config_get,
+        config_put,
+        config_delete,
+        session_list,
+        session_create,
+        session_get,
+        session_delete,
+        cluster,
+        create_join_token,
+        status,
+        history,
+        settings_get,
+        settings_put,
+        swap,
+        sync,
+        break_relationship,
+        rejoin,
+        remove_witness,
+        setup,
+        readiness,
+        users_list,
+        user_create,
+        user_set_password,
+        user_delete,
+        account_password,
+        api_token_list,
+        api_token_create,
+        api_token_revoke,
+    ),
+    // Schemas that are only named by `ref(...)` (bodies that may be left
+    // out) or only reached through response types are not collected by
+    // themselves.
+    components(schemas(ErrorBody, SwapRequest, SyncRequest, BreakRequest, ApiTokenRequest)),
+    modifiers(&BearerScheme)
+)]
+struct ApiDoc;
+
+/// The OpenAPI 3.1 document of every route in [`ROUTES`], served at
+/// `GET /api/v1/openapi.json`: generated from the handlers' attributes and
+/// the view types, so it lists what the API serves.
+pub fn openapi() -> serde_json::Value {
+    // The document is plain data with string keys: it always serializes.
+    let mut doc =
+        serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes to JSON");
+    ref_inlined_schemas(&mut doc);
+    doc
+}
 
 /// Server-sent events: `event: status` with a [`crate::StatusView`] every
 /// second. Authenticated like the API; not in [`ROUTES`] (an endless
@@ -569,58 +645,109 @@ fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
 
 // ---- query strings -------------------------------------------------------
 
-#[derive(Debug, Default, Deserialize)]
+/// `?stale=` of a single read.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReadQuery {
+    /// Serve from this node's state machine without a leader check.
     #[serde(default)]
     stale: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Query of `GET /api/v1/config`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ConfigListQuery {
+    /// Only keys starting with this.
     #[serde(default)]
     prefix: Option<String>,
+    /// Most entries to return: 1..=1000, default 100.
     #[serde(default)]
     limit: Option<usize>,
+    /// Serve from this node's state machine without a leader check.
     #[serde(default)]
     stale: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Query of `GET /api/v1/sessions`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Most sessions to return: 1..=1000, default 100.
     #[serde(default)]
     limit: Option<usize>,
+    /// Serve from this node's state machine without a leader check.
     #[serde(default)]
     stale: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Query of `GET /api/v1/history`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
+    /// Only events with `seq` below this (`next_before` of the previous
+    /// page).
     #[serde(default)]
     before: Option<u64>,
+    /// Most events to return: 1..=500, default 50.
     #[serde(default)]
     limit: Option<usize>,
+    /// Only events of this kind.
     #[serde(default)]
     kind: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Query of `GET /health/backup`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BackupHealthQuery {
+    /// Most committed entries the backup may lack.
     #[serde(default)]
     max_lag: Option<u64>,
 }
 
 /// Body of `POST /api/v1/relationship/break`: nothing (`{}` or no body).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BreakRequest {}
 
 // ---- handlers ------------------------------------------------------------
 
+/// Liveness and Raft role of this node.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses(
+        (status = 200, description = "alive", body = HealthView),
+        E405, E500, E503
+    ),
+)]
 async fn health<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
     let view = backend.health().await?;
     Ok(Json(view).into_response())
 }
 
+/// List configuration entries in key order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/config",
+    tag = "config",
+    params(ConfigListQuery),
+    responses(
+        (
+            status = 200,
+            description = "the entries",
+            body = ListView<ConfigEntryView>,
+            headers(
+                ("X-Tandem-Applied-Index" = u64, description = "applied index of the read"),
+                ("X-Tandem-Stale" = bool, description = "whether it was served locally (`stale`)")
+            )
+        ),
+        E400, E401, E405, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn config_list<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiQuery(q): ApiQuery<ConfigListQuery>,
@@ -638,6 +765,29 @@ async fn config_list<B: AdminBackend>(
     Ok(read_response(ListView { items }, meta))
 }
 
+/// One configuration entry.
+#[utoipa::path(
+    get,
+    path = "/api/v1/config/{key}",
+    tag = "config",
+    params(
+        ("key" = String, Path, description = "1..=256 characters of A-Z a-z 0-9 . _ : / -"),
+        ReadQuery
+    ),
+    responses(
+        (
+            status = 200,
+            description = "the entry",
+            body = ConfigEntryView,
+            headers(
+                ("X-Tandem-Applied-Index" = u64, description = "applied index of the read"),
+                ("X-Tandem-Stale" = bool, description = "whether it was served locally (`stale`)")
+            )
+        ),
+        E400, E401, E404, E405, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn config_get<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiPath(key): ApiPath<String>,
@@ -648,6 +798,19 @@ async fn config_get<B: AdminBackend>(
     Ok(read_response(entry, meta))
 }
 
+/// Create or replace an entry.
+#[utoipa::path(
+    put,
+    path = "/api/v1/config/{key}",
+    tag = "config",
+    params(("key" = String, Path, description = "1..=256 characters of A-Z a-z 0-9 . _ : / -")),
+    request_body = ConfigPut,
+    responses(
+        (status = 200, description = "written", body = ConfigEntryView),
+        E400, E401, E403, E405, E409, E413, E415, E421, E500, E503, E507
+    ),
+    security(("bearer" = [])),
+)]
 async fn config_put<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiPath(key): ApiPath<String>,
@@ -662,6 +825,18 @@ async fn config_put<B: AdminBackend>(
     Ok(Json(entry).into_response())
 }
 
+/// Remove an entry.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/config/{key}",
+    tag = "config",
+    params(("key" = String, Path, description = "1..=256 characters of A-Z a-z 0-9 . _ : / -")),
+    responses(
+        (status = 204, description = "removed"),
+        E400, E401, E403, E404, E405, E421, E500, E503, E507
+    ),
+    security(("bearer" = [])),
+)]
 async fn config_delete<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiPath(key): ApiPath<String>,
@@ -673,6 +848,18 @@ async fn config_delete<B: AdminBackend>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Create a session.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    request_body = SessionCreate,
+    responses(
+        (status = 201, description = "created", body = SessionView),
+        E400, E401, E403, E405, E413, E415, E421, E500, E503, E507
+    ),
+    security(("bearer" = [])),
+)]
 async fn session_create<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiJson(body): ApiJson<SessionCreate>,
@@ -683,6 +870,26 @@ async fn session_create<B: AdminBackend>(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// List live sessions.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    params(ListQuery),
+    responses(
+        (
+            status = 200,
+            description = "the sessions",
+            body = ListView<SessionView>,
+            headers(
+                ("X-Tandem-Applied-Index" = u64, description = "applied index of the read"),
+                ("X-Tandem-Stale" = bool, description = "whether it was served locally (`stale`)")
+            )
+        ),
+        E400, E401, E405, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn session_list<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -692,6 +899,26 @@ async fn session_list<B: AdminBackend>(
     Ok(read_response(ListView { items }, meta))
 }
 
+/// One session.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id"), ReadQuery),
+    responses(
+        (
+            status = 200,
+            description = "the session",
+            body = SessionView,
+            headers(
+                ("X-Tandem-Applied-Index" = u64, description = "applied index of the read"),
+                ("X-Tandem-Stale" = bool, description = "whether it was served locally (`stale`)")
+            )
+        ),
+        E400, E401, E404, E405, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn session_get<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiPath(id): ApiPath<String>,
@@ -702,6 +929,18 @@ async fn session_get<B: AdminBackend>(
     Ok(read_response(view, meta))
 }
 
+/// Remove a session.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "session id")),
+    responses(
+        (status = 204, description = "removed"),
+        E400, E401, E403, E404, E405, E421, E500, E503, E507
+    ),
+    security(("bearer" = [])),
+)]
 async fn session_delete<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiPath(id): ApiPath<String>,
@@ -711,6 +950,26 @@ async fn session_delete<B: AdminBackend>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Membership and replication progress.
+#[utoipa::path(
+    get,
+    path = "/api/v1/cluster",
+    tag = "cluster",
+    params(ReadQuery),
+    responses(
+        (
+            status = 200,
+            description = "the cluster as this node sees it",
+            body = ClusterView,
+            headers(
+                ("X-Tandem-Applied-Index" = u64, description = "applied index of the read"),
+                ("X-Tandem-Stale" = bool, description = "whether it was served locally (`stale`)")
+            )
+        ),
+        E400, E401, E405, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn cluster<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiQuery(q): ApiQuery<ReadQuery>,
@@ -730,6 +989,18 @@ async fn cluster<B: AdminBackend>(
     Ok(read_response(view, meta))
 }
 
+/// Mint a one-time join token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/join-tokens",
+    tag = "cluster",
+    request_body = JoinTokenRequest,
+    responses(
+        (status = 201, description = "created", body = JoinTokenView),
+        E400, E401, E403, E405, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn create_join_token<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -746,6 +1017,17 @@ async fn create_join_token<B: AdminBackend>(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// Admit a node with a join token (the token is the credential).
+#[utoipa::path(
+    post,
+    path = "/api/v1/join",
+    tag = "cluster",
+    request_body = JoinRequest,
+    responses(
+        (status = 200, description = "admitted", body = JoinResponse),
+        E400, E403, E405, E413, E415, E421, E500, E503
+    ),
+)]
 async fn join<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiJson(body): ApiJson<JoinRequest>,
@@ -762,8 +1044,18 @@ async fn join<B: AdminBackend>(
     Ok(Json(view).into_response())
 }
 
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses(
+        (status = 200, description = "this document", content_type = "application/json"),
+        E405
+    ),
+)]
 async fn openapi_json() -> Json<serde_json::Value> {
-    Json(crate::openapi::openapi())
+    Json(openapi())
 }
 
 /// A role health answer: 200 when `ok`, else 503; the body either way, and
@@ -782,12 +1074,36 @@ fn role_health_response(view: RoleHealth) -> Response {
     resp
 }
 
+/// For load balancers: 200 when this node is the serving primary, else 503.
+#[utoipa::path(
+    get,
+    path = "/health/primary",
+    tag = "health",
+    responses(
+        (status = 200, description = "the serving primary", body = RoleHealth),
+        (status = 503, description = "not the serving primary (`ok` false)", body = RoleHealth),
+        E405, E500
+    ),
+)]
 async fn health_primary<B: AdminBackend>(
     State(backend): State<Arc<B>>,
 ) -> Result<Response, ApiError> {
     Ok(role_health_response(backend.health_primary().await?))
 }
 
+/// For load balancers: 200 when this node is a backup (within `max_lag`
+/// entries), else 503.
+#[utoipa::path(
+    get,
+    path = "/health/backup",
+    tag = "health",
+    params(BackupHealthQuery),
+    responses(
+        (status = 200, description = "a backup in sync", body = RoleHealth),
+        (status = 503, description = "not a backup, or lagging (`ok` false)", body = RoleHealth),
+        E400, E405, E500
+    ),
+)]
 async fn health_backup<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiQuery(q): ApiQuery<BackupHealthQuery>,
@@ -797,6 +1113,26 @@ async fn health_backup<B: AdminBackend>(
     ))
 }
 
+/// This host, its peers, topology, settings, epoch and primary (this node's
+/// view).
+#[utoipa::path(
+    get,
+    path = "/api/v1/status",
+    tag = "relationship",
+    responses(
+        (
+            status = 200,
+            description = "the status",
+            body = StatusView,
+            headers(
+                ("X-Tandem-Applied-Index" = u64, description = "applied index of the read"),
+                ("X-Tandem-Stale" = bool, description = "whether it was served locally (`stale`)")
+            )
+        ),
+        E401, E405, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn status<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
     let view = backend.status().await?;
     let meta = ReadMeta {
@@ -816,6 +1152,18 @@ fn validate_history_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
+/// Status history, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/history",
+    tag = "relationship",
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "one page", body = HistoryPage),
+        E400, E401, E405, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn history<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
@@ -836,12 +1184,35 @@ async fn history<B: AdminBackend>(
     Ok(Json(page).into_response())
 }
 
+/// The replicated relationship settings.
+#[utoipa::path(
+    get,
+    path = "/api/v1/settings",
+    tag = "relationship",
+    responses(
+        (status = 200, description = "the settings", body = SettingsView),
+        E401, E405, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn settings_get<B: AdminBackend>(
     State(backend): State<Arc<B>>,
 ) -> Result<Response, ApiError> {
     Ok(Json(backend.settings().await?).into_response())
 }
 
+/// Replace the settings (every field required).
+#[utoipa::path(
+    put,
+    path = "/api/v1/settings",
+    tag = "relationship",
+    request_body = SettingsUpdate,
+    responses(
+        (status = 200, description = "written", body = SettingsView),
+        E400, E401, E403, E405, E409, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn settings_put<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -852,6 +1223,23 @@ async fn settings_put<B: AdminBackend>(
     Ok(Json(backend.settings_put(body, actor).await?).into_response())
 }
 
+/// Swap primary and backup (planned unless `force`; `pull_sync` catches up
+/// first).
+#[utoipa::path(
+    post,
+    path = "/api/v1/relationship/swap",
+    tag = "relationship",
+    request_body(
+        content = ref("#/components/schemas/SwapRequest"),
+        content_type = "application/json",
+        description = "Optional: no body at all means every default."
+    ),
+    responses(
+        (status = 200, description = "swapped", body = SwapOutcome),
+        E400, E401, E403, E405, E409, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn swap<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -861,6 +1249,22 @@ async fn swap<B: AdminBackend>(
     Ok(Json(backend.swap(body, actor).await?).into_response())
 }
 
+/// Bring the backup up to date now, optionally verifying state digests.
+#[utoipa::path(
+    post,
+    path = "/api/v1/relationship/sync",
+    tag = "relationship",
+    request_body(
+        content = ref("#/components/schemas/SyncRequest"),
+        content_type = "application/json",
+        description = "Optional: no body at all means every default."
+    ),
+    responses(
+        (status = 200, description = "synced", body = SyncReport),
+        E400, E401, E403, E405, E409, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn sync<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -870,6 +1274,22 @@ async fn sync<B: AdminBackend>(
     Ok(Json(backend.sync(body, actor).await?).into_response())
 }
 
+/// End the relationship: each side becomes standalone.
+#[utoipa::path(
+    post,
+    path = "/api/v1/relationship/break",
+    tag = "relationship",
+    request_body(
+        content = ref("#/components/schemas/BreakRequest"),
+        content_type = "application/json",
+        description = "Optional: no body at all means every default."
+    ),
+    responses(
+        (status = 200, description = "broken", body = BreakOutcome),
+        E400, E401, E403, E405, E409, E413, E415, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn break_relationship<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -879,6 +1299,23 @@ async fn break_relationship<B: AdminBackend>(
     Ok(Json(backend.break_relationship(actor).await?).into_response())
 }
 
+/// Come back as the backup after a forced promotion or a break: discard
+/// this copy and resync.
+#[utoipa::path(
+    post,
+    path = "/api/v1/relationship/rejoin",
+    tag = "relationship",
+    request_body(
+        content = ref("#/components/schemas/BreakRequest"),
+        content_type = "application/json",
+        description = "Optional: no body at all means every default."
+    ),
+    responses(
+        (status = 200, description = "rejoined", body = BreakOutcome),
+        E400, E401, E403, E405, E409, E413, E415, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn rejoin<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -893,6 +1330,20 @@ const MAX_ADDRESS_LEN: usize = 256;
 /// Longest accepted join token.
 const MAX_TOKEN_LEN: usize = 512;
 
+/// Set up relationship from a standalone node: join the primary's cluster
+/// with a join token made there, as backup or witness (this node's own
+/// data is discarded, then it restarts with its new identity).
+#[utoipa::path(
+    post,
+    path = "/api/v1/relationship/setup",
+    tag = "relationship",
+    request_body = SetupRequest,
+    responses(
+        (status = 200, description = "joined; restarting", body = SetupOutcome),
+        E400, E401, E403, E405, E409, E413, E415, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn setup<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -921,6 +1372,22 @@ async fn setup<B: AdminBackend>(
     Ok(Json(backend.setup(body, actor).await?).into_response())
 }
 
+/// Remove the witness from a live pair (pair + witness becomes pair only).
+#[utoipa::path(
+    post,
+    path = "/api/v1/relationship/remove-witness",
+    tag = "relationship",
+    request_body(
+        content = ref("#/components/schemas/BreakRequest"),
+        content_type = "application/json",
+        description = "Optional: no body at all means every default."
+    ),
+    responses(
+        (status = 200, description = "removed", body = BreakOutcome),
+        E400, E401, E403, E405, E409, E413, E415, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn remove_witness<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -930,6 +1397,18 @@ async fn remove_witness<B: AdminBackend>(
     Ok(Json(backend.remove_witness(actor).await?).into_response())
 }
 
+/// Would the backup take over if the primary died now, after how long,
+/// losing what?
+#[utoipa::path(
+    get,
+    path = "/api/v1/readiness",
+    tag = "relationship",
+    responses(
+        (status = 200, description = "readiness", body = ReadinessView),
+        E401, E405, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn readiness<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
     Ok(Json(backend.readiness().await?).into_response())
 }
@@ -968,11 +1447,34 @@ fn validate_password(field: &str, password: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Admin users of the web UI.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    responses(
+        (status = 200, description = "the users", body = ListView<UserView>),
+        E401, E405, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn users_list<B: AdminBackend>(State(backend): State<Arc<B>>) -> Result<Response, ApiError> {
     let items = backend.users().await?;
     Ok(Json(ListView { items }).into_response())
 }
 
+/// Add an admin user.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users",
+    tag = "users",
+    request_body = UserCreate,
+    responses(
+        (status = 201, description = "created", body = UserView),
+        E400, E401, E403, E405, E409, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn user_create<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
@@ -991,6 +1493,19 @@ async fn user_create<B: AdminBackend>(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// Set a user's password.
+#[utoipa::path(
+    put,
+    path = "/api/v1/users/{name}",
+    tag = "users",
+    params(("name" = String, Path, description = "user name")),
+    request_body = UserPassword,
+    responses(
+        (status = 200, description = "changed", body = UserView),
+        E400, E401, E403, E404, E405, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn user_set_password<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiPath(name): ApiPath<String>,
@@ -1007,6 +1522,18 @@ async fn user_set_password<B: AdminBackend>(
     Ok(Json(view).into_response())
 }
 
+/// Remove a user (not the last one) and its API tokens.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/{name}",
+    tag = "users",
+    params(("name" = String, Path, description = "user name")),
+    responses(
+        (status = 204, description = "removed"),
+        E400, E401, E403, E404, E405, E409, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn user_delete<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     Extension(sessions): Extension<Arc<Sessions>>,
@@ -1020,6 +1547,18 @@ async fn user_delete<B: AdminBackend>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Change the logged-in user's own password (login session only).
+#[utoipa::path(
+    post,
+    path = "/api/v1/account/password",
+    tag = "users",
+    request_body = PasswordChange,
+    responses(
+        (status = 204, description = "changed"),
+        E400, E401, E403, E405, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn account_password<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     Extension(Caller(caller)): Extension<Caller>,
@@ -1041,6 +1580,17 @@ async fn account_password<B: AdminBackend>(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Per-user API tokens (without their secrets).
+#[utoipa::path(
+    get,
+    path = "/api/v1/api-tokens",
+    tag = "users",
+    responses(
+        (status = 200, description = "the tokens", body = ListView<ApiTokenView>),
+        E401, E405, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn api_token_list<B: AdminBackend>(
     State(backend): State<Arc<B>>,
 ) -> Result<Response, ApiError> {
@@ -1048,6 +1598,23 @@ async fn api_token_list<B: AdminBackend>(
     Ok(Json(ListView { items }).into_response())
 }
 
+/// Create a per-user API token (a bearer credential); the token is shown
+/// once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/api-tokens",
+    tag = "users",
+    request_body(
+        content = ref("#/components/schemas/ApiTokenRequest"),
+        content_type = "application/json",
+        description = "Optional: no body at all means every default."
+    ),
+    responses(
+        (status = 201, description = "created", body = ApiTokenCreated),
+        E400, E401, E403, E404, E405, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn api_token_create<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     Extension(Caller(caller)): Extension<Caller>,
@@ -1069,6 +1636,18 @@ async fn api_token_create<B: AdminBackend>(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// Revoke a per-user API token.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/api-tokens/{id}",
+    tag = "users",
+    params(("id" = String, Path, description = "API token id")),
+    responses(
+        (status = 204, description = "revoked"),
+        E400, E401, E403, E404, E405, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
 async fn api_token_revoke<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     ApiPath(id): ApiPath<String>,

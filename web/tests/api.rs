@@ -1,7 +1,7 @@
 //! Handler tests: the router against a small in-memory backend, driven with
 //! `tower::ServiceExt::oneshot` (no sockets).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Body;
@@ -1292,12 +1292,34 @@ async fn session_ttl_and_owner_validation() {
 async fn backend_errors_map_to_one_status_each() {
     use axum::response::IntoResponse;
     let cases = [
+        (
+            ApiError::NotLeader {
+                leader_api: Some("https://192.0.2.2:8443".into()),
+            },
+            421,
+            "not_leader",
+        ),
+        (ApiError::NotLeader { leader_api: None }, 503, "not_leader"),
         (ApiError::Unauthorized, 401, "unauthorized"),
         (ApiError::Forbidden("f".into()), 403, "forbidden"),
         (ApiError::NotFound("n".into()), 404, "not_found"),
         (ApiError::BadRequest("b".into()), 400, "bad_request"),
+        (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
         (ApiError::Conflict("c".into()), 409, "conflict"),
+        (ApiError::Refused("r".into()), 409, "refused"),
+        (
+            ApiError::Invalid {
+                fields: BTreeMap::new(),
+            },
+            400,
+            "invalid",
+        ),
         (ApiError::PayloadTooLarge, 413, "payload_too_large"),
+        (
+            ApiError::UnsupportedMediaType("m".into()),
+            415,
+            "unsupported_media_type",
+        ),
         (ApiError::Unavailable("u".into()), 503, "unavailable"),
         (ApiError::Internal("secret detail".into()), 500, "internal"),
         (
@@ -1306,6 +1328,25 @@ async fn backend_errors_map_to_one_status_each() {
             "insufficient_storage",
         ),
     ];
+    // The table covers every variant: `ApiError::examples` has one of each
+    // (a new variant does not compile until it is there).
+    let examples = ApiError::examples();
+    let kinds = |list: Vec<&'static str>| list.into_iter().collect::<BTreeSet<_>>();
+    assert_eq!(
+        kinds(cases.iter().map(|c| c.2).collect()),
+        kinds(examples.iter().map(ApiError::kind).collect()),
+        "a kind of ApiError::examples() is missing from this table"
+    );
+    for err in examples {
+        let (status, kind) = (err.status(), err.kind());
+        let resp = err.into_response();
+        assert_eq!(resp.status(), status, "{kind}");
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .expect("body readable");
+        let body: Value = serde_json::from_slice(&bytes).expect("JSON body");
+        assert_eq!(body["error"], kind);
+    }
     for (err, status, kind) in cases {
         let resp = err.into_response();
         assert_eq!(resp.status().as_u16(), status);
@@ -1985,10 +2026,17 @@ async fn openapi_lists_exactly_the_routes() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "open route");
     let doc = r.body;
-    assert_eq!(doc, openapi());
-    assert!(doc["openapi"]
-        .as_str()
-        .is_some_and(|v| v.starts_with("3.0")));
+    assert_eq!(doc, openapi(), "the served document is the generated one");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
+    assert_eq!(doc["info"]["title"], "Tandem admin API");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"],
+        json!({
+            "type": "http",
+            "scheme": "bearer",
+            "description": doc["components"]["securitySchemes"]["bearer"]["description"],
+        })
+    );
     let paths = doc["paths"].as_object().expect("paths");
 
     let methods = ["get", "put", "post", "delete", "patch"];
@@ -2004,8 +2052,22 @@ async fn openapi_lists_exactly_the_routes() {
             "{} {p} missing from openapi.json",
             route.method
         );
-        let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+        let secured = op["security"] == json!([{ "bearer": [] }]);
         assert_eq!(secured, route.auth, "{} {p}: security", route.method);
+        // Each path parameter is declared.
+        let declared: BTreeSet<&str> = op["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|param| param["in"] == "path")
+            .filter_map(|param| param["name"].as_str())
+            .collect();
+        let in_path: BTreeSet<&str> = p
+            .split('{')
+            .skip(1)
+            .filter_map(|rest| rest.split('}').next())
+            .collect();
+        assert_eq!(declared, in_path, "{} {p}: path parameters", route.method);
         assert_eq!(
             op["responses"].get("401").is_some(),
             route.auth,
@@ -2050,26 +2112,119 @@ async fn openapi_lists_exactly_the_routes() {
         }
     }
     // Every $ref resolves.
-    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
-        match v {
-            Value::Object(m) => {
-                for (k, v) in m {
-                    match (k.as_str(), v) {
-                        ("$ref", Value::String(s)) => out.push(s),
-                        _ => refs(v, out),
-                    }
-                }
-            }
-            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
-            _ => {}
-        }
-    }
     let mut found = Vec::new();
-    refs(&doc, &mut found);
+    refs_in(&doc, &mut found);
     assert!(!found.is_empty());
     for r in found {
         let pointer = r.strip_prefix('#').expect("local ref");
         assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
+    }
+}
+
+/// Every `$ref` (a JSON pointer into the document) below `v`.
+fn refs_in(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("$ref", Value::String(s)) => out.push(s.clone()),
+                    _ => refs_in(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| refs_in(v, out)),
+        _ => {}
+    }
+}
+
+/// Every operation of the document: (path, method, operation).
+fn operations(doc: &Value) -> Vec<(&str, &str, &Value)> {
+    let paths = doc["paths"].as_object().expect("paths");
+    paths
+        .iter()
+        .flat_map(|(p, item)| {
+            let item = item.as_object().expect("path item");
+            item.iter().map(move |(m, op)| (p.as_str(), m.as_str(), op))
+        })
+        .collect()
+}
+
+#[test]
+fn openapi_covers_every_error_kind_and_status() {
+    let doc = openapi();
+    let examples = ApiError::examples();
+
+    // Every kind is in the error body's `error` enum, and nothing else.
+    let error_body = "#/components/schemas/ErrorBody";
+    let listed: BTreeSet<&str> = doc["components"]["schemas"]["ErrorBody"]["properties"]["error"]
+        ["enum"]
+        .as_array()
+        .expect("ErrorBody.error is an enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let kinds: BTreeSet<&str> = examples.iter().map(ApiError::kind).collect();
+    assert_eq!(listed, kinds);
+
+    // Every status the mapping produces is a documented response somewhere,
+    // and every error response (but the role health checks' "not in this
+    // role", which answers with their own body) has the one error body.
+    let mut documented = BTreeSet::new();
+    for (p, m, op) in operations(&doc) {
+        let responses = op["responses"].as_object().expect("responses");
+        assert!(
+            responses.keys().any(|code| code.starts_with('2')),
+            "{m} {p}: no success response"
+        );
+        for (code, response) in responses {
+            let status: u16 = code.parse().expect("numeric status");
+            documented.insert(status);
+            if status < 400 {
+                continue;
+            }
+            let schema = &response["content"]["application/json"]["schema"]["$ref"];
+            let role_health = p.starts_with("/health/") && status == 503;
+            let expected = if role_health {
+                "#/components/schemas/RoleHealth"
+            } else {
+                error_body
+            };
+            assert_eq!(schema, expected, "{m} {p}: {status}");
+        }
+    }
+    for err in &examples {
+        let status = err.status().as_u16();
+        assert!(
+            documented.contains(&status),
+            "status {status} ({}) is in no response",
+            err.kind()
+        );
+    }
+}
+
+#[test]
+fn openapi_has_no_unused_schemas() {
+    let doc = openapi();
+    // Follow the references from the operations, through responses and
+    // schemas, to every schema they reach.
+    let mut todo = Vec::new();
+    refs_in(&doc["paths"], &mut todo);
+    let mut reached = BTreeSet::new();
+    while let Some(r) = todo.pop() {
+        if reached.insert(r.clone()) {
+            let target = doc
+                .pointer(r.strip_prefix('#').expect("local ref"))
+                .unwrap_or_else(|| panic!("dangling $ref {r}"));
+            refs_in(target, &mut todo);
+        }
+    }
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    assert!(schemas.contains_key("ErrorBody"));
+    for name in schemas.keys() {
+        assert!(
+            reached.contains(&format!("#/components/schemas/{name}")),
+            "schema {name} is referenced by no route"
+        );
     }
 }
 
