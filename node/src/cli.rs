@@ -87,11 +87,6 @@ pub enum Command {
     Readiness(ReadinessArgs),
     /// Start a local primary, backup and witness on loopback.
     Demo(DemoArgs),
-    /// Measure write throughput and latency on a local 3-node cluster.
-    Bench(crate::bench::BenchArgs),
-    /// Measure the write gap of planned swaps and the time from kill -9 of
-    /// the primary to the first accepted write, on a local pair + witness.
-    BenchFailover(crate::bench_failover::FailoverBenchArgs),
     /// Internal: the shared-IP guard `tandem run` starts (see `ip_guard`).
     #[command(name = "shared-ip-guard", hide = true)]
     SharedIpGuard,
@@ -667,14 +662,6 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Demo(a) => {
             crate::demo::run_demo(a.dir, shutdown_on_signals()).await?;
-            Ok(())
-        }
-        Command::Bench(a) => {
-            crate::bench::run_bench(a).await?;
-            Ok(())
-        }
-        Command::BenchFailover(a) => {
-            crate::bench_failover::run(a).await?;
             Ok(())
         }
     }

@@ -29,6 +29,8 @@ pub struct DemoNode {
 
 /// A running local cluster of three processes (used by the demo and the benchmark).
 pub struct LocalCluster {
+    /// The `tandem` binary the nodes run.
+    pub exe: PathBuf,
     /// Root directory.
     pub root: PathBuf,
     /// Admin token.
@@ -47,8 +49,8 @@ fn tandem_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the tandem executable")
 }
 
-async fn run_to_end(args: &[&str], log: &Path) -> anyhow::Result<String> {
-    let out = Command::new(tandem_exe()?)
+async fn run_to_end(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<String> {
+    let out = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -65,9 +67,9 @@ async fn run_to_end(args: &[&str], log: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn spawn_run(dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> anyhow::Result<Child> {
+fn spawn_run(exe: &Path, dir: &Path, log: &Path) -> anyhow::Result<Child> {
     let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let mut cmd = Command::new(tandem_exe()?);
+    let mut cmd = Command::new(exe);
     cmd.arg("run")
         .arg("--dir")
         .arg(dir)
@@ -75,19 +77,17 @@ fn spawn_run(dir: &Path, log: &Path, extra_env: &[(&str, &str)]) -> anyhow::Resu
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true);
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
     cmd.spawn().context("starting tandem run")
 }
 
 impl LocalCluster {
     /// Creates and starts `a` (init), then joins `b` and witness `w`, each
-    /// with free loopback ports. Extra `init` flags (tuning) go to every node.
+    /// with free loopback ports, running the binary `exe`. Extra `init`
+    /// flags (tuning) go to every node.
     ///
     /// # Errors
     /// Any step of init, join or start-up failing.
-    pub async fn start(root: &Path, tuning_flags: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start(exe: &Path, root: &Path, tuning_flags: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
         let dir_a = root.join("a");
         let dir_a_s = dir_a.to_string_lossy().into_owned();
@@ -104,11 +104,12 @@ impl LocalCluster {
             "--json",
         ];
         args.extend_from_slice(tuning_flags);
-        let out = run_to_end(&args, &root.join("a-init.log")).await?;
+        let out = run_to_end(exe, &args, &root.join("a-init.log")).await?;
         let init: InitOutcome = serde_json::from_str(&out).context("reading init output")?;
         let ca_pem = std::fs::read_to_string(&init.ca_file).context("reading the CA")?;
-        let child = spawn_run(&dir_a, &root.join("a.log"), &[])?;
+        let child = spawn_run(exe, &dir_a, &root.join("a.log"))?;
         let mut cluster = Self {
+            exe: exe.to_path_buf(),
             root: root.to_path_buf(),
             token: init.admin_token.clone(),
             admin_user: init.admin_user.clone(),
@@ -156,9 +157,9 @@ impl LocalCluster {
                 args.push("--witness");
             }
             args.extend_from_slice(tuning_flags);
-            run_to_end(&args, &root.join(format!("{name}-join.log"))).await?;
+            run_to_end(exe, &args, &root.join(format!("{name}-join.log"))).await?;
             let cfg = crate::config::DataDir::new(&dir).load()?;
-            let child = spawn_run(&dir, &root.join(format!("{name}.log")), &[])?;
+            let child = spawn_run(exe, &dir, &root.join(format!("{name}.log")))?;
             cluster.nodes.push(DemoNode {
                 name: name.into(),
                 dir,
@@ -203,7 +204,7 @@ impl LocalCluster {
             .create(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut cmd = Command::new(tandem_exe()?);
+        let mut cmd = Command::new(&self.exe);
         cmd.arg("run")
             .arg("--dir")
             .arg(&n.dir)
@@ -289,7 +290,8 @@ pub async fn run_demo(dir: Option<PathBuf>, shutdown: CancellationToken) -> anyh
             .keep(),
     };
     println!("starting a, b and witness w in {} ...", root.display());
-    let mut cluster = LocalCluster::start(&root, &[]).await?;
+    let exe = tandem_exe()?;
+    let mut cluster = LocalCluster::start(&exe, &root, &[]).await?;
     let doc = cluster.describe();
     let json_path = root.join("demo.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&doc)?).context("writing demo.json")?;
@@ -378,7 +380,7 @@ async fn watch_nodes(cluster: &mut LocalCluster, json_path: &Path, shutdown: Can
                         println!();
                         println!("node {} exited ({status}); its log: {}", n.name, log.display());
                         println!("the other nodes keep running. Start {} again with:", n.name);
-                        println!("  {} run --dir {}", exe_display(), n.dir.display());
+                        println!("  {} run --dir {}", cluster.exe.display(), n.dir.display());
                         println!("or press Enter here and the demo starts it again.");
                     }
                 }
@@ -400,10 +402,6 @@ fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<String> {
         }
     });
     rx
-}
-
-fn exe_display() -> String {
-    tandem_exe().map_or_else(|_| "tandem".into(), |p| p.display().to_string())
 }
 
 fn write_json(cluster: &LocalCluster, path: &Path) {

@@ -18,12 +18,10 @@
 //! - [`backend`]: the `AdminBackend` the web crate serves.
 //! - [`bootstrap`]: `init` and `join`.
 //! - [`client`]: the admin API client the CLI uses.
-//! - [`cli`], [`demo`], [`bench`]: the commands.
+//! - [`cli`], [`demo`]: the commands.
 
 pub mod admin_tls;
 pub mod backend;
-pub mod bench;
-pub mod bench_failover;
 pub mod bootstrap;
 pub mod cli;
 pub mod client;

@@ -10,11 +10,16 @@
 //! - Dropping a [`Cluster`] kills (by PID) every child still running; when the
 //!   thread is panicking it first prints the tail of every node's log.
 //!
+//! - [`proc_stats`]: a process's CPU time and memory from `/proc`.
+//! - [`bench`]: the benchmarks of the `tandem-bench` binary.
+//!
 //! Every wait is bounded by time (and polls at a fixed interval, so by count
 //! too); nothing synchronises on a fixed sleep.
 
+pub mod bench;
 pub mod netcluster;
 pub mod netns;
+pub mod proc_stats;
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;

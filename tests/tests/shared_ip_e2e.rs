@@ -525,7 +525,7 @@ mod graceful_stop {
 mod backup_cut_off {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use tandem_node::bench::cpu_time;
+    use tandem_tests::proc_stats::cpu_time;
 
     const DOWN: Duration = Duration::from_secs(30);
 

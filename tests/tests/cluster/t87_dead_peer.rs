@@ -6,7 +6,7 @@ use super::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tandem_node::bench::cpu_time;
+use tandem_tests::proc_stats::cpu_time;
 
 /// How long the backup stays down.
 const DOWN: Duration = Duration::from_secs(30);

@@ -1,4 +1,4 @@
-//! `tandem bench`: write throughput and latency of a local 3-node cluster
+//! `tandem-bench writes`: write throughput and latency of a local 3-node cluster
 //! over HTTPS, and the nodes' peak memory.
 //!
 //! Every acknowledged write went through Raft: committed on a quorum whose
@@ -26,9 +26,11 @@ use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::demo::LocalCluster;
+use tandem_node::demo::LocalCluster;
 
-/// Options of `tandem bench`.
+use crate::proc_stats::{cpu_time, peak_rss_kib, rss_kib};
+
+/// Options of `tandem-bench writes`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Concurrent writer counts to measure, comma separated.
@@ -44,49 +46,16 @@ pub struct BenchArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// sled page cache of each node, in MiB.
-    #[arg(long, default_value_t = crate::config::Tuning::default().cache_mb,
+    #[arg(long, default_value_t = tandem_node::config::Tuning::default().cache_mb,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_mb: u64,
     /// Log entries between snapshots on each node (`init --snapshot-every`).
-    #[arg(long, default_value_t = crate::config::Tuning::default().snapshot_every)]
+    #[arg(long, default_value_t = tandem_node::config::Tuning::default().snapshot_every)]
     pub snapshot_every: u64,
 }
 
 /// Idle time before the resident set size is read after the load.
 const SETTLE_BEFORE_RSS: Duration = Duration::from_secs(5);
-
-/// Peak resident set size of a process, from /proc (Linux).
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmHWM:")
-}
-
-/// Resident set size of a process now, from /proc (Linux).
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    status_kib(pid, "VmRSS:")
-}
-
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
-/// CPU time (user + system) a process has used so far, from /proc (Linux).
-pub fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count fields after its ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11); // field 14: utime
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let ticks = u64::try_from(ticks).ok().filter(|t| *t > 0)?;
-    Some(Duration::from_micros((utime + stime) * 1_000_000 / ticks))
-}
 
 /// CPU time used so far by each node and by this process: nodes in cluster
 /// order, then the benchmark client.
@@ -117,7 +86,7 @@ pub async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let cache = args.cache_mb.to_string();
     let every = args.snapshot_every.to_string();
     let flags = ["--cache-mb", &cache, "--snapshot-every", &every];
-    let mut cluster = LocalCluster::start(&root, &flags).await?;
+    let mut cluster = LocalCluster::start(&super::tandem_beside_me()?, &root, &flags).await?;
     let result = measure(&cluster, &args).await;
     cluster.stop().await;
     result

@@ -1,4 +1,4 @@
-//! `tandem bench-failover`: how long writes are unavailable during a planned
+//! `tandem-bench failover`: how long writes are unavailable during a planned
 //! swap, and how long from kill -9 of the primary to the first write the new
 //! primary accepts, on a local pair + witness.
 
@@ -12,10 +12,10 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::client::ApiClient;
-use crate::demo::LocalCluster;
+use tandem_node::client::ApiClient;
+use tandem_node::demo::LocalCluster;
 
-/// Options of `tandem bench-failover`.
+/// Options of `tandem-bench failover`.
 #[derive(Debug, Args)]
 pub struct FailoverBenchArgs {
     /// Trials per measurement.
@@ -62,7 +62,12 @@ pub async fn run(args: FailoverBenchArgs) -> anyhow::Result<()> {
     for &t in &args.timeouts {
         let dir = root.join(format!("t{t}"));
         let ms = t.to_string();
-        let mut cluster = LocalCluster::start(&dir, &["--primary-timeout-ms", &ms]).await?;
+        let mut cluster = LocalCluster::start(
+            &super::tandem_beside_me()?,
+            &dir,
+            &["--primary-timeout-ms", &ms],
+        )
+        .await?;
         let result = measure(&mut cluster, t, args.trials).await;
         cluster.stop().await;
         let (swaps, kills) = result?;
