@@ -68,8 +68,29 @@ impl Backend {
 
     fn local_health(&self) -> HealthView {
         let m = self.node.metrics();
+        let problems: Vec<String> = self
+            .node
+            .supervision
+            .deaths()
+            .iter()
+            .map(|d| {
+                format!(
+                    "its {} died at {} ({}): it no longer leads and stays a backup until it is \
+                     restarted",
+                    d.task,
+                    crate::cli::iso8601(d.at_ms),
+                    d.why
+                )
+            })
+            .collect();
         HealthView {
-            status: "ok".into(),
+            status: if problems.is_empty() {
+                "ok"
+            } else {
+                "degraded"
+            }
+            .into(),
+            problems,
             node: self.node.cfg.name.clone(),
             node_id: self.node.cfg.node_id,
             role: role_name(m.state).into(),
@@ -92,8 +113,9 @@ impl Backend {
     }
 }
 
-/// What the status page says about a node's storage, from its `/health`:
-/// a disk below the reserve, and Raft stopped (by a storage failure).
+/// What the status page says about a node's health, from its `/health`:
+/// a disk below the reserve, an essential task that died, and Raft stopped
+/// (by a storage failure).
 fn storage_notes(name: &str, h: &HealthView) -> Vec<String> {
     let mut notes = Vec::new();
     const MIB: f64 = 1024.0 * 1024.0;
@@ -107,6 +129,9 @@ fn storage_notes(name: &str, h: &HealthView) -> Vec<String> {
                 reserve as f64 / MIB
             ));
         }
+    }
+    for p in &h.problems {
+        notes.push(format!("{name}: {p}"));
     }
     if h.role == role_name(ServerState::Shutdown) {
         notes.push(format!(

@@ -11,6 +11,7 @@
 //! - [`protocol`]: peer messages and the handshake.
 //! - [`transport`]: the peer listener and the Raft network client.
 //! - [`peer_reach`]: which peers answer, logged once per loss and return.
+//! - [`supervise`]: essential background tasks, watched.
 //! - [`util`]: `now_ms`, `lock`, `AbortOnDrop`, single-flight flags.
 //! - [`log_limit`]: openraft's repeated warnings, one per call site per 30 s.
 //! - [`node`]: a running node and its operations.
@@ -40,6 +41,7 @@ pub mod roles;
 pub mod settings;
 pub mod setup;
 pub mod shared_ip;
+pub mod supervise;
 pub mod transport;
 pub mod users;
 pub mod util;
@@ -243,12 +245,27 @@ async fn run_once(
         });
     }
     let (ip_handle, ip_task) = ip_manager.start(background_stop.clone());
-    tasks.spawn(ip_task);
+    tasks.spawn(essential(
+        &node,
+        "shared-IP manager",
+        &background_stop,
+        ip_task,
+    ));
     let specs = shared_ip::specs_for_node(&node.settings().shared_ips, &cfg.name).0;
     ip_handle.startup_cleanup(&specs).await;
     let _ = node.shared_ips.set(ip_handle);
-    tasks.spawn(background(node.clone(), background_stop.clone()));
-    tasks.spawn(roles::manage_roles(node.clone(), background_stop.clone()));
+    tasks.spawn(essential(
+        &node,
+        "leader duties",
+        &background_stop,
+        background(node.clone(), background_stop.clone()),
+    ));
+    tasks.spawn(essential(
+        &node,
+        "role manager",
+        &background_stop,
+        roles::manage_roles(node.clone(), background_stop.clone()),
+    ));
     if let Some(paths) = admin_tls_paths {
         tasks.spawn(admin_tls::reload_on_sighup(
             admin_certs,
@@ -321,6 +338,32 @@ async fn run_once(
     Ok(node.restart.is_cancelled().then(|| Arc::downgrade(&node)))
 }
 
+/// Runs an essential task (see [`supervise`]): if it ends or panics while
+/// the node is not stopping, the node stops leading for good and says so.
+/// `TANDEM_TEST_FAULT` can make it panic (a test hook, see
+/// [`supervise::injected_fault`]).
+fn essential(
+    node: &Arc<Node>,
+    name: &'static str,
+    stop: &CancellationToken,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (node, stop) = (node.clone(), stop.clone());
+    async move {
+        let hook = name.replace(' ', "-");
+        let task = async move {
+            tokio::select! {
+                () = task => {}
+                () = supervise::injected_fault(&hook) => {}
+            }
+        };
+        supervise::essential(name, stop, task, |name, why| {
+            node.essential_task_died(name, why);
+        })
+        .await;
+    }
+}
+
 /// Periodic leader duties: promote caught-up learners, sweep expired sessions.
 async fn background(node: Arc<Node>, stop: CancellationToken) {
     let mut promote = tokio::time::interval(Duration::from_millis(300));
@@ -338,7 +381,7 @@ async fn background(node: Arc<Node>, stop: CancellationToken) {
 
 /// If this node leads, transfers leadership to an up-to-date voter and waits
 /// (bounded by the caller) until another node leads.
-async fn hand_over(node: &Node) {
+pub(crate) async fn hand_over(node: &Node) {
     let m = node.metrics();
     if m.current_leader != Some(node.cfg.node_id) {
         return;

@@ -193,6 +193,8 @@ pub struct Node {
     pub restart: tokio_util::sync::CancellationToken,
     /// The free-space reserve application writes are checked against.
     pub disk: crate::disk::DiskGuard,
+    /// Essential background tasks that died (normally none).
+    pub supervision: crate::supervise::Supervision,
     db: sled::Db,
 }
 
@@ -265,6 +267,7 @@ impl Node {
             bandwidth,
             restart: tokio_util::sync::CancellationToken::new(),
             disk,
+            supervision: crate::supervise::Supervision::default(),
             db,
         })
     }

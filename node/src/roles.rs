@@ -79,6 +79,9 @@ pub struct RoleFacts {
     /// The process was paused longer than the primary timeout and no peer
     /// has acknowledged it since (only asked of a leader).
     pub paused: bool,
+    /// An essential task of this node died (`supervise`): it must never
+    /// be primary again in this process.
+    pub essential_task_died: bool,
 }
 
 /// The role rules of `node/DESIGN.md` ("Who is primary"), as a pure
@@ -89,7 +92,8 @@ pub struct RoleFacts {
 /// leader, (3) with a valid lease, (4) named by the applied epoch, (5) not
 /// fenced (no peer showed a higher epoch or refused it). Alone in its
 /// membership a node is standalone, except the primary of a forced
-/// promotion, which stays *primary* of the relationship.
+/// promotion, which stays *primary* of the relationship. A node whose
+/// essential task died is never primary.
 pub fn role_of(f: &RoleFacts) -> (Role, bool) {
     if f.members <= 1 {
         // Alone after a forced promotion: still the primary of the
@@ -104,7 +108,12 @@ pub fn role_of(f: &RoleFacts) -> (Role, bool) {
     }
     let lease_valid = f.leader && f.lease_left.is_none_or(|d| !d.is_zero());
     let fenced = f.highest_seen_epoch > f.epoch || f.refused_as_member;
-    if lease_valid && f.epoch_primary == Some(f.me) && !fenced && !f.paused {
+    if lease_valid
+        && f.epoch_primary == Some(f.me)
+        && !fenced
+        && !f.paused
+        && !f.essential_task_died
+    {
         (Role::Primary, true)
     } else {
         (Role::Backup, lease_valid)
@@ -378,6 +387,26 @@ impl Node {
         Settings::parse(self.reader().settings().map(|s| s.settings_json).as_deref())
     }
 
+    /// An essential task died (see [`crate::supervise`]): this node stops
+    /// leading for good — it stands for no election, releases its shared
+    /// IPs for the rest of the process and hands leadership to an
+    /// up-to-date appliance — and `/health` and the status say so until it
+    /// is restarted.
+    pub fn essential_task_died(self: &Arc<Self>, task: &'static str, why: String) {
+        if !self.supervision.record(task, why.clone()) {
+            return;
+        }
+        tracing::error!(task, %why, "an essential task died: this node stops leading; restart it");
+        self.raft().runtime_config().elect(false);
+        let node = self.clone();
+        tokio::spawn(async move {
+            if let Some(h) = node.shared_ips.get() {
+                h.release_for_shutdown().await;
+            }
+            crate::hand_over(&node).await;
+        });
+    }
+
     /// Computes the role from Raft metrics and the applied epoch: gathers
     /// the [`RoleFacts`] and applies [`role_of`].
     pub fn compute_role(&self) -> (Role, bool) {
@@ -397,6 +426,7 @@ impl Node {
             highest_seen_epoch: self.roles.fence.highest(),
             refused_as_member: self.roles.fence.notice().is_some(),
             paused: leader && self.was_paused(&m),
+            essential_task_died: self.supervision.any(),
         };
         let (role, lease_valid) = role_of(&facts);
         if leader && role != Role::Primary {
@@ -1655,6 +1685,7 @@ mod tests {
             highest_seen_epoch: 5,
             refused_as_member: false,
             paused: false,
+            essential_task_died: false,
         }
     }
 
@@ -1743,6 +1774,12 @@ mod tests {
             ),
             // A pause longer than the primary timeout, not yet acknowledged.
             ("paused", |f| f.paused = true, (Role::Backup, true)),
+            // An essential task died (the role manager, say).
+            (
+                "essential task died",
+                |f| f.essential_task_died = true,
+                (Role::Backup, true),
+            ),
             // Alone in the membership.
             (
                 "alone, leading",

@@ -607,14 +607,17 @@ impl Cluster {
 
     /// Starts `tandem run` for node `i` (stderr appended to its log).
     pub fn spawn(&mut self, i: usize) {
+        self.spawn_with_env(i, &[]);
+    }
+
+    /// [`Cluster::spawn`] with extra environment variables (test hooks such
+    /// as `TANDEM_TEST_FAULT`).
+    pub fn spawn_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let n = &mut self.nodes[i];
         assert!(n.child.is_none(), "node {} is already running", n.name);
-        n.child = Some(spawn_run(
-            std::process::Command::new(tandem_bin()),
-            &n.name,
-            &n.dir,
-            &n.log,
-        ));
+        let mut cmd = std::process::Command::new(tandem_bin());
+        cmd.envs(env.iter().copied());
+        n.child = Some(spawn_run(cmd, &n.name, &n.dir, &n.log));
     }
 
     /// URL of `path` on node `i`.

@@ -379,7 +379,8 @@ pub trait AdminBackend: Send + Sync + 'static {
 /// `GET /health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthView {
-    /// Always `"ok"` when the node answers.
+    /// `"ok"`, or `"degraded"` when an essential task of the node died (see
+    /// `problems`).
     pub status: String,
     /// This node's name.
     pub node: String,
@@ -414,6 +415,10 @@ pub struct HealthView {
     /// (`tuning.min_free_mb`; 0: no reserve).
     #[serde(default)]
     pub disk_reserve_bytes: Option<u64>,
+    /// What is wrong with this node that a restart must fix (an essential
+    /// task died: it no longer leads); empty when nothing is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// How a read was served; rendered as the `X-Tandem-Applied-Index` and

@@ -246,6 +246,7 @@ impl AdminBackend for MemBackend {
 
     async fn health(&self) -> Result<HealthView, ApiError> {
         Ok(HealthView {
+            problems: Vec::new(),
             status: "ok".into(),
             node: "n1".into(),
             node_id: 1,

@@ -62,5 +62,6 @@ mod t75_failover_topologies;
 mod t80_cli;
 mod t85_bandwidth;
 mod t87_dead_peer;
+mod t88_supervision;
 mod t90_admin_tls;
 mod t95_setup_relationship;
