@@ -67,8 +67,13 @@ async fn run_to_end(exe: &Path, args: &[&str], log: &Path) -> anyhow::Result<Str
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Starts `exe run --dir DIR` with its stderr appended to `log`.
 fn spawn_run(exe: &Path, dir: &Path, log: &Path) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("run")
         .arg("--dir")
@@ -199,20 +204,7 @@ impl LocalCluster {
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         let n = &mut self.nodes[i];
         let log = self.root.join(format!("{}.log", n.name));
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("run")
-            .arg("--dir")
-            .arg(&n.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        n.child = cmd.spawn().context("starting tandem run")?;
+        n.child = spawn_run(&self.exe, &n.dir, &log)?;
         Ok(())
     }
 

@@ -11,8 +11,8 @@
 //! openraft's (its replication backoff, see `transport::PeerClient`) and the
 //! callers' timers.
 //!
-//! It also tells dials still waiting on a peer that another dial just
-//! reached it ([`PeerReach::returned`]), so they start afresh instead of
+//! It also tells dials still waiting on a peer that was away that a peer
+//! came back ([`PeerReach::returned`]), so they start afresh instead of
 //! waiting out a SYN sent while the peer's host was cut off.
 //!
 //! This module must not dial, sleep or decide anything: it only counts,

@@ -277,9 +277,11 @@ impl PeerClient {
         let me = &self.shared.me;
         let dial = async {
             let tcp = loop {
-                // A dial to a peer that was away starts afresh when another
-                // dial (the next heartbeat's) reaches it: its own SYN may
-                // have been lost while the peer's host was cut off.
+                // A dial to a peer that was away starts afresh when a dial
+                // reaches a peer that was away (typically this one, by the
+                // next heartbeat): its own SYN may have been lost while the
+                // peer's host was cut off. A return of another peer costs
+                // one extra SYN.
                 let back = self.shared.reach.returned();
                 let away = self.shared.reach.is_away(self.target);
                 let connect = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&self.addr));
