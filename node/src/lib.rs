@@ -7,10 +7,10 @@
 //!
 //! Modules:
 //! - [`config`]: `node.toml` and the data directory (lock, paths).
-//! - [`frame`]: the length-prefixed, size-limited frame codec.
-//! - [`protocol`]: peer messages and the handshake.
-//! - [`transport`]: the peer listener and the Raft network client.
-//! - [`peer_reach`]: which peers answer, logged once per loss and return.
+//! - [`peer`]: the peer listener and the Raft network client (frames,
+//!   protocol, client, server behind a `PeerHandler`, bandwidth limit,
+//!   reachability, fence notices). [`frame`] and [`protocol`] are
+//!   re-exported for the tests that speak the wire.
 //! - [`supervise`]: essential background tasks, watched.
 //! - [`util`]: `now_ms`, `lock`, `AbortOnDrop`, single-flight flags.
 //! - [`log_limit`]: openraft's repeated warnings, one per call site per 30 s.
@@ -30,21 +30,20 @@ pub mod config;
 pub mod demo;
 pub mod disk;
 pub mod failover;
-pub mod frame;
 pub mod ip_guard;
 pub mod log_limit;
 pub mod node;
-pub mod peer_reach;
-pub mod protocol;
+pub mod peer;
 pub mod reset;
 pub mod roles;
 pub mod settings;
 pub mod setup;
 pub mod shared_ip;
 pub mod supervise;
-pub mod transport;
 pub mod users;
 pub mod util;
+
+pub use peer::{frame, protocol};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,7 +57,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::DataDir;
 use crate::node::Node;
-use crate::transport::{serve_peers, PeerServer};
+use crate::peer::server::{serve_peers, PeerServer};
 
 /// The Raft instance type of a Tandem node.
 pub type TandemRaft = openraft::Raft<tandem_storage::TypeConfig, tandem_storage::StateMachineStore>;
@@ -185,7 +184,7 @@ async fn run_once(
 
     let peer_server = Arc::new(PeerServer {
         me: node.identity.clone(),
-        node: node.clone(),
+        handler: node.clone(),
         snapshot_dir: node.snapshot_dir.join("incoming"),
     });
     let peer_task = tasks.spawn({

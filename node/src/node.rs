@@ -13,8 +13,8 @@ use tandem_certs::ClusterCa;
 use tandem_storage::{LogReaderHandle, NodeInfo, NodeKind, Request, Response, StateReader};
 
 use crate::config::{DataDir, NodeConfig, Tuning};
+use crate::peer::client::{PeerIdentity, PeerNetwork};
 use crate::settings::{Settings, Timing};
-use crate::transport::{PeerIdentity, PeerNetwork};
 use crate::util::now_ms;
 use crate::TandemRaft;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -238,7 +238,7 @@ impl Node {
         let epoch_now = epoch.clone();
         let bandwidth = Arc::new(AtomicU64::new(settings.bandwidth_limit_bps));
         let bandwidth_now = bandwidth.clone();
-        let fence = Arc::new(crate::roles::Fence::default());
+        let fence = Arc::new(crate::peer::fence::Fence::default());
         let identity = Arc::new(PeerIdentity {
             node_id: cfg.node_id,
             cluster_id: cfg.cluster_id.clone(),
@@ -774,6 +774,44 @@ pub fn kind_name(kind: NodeKind) -> &'static str {
     match kind {
         NodeKind::Appliance => "appliance",
         NodeKind::Witness => "witness",
+    }
+}
+
+/// The peer server's view of this node (`peer::server` declares it).
+impl crate::peer::server::PeerHandler for Node {
+    fn raft(&self) -> crate::peer::server::PeerRaft {
+        Node::raft(self)
+    }
+
+    fn saw_epoch(&self, epoch: u64) {
+        Node::saw_epoch(self, epoch);
+    }
+
+    fn leader_contact(&self) {
+        self.roles.leader_contact();
+    }
+
+    fn is_member(&self, peer: u64) -> Option<bool> {
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
+        membership.nodes().next()?;
+        Some(membership.get_node(&peer).is_some())
+    }
+
+    fn epoch_record(&self) -> tandem_storage::EpochRecord {
+        self.epoch()
+    }
+
+    async fn digest_at(&self, at_index: u64) -> Result<(u64, String), String> {
+        Node::digest_at(self, at_index).await
+    }
+
+    async fn peer_action(
+        &self,
+        action: crate::peer::protocol::ActionRequest,
+        from: u64,
+    ) -> Result<String, String> {
+        Node::peer_action(self, action, from).await
     }
 }
 

@@ -14,8 +14,9 @@ use tandem_storage::{CatchUp, NodeKind, Request, Response};
 use tandem_web::{BreakOutcome, SwapOutcome};
 
 use crate::node::{start_engine, Node, NodeError};
-use crate::protocol::{ActionRequest, PeerRequest, PeerResponse};
-use crate::roles::{FenceKind, Role};
+use crate::peer::fence::FenceKind;
+use crate::peer::protocol::{ActionRequest, PeerRequest, PeerResponse};
+use crate::roles::Role;
 use crate::util::now_ms;
 
 /// What the reset leaves behind.

@@ -8,7 +8,7 @@
 //! again (with how long it was away and how many dials failed), and while it
 //! stays away at most one "still unreachable" line per [`SUMMARY_EVERY`];
 //! never a line per attempt. The pacing of the attempts themselves is
-//! openraft's (its replication backoff, see `transport::PeerClient`) and the
+//! openraft's (its replication backoff, see `client::PeerClient`) and the
 //! callers' timers.
 //!
 //! It also tells dials still waiting on a peer that was away that a peer

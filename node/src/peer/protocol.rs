@@ -156,7 +156,7 @@ pub enum PeerResponse {
         /// Last index of this node's lineage when a forced promotion began it.
         forked_at: Option<u64>,
         /// Why.
-        kind: crate::roles::FenceKind,
+        kind: crate::peer::fence::FenceKind,
     },
     /// Result of one [`PeerRequest::AppendStream`] request, in request order.
     AppendStream(Result<openraft::raft::StreamAppendResult<TypeConfig>, String>),

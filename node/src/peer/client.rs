@@ -1,20 +1,18 @@
-//! Peer transport: the mutual-TLS listener and the Raft network client.
+//! The Raft network client: openraft's `RaftNetworkV2` over mutual TLS,
+//! and relationship calls to peers.
 //!
-//! One listener per node carries peer traffic only (never the admin API).
 //! Connections are persistent: the client keeps a small pool per target and
 //! opens a new connection when the pool is empty; a connection that fails is
 //! dropped, never reused. Connect failures are reported to openraft as
 //! `Unreachable`, everything else as `Network`. The client does not retry on
 //! its own: openraft backs off between replication attempts with the delays
 //! [`PeerClient`] hands it (capped at the heartbeat interval), and every
-//! dial's outcome goes to [`crate::peer_reach`], which logs a peer's loss and
+//! dial's outcome goes to [`super::reach`], which logs a peer's loss and
 //! return once, not each attempt (DESIGN rule 8).
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::{Seek, SeekFrom, Write};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::io::SeekFrom;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,17 +31,14 @@ use openraft::{RaftNetworkFactory, RaftNetworkV2, Snapshot};
 use rustls_pki_types::ServerName;
 use tandem_storage::{LogId, NodeInfo, TypeConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream as ClientTls;
-use tokio_rustls::server::TlsStream as ServerTls;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_rustls::TlsConnector;
 
-use crate::frame::{encode_frame, read_frame, write_frame, FrameError};
-use crate::node::Node;
-use crate::peer_reach::{backoff_delays, PeerReach};
-use crate::protocol::{Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION};
+use super::rate::RateLimiter;
+use super::reach::{backoff_delays, PeerReach};
+use crate::peer::frame::{encode_frame, read_frame, write_frame, FrameError};
+use crate::peer::protocol::{Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION};
 use crate::util::{lock, AbortOnDrop};
 
 /// Bound on a TCP connect plus TLS handshake plus hello.
@@ -53,16 +48,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// would delay the first replication after the link returns by seconds.
 /// A fresh dial is cheaper.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
-/// Bound on an idle server-side wait for the hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size of one snapshot chunk on the wire.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Idle connections kept per target.
 const POOL_SIZE: usize = 4;
 /// AppendEntries requests a stream may have sent and not yet seen answered.
 const PIPELINE_DEPTH: usize = 16;
-/// Burst a bandwidth limit allows, as time at the limit rate.
-const LIMIT_BURST: Duration = Duration::from_millis(50);
 
 /// What the transport needs to know about this node, shared by client and server.
 pub struct PeerIdentity {
@@ -73,7 +64,7 @@ pub struct PeerIdentity {
     /// Current epoch, read from the replicated state.
     pub epoch: Box<dyn Fn() -> u64 + Send + Sync>,
     /// Where refusals by peers are recorded.
-    pub fence: Arc<crate::roles::Fence>,
+    pub fence: Arc<crate::peer::fence::Fence>,
     /// Current limit, in bytes per second (0 = unlimited), on what this node
     /// sends in snapshot chunks and in AppendEntries carrying entries
     /// (heartbeats are never held back). Read before each chunk or frame.
@@ -81,48 +72,6 @@ pub struct PeerIdentity {
     /// The Raft heartbeat interval: the longest pause openraft makes
     /// between replication attempts to a peer that does not answer.
     pub heartbeat: Duration,
-}
-
-// ---------------------------------------------------------------- bandwidth
-
-/// A token bucket shared by every stream this node sends: the limit applies
-/// to their sum. The bucket holds at most [`LIMIT_BURST`] worth of bytes; a
-/// send larger than what it holds goes into debt and waits until the debt is
-/// repaid, so a 1 MiB chunk under a 64 KiB/s limit waits about 16 s.
-#[derive(Default)]
-pub struct RateLimiter {
-    bucket: tokio::sync::Mutex<Bucket>,
-}
-
-#[derive(Default)]
-struct Bucket {
-    tokens: f64,
-    last: Option<tokio::time::Instant>,
-}
-
-impl RateLimiter {
-    /// Waits until `bytes` may be sent under `rate` bytes per second
-    /// (0 = unlimited: returns at once). Concurrent callers queue in turn.
-    pub async fn acquire(&self, bytes: usize, rate: u64) {
-        if rate == 0 {
-            return;
-        }
-        let rate = rate as f64;
-        let mut b = self.bucket.lock().await;
-        let now = tokio::time::Instant::now();
-        let cap = rate * LIMIT_BURST.as_secs_f64();
-        let refill = b
-            .last
-            .map_or(cap, |t| now.duration_since(t).as_secs_f64() * rate);
-        b.tokens = (b.tokens + refill).min(cap) - bytes as f64;
-        b.last = Some(now);
-        if b.tokens < 0.0 {
-            // Holding the lock while waiting makes the next sender wait its turn.
-            tokio::time::sleep(Duration::from_secs_f64(-b.tokens / rate)).await;
-            b.tokens = 0.0;
-            b.last = Some(tokio::time::Instant::now());
-        }
-    }
 }
 
 // ---------------------------------------------------------------- client
@@ -383,13 +332,16 @@ impl PeerClient {
                 kind,
             } = &resp
             {
-                self.shared.me.fence.fenced(crate::roles::FenceNotice {
-                    by: self.target,
-                    by_addr: self.addr.clone(),
-                    epoch: *epoch,
-                    forked_at: *forked_at,
-                    kind: *kind,
-                });
+                self.shared
+                    .me
+                    .fence
+                    .fenced(crate::peer::fence::FenceNotice {
+                        by: self.target,
+                        by_addr: self.addr.clone(),
+                        epoch: *epoch,
+                        forked_at: *forked_at,
+                        kind: *kind,
+                    });
                 return Err(self.network(format!(
                     "node {} no longer counts this node as a member",
                     self.target
@@ -686,7 +638,7 @@ where
                 forked_at,
                 kind,
             } => {
-                ctx.me.fence.fenced(crate::roles::FenceNotice {
+                ctx.me.fence.fenced(crate::peer::fence::FenceNotice {
                     by: ctx.target,
                     by_addr: ctx.addr.clone(),
                     epoch,
@@ -752,395 +704,6 @@ async fn send_appends<W, S>(
     }
 }
 
-// ---------------------------------------------------------------- server
-
-/// Everything a peer connection handler needs.
-pub struct PeerServer {
-    /// This node.
-    pub me: Arc<PeerIdentity>,
-    /// The node whose Raft instance requests are handed to.
-    pub node: Arc<Node>,
-    /// Where incoming snapshots are spooled before installing.
-    pub snapshot_dir: PathBuf,
-}
-
-/// Runs the peer listener until `shutdown` is cancelled.
-///
-/// Each connection is handled in its own task, tracked by `tasks`. A failed
-/// TLS handshake (unknown certificate, wrong CA, no certificate) or a bad
-/// hello is logged and closes that connection only.
-pub async fn serve_peers(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    server: Arc<PeerServer>,
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
-) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (tcp, remote) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "peer accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let server = server.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = handle_connection(acceptor, tcp, remote, server) => {}
-            }
-        });
-    }
-    tracing::info!("peer listener closed");
-}
-
-async fn handle_connection(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    remote: SocketAddr,
-    server: Arc<PeerServer>,
-) {
-    let _ = tcp.set_nodelay(true);
-    let mut tls = match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "peer TLS handshake refused");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%remote, "peer TLS handshake timed out");
-            return;
-        }
-    };
-    let cert_id = {
-        let (_, conn) = tls.get_ref();
-        conn.peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| tandem_certs::node_id_from_cert(c.as_ref()))
-    };
-    let cert_id = match cert_id {
-        Some(Ok(id)) => id,
-        _ => {
-            tracing::warn!(%remote, "peer certificate names no tandem node");
-            let _ = refuse(&mut tls, "certificate names no tandem node").await;
-            return;
-        }
-    };
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<Hello, _>(&mut tls)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            tracing::warn!(%remote, peer = cert_id, error = %e, "closing peer connection: bad hello");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%remote, peer = cert_id, "closing peer connection: no hello");
-            return;
-        }
-    };
-    if let Err(reason) = check_hello(&hello, cert_id, &server.me) {
-        tracing::warn!(%remote, peer = cert_id, %reason, "peer refused");
-        let _ = refuse(&mut tls, &reason).await;
-        return;
-    }
-    server.node.saw_epoch(hello.epoch);
-    let welcome = PeerResponse::Welcome {
-        node_id: server.me.node_id,
-        epoch: (server.me.epoch)(),
-    };
-    if write_frame(&mut tls, &welcome).await.is_err() {
-        return;
-    }
-    tracing::debug!(%remote, peer = cert_id, "peer connected");
-    let mut incoming: Option<IncomingSnapshot> = None;
-    loop {
-        let env = match read_frame::<Envelope, _>(&mut tls).await {
-            Ok(env) => env,
-            Err(FrameError::Closed) => return,
-            Err(e @ (FrameError::TooLarge { .. } | FrameError::Malformed(_))) => {
-                tracing::warn!(%remote, peer = cert_id, error = %e, "closing peer connection: bad frame");
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(%remote, peer = cert_id, error = %e, "peer connection ended");
-                return;
-            }
-        };
-        server.node.saw_epoch(env.epoch);
-        if let PeerRequest::AppendStream(first) = env.body {
-            serve_append_stream(&server, tls, first, cert_id, env.epoch).await;
-            return;
-        }
-        let resp = match dispatch(&server, env.body, &mut incoming, cert_id, env.epoch).await {
-            Ok(r) => r,
-            Err(reason) => {
-                tracing::warn!(%remote, peer = cert_id, %reason, "closing peer connection");
-                let _ = refuse(&mut tls, &reason).await;
-                return;
-            }
-        };
-        if write_frame(&mut tls, &resp).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Serves an append stream (the rest of this connection): requests are
-/// handed to Raft's own pipelined `stream_append` as they arrive and the
-/// answers written back in order. A request from a node that is not a member
-/// ends the stream with [`PeerResponse::Fenced`] after the answers due.
-async fn serve_append_stream(
-    server: &Arc<PeerServer>,
-    tls: ServerTls<TcpStream>,
-    first: AppendEntriesRequest<TypeConfig>,
-    peer: u64,
-    first_epoch: u64,
-) {
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let (tx, mut rx) = tokio::sync::mpsc::channel(PIPELINE_DEPTH * 2);
-    let (fenced_tx, mut fenced_rx) = tokio::sync::oneshot::channel::<PeerResponse>();
-    let raft = server.node.raft();
-    let input = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    let mut answers = std::pin::pin!(raft.stream_append(input));
-    let node = server.node.clone();
-    let reader = async move {
-        let mut next = Some((first, first_epoch));
-        loop {
-            let (req, epoch) = match next.take() {
-                Some(x) => x,
-                None => match read_frame::<Envelope, _>(&mut rd).await {
-                    Ok(Envelope {
-                        epoch,
-                        body: PeerRequest::AppendStream(req),
-                    }) => {
-                        node.saw_epoch(epoch);
-                        (req, epoch)
-                    }
-                    Ok(_) => {
-                        tracing::warn!(peer, "closing append stream: not an append");
-                        return;
-                    }
-                    Err(_) => return,
-                },
-            };
-            if let Some(f) = fence_check(&node, peer, epoch) {
-                let _ = fenced_tx.send(f);
-                return;
-            }
-            node.roles.leader_contact();
-            if tx.send(req).await.is_err() {
-                return;
-            }
-        }
-        // Dropping `tx` ends Raft's input: the answers due still come.
-    };
-    let writer = async move {
-        while let Some(r) = answers.next().await {
-            let stop = !matches!(r, Ok(Ok(_)));
-            let resp = PeerResponse::AppendStream(r.map_err(|e| e.to_string()));
-            if write_frame(&mut wr, &resp).await.is_err() || stop {
-                return;
-            }
-        }
-        if let Ok(f) = fenced_rx.try_recv() {
-            let _ = write_frame(&mut wr, &f).await;
-        }
-    };
-    let mut reader = std::pin::pin!(reader);
-    let mut writer = std::pin::pin!(writer);
-    let mut reading = true;
-    loop {
-        tokio::select! {
-            () = &mut reader, if reading => reading = false,
-            () = &mut writer => return,
-        }
-    }
-}
-
-fn check_hello(hello: &Hello, cert_id: u64, me: &PeerIdentity) -> Result<(), String> {
-    if hello.protocol != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version {} not supported (this node speaks {PROTOCOL_VERSION})",
-            hello.protocol
-        ));
-    }
-    if hello.cluster_id != me.cluster_id {
-        return Err(format!("wrong cluster id {:?}", hello.cluster_id));
-    }
-    if hello.node_id != cert_id {
-        return Err(format!(
-            "hello says node {} but the certificate is node {cert_id}",
-            hello.node_id
-        ));
-    }
-    Ok(())
-}
-
-async fn refuse(tls: &mut ServerTls<TcpStream>, reason: &str) -> Result<(), FrameError> {
-    write_frame(
-        tls,
-        &PeerResponse::Refused {
-            reason: reason.to_string(),
-        },
-    )
-    .await
-}
-
-struct IncomingSnapshot {
-    vote: VoteOf<TypeConfig>,
-    meta: openraft::alias::SnapshotMetaOf<TypeConfig>,
-    file: std::fs::File,
-    expected: u64,
-    received: u64,
-}
-
-/// A Raft message from a node that is not in our membership: tell it so
-/// (it was replaced by a forced promotion, or the relationship was broken).
-fn fence_check(node: &Node, peer: u64, peer_epoch: u64) -> Option<PeerResponse> {
-    let m = node.metrics();
-    let membership = m.membership_config.membership();
-    // A pristine node (no membership yet) fences nobody.
-    membership.nodes().next()?;
-    let ep = node.epoch();
-    if membership.get_node(&peer).is_some() {
-        // A member still speaking for the lineage a forced promotion
-        // replaced (it was re-added by a rejoin while its old Raft ran): a
-        // member of this lineage has applied the forced epoch, a pristine
-        // rejoining node sends epoch 0 and no Raft requests.
-        let stale = ep.forced && peer_epoch != 0 && peer_epoch < ep.epoch;
-        if !stale {
-            return None;
-        }
-    }
-    let kind = if ep.forced && peer_epoch < ep.epoch {
-        crate::roles::FenceKind::Forced
-    } else {
-        crate::roles::FenceKind::Removed
-    };
-    Some(PeerResponse::Fenced {
-        epoch: ep.epoch,
-        forked_at: ep.forked_at,
-        kind,
-    })
-}
-
-async fn dispatch(
-    server: &PeerServer,
-    body: PeerRequest,
-    incoming: &mut Option<IncomingSnapshot>,
-    peer: u64,
-    peer_epoch: u64,
-) -> Result<PeerResponse, String> {
-    if matches!(
-        body,
-        PeerRequest::Append(_)
-            | PeerRequest::Vote(_)
-            | PeerRequest::PreVote(_)
-            | PeerRequest::SnapshotBegin { .. }
-    ) {
-        if let Some(fenced) = fence_check(&server.node, peer, peer_epoch) {
-            return Ok(fenced);
-        }
-    }
-    let raft = &server.node.raft();
-    Ok(match body {
-        PeerRequest::Digest { at_index } => {
-            PeerResponse::Digest(server.node.digest_at(at_index).await)
-        }
-        PeerRequest::Action(action) => {
-            PeerResponse::Action(server.node.peer_action(action, peer).await)
-        }
-        PeerRequest::AppendStream(_) => {
-            return Err("append stream request on a request/response connection".into())
-        }
-        PeerRequest::Append(rpc) => {
-            server.node.roles.leader_contact();
-            PeerResponse::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
-        }
-        PeerRequest::Vote(rpc) => {
-            PeerResponse::Vote(raft.vote(rpc).await.map_err(|e| e.to_string()))
-        }
-        PeerRequest::PreVote(rpc) => {
-            PeerResponse::Vote(raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
-        }
-        PeerRequest::TransferLeader(req) => PeerResponse::TransferLeader(
-            raft.handle_transfer_leader(req)
-                .await
-                .map_err(|e| e.to_string()),
-        ),
-        PeerRequest::SnapshotBegin { vote, meta, len } => {
-            let dir = server.snapshot_dir.clone();
-            let file = tokio::task::spawn_blocking(move || {
-                std::fs::create_dir_all(&dir)?;
-                tempfile::tempfile_in(&dir)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot spool snapshot: {e}"))?;
-            *incoming = Some(IncomingSnapshot {
-                vote,
-                meta,
-                file,
-                expected: len,
-                received: 0,
-            });
-            PeerResponse::ChunkStored
-        }
-        PeerRequest::SnapshotChunk(data) => {
-            let snap = incoming.as_mut().ok_or("snapshot chunk without a begin")?;
-            snap.received += data.len() as u64;
-            if snap.received > snap.expected {
-                return Err(format!(
-                    "snapshot longer than announced ({} > {})",
-                    snap.received, snap.expected
-                ));
-            }
-            // The disk write goes through the blocking pool so the runtime never
-            // waits on the disk; chunks are at most 1 MiB.
-            let mut file = snap.file.try_clone().map_err(|e| e.to_string())?;
-            tokio::task::spawn_blocking(move || file.write_all(&data))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("cannot spool snapshot: {e}"))?;
-            PeerResponse::ChunkStored
-        }
-        PeerRequest::SnapshotEnd => {
-            let snap = incoming.take().ok_or("snapshot end without a begin")?;
-            if snap.received != snap.expected {
-                return Err(format!(
-                    "snapshot incomplete ({} of {} bytes)",
-                    snap.received, snap.expected
-                ));
-            }
-            let mut file = snap.file;
-            let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
-                file.sync_all()?;
-                file.seek(SeekFrom::Start(0))?;
-                Ok(file)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot spool snapshot: {e}"))?;
-            let snapshot = Snapshot {
-                meta: snap.meta,
-                snapshot: tokio::fs::File::from_std(file),
-            };
-            PeerResponse::Snapshot(
-                raft.install_full_snapshot(snap.vote, snapshot)
-                    .await
-                    .map_err(|e| e.to_string()),
-            )
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1152,7 +715,7 @@ mod tests {
             node_id: 1,
             cluster_id: "c".into(),
             epoch: Box::new(|| 0),
-            fence: Arc::new(crate::roles::Fence::default()),
+            fence: Arc::new(crate::peer::fence::Fence::default()),
             bandwidth_limit: Box::new(move || limit),
             heartbeat: Duration::from_millis(100),
         })
@@ -1303,61 +866,5 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
-    }
-
-    /// Bytes sent in `window` by `senders` concurrent senders of `chunk`-byte
-    /// pieces through one limiter at `rate` bytes/s.
-    async fn measure(rate: u64, chunk: usize, senders: usize, window: Duration) -> f64 {
-        let limiter = Arc::new(RateLimiter::default());
-        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let start = tokio::time::Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..senders {
-            let (limiter, sent) = (limiter.clone(), sent.clone());
-            tasks.push(tokio::spawn(async move {
-                while start.elapsed() < window {
-                    limiter.acquire(chunk, rate).await;
-                    sent.fetch_add(chunk as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.expect("sender ran");
-        }
-        let secs = start.elapsed().as_secs_f64();
-        sent.load(std::sync::atomic::Ordering::Relaxed) as f64 / secs
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn limiter_holds_the_rate() {
-        // Real time, 1.5 s, the cases side by side.
-        let cases = [
-            (1_000_000, 16 * 1024, 1),
-            (1_000_000, 16 * 1024, 4),
-            (65_536, 16 * 1024, 1),
-            (200_000, 512 * 1024, 1), // chunks larger than the burst
-            (4_000_000, 64 * 1024, 2),
-        ];
-        let runs = cases.map(|(rate, chunk, senders)| {
-            tokio::spawn(measure(rate, chunk, senders, Duration::from_millis(1500)))
-        });
-        for ((rate, chunk, senders), run) in cases.into_iter().zip(runs) {
-            let got = run.await.expect("measured");
-            let ratio = got / rate as f64;
-            assert!(
-                (0.8..=1.2).contains(&ratio),
-                "rate {rate}, chunk {chunk}, {senders} senders: {got:.0} B/s"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn unlimited_never_waits() {
-        let limiter = RateLimiter::default();
-        let start = tokio::time::Instant::now();
-        for _ in 0..1000 {
-            limiter.acquire(1 << 20, 0).await;
-        }
-        assert!(start.elapsed() < Duration::from_millis(100));
     }
 }
