@@ -493,7 +493,7 @@ fn admin_tls_flags(
 /// A [`Failure`] carrying the exit code.
 pub async fn execute(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::SharedIpGuard => Ok(crate::ip_guard::run_guard().await?),
+        Command::SharedIpGuard => Ok(crate::shared_ip::guard::run_guard().await?),
         Command::Init(a) => {
             let out = crate::bootstrap::init(InitOptions {
                 dir: a.dir.dir.clone(),

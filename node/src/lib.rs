@@ -30,7 +30,6 @@ pub mod config;
 pub mod demo;
 pub mod disk;
 pub mod failover;
-pub mod ip_guard;
 pub mod log_limit;
 pub mod node;
 pub mod peer;
@@ -44,6 +43,7 @@ pub mod users;
 pub mod util;
 
 pub use peer::{frame, protocol};
+pub use shared_ip::guard as ip_guard;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

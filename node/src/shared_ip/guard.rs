@@ -29,8 +29,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, Notify};
 
+use super::driver::select::driver_from_config;
+use super::driver::SharedIpDriver;
+use super::spec::SharedIpSpec;
 use crate::config::SharedIpConfig;
-use crate::shared_ip::{driver_from_config, SharedIpDriver, SharedIpSpec};
 use crate::util::lock;
 
 /// The hidden CLI verb that runs the guard.
