@@ -78,7 +78,7 @@ impl Backend {
                     "its {} died at {} ({}): it no longer leads and stays a backup until it is \
                      restarted",
                     d.task,
-                    crate::cli::iso8601(d.at_ms),
+                    crate::cli::render::iso8601(d.at_ms),
                     d.why
                 )
             })

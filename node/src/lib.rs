@@ -27,7 +27,6 @@ pub mod bootstrap;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod demo;
 pub mod disk;
 pub mod failover;
 pub mod log_limit;
@@ -42,6 +41,7 @@ pub mod supervise;
 pub mod users;
 pub mod util;
 
+pub use cli::demo;
 pub use peer::{frame, protocol};
 pub use shared_ip::guard as ip_guard;
 

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use crate::bootstrap::InitOutcome;
-use crate::cli::poll;
+use crate::cli::dispatch::poll;
 use crate::client::ApiClient;
 
 /// One started node process.
