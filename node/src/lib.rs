@@ -16,13 +16,13 @@
 //! - [`log_limit`]: openraft's repeated warnings, one per call site per 30 s.
 //! - [`node`]: a running node and its operations.
 //! - [`disk`]: the free-space reserve application writes are checked against.
-//! - [`backend`]: the `AdminBackend` the web crate serves.
+//! - [`api`]: the `AdminBackend` the web crate serves.
 //! - [`bootstrap`]: `init` and `join`.
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`], [`demo`]: the commands.
 
 pub mod admin_tls;
-pub mod backend;
+pub mod api;
 pub mod bootstrap;
 pub mod cli;
 pub mod client;
@@ -197,7 +197,7 @@ async fn run_once(
             }
         }
     });
-    let backend = Arc::new(backend::Backend::new(node.clone()));
+    let backend = Arc::new(api::Backend::new(node.clone()));
     let admin_task = tokio::spawn({
         let (stop, failed) = (admin_stop.clone(), failed.clone());
         async move {

@@ -25,7 +25,7 @@ pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Failures of node operations, in the terms the API maps to status codes.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum NodeError {
     /// Writes (and linearizable reads) go to the leader.
     #[error("this node is not the leader")]

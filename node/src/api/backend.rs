@@ -6,39 +6,34 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::ServerState;
-use tandem_storage::{AdminUser, ConfigEntry, NodeKind, Request, Response, Session};
+use tandem_storage::{Request, Response};
 use tandem_web::{
     AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome, ClusterView,
-    ConfigEntryView, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
-    JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView,
-    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome,
-    SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView,
+    ConfigEntryView, HealthView, HistoryEventView, HistoryPage, JoinRequest, JoinResponse,
+    JoinTokenRequest, JoinTokenView, MemberView, ReadMeta, ReadinessView, RoleHealth,
+    SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome, SetupRequest,
+    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView,
 };
 
 use crate::client::ApiClient;
-use crate::node::{kind_name, random_secret, JoinRequest as NodeJoin, Node, NodeError};
+use crate::node::{kind_name, random_secret, JoinRequest as NodeJoin, Node};
 use crate::roles::Role;
 use crate::settings::Settings;
 use crate::util::now_ms;
+
+use super::convert::*;
+use super::errors::{action, api};
 use serde_json::json;
-
-/// Largest JSON value (config value or session data) accepted, in bytes of
-/// its compact encoding. Keeps one log entry, and so one peer frame, small.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-
-/// How long `/api/v1/cluster` waits for each peer's `/health`.
-const PEER_PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 
 /// The admin backend of one node.
 pub struct Backend {
-    node: Arc<Node>,
+    pub(super) node: Arc<Node>,
     /// Unauthenticated client (for peers' `/health`), trusting the cluster CA.
-    probe: Option<ApiClient>,
+    pub(super) probe: Option<ApiClient>,
 }
 
 impl Backend {
-    fn settings_view(&self) -> SettingsView {
+    pub(super) fn settings_view(&self) -> SettingsView {
         let record = self.node.reader().settings();
         let settings = Settings::parse(record.as_ref().map(|r| r.settings_json.as_str()));
         match record {
@@ -65,171 +60,10 @@ impl Backend {
             stale,
         }
     }
-
-    fn local_health(&self) -> HealthView {
-        let m = self.node.metrics();
-        let problems: Vec<String> = self
-            .node
-            .supervision
-            .deaths()
-            .iter()
-            .map(|d| {
-                format!(
-                    "its {} died at {} ({}): it no longer leads and stays a backup until it is \
-                     restarted",
-                    d.task,
-                    crate::cli::render::iso8601(d.at_ms),
-                    d.why
-                )
-            })
-            .collect();
-        HealthView {
-            status: if problems.is_empty() {
-                "ok"
-            } else {
-                "degraded"
-            }
-            .into(),
-            problems,
-            node: self.node.cfg.name.clone(),
-            node_id: self.node.cfg.node_id,
-            role: role_name(m.state).into(),
-            leader: m.current_leader,
-            term: m.current_term,
-            applied_index: m.last_applied.map(|l| l.index),
-            last_log_index: m.last_log_index,
-            committed_index: m.local_committed.map(|l| l.index),
-            snapshot_index: m.snapshot.map(|l| l.index),
-            purged_index: m.purged.map(|l| l.index),
-            shared_ips_held: self
-                .node
-                .shared_ips
-                .get()
-                .map(|h| h.report().held)
-                .unwrap_or_default(),
-            disk_free_bytes: self.node.disk.free(),
-            disk_reserve_bytes: Some(self.node.disk.reserve()),
-        }
-    }
-}
-
-/// What the status page says about a node's health, from its `/health`:
-/// a disk below the reserve, an essential task that died, and Raft stopped
-/// (by a storage failure).
-fn storage_notes(name: &str, h: &HealthView) -> Vec<String> {
-    let mut notes = Vec::new();
-    const MIB: f64 = 1024.0 * 1024.0;
-    if let (Some(free), Some(reserve)) = (h.disk_free_bytes, h.disk_reserve_bytes) {
-        if reserve > 0 && free < reserve {
-            notes.push(format!(
-                "{name}: only {:.1} MiB free for its data directory, below its reserve of {:.0} MiB: \
-                 as primary it refuses configuration and session writes, and its Raft stops if the \
-                 disk fills; free space there",
-                free as f64 / MIB,
-                reserve as f64 / MIB
-            ));
-        }
-    }
-    for p in &h.problems {
-        notes.push(format!("{name}: {p}"));
-    }
-    if h.role == role_name(ServerState::Shutdown) {
-        notes.push(format!(
-            "{name}: Raft has stopped there after a storage failure (such as a full disk, see its \
-             log): it neither replicates nor serves writes until it is restarted"
-        ));
-    }
-    notes
-}
-
-fn role_name(s: ServerState) -> &'static str {
-    match s {
-        ServerState::Leader => "leader",
-        ServerState::Follower => "follower",
-        ServerState::Candidate => "candidate",
-        ServerState::Learner => "learner",
-        ServerState::Shutdown => "shutdown",
-    }
 }
 
 /// Default `max_lag` of `/health/backup`, in entries.
 pub const DEFAULT_BACKUP_MAX_LAG: u64 = 100;
-
-/// Maps an action's error: refusals are 409 with the reason.
-fn action(e: NodeError) -> ApiError {
-    match e {
-        NodeError::Refused(m) => ApiError::Refused(m),
-        other => api(other),
-    }
-}
-
-/// Maps a node error to the API error with the same meaning.
-fn api(e: NodeError) -> ApiError {
-    match e {
-        NodeError::NotLeader { leader_api } => ApiError::NotLeader { leader_api },
-        NodeError::Refused(m) => ApiError::Forbidden(m),
-        NodeError::BadRequest(m) => ApiError::BadRequest(m),
-        NodeError::Unavailable(m) => ApiError::Unavailable(m),
-        NodeError::Internal(m) => ApiError::Internal(m),
-        NodeError::InsufficientStorage(m) => ApiError::InsufficientStorage(m),
-    }
-}
-
-fn parse_json(text: &str) -> serde_json::Value {
-    // Stored values were produced by serde_json from a Value, so they parse;
-    // should one ever not, show it as a string rather than fail the read.
-    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()))
-}
-
-fn config_view(e: ConfigEntry) -> ConfigEntryView {
-    ConfigEntryView {
-        value: parse_json(&e.value_json),
-        key: e.key,
-        version: e.version,
-        updated_by: e.updated_by,
-        updated_at_ms: e.updated_ms,
-    }
-}
-
-fn session_view(s: Session) -> SessionView {
-    SessionView {
-        data: parse_json(&s.data_json),
-        id: s.id,
-        owner: s.owner,
-        created_at_ms: s.created_ms,
-        expires_at_ms: s.expires_ms,
-    }
-}
-
-fn encode_value(v: &serde_json::Value) -> Result<String, ApiError> {
-    let text = v.to_string();
-    if text.len() > MAX_VALUE_BYTES {
-        return Err(ApiError::BadRequest(format!(
-            "value is {} bytes; the limit is {MAX_VALUE_BYTES}",
-            text.len()
-        )));
-    }
-    Ok(text)
-}
-
-fn parse_kind(kind: Option<&str>) -> Result<NodeKind, ApiError> {
-    match kind {
-        None | Some("appliance") => Ok(NodeKind::Appliance),
-        Some("witness") => Ok(NodeKind::Witness),
-        Some(other) => Err(ApiError::BadRequest(format!(
-            "kind must be \"appliance\" or \"witness\", not {other:?}"
-        ))),
-    }
-}
-
-fn user_view(u: AdminUser) -> UserView {
-    UserView {
-        name: u.name,
-        created_at_ms: u.created_ms,
-        updated_at_ms: u.updated_ms,
-        updated_by: u.updated_by,
-    }
-}
 
 impl Backend {
     /// Proposes `req` together with a history event of `kind` by `actor`;
@@ -290,13 +124,17 @@ impl Backend {
     }
 }
 
-fn unexpected(r: Response) -> ApiError {
-    ApiError::Internal(format!("unexpected state machine response {r:?}"))
-}
-
 impl AdminBackend for Backend {
     fn authorize(&self, bearer_token: &str) -> bool {
         self.node.authorize(bearer_token)
+    }
+
+    async fn status(&self) -> Result<StatusView, ApiError> {
+        self.status_view().await
+    }
+
+    async fn readiness(&self) -> Result<ReadinessView, ApiError> {
+        self.readiness_view().await
     }
 
     async fn health(&self) -> Result<HealthView, ApiError> {
@@ -538,150 +376,6 @@ impl AdminBackend for Backend {
 
     // --- relationship API ---
 
-    async fn status(&self) -> Result<StatusView, ApiError> {
-        let node = &self.node;
-        let m = node.metrics();
-        let ep = node.epoch();
-        let (role, lease) = node.compute_role();
-        let (_, _, since) = node.roles.current();
-        let membership = m.membership_config.membership().clone();
-        let facts = node.peer_facts();
-        let me = node.cfg.node_id;
-        let probes = facts.iter().map(|f| {
-            let info = membership.get_node(&f.id).cloned();
-            let probe = self.probe.clone();
-            async move {
-                // Every peer not known to be down is asked for its /health
-                // (its own view: the shared IPs it holds, its indexes).
-                let health = match (f.reachable, probe, &info) {
-                    (None | Some(true), Some(client), Some(info)) => {
-                        let c = client.with_base(&info.api_addr);
-                        tokio::time::timeout(PEER_PROBE_TIMEOUT, c.get::<HealthView>("/health"))
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                    }
-                    _ => None,
-                };
-                (f, info, health)
-            }
-        });
-        let probed = futures::future::join_all(probes).await;
-        let peer_notes: Vec<String> = probed
-            .iter()
-            .filter_map(|(_, info, health)| Some((info.as_ref()?, health.as_ref()?)))
-            .flat_map(|(info, h)| storage_notes(&info.name, h))
-            .collect();
-        let peers = probed
-            .into_iter()
-            .map(|(f, info, health)| {
-                let info = info.unwrap_or_default();
-                let role = if info.kind == NodeKind::Witness {
-                    "witness"
-                } else if ep.primary == Some(f.id) {
-                    "primary"
-                } else {
-                    "backup"
-                };
-                let lag_bytes = match f.lag_entries {
-                    Some(0) => Some(0),
-                    Some(_) => node.lag_bytes(f.matched),
-                    None => None,
-                };
-                PeerView {
-                    id: f.id,
-                    name: info.name.clone(),
-                    kind: kind_name(info.kind).into(),
-                    role: role.into(),
-                    voter: f.voter,
-                    reachable: f.reachable.unwrap_or(health.is_some()),
-                    last_contact_ms: f.last_contact_ms.or(health.as_ref().map(|_| now_ms())),
-                    lag_entries: f.lag_entries,
-                    lag_bytes,
-                    lag_ms: f.lag_ms,
-                    api_addr: info.api_addr.clone(),
-                    shared_ips_held: health.as_ref().map(|h| h.shared_ips_held.clone()),
-                }
-            })
-            .collect::<Vec<_>>();
-        let topology = if membership.nodes().count() <= 1 {
-            "standalone"
-        } else if membership.nodes().any(|(_, n)| n.kind == NodeKind::Witness) {
-            "pair+witness"
-        } else {
-            "pair"
-        };
-        let mut notes = Vec::new();
-        let settings = node.settings();
-        if settings.timing() != node.timing {
-            notes.push(format!(
-                "primary timeout {} ms takes effect when this node restarts (running with {} ms)",
-                settings.primary_timeout_ms,
-                node.timing.primary_timeout.as_millis()
-            ));
-        }
-        if ep.forced {
-            notes.push(format!("epoch {} began with a forced promotion", ep.epoch));
-        }
-        if let Some(n) = node.roles.fence.notice() {
-            notes.push(format!(
-                "node {} no longer counts this node as a member ({:?}, its epoch {}); this node does not serve; rejoin to resync as backup",
-                n.by, n.kind, n.epoch
-            ));
-        }
-        if let Some(report) = node.shared_ips.get().map(|h| h.report()) {
-            for e in &report.errors {
-                notes.push(format!("shared IP ({}): {e}", report.driver));
-            }
-            if let Some(r) = &report.reachability {
-                notes.push(format!(
-                    "after takeover (epoch {}), {} {} from {}: {}",
-                    r.epoch,
-                    r.target,
-                    if r.ok { "answered" } else { "did not answer" },
-                    r.from,
-                    r.detail
-                ));
-            }
-        }
-        notes.extend(storage_notes(&node.cfg.name, &self.local_health()));
-        notes.extend(peer_notes);
-        if let Some(path) = node.roles.diverged_export() {
-            notes.push(format!(
-                "writes this node never replicated were exported to {path}"
-            ));
-        }
-        Ok(StatusView {
-            this_host: HostView {
-                id: me,
-                name: node.cfg.name.clone(),
-                kind: kind_name(node.cfg.kind).into(),
-                role: role.as_str().into(),
-                site: None,
-                epoch: ep.epoch,
-                term: m.current_term,
-                leader: m.current_leader,
-                last_log_index: m.last_log_index,
-                committed_index: m.local_committed.map(|l| l.index),
-                applied_index: m.last_applied.map(|l| l.index),
-                lease_valid: lease,
-                primary_since_ms: since,
-                shared_ips_held: node
-                    .shared_ips
-                    .get()
-                    .map(|h| h.report().held)
-                    .unwrap_or_default(),
-                notes,
-                peer_addr: node.cfg.peer_advertise.clone(),
-            },
-            peers,
-            topology: topology.into(),
-            settings: self.settings_view(),
-            epoch: ep.epoch,
-            primary: ep.primary,
-        })
-    }
-
     async fn history(
         &self,
         before: Option<u64>,
@@ -830,118 +524,6 @@ impl AdminBackend for Backend {
             ok: reason.is_none(),
             role: role.as_str().into(),
             reason,
-        })
-    }
-
-    async fn readiness(&self) -> Result<ReadinessView, ApiError> {
-        let node = &self.node;
-        let m = node.metrics();
-        let ep = node.epoch();
-        let membership = m.membership_config.membership().clone();
-        let mut reasons = Vec::new();
-        let cert_pem = std::fs::read_to_string(node.dir.node_cert()).unwrap_or_default();
-        let certificates_ok = match tandem_certs::expires_at(&cert_pem) {
-            Ok(t) => {
-                let left = t - (now_ms() / 1000) as i64;
-                if left < 30 * 86_400 {
-                    reasons.push(format!(
-                        "this node's certificate expires in {} days",
-                        left / 86_400
-                    ));
-                }
-                left >= 30 * 86_400
-            }
-            Err(e) => {
-                reasons.push(format!("this node's certificate cannot be read: {e}"));
-                false
-            }
-        };
-        let settings = node.settings();
-        let report = node.shared_ips.get().map(|h| h.report());
-        let spec_errors = crate::shared_ip::specs_for_node(&settings.shared_ips, &node.cfg.name).1;
-        for e in &spec_errors {
-            reasons.push(format!("shared IP setting: {e}"));
-        }
-        for e in report.iter().flat_map(|r| r.errors.iter()) {
-            reasons.push(format!("shared IP: {e}"));
-        }
-        let shared_ips_ok = spec_errors.is_empty() && report.is_none_or(|r| r.errors.is_empty());
-        let facts = node.peer_facts();
-        let backup = membership
-            .nodes()
-            .find(|(id, n)| Some(**id) != ep.primary && n.kind == NodeKind::Appliance)
-            .map(|(id, _)| *id);
-        let voters: Vec<u64> = membership.voter_ids().collect();
-        let (would, lag) = match (ep.primary, backup) {
-            (Some(primary), Some(b)) => {
-                // Without the primary, the remaining voters must still form a majority.
-                let remaining = voters.iter().filter(|v| **v != primary).count();
-                let majority = remaining * 2 > voters.len();
-                let backup_voter = voters.contains(&b);
-                let fact = facts.iter().find(|f| f.id == b);
-                let lag = fact.and_then(|f| f.lag_entries);
-                let reachable = if b == node.cfg.node_id {
-                    node.roles
-                        .since_leader_contact()
-                        .is_some_and(|d| d < node.timing.primary_timeout)
-                } else {
-                    fact.and_then(|f| f.reachable).unwrap_or(false)
-                };
-                // Pair + witness: the backup votes and wins the election with
-                // the witness. Pair only: the backup is a learner and takes
-                // over by itself only with automatic failover on and at least
-                // one connectivity test address to tell "primary down" from
-                // "cut off".
-                let by_election = backup_voter && majority;
-                let by_itself =
-                    !backup_voter && settings.auto_failover && !settings.test_ips.is_empty();
-                if !by_election && !by_itself {
-                    if backup_voter {
-                        reasons.push(
-                            "without the primary the remaining voters are no majority (add a witness)"
-                                .into(),
-                        );
-                    } else if !settings.auto_failover {
-                        reasons.push("pair without a witness and automatic failover is off".into());
-                    } else {
-                        reasons.push(
-                            "automatic failover is on but no connectivity test address is set"
-                                .into(),
-                        );
-                    }
-                }
-                if !reachable {
-                    reasons.push(format!("backup {b} is not in contact with the primary"));
-                }
-                ((by_election || by_itself) && reachable, lag)
-            }
-            (None, _) => {
-                reasons.push("there is no primary".into());
-                (false, None)
-            }
-            (_, None) => {
-                reasons.push("there is no backup appliance".into());
-                (false, None)
-            }
-        };
-        Ok(ReadinessView {
-            would_fail_over: would,
-            after_ms: would.then(|| {
-                let with_witness = membership.nodes().any(|(_, n)| n.kind == NodeKind::Witness);
-                let t = &node.timing;
-                // By election: the longest election timeout and a heartbeat;
-                // pair only: the primary timeout plus the connectivity probe.
-                let d = if with_witness {
-                    t.election_max + t.heartbeat
-                } else {
-                    t.primary_timeout + t.primary_timeout / 2
-                };
-                d.as_millis() as u64
-            }),
-            lag_entries: lag,
-            reasons,
-            certificates_ok,
-            shared_ips_ok,
         })
     }
     async fn verify_user(&self, name: String, password: String) -> Result<bool, ApiError> {
