@@ -123,6 +123,13 @@ impl Node {
         }
         let before = self.epoch();
         let _pause = self.roles.pause();
+        // On the single-voter engine this node leads at once, and the role
+        // manager would raise the epoch itself (a plain role change) before
+        // the forced raise below: hold its raises until that is written.
+        let _raises = self
+            .roles
+            .hold_epoch_raises(self.timing.primary_timeout)
+            .await?;
         tracing::warn!(%actor, epoch = before.epoch, "forced promotion");
         let forked_at = self
             .reset_engine(ResetTo::SingleVoter(CatchUp::AllLogged))

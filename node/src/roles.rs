@@ -261,6 +261,31 @@ impl RoleState {
         PauseGuard(&self.handing_over)
     }
 
+    /// Keeps the role manager from raising the epoch while the returned
+    /// flight is held (an action that writes its own epoch change, such as a
+    /// forced promotion); waits, at most `limit`, for a raise under way to
+    /// end.
+    ///
+    /// # Errors
+    /// [`NodeError::Unavailable`] if a raise is still under way after `limit`.
+    pub(crate) async fn hold_epoch_raises(
+        &self,
+        limit: Duration,
+    ) -> Result<crate::util::Flight, NodeError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(f) = self.raising.claim() {
+                return Ok(f);
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(
+                    "an epoch raise is under way; try again".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Time since `index` was first the leader's last log index: how old the
     /// oldest entry a follower at `matched` is missing is.
     fn lag_ms(&self, matched: Option<u64>, last: Option<u64>) -> Option<u64> {
