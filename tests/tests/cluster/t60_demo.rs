@@ -52,6 +52,39 @@ impl Drop for Demo {
 }
 
 impl Demo {
+    /// Starts `tandem demo --dir ROOT/demo` with `stdin`, its output in
+    /// `ROOT/demo.out` and `ROOT/demo.err`; returns it and the demo's
+    /// directory.
+    fn start(stdin: Stdio) -> (Self, std::path::PathBuf) {
+        let root = tempfile::Builder::new()
+            .prefix("tandem-demo-test-")
+            .tempdir()
+            .expect("tempdir");
+        let dir = root.path().join("demo");
+        let out = std::fs::File::create(root.path().join("demo.out")).expect("demo.out");
+        let err = std::fs::File::create(root.path().join("demo.err")).expect("demo.err");
+        let child = std::process::Command::new(tandem_tests::tandem_bin())
+            .arg("demo")
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(stdin)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("starting tandem demo");
+        let demo = Self {
+            child: Some(child),
+            nodes: Vec::new(),
+            root,
+        };
+        (demo, dir)
+    }
+
+    /// The demo process's PID.
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the demo runs").id()
+    }
+
     /// Ctrl-C: SIGINT to the demo, which must exit 0 within 30 s.
     async fn interrupt(&mut self) {
         let mut child = self.child.take().expect("the demo runs");
@@ -106,28 +139,8 @@ fn children_of(parent: u32) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_three_nodes_and_stops_them_on_sigint() {
     let _slot = tandem_tests::cluster_slot().await;
-    let root = tempfile::Builder::new()
-        .prefix("tandem-demo-test-")
-        .tempdir()
-        .expect("tempdir");
-    let dir = root.path().join("demo");
-    let out = std::fs::File::create(root.path().join("demo.out")).expect("demo.out");
-    let err = std::fs::File::create(root.path().join("demo.err")).expect("demo.err");
-    let child = std::process::Command::new(tandem_tests::tandem_bin())
-        .arg("demo")
-        .arg("--dir")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("starting tandem demo");
-    let demo_pid = child.id();
-    let mut demo = Demo {
-        child: Some(child),
-        nodes: Vec::new(),
-        root,
-    };
+    let (mut demo, dir) = Demo::start(Stdio::null());
+    let demo_pid = demo.pid();
 
     let doc: Value = wait_until("demo.json", Duration::from_secs(90), || async {
         let text = std::fs::read_to_string(dir.join("demo.json")).ok()?;
@@ -251,30 +264,14 @@ fn demo_nodes(dir: &std::path::Path) -> Option<Vec<(String, String, u32)>> {
 async fn demo_keeps_the_survivors_when_a_node_dies_and_brings_it_back() {
     use std::io::Write;
     let _slot = tandem_tests::cluster_slot().await;
-    let root = tempfile::Builder::new()
-        .prefix("tandem-demo-test-")
-        .tempdir()
-        .expect("tempdir");
-    let dir = root.path().join("demo");
-    let out_path = root.path().join("demo.out");
-    let out = std::fs::File::create(&out_path).expect("demo.out");
-    let err = std::fs::File::create(root.path().join("demo.err")).expect("demo.err");
-    let mut child = std::process::Command::new(tandem_tests::tandem_bin())
-        .arg("demo")
-        .arg("--dir")
-        .arg(&dir)
-        .stdin(Stdio::piped())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .expect("starting tandem demo");
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let demo_pid = child.id();
-    let mut demo = Demo {
-        child: Some(child),
-        nodes: Vec::new(),
-        root,
-    };
+    let (mut demo, dir) = Demo::start(Stdio::piped());
+    let demo_pid = demo.pid();
+    let out_path = demo.root.path().join("demo.out");
+    let mut stdin = demo
+        .child
+        .as_mut()
+        .and_then(|c| c.stdin.take())
+        .expect("piped stdin");
     let nodes = wait_until("demo.json", Duration::from_secs(90), || async {
         demo_nodes(&dir)
     })
