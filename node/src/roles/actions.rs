@@ -1,0 +1,513 @@
+//! The relationship actions on a node: planned and forced swaps (asked of
+//! either side), sync now and verify, and the actions peers ask of this
+//! node over the peer link.
+
+use super::*;
+
+impl Node {
+    /// *Become primary* / *Become backup*, from either side.
+    ///
+    /// # Errors
+    /// [`NodeError::Refused`] with the reason when the swap cannot be done;
+    /// nothing changes then.
+    pub async fn swap(&self, req: SwapRequest, actor: &str) -> Result<SwapOutcome, NodeError> {
+        if req.force {
+            return self.forced_swap(actor).await;
+        }
+        self.planned_swap(req.pull_sync, actor).await
+    }
+
+    /// The planned swap, from either side.
+    pub(crate) async fn planned_swap(
+        &self,
+        pull_sync: bool,
+        actor: &str,
+    ) -> Result<SwapOutcome, NodeError> {
+        self.settle_primary().await;
+        let (role, _) = self.compute_role();
+        match role {
+            Role::Primary => {
+                let (to, _) = self.other_appliance().ok_or_else(|| {
+                    NodeError::Refused("there is no backup appliance to swap with".into())
+                })?;
+                self.swap_to(to, pull_sync, actor).await
+            }
+            Role::Backup => {
+                let ep = self.epoch();
+                let primary = ep
+                    .primary
+                    .ok_or_else(|| NodeError::Refused("there is no primary to swap with".into()))?;
+                let action = ActionRequest::SwapTo {
+                    to: self.cfg.node_id,
+                    pull_sync,
+                    actor: actor.to_string(),
+                };
+                let text = self.ask_primary(primary, action).await?;
+                serde_json::from_str(&text)
+                    .map_err(|e| NodeError::Internal(format!("bad swap answer: {e}")))
+            }
+            Role::Witness => Err(NodeError::Refused("a witness is never primary".into())),
+            Role::Standalone => Err(NodeError::Refused(
+                "this node has no relationship to swap roles in".into(),
+            )),
+        }
+    }
+
+    pub(crate) async fn ask_primary(
+        &self,
+        primary: u64,
+        action: ActionRequest,
+    ) -> Result<String, NodeError> {
+        let m = self.metrics();
+        let addr = m
+            .membership_config
+            .get_node(&primary)
+            .map(|n| n.peer_addr.clone())
+            .ok_or_else(|| NodeError::Refused(format!("primary {primary} is not a member")))?;
+        match self
+            .network
+            .call(
+                primary,
+                &addr,
+                PeerRequest::Action(action),
+                Duration::from_secs(120),
+            )
+            .await
+        {
+            Ok(PeerResponse::Action(Ok(text))) => Ok(text),
+            Ok(PeerResponse::Action(Err(reason))) => Err(NodeError::Refused(reason)),
+            Ok(other) => Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(NodeError::Refused(format!(
+                "the primary cannot be contacted ({e}); a forced promotion is needed"
+            ))),
+        }
+    }
+
+    /// Serves an action peer `from` asked of this node (it must be the
+    /// primary, except for a break notice from the primary).
+    pub async fn peer_action(&self, action: ActionRequest, from: u64) -> Result<String, String> {
+        if !matches!(
+            action,
+            ActionRequest::Break { .. } | ActionRequest::Rejoin { .. }
+        ) {
+            self.settle_primary().await;
+        }
+        let role = self.compute_role().0;
+        if let ActionRequest::Break { actor } = &action {
+            if role != Role::Primary {
+                if self.epoch().primary != Some(from) {
+                    return Err("only the primary may remove this node".into());
+                }
+                self.become_standalone_on_notice(actor)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok("{}".into());
+            }
+        }
+        let rejoin_here =
+            matches!(action, ActionRequest::Rejoin { .. }) && role == Role::Standalone;
+        if role != Role::Primary && !rejoin_here {
+            return Err("this node is not the primary".into());
+        }
+        let text = match action {
+            ActionRequest::Break { actor } => serde_json::to_string(
+                &self
+                    .break_relationship(&actor)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            ActionRequest::Rejoin {
+                info,
+                diverged_export,
+                actor,
+            } => {
+                return self
+                    .accept_rejoin(info, from, diverged_export, &actor)
+                    .await
+            }
+            ActionRequest::SwapTo {
+                to,
+                pull_sync,
+                actor,
+            } => serde_json::to_string(
+                &self
+                    .swap_to(to, pull_sync, &actor)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            ActionRequest::Sync { verify, actor } => serde_json::to_string(
+                &self
+                    .sync_now(verify, &actor)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        text.map_err(|e| e.to_string())
+    }
+
+    /// Sends a heartbeat now and waits (one primary timeout at most) for
+    /// `peer` to acknowledge it: a peer that died a moment ago is caught
+    /// here, not after the writes were paused.
+    async fn probe_alive(&self, peer: u64) -> Result<(), NodeError> {
+        let sent = openraft::TokioInstant::now();
+        let raft = self.raft();
+        let _ = raft.trigger().heartbeat().await;
+        let acked = raft
+            .wait(Some(self.timing.primary_timeout))
+            .metrics(
+                move |m| {
+                    m.heartbeat
+                        .as_ref()
+                        .and_then(|h| h.get(&peer).cloned().flatten())
+                        .is_some_and(|t| *t >= sent)
+                },
+                "peer answers a heartbeat",
+            )
+            .await;
+        acked.map(|_| ()).map_err(|_| {
+            NodeError::Refused(format!(
+                "node {peer} cannot be contacted (no answer to a heartbeat within {} ms); a planned swap needs it (use force)",
+                self.timing.primary_timeout.as_millis()
+            ))
+        })
+    }
+
+    /// Waits (bounded) until `peer` holds every entry this leader has.
+    async fn wait_caught_up(&self, peer: u64, limit: Duration) -> Result<u64, NodeError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let m = self.metrics();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&peer).cloned().flatten())
+                .map_or(0, |l| l.index);
+            if matched >= last {
+                return Ok(last);
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Refused(format!(
+                    "node {peer} did not catch up within {} s (it has {matched} of {last})",
+                    limit.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Planned swap on the primary: pause writes, make sure `to` holds every
+    /// committed entry, hand leadership over, and wait for `to` to raise the epoch.
+    async fn swap_to(
+        &self,
+        to: u64,
+        pull_sync: bool,
+        actor: &str,
+    ) -> Result<SwapOutcome, NodeError> {
+        let started = Instant::now();
+        let before = self.epoch();
+        let reachable = self
+            .peer_facts()
+            .iter()
+            .any(|p| p.id == to && p.reachable == Some(true));
+        if !reachable {
+            return Err(NodeError::Refused(format!(
+                "node {to} cannot be contacted; a planned swap needs it (use force)"
+            )));
+        }
+        let sync = if pull_sync {
+            Some(self.sync_now(false, actor).await?)
+        } else {
+            None
+        };
+        // Before pausing anything: the backup must answer a fresh heartbeat
+        // and keep up now, within one primary timeout, or the swap is
+        // refused at once and writes go on.
+        self.probe_alive(to).await?;
+        self.wait_caught_up(to, self.timing.primary_timeout).await?;
+        let is_voter = self
+            .metrics()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == to);
+        if !is_voter {
+            // Pair only: the backup is a learner; it must vote to lead. The
+            // new primary demotes this node to learner afterwards.
+            self.raft()
+                .change_membership(openraft::ChangeMembers::AddVoterIds([to].into()), true)
+                .await
+                .map_err(|e| NodeError::Unavailable(format!("making node {to} a voter: {e}")))?;
+        }
+        let _pause = self.roles.pause();
+        self.record(
+            "swap",
+            actor,
+            json!({ "from": self.cfg.node_id, "to": to, "pull_sync": pull_sync, "epoch": before.epoch }),
+        )
+        .await;
+        // In-flight writes (and the event above) reach the backup; new
+        // writes are refused until the new primary serves.
+        self.wait_caught_up(to, self.timing.primary_timeout).await?;
+        // The shared IPs go before leadership does, so the new primary (which
+        // takes them once its epoch entry commits) never finds them here. The
+        // release is final for this epoch (the manager refuses a role tick
+        // that raced with it); a swap that fails lifts that, and the next
+        // tick takes them back if this node is still primary.
+        let _hand_over = self.roles.hand_over();
+        let Some(h) = self.shared_ips.get() else {
+            return self
+                .hand_leadership_to(to, &before, started, pull_sync, sync)
+                .await;
+        };
+        let report = h.release_for_hand_over().await;
+        let r = if report.held.is_empty() {
+            self.hand_leadership_to(to, &before, started, pull_sync, sync)
+                .await
+        } else {
+            Err(NodeError::Unavailable(format!(
+                "the shared IPs could not be released before the swap: still held {:?}",
+                report.held
+            )))
+        };
+        if r.is_err() {
+            h.abandon_hand_over().await;
+        }
+        r
+    }
+
+    /// The end of a planned swap: leadership to `to`, then the wait for it
+    /// to raise the epoch as primary.
+    async fn hand_leadership_to(
+        &self,
+        to: u64,
+        before: &EpochRecord,
+        started: Instant,
+        pull_sync: bool,
+        sync: Option<SyncReport>,
+    ) -> Result<SwapOutcome, NodeError> {
+        self.raft()
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ep = self.epoch();
+            if ep.epoch > before.epoch && ep.primary == Some(to) {
+                return Ok(SwapOutcome {
+                    previous_primary: before.primary,
+                    new_primary: to,
+                    epoch: ep.epoch,
+                    forced: false,
+                    pull_sync,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    sync,
+                });
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "leadership was handed to node {to} but it has not become primary within 10 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// *Sync now*: make the backup hold every committed entry now (openraft
+    /// sends a snapshot when the log it needs was compacted); with `verify`,
+    /// compare state digests at one applied index.
+    ///
+    /// # Errors
+    /// [`NodeError::Refused`] when there is no backup or it cannot be reached.
+    pub async fn sync(&self, verify: bool, actor: &str) -> Result<SyncReport, NodeError> {
+        self.settle_primary().await;
+        match self.compute_role().0 {
+            Role::Primary => self.sync_now(verify, actor).await,
+            Role::Backup => {
+                let primary = self
+                    .epoch()
+                    .primary
+                    .ok_or_else(|| NodeError::Refused("there is no primary to sync from".into()))?;
+                let text = self
+                    .ask_primary(
+                        primary,
+                        ActionRequest::Sync {
+                            verify,
+                            actor: actor.to_string(),
+                        },
+                    )
+                    .await?;
+                serde_json::from_str(&text)
+                    .map_err(|e| NodeError::Internal(format!("bad sync answer: {e}")))
+            }
+            Role::Witness => Err(NodeError::Refused(
+                "sync runs between the primary and its backup".into(),
+            )),
+            Role::Standalone => Err(NodeError::Refused("this node has no backup to sync".into())),
+        }
+    }
+
+    async fn sync_now(&self, verify: bool, actor: &str) -> Result<SyncReport, NodeError> {
+        let started = Instant::now();
+        let (backup, _) = self
+            .other_appliance()
+            .ok_or_else(|| NodeError::Refused("there is no backup appliance".into()))?;
+        let facts = self.peer_facts();
+        let fact = facts.iter().find(|p| p.id == backup);
+        if fact.and_then(|f| f.reachable) != Some(true) {
+            return Err(NodeError::Refused(format!(
+                "backup {backup} cannot be contacted"
+            )));
+        }
+        let from = fact.and_then(|f| f.matched);
+        let m = self.metrics();
+        let purged = m.purged.map(|l| l.index);
+        let snapshot = match (from, purged) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(f), Some(p)) => f < p,
+        };
+        let bytes = if snapshot {
+            self.snapshot_file_size().unwrap_or(0)
+        } else {
+            self.lag_bytes(from).unwrap_or(0)
+        };
+        let _ = self.raft().trigger().heartbeat().await;
+        let to = self
+            .wait_caught_up(backup, Duration::from_secs(120))
+            .await?;
+        let mut report = SyncReport {
+            backup,
+            from_index: from,
+            to_index: to,
+            entries: to.saturating_sub(from.unwrap_or(0)),
+            bytes,
+            snapshot,
+            duration_ms: started.elapsed().as_millis() as u64,
+            verify: None,
+        };
+        if verify {
+            report.verify = Some(self.verify_with(backup).await?);
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        self.record(
+            "sync",
+            actor,
+            json!({
+                "backup": backup, "from_index": report.from_index, "to_index": report.to_index,
+                "entries": report.entries, "bytes": report.bytes, "snapshot": report.snapshot,
+                "duration_ms": report.duration_ms,
+            }),
+        )
+        .await;
+        if let Some(v) = &report.verify {
+            let kind = if v.matches {
+                "verify"
+            } else {
+                "verify_mismatch"
+            };
+            self.record(
+                kind,
+                actor,
+                json!({ "backup": backup, "index": v.index, "local": v.local_digest, "peer": v.peer_digest, "matches": v.matches }),
+            )
+            .await;
+        }
+        Ok(report)
+    }
+
+    fn snapshot_file_size(&self) -> Option<u64> {
+        let dir = std::fs::read_dir(&self.snapshot_dir).ok()?;
+        dir.filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "snap"))
+            .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+            .max()
+    }
+
+    /// Pauses writes, lets everything apply here and on `backup`, and
+    /// compares digests at that one applied index.
+    async fn verify_with(&self, backup: u64) -> Result<VerifyReport, NodeError> {
+        let _pause = self.roles.pause();
+        // Let proposals already in flight commit and apply.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let index = loop {
+            let m = self.metrics();
+            let last = m.last_log_index.unwrap_or(0);
+            if m.last_applied.map(|l| l.index) == Some(last) {
+                break last;
+            }
+            if Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(
+                    "writes did not settle for verify".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        self.wait_caught_up(backup, Duration::from_secs(30)).await?;
+        let local = self
+            .digest_at(index)
+            .await
+            .map_err(NodeError::Unavailable)?;
+        let addr = self
+            .metrics()
+            .membership_config
+            .get_node(&backup)
+            .map(|n| n.peer_addr.clone())
+            .ok_or_else(|| NodeError::Refused(format!("node {backup} is not a member")))?;
+        let peer = match self
+            .network
+            .call(
+                backup,
+                &addr,
+                PeerRequest::Digest { at_index: index },
+                Duration::from_secs(60),
+            )
+            .await
+        {
+            Ok(PeerResponse::Digest(Ok(d))) => d,
+            Ok(PeerResponse::Digest(Err(e))) => {
+                return Err(NodeError::Unavailable(format!("backup digest: {e}")))
+            }
+            Ok(other) => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
+            Err(e) => return Err(NodeError::Refused(e.to_string())),
+        };
+        Ok(VerifyReport {
+            index,
+            matches: local.1 == peer.1 && local.0 == peer.0,
+            local_digest: local.1,
+            peer_digest: peer.1,
+        })
+    }
+
+    /// `(index, digest)` of the state once exactly `at_index` is applied here.
+    pub async fn digest_at(&self, at_index: u64) -> Result<(u64, String), String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let applied = self.reader().applied_index().unwrap_or(0);
+            if applied == at_index {
+                break;
+            }
+            if applied > at_index {
+                return Err(format!(
+                    "applied index {applied} is already past {at_index}"
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("applied index {applied} did not reach {at_index}"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let reader = self.reader();
+        let (index, digest) = tokio::task::spawn_blocking(move || reader.try_digest())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        match index {
+            Some(i) if i == at_index => Ok((i, digest)),
+            other => Err(format!(
+                "state moved to {other:?} while digesting {at_index}"
+            )),
+        }
+    }
+}
