@@ -295,9 +295,8 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<JoinResponse> {
         csr_pem: key.csr_pem()?,
         actor: None,
     };
-    let answer = request_join(&opts.peer, &body, &token.ca_fingerprint)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Kept as the error itself: the command line tells a refusal by it.
+    let answer = request_join(&opts.peer, &body, &token.ca_fingerprint).await?;
     write_identity(
         &dir,
         &answer.ca_pem,

@@ -10,6 +10,7 @@ use serde_json::json;
 use tandem_storage::NodeKind;
 use tandem_web::BreakOutcome;
 
+use crate::errors::Refusal;
 use crate::node::{Node, NodeError};
 use crate::roles::Role;
 use crate::settings::Settings;
@@ -186,9 +187,7 @@ impl Node {
     /// the primary.
     pub async fn remove_witness(&self, actor: &str) -> Result<BreakOutcome, NodeError> {
         if self.compute_role().0 != Role::Primary {
-            return Err(NodeError::Refused(
-                "the witness is removed on the primary".into(),
-            ));
+            return Err(NodeError::Refused(Refusal::RemoveWitnessOnPrimary));
         }
         let m = self.metrics();
         let witnesses: Vec<(u64, String)> = m
@@ -199,9 +198,7 @@ impl Node {
             .map(|(id, n)| (*id, n.peer_addr.clone()))
             .collect();
         if witnesses.is_empty() {
-            return Err(NodeError::Refused(
-                "this relationship has no witness".into(),
-            ));
+            return Err(NodeError::Refused(Refusal::NoWitness));
         }
         let ids: std::collections::BTreeSet<u64> = witnesses.iter().map(|(id, _)| *id).collect();
         self.record("witness_removed", actor, json!({ "witnesses": ids }))

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod disk;
+pub mod errors;
 pub mod failover;
 pub mod log_limit;
 pub mod node;

@@ -24,32 +24,8 @@ pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// The longest a join token may live.
 pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Failures of node operations, in the terms the API maps to status codes.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum NodeError {
-    /// Writes (and linearizable reads) go to the leader.
-    #[error("this node is not the leader")]
-    NotLeader {
-        /// The leader's API base URL, when known.
-        leader_api: Option<String>,
-    },
-    /// The replicated state machine refused the command.
-    #[error("refused: {0}")]
-    Refused(String),
-    /// The caller's input is wrong.
-    #[error("bad request: {0}")]
-    BadRequest(String),
-    /// The cluster cannot answer now (no quorum, shutting down).
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// A local failure (disk, certificate signing).
-    #[error("internal: {0}")]
-    Internal(String),
-    /// The data directory's filesystem is below its free-space reserve
-    /// ([`crate::disk::DiskGuard`]); nothing was changed.
-    #[error("insufficient storage: {0}")]
-    InsufficientStorage(String),
-}
+use crate::errors::JoinDenial;
+pub use crate::errors::NodeError;
 
 /// SHA-256 of `secret`, hex: how tokens are stored.
 pub fn hash_secret(secret: &str) -> String {
@@ -442,7 +418,7 @@ impl Node {
             })
             .await?
         {
-            Response::Refused { reason } => Err(NodeError::Refused(reason)),
+            Response::Refused { reason } => Err(NodeError::Rejected(reason)),
             _ => Ok((format!("{id}.{secret}.{fp}"), expires_ms)),
         }
     }
@@ -452,23 +428,21 @@ impl Node {
     /// learner; the promotion task makes it a voter once it has caught up.
     ///
     /// # Errors
-    /// [`NodeError::Refused`] for a bad, reused or expired token;
+    /// [`NodeError::JoinDenied`] for a bad, reused or expired token;
     /// [`NodeError::BadRequest`] for a malformed request; [`NodeError::NotLeader`].
     pub async fn handle_join(&self, req: JoinRequest) -> Result<JoinGrant, NodeError> {
         if !self.raft().is_leader() {
             return Err(self.not_leader());
         }
-        let ca = self.ca.as_ref().ok_or_else(|| {
-            NodeError::Refused(
-                "this node holds no CA key (a witness); join through an appliance".into(),
-            )
-        })?;
-        let token = ParsedToken::parse(&req.token).map_err(NodeError::Refused)?;
+        let ca = self
+            .ca
+            .as_ref()
+            .ok_or(NodeError::JoinDenied(JoinDenial::NoCaKey))?;
+        let token = ParsedToken::parse(&req.token)
+            .map_err(|e| NodeError::JoinDenied(JoinDenial::MalformedToken(e)))?;
         let fp = ca.fingerprint();
         if !token.ca_fingerprint.eq_ignore_ascii_case(&fp) {
-            return Err(NodeError::Refused(
-                "token was issued by another cluster".into(),
-            ));
+            return Err(NodeError::JoinDenied(JoinDenial::OtherCluster));
         }
         validate_name(&req.name).map_err(NodeError::BadRequest)?;
         // Names select a node's interfaces in the shared-IP settings: two
@@ -480,10 +454,9 @@ impl Node {
             .nodes()
             .any(|(_, n)| n.name == req.name)
         {
-            return Err(NodeError::Refused(format!(
-                "a member is already named {:?}: give the joining node another name",
-                req.name
-            )));
+            return Err(NodeError::JoinDenied(JoinDenial::NameTaken {
+                name: req.name.clone(),
+            }));
         }
         let sans = sans_for(&req.peer_addr, &req.api_addr).map_err(NodeError::BadRequest)?;
         // Check the CSR before the token is consumed, so a bad request does not burn it.
@@ -498,7 +471,9 @@ impl Node {
             .await?
         {
             Response::NodeIdAssigned { node_id } => node_id,
-            Response::Refused { reason } => return Err(NodeError::Refused(reason)),
+            Response::Refused { reason } => {
+                return Err(NodeError::JoinDenied(JoinDenial::Token(reason)))
+            }
             other => {
                 return Err(NodeError::Internal(format!(
                     "unexpected response {other:?}"

@@ -13,6 +13,7 @@ use serde_json::json;
 use tandem_storage::{CatchUp, NodeKind, Request, Response};
 use tandem_web::{BreakOutcome, SwapOutcome};
 
+use crate::errors::{Action, Peer, Refusal, Remedy};
 use crate::node::{start_engine, Node, NodeError};
 use crate::peer::fence::FenceKind;
 use crate::peer::protocol::{ActionRequest, PeerRequest, PeerResponse};
@@ -108,18 +109,16 @@ impl Node {
     async fn force_promote(&self, actor: &str) -> Result<SwapOutcome, NodeError> {
         let started = Instant::now();
         if self.cfg.kind != NodeKind::Appliance {
-            return Err(NodeError::Refused("a witness is never primary".into()));
+            return Err(NodeError::Refused(Refusal::WitnessNeverPrimary));
         }
         let (role, _) = self.compute_role();
         if role == Role::Primary {
-            return Err(NodeError::Refused(
-                "this node is already the primary".into(),
-            ));
+            return Err(NodeError::Refused(Refusal::AlreadyPrimary));
         }
         if role == Role::Standalone {
-            return Err(NodeError::Refused(
-                "this node has no relationship to take over".into(),
-            ));
+            return Err(NodeError::Refused(Refusal::NoRelationship(
+                Action::TakeOver,
+            )));
         }
         let before = self.epoch();
         let _pause = self.roles.pause();
@@ -188,8 +187,8 @@ impl Node {
         if self.compute_role().0 == Role::Backup && primary_in_contact {
             tracing::info!("primary answers: trying a planned swap instead of a forced promotion");
             match self.planned_swap(false, actor).await {
-                Err(NodeError::Refused(reason)) if reason.contains("cannot be contacted") => {
-                    tracing::warn!(%reason, "the primary did not answer after all: forcing");
+                Err(e @ NodeError::PeerUnreachable { .. }) => {
+                    tracing::warn!(reason = %e, "the primary did not answer after all: forcing");
                 }
                 other => return other,
             }
@@ -206,9 +205,7 @@ impl Node {
     /// [`NodeError::Refused`] on a standalone node.
     pub async fn break_relationship(&self, actor: &str) -> Result<BreakOutcome, NodeError> {
         match self.compute_role().0 {
-            Role::Standalone => Err(NodeError::Refused(
-                "this node has no relationship to break".into(),
-            )),
+            Role::Standalone => Err(NodeError::Refused(Refusal::NoRelationship(Action::Break))),
             Role::Primary => self.break_as_primary(actor).await,
             Role::Backup | Role::Witness => {
                 if let Some(primary) = self.epoch().primary {
@@ -225,10 +222,8 @@ impl Node {
                             return serde_json::from_str(&text)
                                 .map_err(|e| NodeError::Internal(format!("bad break answer: {e}")))
                         }
-                        Err(NodeError::Refused(reason))
-                            if reason.contains("cannot be contacted") =>
-                        {
-                            tracing::warn!(%reason, "primary unreachable: leaving the relationship alone");
+                        Err(e @ NodeError::PeerUnreachable { .. }) => {
+                            tracing::warn!(reason = %e, "primary unreachable: leaving the relationship alone");
                         }
                         Err(e) => return Err(e),
                     }
@@ -265,7 +260,7 @@ impl Node {
         let req = self.epoch_change(ep.epoch, false, None, "break", actor, details);
         match self.write(req).await? {
             Response::Multi(_) => {}
-            Response::Refused { reason } => return Err(NodeError::Refused(reason)),
+            Response::Refused { reason } => return Err(NodeError::Rejected(reason)),
             other => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
         }
         let addresses = self.peer_addresses(&former);
@@ -421,9 +416,11 @@ impl Node {
     /// [`NodeError::Refused`] when there is nothing to rejoin or the other
     /// side refuses.
     pub async fn rejoin(&self, actor: &str) -> Result<BreakOutcome, NodeError> {
-        let notice = self.roles.fence.notice().ok_or_else(|| {
-            NodeError::Refused("this node was not replaced or removed: nothing to rejoin".into())
-        })?;
+        let notice = self
+            .roles
+            .fence
+            .notice()
+            .ok_or(NodeError::Refused(Refusal::NothingToRejoin))?;
         let action = ActionRequest::Rejoin {
             info: self.info(),
             diverged_export: self.roles.diverged_export(),
@@ -440,13 +437,16 @@ impl Node {
             .await
         {
             Ok(PeerResponse::Action(Ok(_))) => {}
-            Ok(PeerResponse::Action(Err(reason))) => return Err(NodeError::Refused(reason)),
+            Ok(PeerResponse::Action(Err(reason))) => {
+                return Err(NodeError::Refused(Refusal::ByPeer { reason }))
+            }
             Ok(other) => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
             Err(e) => {
-                return Err(NodeError::Refused(format!(
-                    "node {} cannot be contacted: {e}",
-                    notice.by
-                )))
+                return Err(NodeError::PeerUnreachable {
+                    peer: Peer::Node(notice.by),
+                    reason: Some(e.to_string()),
+                    remedy: Remedy::None,
+                })
             }
         }
         let _pause = self.roles.pause();

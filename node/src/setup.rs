@@ -19,6 +19,7 @@ use tandem_web::{JoinRequest, JoinResponse, SetupOutcome, SetupRequest};
 
 use crate::bootstrap::{request_join, JoinCallError};
 use crate::config::DataDir;
+use crate::errors::{Peer, Refusal, Remedy};
 use crate::node::{host_of, Node, NodeError, ParsedToken};
 use crate::roles::Role;
 
@@ -122,10 +123,10 @@ impl Node {
     /// usable, or the primary cannot be contacted or refuses;
     /// [`NodeError::BadRequest`] for a malformed reverse address.
     pub async fn setup(&self, req: SetupRequest, actor: &str) -> Result<SetupOutcome, NodeError> {
-        let refused = |m: String| Err(NodeError::Refused(m));
+        let refused = |r: Refusal| Err(NodeError::Refused(r));
         let _lock = self.reset_lock.lock().await;
         if self.restart.is_cancelled() {
-            return refused("this node is restarting to apply a join already".into());
+            return refused(Refusal::JoinUnderway);
         }
         let m = self.metrics();
         let members: Vec<u64> = m
@@ -136,23 +137,20 @@ impl Node {
             .collect();
         let (role, _) = self.compute_role();
         if role != Role::Standalone || members != [self.cfg.node_id] {
-            return refused(format!(
-                "this node is not standalone (it is {}, with {} member(s)); break its relationship first",
-                role.as_str(),
-                members.len()
-            ));
+            return refused(Refusal::NotStandalone {
+                role: role.as_str(),
+                members: members.len(),
+            });
         }
         if self.cfg.kind != NodeKind::Appliance {
-            return refused("a witness joins with `tandem join --witness`".into());
+            return refused(Refusal::WitnessJoinsByCommand);
         }
-        let token = ParsedToken::parse(&req.token).map_err(NodeError::Refused)?;
+        let token = ParsedToken::parse(&req.token)
+            .map_err(|e| NodeError::Refused(Refusal::MalformedToken(e)))?;
         let own = tandem_certs::fingerprint_of_pem(&self.ca_pem)
             .map_err(|e| NodeError::Internal(e.to_string()))?;
         if token.ca_fingerprint.eq_ignore_ascii_case(&own) {
-            return refused(
-                "this token was created by this node's own cluster: create it on the primary"
-                    .into(),
-            );
+            return refused(Refusal::OwnClusterToken);
         }
         let reverse = req
             .reverse_address
@@ -170,11 +168,10 @@ impl Node {
         let config_keys = reader.config_list("", usize::MAX).len() as u64;
         let sessions = reader.session_count();
         if (config_keys > 0 || sessions > 0) && !req.discard_data {
-            return refused(format!(
-                "this node holds {config_keys} configuration entr{} and {sessions} session(s) of its own; \
-                 joining discards them (confirm with discard_data)",
-                if config_keys == 1 { "y" } else { "ies" }
-            ));
+            return refused(Refusal::HoldsData {
+                config_keys,
+                sessions,
+            });
         }
 
         let kind = if req.witness {
@@ -202,10 +199,12 @@ impl Node {
         let grant = request_join(&primary, &body, &token.ca_fingerprint)
             .await
             .map_err(|e| match e {
-                JoinCallError::Unreachable(m) => {
-                    NodeError::Refused(format!("the primary cannot be contacted: {m}"))
-                }
-                JoinCallError::Refused(m) => NodeError::Refused(m),
+                JoinCallError::Unreachable(m) => NodeError::PeerUnreachable {
+                    peer: Peer::PrimaryAt(primary.clone()),
+                    reason: Some(m),
+                    remedy: Remedy::None,
+                },
+                JoinCallError::Refused(reason) => NodeError::Refused(Refusal::ByPeer { reason }),
                 JoinCallError::Failed(m) => NodeError::Unavailable(m),
             })?;
         let pending = PendingJoin {

@@ -21,7 +21,9 @@ use crate::keys::{
     UserRecord,
 };
 use crate::redo::{self, Redo};
-use crate::types::{Entry, EpochRecord, Request, Response, SettingsRecord, StoredMembership};
+use crate::types::{
+    Entry, EpochRecord, Field, Refusal, Request, Response, SettingsRecord, StoredMembership,
+};
 
 /// Largest value (JSON text) a command may store. sled writes values larger
 /// than about 128 KiB as separate blob files that it never fsyncs, so the
@@ -247,14 +249,18 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn too_large(what: &str, len: usize) -> Option<Response> {
-    (len > MAX_VALUE_BYTES)
-        .then(|| Response::refused(format!("{what} larger than {MAX_VALUE_BYTES} bytes")))
+fn too_large(field: Field, len: usize) -> Option<Response> {
+    (len > MAX_VALUE_BYTES).then_some(Response::refused(Refusal::TooLarge {
+        field,
+        limit: MAX_VALUE_BYTES,
+    }))
 }
 
 fn key_too_long(key: &str) -> Option<Response> {
-    (key.len() > MAX_KEY_BYTES)
-        .then(|| Response::refused(format!("key or id longer than {MAX_KEY_BYTES} bytes")))
+    (key.len() > MAX_KEY_BYTES).then_some(Response::refused(Refusal::TooLong {
+        field: Field::KeyOrId,
+        limit: MAX_KEY_BYTES,
+    }))
 }
 
 /// The key or id a command addresses, if any.
@@ -296,13 +302,13 @@ fn raise_epoch(
     let key = SmMetaKey::Epoch.as_bytes();
     let current = ov.get::<EpochRecord>(key)?.unwrap_or_default();
     if current.epoch != expected_epoch {
-        return Ok(Response::refused(format!(
-            "epoch is {}, expected {expected_epoch}",
-            current.epoch
-        )));
+        return Ok(Response::refused(Refusal::EpochMismatch {
+            current: current.epoch,
+            expected: expected_epoch,
+        }));
     }
     let Some(epoch) = expected_epoch.checked_add(1) else {
-        return Ok(Response::refused("epoch overflow"));
+        return Ok(Response::refused(Refusal::EpochOverflow));
     };
     ov.put(
         key.to_vec(),
@@ -329,7 +335,7 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
         } => {
             let key = SmMetaKey::ClusterId.as_bytes();
             if ov.get::<String>(key)?.is_some() {
-                return Ok(Response::refused("already bootstrapped"));
+                return Ok(Response::refused(Refusal::AlreadyBootstrapped));
             }
             ov.put(key.to_vec(), cluster_id)?;
             ov.put(
@@ -349,19 +355,20 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             at_ms,
             if_version,
         } => {
-            if let Some(r) = too_large("value", value_json.len()) {
+            if let Some(r) = too_large(Field::Value, value_json.len()) {
                 return Ok(r);
             }
             if serde_json::from_str::<serde::de::IgnoredAny>(value_json).is_err() {
-                return Ok(Response::refused("value is not valid JSON"));
+                return Ok(Response::refused(Refusal::NotJson));
             }
             let k = keys::config_key(key);
             let current = ov.get::<ConfigRecord>(&k)?.map_or(0, |r| r.version);
             if let Some(expected) = if_version {
                 if *expected != current {
-                    return Ok(Response::refused(format!(
-                        "version conflict: expected {expected}, current {current}"
-                    )));
+                    return Ok(Response::refused(Refusal::VersionConflict {
+                        expected: *expected,
+                        current,
+                    }));
                 }
             }
             let version = current + 1;
@@ -391,7 +398,7 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             created_ms,
             expires_ms,
         } => {
-            if let Some(r) = too_large("session data", data_json.len()) {
+            if let Some(r) = too_large(Field::SessionData, data_json.len()) {
                 return Ok(r);
             }
             let k = keys::session_key(id);
@@ -444,7 +451,7 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
         } => {
             let k = keys::token_key(id);
             if ov.get::<TokenRecord>(&k)?.is_some() {
-                return Ok(Response::refused("token id already exists"));
+                return Ok(Response::refused(Refusal::TokenIdExists));
             }
             ov.put(
                 k,
@@ -465,18 +472,18 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
         } => {
             let k = keys::token_key(id);
             let Some(mut token) = ov.get::<TokenRecord>(&k)? else {
-                return Ok(Response::refused("unknown token"));
+                return Ok(Response::refused(Refusal::UnknownToken));
             };
             // The hash is checked first so that a caller without the secret
             // learns nothing about the token's state.
             if !ct_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
-                return Ok(Response::refused("token does not match"));
+                return Ok(Response::refused(Refusal::TokenMismatch));
             }
             if token.used_by.is_some() {
-                return Ok(Response::refused("token already used"));
+                return Ok(Response::refused(Refusal::TokenUsed));
             }
             if *now_ms >= token.expires_ms {
-                return Ok(Response::refused("token expired"));
+                return Ok(Response::refused(Refusal::TokenExpired));
             }
             let counter_key = SmMetaKey::NextNodeId.as_bytes();
             let node_id = ov.get::<u64>(counter_key)?.unwrap_or(FIRST_JOINER_NODE_ID);
@@ -490,7 +497,7 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
         }
         Request::Multi(reqs) => {
             if reqs.iter().any(|r| matches!(r, Request::Multi(_))) {
-                return Ok(Response::refused("nested multi is not allowed"));
+                return Ok(Response::refused(Refusal::NestedMulti));
             }
             ov.begin();
             let mut out = Vec::with_capacity(reqs.len());
@@ -535,19 +542,22 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             actor,
             at_ms,
         } => {
-            if let Some(r) = too_large("settings", settings_json.len()) {
+            if let Some(r) = too_large(Field::Settings, settings_json.len()) {
                 return Ok(r);
             }
             if !is_json_object(settings_json) {
-                return Ok(Response::refused("settings are not a JSON object"));
+                return Ok(Response::refused(Refusal::NotJsonObject {
+                    field: Field::Settings,
+                }));
             }
             let key = SmMetaKey::Settings.as_bytes();
             let current = ov.get::<SettingsRecord>(key)?.map_or(0, |r| r.version);
             if let Some(expected) = if_version {
                 if *expected != current {
-                    return Ok(Response::refused(format!(
-                        "version conflict: expected {expected}, current {current}"
-                    )));
+                    return Ok(Response::refused(Refusal::VersionConflict {
+                        expected: *expected,
+                        current,
+                    }));
                 }
             }
             let version = current + 1;
@@ -570,22 +580,27 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             details_json,
         } => {
             if kind.len() > MAX_HISTORY_KIND_BYTES {
-                return Ok(Response::refused(format!(
-                    "history kind longer than {MAX_HISTORY_KIND_BYTES} bytes"
-                )));
+                return Ok(Response::refused(Refusal::TooLong {
+                    field: Field::HistoryKind,
+                    limit: MAX_HISTORY_KIND_BYTES,
+                }));
             }
             if actor.len() > MAX_HISTORY_ACTOR_BYTES {
-                return Ok(Response::refused(format!(
-                    "history actor longer than {MAX_HISTORY_ACTOR_BYTES} bytes"
-                )));
+                return Ok(Response::refused(Refusal::TooLong {
+                    field: Field::HistoryActor,
+                    limit: MAX_HISTORY_ACTOR_BYTES,
+                }));
             }
             if details_json.len() > MAX_HISTORY_DETAILS_BYTES {
-                return Ok(Response::refused(format!(
-                    "history details larger than {MAX_HISTORY_DETAILS_BYTES} bytes"
-                )));
+                return Ok(Response::refused(Refusal::TooLarge {
+                    field: Field::HistoryDetails,
+                    limit: MAX_HISTORY_DETAILS_BYTES,
+                }));
             }
             if !is_json_object(details_json) {
-                return Ok(Response::refused("history details are not a JSON object"));
+                return Ok(Response::refused(Refusal::NotJsonObject {
+                    field: Field::HistoryDetails,
+                }));
             }
             let counter_key = SmMetaKey::HistoryNextSeq.as_bytes();
             let seq = ov.get::<u64>(counter_key)?.unwrap_or(0);
@@ -617,12 +632,12 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             at_ms,
         } => {
             if name.is_empty() || name.len() > MAX_USER_NAME_BYTES {
-                return Ok(Response::refused(format!(
-                    "user name must be 1..={MAX_USER_NAME_BYTES} bytes"
-                )));
+                return Ok(Response::refused(Refusal::UserName {
+                    max: MAX_USER_NAME_BYTES,
+                }));
             }
             if password_hash.is_empty() || password_hash.len() > MAX_PASSWORD_HASH_BYTES {
-                return Ok(Response::refused("password hash is empty or too long"));
+                return Ok(Response::refused(Refusal::PasswordHash));
             }
             let k = keys::user_key(name);
             let created_ms = ov.get::<UserRecord>(&k)?.map_or(*at_ms, |u| u.created_ms);
@@ -644,7 +659,7 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             }
             let users = ov.existing_keys_in(&[keys::prefix::USER], &[keys::prefix::USER + 1])?;
             if users.len() <= 1 {
-                return Ok(Response::refused("cannot delete the last admin user"));
+                return Ok(Response::refused(Refusal::LastAdmin));
             }
             ov.remove(k);
             // Its API tokens go with it.
@@ -667,11 +682,11 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             at_ms,
         } => {
             if ov.get::<UserRecord>(&keys::user_key(user))?.is_none() {
-                return Ok(Response::refused(format!("no user {user:?}")));
+                return Ok(Response::refused(Refusal::NoUser { user: user.clone() }));
             }
             let k = keys::api_token_key(id);
             if ov.get::<ApiTokenRecord>(&k)?.is_some() {
-                return Ok(Response::refused("token id already exists"));
+                return Ok(Response::refused(Refusal::TokenIdExists));
             }
             ov.put(
                 k,
@@ -777,9 +792,9 @@ mod tests {
         }
     }
 
-    fn refused(r: &Response) -> &str {
+    fn refused(r: &Response) -> String {
         match r {
-            Response::Refused { reason } => reason,
+            Response::Refused { reason } => reason.to_string(),
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -1171,7 +1186,10 @@ mod tests {
             ]),
             vec![
                 Response::Epoch { epoch: 2 },
-                Response::refused("epoch is 2, expected 1")
+                Response::refused(Refusal::EpochMismatch {
+                    current: 2,
+                    expected: 1
+                })
             ]
         );
         assert_eq!(

@@ -64,8 +64,8 @@ pub use reader::StateReader;
 pub use snapshot::{incoming_snapshot_file, SNAPSHOT_FORMAT};
 pub use state_machine::{SnapshotBuilder, StateMachineStore};
 pub use types::{
-    AdminUser, ApiToken, ConfigEntry, Entry, EpochRecord, HistoryEvent, JoinToken, LogId,
-    LoggedEntry, NodeInfo, NodeKind, Request, Response, Session, SettingsRecord, Snapshot,
+    AdminUser, ApiToken, ConfigEntry, Entry, EpochRecord, Field, HistoryEvent, JoinToken, LogId,
+    LoggedEntry, NodeInfo, NodeKind, Refusal, Request, Response, Session, SettingsRecord, Snapshot,
     SnapshotMeta, StoredMembership, TypeConfig, Vote,
 };
 

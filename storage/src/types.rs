@@ -307,8 +307,8 @@ pub enum Response {
     /// The command was valid Raft input but refused by the state machine;
     /// nothing changed.
     Refused {
-        /// Why, for humans.
-        reason: String,
+        /// Why.
+        reason: Refusal,
     },
     /// A configuration value was written with this version.
     ConfigWritten {
@@ -350,11 +350,131 @@ pub enum Response {
 }
 
 impl Response {
-    pub(crate) fn refused(reason: impl Into<String>) -> Self {
-        Response::Refused {
-            reason: reason.into(),
-        }
+    pub(crate) fn refused(reason: Refusal) -> Self {
+        Response::Refused { reason }
     }
+}
+
+/// A part of a command that a limit or a format applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Field {
+    /// A configuration value.
+    Value,
+    /// A session's data.
+    SessionData,
+    /// The settings document.
+    Settings,
+    /// A configuration key, session id or token id.
+    KeyOrId,
+    /// A history event's kind.
+    HistoryKind,
+    /// A history event's actor.
+    HistoryActor,
+    /// A history event's details.
+    HistoryDetails,
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Field::Value => "value",
+            Field::SessionData => "session data",
+            Field::Settings => "settings",
+            Field::KeyOrId => "key or id",
+            Field::HistoryKind => "history kind",
+            Field::HistoryActor => "history actor",
+            Field::HistoryDetails => "history details",
+        })
+    }
+}
+
+/// Why the state machine refused a command. The text is for people; code
+/// matches on the variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    /// A part of the command is over its size limit.
+    #[error("{field} larger than {limit} bytes")]
+    TooLarge {
+        /// Which part.
+        field: Field,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A name or id is over its length limit.
+    #[error("{field} longer than {limit} bytes")]
+    TooLong {
+        /// Which part.
+        field: Field,
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A configuration value is not JSON.
+    #[error("value is not valid JSON")]
+    NotJson,
+    /// A part that must be a JSON object is not one.
+    #[error("{field} are not a JSON object")]
+    NotJsonObject {
+        /// Which part.
+        field: Field,
+    },
+    /// A user name is empty or too long.
+    #[error("user name must be 1..={max} bytes")]
+    UserName {
+        /// The longest name allowed, in bytes.
+        max: usize,
+    },
+    /// A password hash is empty or too long.
+    #[error("password hash is empty or too long")]
+    PasswordHash,
+    /// An epoch raise was based on another epoch.
+    #[error("epoch is {current}, expected {expected}")]
+    EpochMismatch {
+        /// The stored epoch.
+        current: u64,
+        /// The epoch the raise was based on.
+        expected: u64,
+    },
+    /// The epoch cannot grow any more.
+    #[error("epoch overflow")]
+    EpochOverflow,
+    /// The cluster already has its id and first token.
+    #[error("already bootstrapped")]
+    AlreadyBootstrapped,
+    /// An optimistic write saw another version.
+    #[error("version conflict: expected {expected}, current {current}")]
+    VersionConflict {
+        /// The version the writer saw.
+        expected: u64,
+        /// The stored version.
+        current: u64,
+    },
+    /// A token with this id exists already.
+    #[error("token id already exists")]
+    TokenIdExists,
+    /// No join token has this id.
+    #[error("unknown token")]
+    UnknownToken,
+    /// The join token's secret is wrong.
+    #[error("token does not match")]
+    TokenMismatch,
+    /// The join token was used already.
+    #[error("token already used")]
+    TokenUsed,
+    /// The join token expired.
+    #[error("token expired")]
+    TokenExpired,
+    /// A `Multi` inside a `Multi`.
+    #[error("nested multi is not allowed")]
+    NestedMulti,
+    /// The last administrator cannot be deleted.
+    #[error("cannot delete the last admin user")]
+    LastAdmin,
+    /// The named user does not exist.
+    #[error("no user {user:?}")]
+    NoUser {
+        /// The name asked for.
+        user: String,
+    },
 }
 
 /// A configuration value as readers see it.

@@ -22,7 +22,7 @@ use crate::settings::Settings;
 use crate::util::now_ms;
 
 use super::convert::*;
-use super::errors::{action, api};
+use super::errors::{api, rejected};
 use serde_json::json;
 
 /// The admin backend of one node.
@@ -118,7 +118,7 @@ impl Backend {
                 .user(name)
                 .map(user_view)
                 .ok_or_else(|| ApiError::Internal(format!("user {name:?} vanished"))),
-            Response::Refused { reason } => Err(ApiError::BadRequest(reason)),
+            Response::Refused { reason } => Err(rejected(reason)),
             other => Err(unexpected(other)),
         }
     }
@@ -196,7 +196,7 @@ impl AdminBackend for Backend {
                 updated_by: actor,
                 updated_at_ms: at_ms,
             }),
-            Response::Refused { reason } => Err(ApiError::Conflict(reason)),
+            Response::Refused { reason } => Err(rejected(reason)),
             other => Err(unexpected(other)),
         }
     }
@@ -212,7 +212,7 @@ impl AdminBackend for Backend {
             Response::Deleted { existed: false } => {
                 Err(ApiError::NotFound(format!("no config key {key:?}")))
             }
-            Response::Refused { reason } => Err(ApiError::Conflict(reason)),
+            Response::Refused { reason } => Err(rejected(reason)),
             other => Err(unexpected(other)),
         }
     }
@@ -237,7 +237,7 @@ impl AdminBackend for Backend {
                 created_at_ms: created_ms,
                 expires_at_ms: expires_ms,
             }),
-            Response::Refused { reason } => Err(ApiError::Conflict(reason)),
+            Response::Refused { reason } => Err(rejected(reason)),
             other => Err(unexpected(other)),
         }
     }
@@ -448,33 +448,33 @@ impl AdminBackend for Backend {
                     "unexpected settings answer {other:?}"
                 ))),
             },
-            Response::Refused { reason } => Err(ApiError::Conflict(reason)),
+            Response::Refused { reason } => Err(rejected(reason)),
             other => Err(unexpected(other)),
         }
     }
 
     async fn swap(&self, req: SwapRequest, actor: String) -> Result<SwapOutcome, ApiError> {
-        self.node.swap(req, &actor).await.map_err(action)
+        self.node.swap(req, &actor).await.map_err(api)
     }
 
     async fn sync(&self, req: SyncRequest, actor: String) -> Result<SyncReport, ApiError> {
-        self.node.sync(req.verify, &actor).await.map_err(action)
+        self.node.sync(req.verify, &actor).await.map_err(api)
     }
 
     async fn break_relationship(&self, actor: String) -> Result<BreakOutcome, ApiError> {
-        self.node.break_relationship(&actor).await.map_err(action)
+        self.node.break_relationship(&actor).await.map_err(api)
     }
 
     async fn remove_witness(&self, actor: String) -> Result<BreakOutcome, ApiError> {
-        self.node.remove_witness(&actor).await.map_err(action)
+        self.node.remove_witness(&actor).await.map_err(api)
     }
 
     async fn rejoin(&self, actor: String) -> Result<BreakOutcome, ApiError> {
-        self.node.rejoin(&actor).await.map_err(action)
+        self.node.rejoin(&actor).await.map_err(api)
     }
 
     async fn setup(&self, req: SetupRequest, actor: String) -> Result<SetupOutcome, ApiError> {
-        self.node.setup(req, &actor).await.map_err(action)
+        self.node.setup(req, &actor).await.map_err(api)
     }
 
     async fn health_primary(&self) -> Result<RoleHealth, ApiError> {
@@ -571,7 +571,7 @@ impl AdminBackend for Backend {
             Response::Deleted { existed: false } => {
                 Err(ApiError::NotFound(format!("no user {name:?}")))
             }
-            Response::Refused { reason } => Err(ApiError::Refused(reason)),
+            Response::Refused { reason } => Err(rejected(reason)),
             other => Err(unexpected(other)),
         }
     }
@@ -618,10 +618,7 @@ impl AdminBackend for Backend {
                 token,
                 created_at_ms: at_ms,
             }),
-            Response::Refused { reason } if reason.starts_with("no user") => {
-                Err(ApiError::NotFound(reason))
-            }
-            Response::Refused { reason } => Err(ApiError::Conflict(reason)),
+            Response::Refused { reason } => Err(rejected(reason)),
             other => Err(unexpected(other)),
         }
     }

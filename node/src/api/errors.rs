@@ -1,23 +1,19 @@
-//! Node errors in the API's terms: one place maps each [`NodeError`] to
-//! the [`ApiError`] (and so the status) it answers with.
+//! Node errors in the API's terms: one place maps each [`NodeError`] (and
+//! each refusal of the state machine) to the [`ApiError`], and so the
+//! status, it answers with. The tests below hold the whole table.
 
 use tandem_web::ApiError;
 
-use crate::node::NodeError;
-
-/// Maps an action's error: refusals are 409 with the reason.
-pub(super) fn action(e: NodeError) -> ApiError {
-    match e {
-        NodeError::Refused(m) => ApiError::Refused(m),
-        other => api(other),
-    }
-}
+use crate::errors::{NodeError, StateRefusal};
 
 /// Maps a node error to the API error with the same meaning.
 pub(super) fn api(e: NodeError) -> ApiError {
+    let message = e.message();
     match e {
         NodeError::NotLeader { leader_api } => ApiError::NotLeader { leader_api },
-        NodeError::Refused(m) => ApiError::Forbidden(m),
+        NodeError::Refused(_) | NodeError::PeerUnreachable { .. } => ApiError::Refused(message),
+        NodeError::Rejected(r) => rejected(r),
+        NodeError::JoinDenied(_) => ApiError::Forbidden(message),
         NodeError::BadRequest(m) => ApiError::BadRequest(m),
         NodeError::Unavailable(m) => ApiError::Unavailable(m),
         NodeError::Internal(m) => ApiError::Internal(m),
@@ -25,45 +21,184 @@ pub(super) fn api(e: NodeError) -> ApiError {
     }
 }
 
+/// Maps a refusal of the replicated state machine: input it does not
+/// accept is a bad request, a missing user is not found, a join token that
+/// does not fit is forbidden, a state that does not allow the change is a
+/// conflict.
+pub(super) fn rejected(r: StateRefusal) -> ApiError {
+    let message = r.to_string();
+    match r {
+        StateRefusal::TooLarge { .. }
+        | StateRefusal::TooLong { .. }
+        | StateRefusal::NotJson
+        | StateRefusal::NotJsonObject { .. }
+        | StateRefusal::UserName { .. }
+        | StateRefusal::PasswordHash
+        | StateRefusal::NestedMulti => ApiError::BadRequest(message),
+        StateRefusal::NoUser { .. } => ApiError::NotFound(message),
+        StateRefusal::UnknownToken
+        | StateRefusal::TokenMismatch
+        | StateRefusal::TokenUsed
+        | StateRefusal::TokenExpired => ApiError::Forbidden(message),
+        StateRefusal::LastAdmin => ApiError::Refused(message),
+        StateRefusal::EpochMismatch { .. }
+        | StateRefusal::EpochOverflow
+        | StateRefusal::AlreadyBootstrapped
+        | StateRefusal::VersionConflict { .. }
+        | StateRefusal::TokenIdExists => ApiError::Conflict(message),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errors::{Action, JoinDenial, Peer, Refusal, Remedy};
+    use tandem_storage::Field;
 
-    /// Every `NodeError` variant and the status it answers with, through a
-    /// data call (`api`) and through an action (`action`: swap, sync,
-    /// break…, where a refusal is a conflict with the situation, not a
-    /// denial of the caller). A new variant fails to compile here until it
-    /// is given its row.
+    /// Every `NodeError` variant and the status and kind it answers with. A
+    /// new variant fails to compile here until it is given its row.
     #[test]
-    fn each_node_error_has_one_status_per_kind_of_call() {
-        let rows: Vec<(NodeError, u16, u16)> = vec![
-            (NodeError::NotLeader { leader_api: None }, 503, 503),
+    fn each_node_error_has_one_status() {
+        let rows: Vec<(NodeError, u16, &str)> = vec![
+            (NodeError::NotLeader { leader_api: None }, 503, "not_leader"),
             (
                 NodeError::NotLeader {
                     leader_api: Some("https://b:8443".into()),
                 },
                 421,
-                421,
+                "not_leader",
             ),
-            (NodeError::Refused("no".into()), 403, 409),
-            (NodeError::BadRequest("bad".into()), 400, 400),
-            (NodeError::Unavailable("later".into()), 503, 503),
-            (NodeError::Internal("disk".into()), 500, 500),
-            (NodeError::InsufficientStorage("full".into()), 507, 507),
+            (
+                NodeError::Refused(Refusal::NoRelationship(Action::Swap)),
+                409,
+                "refused",
+            ),
+            (
+                NodeError::PeerUnreachable {
+                    peer: Peer::Primary(1),
+                    reason: None,
+                    remedy: Remedy::ForcedPromotion,
+                },
+                409,
+                "refused",
+            ),
+            (
+                NodeError::Rejected(StateRefusal::VersionConflict {
+                    expected: 1,
+                    current: 2,
+                }),
+                409,
+                "conflict",
+            ),
+            (
+                NodeError::JoinDenied(JoinDenial::OtherCluster),
+                403,
+                "forbidden",
+            ),
+            (NodeError::BadRequest("bad".into()), 400, "bad_request"),
+            (NodeError::Unavailable("later".into()), 503, "unavailable"),
+            (NodeError::Internal("disk".into()), 500, "internal"),
+            (
+                NodeError::InsufficientStorage("full".into()),
+                507,
+                "insufficient_storage",
+            ),
         ];
-        for (e, data, act) in rows {
+        for (e, status, kind) in rows {
             // Exhaustive on purpose: a new variant must be added above.
             match &e {
                 NodeError::NotLeader { .. }
                 | NodeError::Refused(_)
+                | NodeError::PeerUnreachable { .. }
+                | NodeError::Rejected(_)
+                | NodeError::JoinDenied(_)
                 | NodeError::BadRequest(_)
                 | NodeError::Unavailable(_)
                 | NodeError::Internal(_)
                 | NodeError::InsufficientStorage(_) => {}
             }
             let what = format!("{e:?}");
-            assert_eq!(api(e.clone()).status().as_u16(), data, "data call: {what}");
-            assert_eq!(action(e).status().as_u16(), act, "action: {what}");
+            let a = api(e);
+            assert_eq!(a.status().as_u16(), status, "{what}");
+            assert_eq!(a.kind(), kind, "{what}");
         }
+    }
+
+    /// Every refusal of the state machine and its status.
+    #[test]
+    fn each_state_refusal_has_one_status() {
+        let limit = 1;
+        let rows: Vec<(StateRefusal, u16)> = vec![
+            (
+                StateRefusal::TooLarge {
+                    field: Field::Value,
+                    limit,
+                },
+                400,
+            ),
+            (
+                StateRefusal::TooLong {
+                    field: Field::KeyOrId,
+                    limit,
+                },
+                400,
+            ),
+            (StateRefusal::NotJson, 400),
+            (
+                StateRefusal::NotJsonObject {
+                    field: Field::Settings,
+                },
+                400,
+            ),
+            (StateRefusal::UserName { max: 64 }, 400),
+            (StateRefusal::PasswordHash, 400),
+            (StateRefusal::NestedMulti, 400),
+            (StateRefusal::NoUser { user: "x".into() }, 404),
+            (StateRefusal::UnknownToken, 403),
+            (StateRefusal::TokenMismatch, 403),
+            (StateRefusal::TokenUsed, 403),
+            (StateRefusal::TokenExpired, 403),
+            (StateRefusal::LastAdmin, 409),
+            (
+                StateRefusal::EpochMismatch {
+                    current: 2,
+                    expected: 1,
+                },
+                409,
+            ),
+            (StateRefusal::EpochOverflow, 409),
+            (StateRefusal::AlreadyBootstrapped, 409),
+            (
+                StateRefusal::VersionConflict {
+                    expected: 1,
+                    current: 2,
+                },
+                409,
+            ),
+            (StateRefusal::TokenIdExists, 409),
+        ];
+        for (r, status) in rows {
+            let what = r.to_string();
+            assert_eq!(rejected(r).status().as_u16(), status, "{what}");
+        }
+    }
+
+    /// The message an API caller reads is the refusal's text, without the
+    /// kind the JSON already carries.
+    #[test]
+    fn messages_carry_no_kind_prefix() {
+        let e = NodeError::PeerUnreachable {
+            peer: Peer::Node(2),
+            reason: Some("connection refused".into()),
+            remedy: Remedy::UseForce,
+        };
+        assert_eq!(
+            e.message(),
+            "node 2 cannot be contacted (connection refused); a planned swap needs it (use force)"
+        );
+        assert_eq!(
+            NodeError::Refused(Refusal::NoBackup).message(),
+            "there is no backup appliance"
+        );
     }
 }

@@ -183,7 +183,10 @@ async fn join(a: JoinArgs) -> Result<(), Failure> {
     })
     .await
     .map_err(|e| {
-        let refused = e.to_string().starts_with("join refused");
+        let refused = matches!(
+            e.downcast_ref::<crate::bootstrap::JoinCallError>(),
+            Some(crate::bootstrap::JoinCallError::Refused(_))
+        );
         Failure {
             code: if refused { EXIT_REFUSED } else { 1 },
             error: e,

@@ -54,6 +54,18 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 const POOL_SIZE: usize = 4;
 /// AppendEntries requests a stream may have sent and not yet seen answered.
 const PIPELINE_DEPTH: usize = 16;
+/// The slowest rate at which a live peer is assumed to decode and store an
+/// append frame. Each answer may take the RPC's soft TTL plus the frame's
+/// size at this rate: a 4 MiB frame of catch-up entries gets 2 s more than a
+/// heartbeat. A bound of the soft TTL alone (75 ms at the default timing)
+/// timed out healthy peers that were writing a large frame, and every
+/// timeout sent the whole frame again.
+const SLOW_PEER_BYTES_PER_SEC: f64 = 2.0 * 1024.0 * 1024.0;
+
+/// How long the answer to an append frame of `bytes` may take once sent.
+fn answer_bound(ttl: Duration, bytes: usize) -> Duration {
+    ttl + Duration::from_secs_f64(bytes as f64 / SLOW_PEER_BYTES_PER_SEC)
+}
 
 /// What the transport needs to know about this node, shared by client and server.
 pub struct PeerIdentity {
@@ -577,8 +589,9 @@ impl StreamCtx {
 
 /// What the sending half tells the receiving half, in send order.
 enum Sent {
-    /// A request went out; its answer is due. `(prev, last)` log ids.
-    Request(Option<LogId>, Option<LogId>),
+    /// A request went out; its answer is due. `(prev, last)` log ids and
+    /// the frame's size in bytes.
+    Request(Option<LogId>, Option<LogId>, usize),
     /// Sending failed; the stream ends with this error.
     Failed(String),
 }
@@ -610,19 +623,22 @@ where
     let state = Some((rd, rx, ctx, AbortOnDrop(sender)));
     futures::stream::unfold(state, |state| async move {
         let (mut rd, mut rx, ctx, guard) = state?;
-        let (prev, last) = match rx.recv().await? {
-            Sent::Request(prev, last) => (prev, last),
+        let (prev, last, bytes) = match rx.recv().await? {
+            Sent::Request(prev, last, bytes) => (prev, last, bytes),
             Sent::Failed(e) => return Some((Err(ctx.network(e)), None)),
         };
-        let answer =
-            match tokio::time::timeout(ctx.ttl, read_frame::<PeerResponse, _>(&mut rd)).await {
-                Ok(Ok(a)) => a,
-                Ok(Err(e)) => return Some((Err(ctx.network(e)), None)),
-                Err(_) => {
-                    let e = ctx.network(format!("no answer within {:?}", ctx.ttl));
-                    return Some((Err(e), None));
-                }
-            };
+        let bound = answer_bound(ctx.ttl, bytes);
+        let answer = match tokio::time::timeout(bound, read_frame::<PeerResponse, _>(&mut rd)).await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Some((Err(ctx.network(e)), None)),
+            Err(_) => {
+                let e = ctx.network(format!(
+                    "no answer within {bound:?} to a frame of {bytes} bytes"
+                ));
+                return Some((Err(e), None));
+            }
+        };
         match answer {
             PeerResponse::AppendStream(Ok(r)) => {
                 // Go on only after a full success; a conflict, a higher vote
@@ -692,10 +708,10 @@ async fn send_appends<W, S>(
             }
             wr.write_all(&bytes).await?;
             wr.flush().await?;
-            Ok::<(), FrameError>(())
+            Ok::<usize, FrameError>(bytes.len())
         };
         match sent.await {
-            Ok(()) => slot.send(Sent::Request(prev, last)),
+            Ok(len) => slot.send(Sent::Request(prev, last, len)),
             Err(e) => {
                 slot.send(Sent::Failed(e.to_string()));
                 return;
@@ -838,6 +854,74 @@ mod tests {
         let answers: Vec<_> = append_pipeline(client, input, ctx(0)).collect().await;
         assert_eq!(answers.len(), 1);
         assert!(matches!(answers[0], Err(CallError::Network { .. })));
+    }
+
+    /// A follower that answers each request `delay` after reading it.
+    async fn slow_follower(mut io: tokio::io::DuplexStream, delay: Duration) {
+        while let Ok(Envelope {
+            body: PeerRequest::AppendStream(r),
+            ..
+        }) = read_frame::<Envelope, _>(&mut io).await
+        {
+            tokio::time::sleep(delay).await;
+            let last = r.entries.last().map(|e| e.log_id).or(r.prev_log_id);
+            if write_frame(&mut io, &PeerResponse::AppendStream(Ok(Ok(last))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// One entry `index` carrying a configuration value of `len` bytes.
+    fn big_request(index: u64, len: usize) -> AppendEntriesRequest<TypeConfig> {
+        let mut r = request(index, index);
+        r.entries.push(Entry {
+            log_id: log_id(index),
+            payload: openraft::EntryPayload::Normal(tandem_storage::Request::ConfigPut {
+                key: "k".into(),
+                value_json: format!("\"{}\"", "x".repeat(len)),
+                actor: "test".into(),
+                at_ms: 0,
+                if_version: None,
+            }),
+        });
+        r
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_gets_time_to_be_stored() {
+        // 1 MiB at the assumed slowest rate earns 0.5 s on top of the TTL;
+        // the follower takes 0.3 s, six times the 50 ms TTL.
+        let (client, server) = tokio::io::duplex(1 << 22);
+        let _follower = tokio::spawn(slow_follower(server, Duration::from_millis(300)));
+        let mut c = ctx(0);
+        c.ttl = Duration::from_millis(50);
+        let input = futures::stream::iter(vec![big_request(1, 1 << 20)]);
+        let answers: Vec<_> = append_pipeline(client, input, c).collect().await;
+        assert_eq!(answers.len(), 1);
+        assert!(
+            matches!(answers[0], Ok(Ok(Some(_)))),
+            "the large frame's answer was not awaited: {:?}",
+            answers[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_small_frame_answered_late_ends_the_stream() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let _follower = tokio::spawn(slow_follower(server, Duration::from_millis(300)));
+        let mut c = ctx(0);
+        c.ttl = Duration::from_millis(50);
+        let input = futures::stream::iter(vec![request(1, 3)]);
+        let answers: Vec<_> = append_pipeline(client, input, c).collect().await;
+        assert_eq!(answers.len(), 1);
+        assert!(
+            matches!(&answers[0], Err(CallError::Network { reason, .. }) if reason.contains("no answer")),
+            "{:?}",
+            answers[0]
+        );
     }
 
     #[tokio::test]

@@ -10,9 +10,15 @@ use std::time::Duration;
 const LIMIT_BURST: Duration = Duration::from_millis(50);
 
 /// A token bucket shared by every stream this node sends: the limit applies
-/// to their sum. The bucket holds at most [`LIMIT_BURST`] worth of bytes; a
-/// send larger than what it holds goes into debt and waits until the debt is
-/// repaid, so a 1 MiB chunk under a 64 KiB/s limit waits about 16 s.
+/// to their sum. The bucket holds at most [`LIMIT_BURST`] worth of bytes, or
+/// the size of the previous send if that is more; a send larger than what it
+/// holds goes into debt and waits until the debt is repaid, so a 1 MiB chunk
+/// under a 64 KiB/s limit waits about 16 s.
+///
+/// The time a large send itself takes (TLS, the socket, a peer that reads
+/// slowly) refills the bucket up to that send's size: with a cap of the
+/// burst alone, that time was lost and a busy machine sent 1 MiB snapshot
+/// chunks well below the limit.
 #[derive(Default)]
 pub struct RateLimiter {
     bucket: tokio::sync::Mutex<Bucket>,
@@ -22,6 +28,8 @@ pub struct RateLimiter {
 struct Bucket {
     tokens: f64,
     last: Option<tokio::time::Instant>,
+    /// The size of the previous send.
+    last_bytes: f64,
 }
 
 impl RateLimiter {
@@ -34,12 +42,14 @@ impl RateLimiter {
         let rate = rate as f64;
         let mut b = self.bucket.lock().await;
         let now = tokio::time::Instant::now();
-        let cap = rate * LIMIT_BURST.as_secs_f64();
+        let burst = rate * LIMIT_BURST.as_secs_f64();
+        let cap = burst.max(b.last_bytes);
         let refill = b
             .last
-            .map_or(cap, |t| now.duration_since(t).as_secs_f64() * rate);
+            .map_or(burst, |t| now.duration_since(t).as_secs_f64() * rate);
         b.tokens = (b.tokens + refill).min(cap) - bytes as f64;
         b.last = Some(now);
+        b.last_bytes = bytes as f64;
         if b.tokens < 0.0 {
             // Holding the lock while waiting makes the next sender wait its turn.
             tokio::time::sleep(Duration::from_secs_f64(-b.tokens / rate)).await;
@@ -99,6 +109,23 @@ mod tests {
                 "rate {rate}, chunk {chunk}, {senders} senders: {got:.0} B/s"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn time_spent_sending_counts_toward_the_rate() {
+        // 512 KiB chunks at 1 MiB/s, each taking 200 ms to send after its
+        // turn: 2 chunks a second, not 1.5.
+        let rate = 1 << 20;
+        let limiter = RateLimiter::default();
+        let start = tokio::time::Instant::now();
+        let mut sent = 0u64;
+        while start.elapsed() < Duration::from_millis(3000) {
+            limiter.acquire(512 * 1024, rate).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            sent += 512 * 1024;
+        }
+        let ratio = sent as f64 / start.elapsed().as_secs_f64() / rate as f64;
+        assert!((0.85..=1.1).contains(&ratio), "ratio {ratio:.3}");
     }
 
     #[tokio::test]

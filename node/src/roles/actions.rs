@@ -3,6 +3,7 @@
 //! node over the peer link.
 
 use super::*;
+use crate::errors::{Action, Peer, Refusal, Remedy};
 
 impl Node {
     /// *Become primary* / *Become backup*, from either side.
@@ -27,16 +28,14 @@ impl Node {
         let (role, _) = self.compute_role();
         match role {
             Role::Primary => {
-                let (to, _) = self.other_appliance().ok_or_else(|| {
-                    NodeError::Refused("there is no backup appliance to swap with".into())
-                })?;
+                let (to, _) = self
+                    .other_appliance()
+                    .ok_or(NodeError::Refused(Refusal::NoBackup))?;
                 self.swap_to(to, pull_sync, actor).await
             }
             Role::Backup => {
                 let ep = self.epoch();
-                let primary = ep
-                    .primary
-                    .ok_or_else(|| NodeError::Refused("there is no primary to swap with".into()))?;
+                let primary = ep.primary.ok_or(NodeError::Refused(Refusal::NoPrimary))?;
                 let action = ActionRequest::SwapTo {
                     to: self.cfg.node_id,
                     pull_sync,
@@ -46,10 +45,8 @@ impl Node {
                 serde_json::from_str(&text)
                     .map_err(|e| NodeError::Internal(format!("bad swap answer: {e}")))
             }
-            Role::Witness => Err(NodeError::Refused("a witness is never primary".into())),
-            Role::Standalone => Err(NodeError::Refused(
-                "this node has no relationship to swap roles in".into(),
-            )),
+            Role::Witness => Err(NodeError::Refused(Refusal::WitnessNeverPrimary)),
+            Role::Standalone => Err(NodeError::Refused(Refusal::NoRelationship(Action::Swap))),
         }
     }
 
@@ -63,7 +60,7 @@ impl Node {
             .membership_config
             .get_node(&primary)
             .map(|n| n.peer_addr.clone())
-            .ok_or_else(|| NodeError::Refused(format!("primary {primary} is not a member")))?;
+            .ok_or(NodeError::Refused(Refusal::NotMember { node: primary }))?;
         match self
             .network
             .call(
@@ -75,11 +72,15 @@ impl Node {
             .await
         {
             Ok(PeerResponse::Action(Ok(text))) => Ok(text),
-            Ok(PeerResponse::Action(Err(reason))) => Err(NodeError::Refused(reason)),
+            Ok(PeerResponse::Action(Err(reason))) => {
+                Err(NodeError::Refused(Refusal::ByPeer { reason }))
+            }
             Ok(other) => Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
-            Err(e) => Err(NodeError::Refused(format!(
-                "the primary cannot be contacted ({e}); a forced promotion is needed"
-            ))),
+            Err(e) => Err(NodeError::PeerUnreachable {
+                peer: Peer::Primary(primary),
+                reason: Some(e.to_string()),
+                remedy: Remedy::ForcedPromotion,
+            }),
         }
     }
 
@@ -96,25 +97,25 @@ impl Node {
         if let ActionRequest::Break { actor } = &action {
             if role != Role::Primary {
                 if self.epoch().primary != Some(from) {
-                    return Err("only the primary may remove this node".into());
+                    return Err(Refusal::NotFromPrimary.to_string());
                 }
                 self.become_standalone_on_notice(actor)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.message())?;
                 return Ok("{}".into());
             }
         }
         let rejoin_here =
             matches!(action, ActionRequest::Rejoin { .. }) && role == Role::Standalone;
         if role != Role::Primary && !rejoin_here {
-            return Err("this node is not the primary".into());
+            return Err(Refusal::NotPrimary.to_string());
         }
         let text = match action {
             ActionRequest::Break { actor } => serde_json::to_string(
                 &self
                     .break_relationship(&actor)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| e.message())?,
             ),
             ActionRequest::Rejoin {
                 info,
@@ -133,13 +134,13 @@ impl Node {
                 &self
                     .swap_to(to, pull_sync, &actor)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| e.message())?,
             ),
             ActionRequest::Sync { verify, actor } => serde_json::to_string(
                 &self
                     .sync_now(verify, &actor)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| e.message())?,
             ),
         };
         text.map_err(|e| e.to_string())
@@ -164,11 +165,13 @@ impl Node {
                 "peer answers a heartbeat",
             )
             .await;
-        acked.map(|_| ()).map_err(|_| {
-            NodeError::Refused(format!(
-                "node {peer} cannot be contacted (no answer to a heartbeat within {} ms); a planned swap needs it (use force)",
+        acked.map(|_| ()).map_err(|_| NodeError::PeerUnreachable {
+            peer: Peer::Node(peer),
+            reason: Some(format!(
+                "no answer to a heartbeat within {} ms",
                 self.timing.primary_timeout.as_millis()
-            ))
+            )),
+            remedy: Remedy::UseForce,
         })
     }
 
@@ -187,10 +190,12 @@ impl Node {
                 return Ok(last);
             }
             if Instant::now() >= deadline {
-                return Err(NodeError::Refused(format!(
-                    "node {peer} did not catch up within {} s (it has {matched} of {last})",
-                    limit.as_secs()
-                )));
+                return Err(NodeError::Refused(Refusal::NotCaughtUp {
+                    node: peer,
+                    within_s: limit.as_secs(),
+                    matched,
+                    last,
+                }));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -211,9 +216,11 @@ impl Node {
             .iter()
             .any(|p| p.id == to && p.reachable == Some(true));
         if !reachable {
-            return Err(NodeError::Refused(format!(
-                "node {to} cannot be contacted; a planned swap needs it (use force)"
-            )));
+            return Err(NodeError::PeerUnreachable {
+                peer: Peer::Node(to),
+                reason: None,
+                remedy: Remedy::UseForce,
+            });
         }
         let sync = if pull_sync {
             Some(self.sync_now(false, actor).await?)
@@ -328,7 +335,7 @@ impl Node {
                 let primary = self
                     .epoch()
                     .primary
-                    .ok_or_else(|| NodeError::Refused("there is no primary to sync from".into()))?;
+                    .ok_or(NodeError::Refused(Refusal::NoPrimary))?;
                 let text = self
                     .ask_primary(
                         primary,
@@ -341,10 +348,8 @@ impl Node {
                 serde_json::from_str(&text)
                     .map_err(|e| NodeError::Internal(format!("bad sync answer: {e}")))
             }
-            Role::Witness => Err(NodeError::Refused(
-                "sync runs between the primary and its backup".into(),
-            )),
-            Role::Standalone => Err(NodeError::Refused("this node has no backup to sync".into())),
+            Role::Witness => Err(NodeError::Refused(Refusal::SyncNeedsAppliances)),
+            Role::Standalone => Err(NodeError::Refused(Refusal::NoRelationship(Action::Sync))),
         }
     }
 
@@ -352,13 +357,15 @@ impl Node {
         let started = Instant::now();
         let (backup, _) = self
             .other_appliance()
-            .ok_or_else(|| NodeError::Refused("there is no backup appliance".into()))?;
+            .ok_or(NodeError::Refused(Refusal::NoBackup))?;
         let facts = self.peer_facts();
         let fact = facts.iter().find(|p| p.id == backup);
         if fact.and_then(|f| f.reachable) != Some(true) {
-            return Err(NodeError::Refused(format!(
-                "backup {backup} cannot be contacted"
-            )));
+            return Err(NodeError::PeerUnreachable {
+                peer: Peer::Backup(backup),
+                reason: None,
+                remedy: Remedy::None,
+            });
         }
         let from = fact.and_then(|f| f.matched);
         let m = self.metrics();
@@ -454,7 +461,7 @@ impl Node {
             .membership_config
             .get_node(&backup)
             .map(|n| n.peer_addr.clone())
-            .ok_or_else(|| NodeError::Refused(format!("node {backup} is not a member")))?;
+            .ok_or(NodeError::Refused(Refusal::NotMember { node: backup }))?;
         let peer = match self
             .network
             .call(
@@ -470,7 +477,13 @@ impl Node {
                 return Err(NodeError::Unavailable(format!("backup digest: {e}")))
             }
             Ok(other) => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
-            Err(e) => return Err(NodeError::Refused(e.to_string())),
+            Err(e) => {
+                return Err(NodeError::PeerUnreachable {
+                    peer: Peer::Backup(backup),
+                    reason: Some(e.to_string()),
+                    remedy: Remedy::None,
+                })
+            }
         };
         Ok(VerifyReport {
             index,
