@@ -21,6 +21,7 @@
 //! - [`client`]: the admin API client the CLI uses.
 //! - [`cli`], [`demo`]: the commands.
 
+pub mod actions;
 pub mod admin_tls;
 pub mod api;
 pub mod bootstrap;
@@ -29,14 +30,12 @@ pub mod client;
 pub mod config;
 pub mod disk;
 pub mod errors;
-pub mod failover;
 pub mod log_limit;
 pub mod node;
 pub mod peer;
-pub mod reset;
+pub mod probe;
 pub mod roles;
 pub mod settings;
-pub mod setup;
 pub mod shared_ip;
 pub mod supervise;
 pub mod users;
@@ -81,7 +80,7 @@ pub struct RunOverrides {
 /// Runs the node in `dir` until `shutdown` is cancelled, then stops it in
 /// order: admin listener, leadership hand-over, peer listener, Raft, sled.
 /// When the node asks to restart in place (a join set up from the web UI
-/// changed its identity, see [`setup`]), it is stopped in the same order,
+/// changed its identity, see [`actions::setup`]), it is stopped in the same order,
 /// the join is applied to the directory, and it starts again in this
 /// process.
 ///
@@ -125,10 +124,10 @@ pub async fn run(
     }
 }
 
-/// [`setup::apply_pending_join`] on the blocking pool (it fsyncs).
+/// [`actions::setup::apply_pending_join`] on the blocking pool (it fsyncs).
 async fn apply_pending_join(dir: &DataDir) -> anyhow::Result<()> {
     let dir = dir.clone();
-    tokio::task::spawn_blocking(move || setup::apply_pending_join(&dir))
+    tokio::task::spawn_blocking(move || actions::setup::apply_pending_join(&dir))
         .await?
         .context("applying the pending join")?;
     Ok(())

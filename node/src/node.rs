@@ -158,7 +158,7 @@ pub struct Node {
     /// Serialises engine resets.
     pub(crate) reset_lock: tokio::sync::Mutex<()>,
     /// Automatic failover and scheduled verify.
-    pub(crate) duties: crate::failover::Duties,
+    pub(crate) duties: crate::actions::failover::Duties,
     /// The shared-IP manager, once `run` started it.
     pub shared_ips: std::sync::OnceLock<crate::shared_ip::SharedIpHandle>,
     /// Bandwidth limit for snapshot and catch-up streams (bytes/s, 0 =
@@ -238,7 +238,7 @@ impl Node {
             timing,
             roles: crate::roles::RoleState::new(epoch, fence),
             reset_lock: tokio::sync::Mutex::new(()),
-            duties: crate::failover::Duties::default(),
+            duties: crate::actions::failover::Duties::default(),
             shared_ips: std::sync::OnceLock::new(),
             bandwidth,
             restart: tokio_util::sync::CancellationToken::new(),

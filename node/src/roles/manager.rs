@@ -158,7 +158,7 @@ async fn role_tick(node: &Arc<Node>) {
         track_peers(node);
     }
     snapshot_duty(node, &m);
-    crate::failover::tick(node, role);
+    crate::actions::failover::tick(node, role);
 }
 
 /// Entries between snapshots: `snapshot_every`, or as many as the last

@@ -6,7 +6,6 @@
 //! epoch entry is committed; everything else follows from that, re-evaluated
 //! on every tick of [`manage_roles`].
 
-mod actions;
 mod manager;
 mod rules;
 mod state;
@@ -20,7 +19,6 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{Instant as _, ServerState};
 use serde_json::json;
 use tandem_storage::{EpochRecord, NodeKind, Request, Response};
-use tandem_web::{SwapOutcome, SwapRequest, SyncReport, VerifyReport};
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{Node, NodeError};
@@ -29,7 +27,7 @@ use crate::util::{now_ms, SingleFlight};
 
 /// How often [`Node::settle_primary`] looks at the role again.
 const SETTLE_POLL: Duration = Duration::from_millis(3);
-use crate::peer::protocol::{ActionRequest, PeerRequest, PeerResponse};
+use crate::peer::protocol::{ActionRequest, PeerRequest};
 use crate::settings::Settings;
 
 pub use manager::{manage_roles, snapshot_interval};
@@ -596,7 +594,7 @@ impl Node {
     }
 
     /// The other appliance (the one a swap hands the role to).
-    fn other_appliance(&self) -> Option<(u64, tandem_storage::NodeInfo)> {
+    pub(crate) fn other_appliance(&self) -> Option<(u64, tandem_storage::NodeInfo)> {
         let m = self.metrics();
         let me = self.cfg.node_id;
         let found = m

@@ -168,7 +168,7 @@ fn send_unsolicited_na(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared_ip::probe::icmp_checksum;
+    use crate::probe::icmp_checksum;
 
     #[test]
     fn packets() {

@@ -137,17 +137,47 @@ async fn test_address() -> (tokio::task::JoinHandle<()>, String) {
     (task, addr)
 }
 
-/// Ends a test listener and waits until its port refuses connections.
-async fn close(task: tokio::task::JoinHandle<()>, addr: &str) {
+/// A test address that has gone silent, as one beyond a cut link: its
+/// listener never accepts and its one-slot queue is full, so the kernel
+/// drops every further SYN and a connect times out. (A closed port would
+/// refuse, and a refusal is an answer: the host is there.)
+struct Silent {
+    _listener: socket2::Socket,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+/// Replaces the test listener at `addr` by a silent one.
+async fn silence(task: tokio::task::JoinHandle<()>, addr: &str) -> Silent {
+    use socket2::{Domain, SockAddr, Socket, Type};
     task.abort();
     let _ = task.await;
-    wait_until("the test address to refuse connections", SETTLE, || async {
-        tokio::net::TcpStream::connect(addr)
-            .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
+    let sa: std::net::SocketAddr = addr.parse().expect("test address");
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    listener.set_reuse_address(true).expect("SO_REUSEADDR");
+    listener
+        .bind(&SockAddr::from(sa))
+        .expect("binding the silent listener");
+    listener.listen(0).expect("listen");
+    let short = Duration::from_millis(300);
+    let mut queued = Vec::new();
+    // Bounded: the queue holds one or two connections.
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&sa, short) {
+            Ok(conn) => queued.push(conn),
+            Err(e) => {
+                assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut,
+                    "a full queue drops the SYN: {e}"
+                );
+                return Silent {
+                    _listener: listener,
+                    _queued: queued,
+                };
+            }
+        }
+    }
+    panic!("the silent listener at {addr} still completes connections");
 }
 
 /// One `/health/primary` probe: when it was sent, when it was answered
@@ -278,7 +308,7 @@ async fn pair_only_sigstop_promotes_only_when_the_network_answers() {
 
     // Phase 1: the network is down; the primary stops for 3 s. The
     // backup cannot tell it is not cut off itself: it must not promote.
-    close(net1, &addr1).await;
+    let _silent = silence(net1, &addr1).await;
     c.wait_caught_up(b).await;
     let epoch0 = status(&c, b).await.epoch;
     signal(&c, a, false);

@@ -2,7 +2,6 @@
 //! in the pair-only topology (guarded by connectivity test IPs), scheduled
 //! verification, and removing the witness from a live pair.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,40 +36,19 @@ impl Duties {
     }
 }
 
-/// Whether at least one connectivity test address answers: `host:port`
-/// entries by TCP connect, bare addresses by one ICMP echo (the system
-/// `ping`). With no test addresses configured, the answer is `false`: a
-/// backup that cannot tell "the primary is down" from "I am cut off" must
-/// not promote itself.
+/// Whether at least one connectivity test address answers ([`crate::probe`]:
+/// `host:port` by TCP connect, where a refusal is an answer too; bare
+/// addresses by one ICMP echo). With no test addresses configured, the
+/// answer is `false`: a backup that cannot tell "the primary is down" from
+/// "I am cut off" must not promote itself.
 pub async fn connectivity_ok(test_ips: &[String], timeout: Duration) -> bool {
-    let probes = test_ips.iter().map(|t| probe(t.clone(), timeout));
+    let probes = test_ips
+        .iter()
+        .map(|t| crate::probe::answers(None, t, timeout));
     futures::future::join_all(probes)
         .await
         .into_iter()
-        .any(|ok| ok)
-}
-
-async fn probe(target: String, timeout: Duration) -> bool {
-    if let Ok(addr) = target.parse::<SocketAddr>() {
-        return matches!(
-            tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
-            Ok(Ok(_))
-        );
-    }
-    let Ok(ip) = target.parse::<IpAddr>() else {
-        return false;
-    };
-    let secs = timeout.as_secs().max(1).to_string();
-    let mut cmd = tokio::process::Command::new("ping");
-    cmd.args(["-c", "1", "-W", &secs, "-n", &ip.to_string()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    matches!(
-        tokio::time::timeout(timeout + Duration::from_secs(1), cmd.status()).await,
-        Ok(Ok(s)) if s.success()
-    )
+        .any(|r| r.is_ok())
 }
 
 /// Runs the duties once (called from the role manager's tick); each duty

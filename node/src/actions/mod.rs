@@ -1,0 +1,21 @@
+//! The relationship actions an administrator (or a peer on the primary's
+//! behalf) asks of a node, as `impl Node` blocks:
+//! - [`swap`]: planned swap from either side, the actions peers ask over
+//!   the peer link, and leadership hand-over;
+//! - [`sync`]: *sync now* and *verify*;
+//! - [`reset`]: forced promotion, *break relationship*, *rejoin*: Raft
+//!   rebuilt in place over the node's own data;
+//! - [`failover`]: the periodic duties (pair-only automatic failover,
+//!   scheduled verify) and removing the witness;
+//! - [`setup`]: *set up relationship* from a running standalone node.
+//!
+//! Actions decide and order; they do not compute roles (that is
+//! `roles`), touch shared IPs directly (that is `shared_ip` through the
+//! role manager), or speak HTTP (that is `api`). A refusal changes nothing
+//! and is a typed [`crate::errors::Refusal`].
+
+pub(crate) mod failover;
+pub(crate) mod reset;
+pub(crate) mod setup;
+mod swap;
+mod sync;
