@@ -22,7 +22,8 @@ use crate::keys::{
 };
 use crate::redo::{self, Redo};
 use crate::types::{
-    Entry, EpochRecord, Field, Refusal, Request, Response, SettingsRecord, StoredMembership,
+    Entry, EpochRecord, Field, NodeKind, Refusal, Request, Response, SettingsRecord,
+    StoredMembership,
 };
 
 /// Largest value (JSON text) a command may store. sled writes values larger
@@ -332,18 +333,7 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
         Request::Bootstrap {
             cluster_id,
             admin_token_hash,
-        } => {
-            let key = SmMetaKey::ClusterId.as_bytes();
-            if ov.get::<String>(key)?.is_some() {
-                return Ok(Response::refused(Refusal::AlreadyBootstrapped));
-            }
-            ov.put(key.to_vec(), cluster_id)?;
-            ov.put(
-                SmMetaKey::AdminTokenHash.as_bytes().to_vec(),
-                admin_token_hash,
-            )?;
-            Response::Ok
-        }
+        } => bootstrap(ov, cluster_id, admin_token_hash)?,
         Request::SetAdminTokenHash { hash } => {
             ov.put(SmMetaKey::AdminTokenHash.as_bytes().to_vec(), hash)?;
             Response::Ok
@@ -354,35 +344,7 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             actor,
             at_ms,
             if_version,
-        } => {
-            if let Some(r) = too_large(Field::Value, value_json.len()) {
-                return Ok(r);
-            }
-            if serde_json::from_str::<serde::de::IgnoredAny>(value_json).is_err() {
-                return Ok(Response::refused(Refusal::NotJson));
-            }
-            let k = keys::config_key(key);
-            let current = ov.get::<ConfigRecord>(&k)?.map_or(0, |r| r.version);
-            if let Some(expected) = if_version {
-                if *expected != current {
-                    return Ok(Response::refused(Refusal::VersionConflict {
-                        expected: *expected,
-                        current,
-                    }));
-                }
-            }
-            let version = current + 1;
-            ov.put(
-                k,
-                &ConfigRecord {
-                    value_json: value_json.clone(),
-                    version,
-                    updated_by: actor.clone(),
-                    updated_ms: *at_ms,
-                },
-            )?;
-            Response::ConfigWritten { version }
-        }
+        } => config_put(ov, key, value_json, actor, at_ms, if_version)?,
         Request::ConfigDelete { key, .. } => {
             let k = keys::config_key(key);
             let existed = ov.get::<ConfigRecord>(&k)?.is_some();
@@ -397,127 +359,22 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             data_json,
             created_ms,
             expires_ms,
-        } => {
-            if let Some(r) = too_large(Field::SessionData, data_json.len()) {
-                return Ok(r);
-            }
-            let k = keys::session_key(id);
-            if let Some(old) = ov.get::<SessionRecord>(&k)? {
-                ov.remove(keys::expiry_key(old.expires_ms, id));
-            }
-            ov.put(
-                k,
-                &SessionRecord {
-                    owner: owner.clone(),
-                    data_json: data_json.clone(),
-                    created_ms: *created_ms,
-                    expires_ms: *expires_ms,
-                },
-            )?;
-            ov.put(keys::expiry_key(*expires_ms, id), &())?;
-            Response::Ok
-        }
-        Request::SessionDelete { id } => {
-            let k = keys::session_key(id);
-            let old = ov.get::<SessionRecord>(&k)?;
-            if let Some(old) = &old {
-                ov.remove(keys::expiry_key(old.expires_ms, id));
-                ov.remove(k);
-            }
-            Response::Deleted {
-                existed: old.is_some(),
-            }
-        }
-        Request::SessionSweep { now_ms } => {
-            let start = [keys::prefix::SESSION_EXPIRY];
-            let end = keys::expiry_upper_bound(*now_ms);
-            let expired = ov.existing_keys_in(&start, &end)?;
-            for idx_key in &expired {
-                let id = std::str::from_utf8(&idx_key[9..])
-                    .map_err(|_| StorageError::Corrupt("session id is not UTF-8".into()))?;
-                ov.remove(keys::session_key(id));
-                ov.remove(idx_key.clone());
-            }
-            Response::Swept {
-                removed: expired.len() as u64,
-            }
-        }
+        } => session_put(ov, id, owner, data_json, created_ms, expires_ms)?,
+        Request::SessionDelete { id } => session_delete(ov, id)?,
+        Request::SessionSweep { now_ms } => session_sweep(ov, *now_ms)?,
         Request::JoinTokenCreate {
             id,
             secret_hash,
             expires_ms,
             kind,
             created_by,
-        } => {
-            let k = keys::token_key(id);
-            if ov.get::<TokenRecord>(&k)?.is_some() {
-                return Ok(Response::refused(Refusal::TokenIdExists));
-            }
-            ov.put(
-                k,
-                &TokenRecord {
-                    secret_hash: secret_hash.clone(),
-                    expires_ms: *expires_ms,
-                    kind: *kind,
-                    created_by: created_by.clone(),
-                    used_by: None,
-                },
-            )?;
-            Response::Ok
-        }
+        } => join_token_create(ov, id, secret_hash, expires_ms, kind, created_by)?,
         Request::JoinTokenConsume {
             id,
             secret_hash,
             now_ms,
-        } => {
-            let k = keys::token_key(id);
-            let Some(mut token) = ov.get::<TokenRecord>(&k)? else {
-                return Ok(Response::refused(Refusal::UnknownToken));
-            };
-            // The hash is checked first so that a caller without the secret
-            // learns nothing about the token's state.
-            if !ct_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
-                return Ok(Response::refused(Refusal::TokenMismatch));
-            }
-            if token.used_by.is_some() {
-                return Ok(Response::refused(Refusal::TokenUsed));
-            }
-            if *now_ms >= token.expires_ms {
-                return Ok(Response::refused(Refusal::TokenExpired));
-            }
-            let counter_key = SmMetaKey::NextNodeId.as_bytes();
-            let node_id = ov.get::<u64>(counter_key)?.unwrap_or(FIRST_JOINER_NODE_ID);
-            let next = node_id
-                .checked_add(1)
-                .ok_or_else(|| StorageError::Corrupt("node id counter overflow".into()))?;
-            ov.put(counter_key.to_vec(), &next)?;
-            token.used_by = Some(node_id);
-            ov.put(k, &token)?;
-            Response::NodeIdAssigned { node_id }
-        }
-        Request::Multi(reqs) => {
-            if reqs.iter().any(|r| matches!(r, Request::Multi(_))) {
-                return Ok(Response::refused(Refusal::NestedMulti));
-            }
-            ov.begin();
-            let mut out = Vec::with_capacity(reqs.len());
-            for r in reqs {
-                let resp = match apply_request(ov, r) {
-                    Ok(resp) => resp,
-                    Err(e) => {
-                        ov.rollback();
-                        return Err(e);
-                    }
-                };
-                if let Response::Refused { .. } = resp {
-                    ov.rollback();
-                    return Ok(resp);
-                }
-                out.push(resp);
-            }
-            ov.commit();
-            Response::Multi(out)
-        }
+        } => join_token_consume(ov, id, secret_hash, now_ms)?,
+        Request::Multi(reqs) => multi(ov, reqs)?,
         Request::RaiseEpoch {
             expected_epoch,
             primary,
@@ -541,163 +398,27 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             if_version,
             actor,
             at_ms,
-        } => {
-            if let Some(r) = too_large(Field::Settings, settings_json.len()) {
-                return Ok(r);
-            }
-            if !is_json_object(settings_json) {
-                return Ok(Response::refused(Refusal::NotJsonObject {
-                    field: Field::Settings,
-                }));
-            }
-            let key = SmMetaKey::Settings.as_bytes();
-            let current = ov.get::<SettingsRecord>(key)?.map_or(0, |r| r.version);
-            if let Some(expected) = if_version {
-                if *expected != current {
-                    return Ok(Response::refused(Refusal::VersionConflict {
-                        expected: *expected,
-                        current,
-                    }));
-                }
-            }
-            let version = current + 1;
-            ov.put(
-                key.to_vec(),
-                &SettingsRecord {
-                    settings_json: settings_json.clone(),
-                    version,
-                    updated_by: actor.clone(),
-                    updated_ms: *at_ms,
-                },
-            )?;
-            Response::SettingsWritten { version }
-        }
+        } => settings_put(ov, settings_json, if_version, actor, at_ms)?,
         Request::HistoryAppend {
             at_ms,
             node,
             kind,
             actor,
             details_json,
-        } => {
-            if kind.len() > MAX_HISTORY_KIND_BYTES {
-                return Ok(Response::refused(Refusal::TooLong {
-                    field: Field::HistoryKind,
-                    limit: MAX_HISTORY_KIND_BYTES,
-                }));
-            }
-            if actor.len() > MAX_HISTORY_ACTOR_BYTES {
-                return Ok(Response::refused(Refusal::TooLong {
-                    field: Field::HistoryActor,
-                    limit: MAX_HISTORY_ACTOR_BYTES,
-                }));
-            }
-            if details_json.len() > MAX_HISTORY_DETAILS_BYTES {
-                return Ok(Response::refused(Refusal::TooLarge {
-                    field: Field::HistoryDetails,
-                    limit: MAX_HISTORY_DETAILS_BYTES,
-                }));
-            }
-            if !is_json_object(details_json) {
-                return Ok(Response::refused(Refusal::NotJsonObject {
-                    field: Field::HistoryDetails,
-                }));
-            }
-            let counter_key = SmMetaKey::HistoryNextSeq.as_bytes();
-            let seq = ov.get::<u64>(counter_key)?.unwrap_or(0);
-            let next = seq
-                .checked_add(1)
-                .ok_or_else(|| StorageError::Corrupt("history seq overflow".into()))?;
-            ov.put(counter_key.to_vec(), &next)?;
-            ov.put(
-                keys::history_key(seq),
-                &HistoryRecord {
-                    at_ms: *at_ms,
-                    node: *node,
-                    kind: kind.clone(),
-                    actor: actor.clone(),
-                    details_json: details_json.clone(),
-                },
-            )?;
-            // Seqs [next - capacity, next) are kept: every append beyond the
-            // capacity drops exactly the one oldest event.
-            if let Some(oldest) = seq.checked_sub(HISTORY_CAPACITY) {
-                ov.remove(keys::history_key(oldest));
-            }
-            Response::HistoryAppended { seq }
-        }
+        } => history_append(ov, at_ms, node, kind, actor, details_json)?,
         Request::UserPut {
             name,
             password_hash,
             actor,
             at_ms,
-        } => {
-            if name.is_empty() || name.len() > MAX_USER_NAME_BYTES {
-                return Ok(Response::refused(Refusal::UserName {
-                    max: MAX_USER_NAME_BYTES,
-                }));
-            }
-            if password_hash.is_empty() || password_hash.len() > MAX_PASSWORD_HASH_BYTES {
-                return Ok(Response::refused(Refusal::PasswordHash));
-            }
-            let k = keys::user_key(name);
-            let created_ms = ov.get::<UserRecord>(&k)?.map_or(*at_ms, |u| u.created_ms);
-            ov.put(
-                k,
-                &UserRecord {
-                    password_hash: password_hash.clone(),
-                    created_ms,
-                    updated_ms: *at_ms,
-                    updated_by: actor.clone(),
-                },
-            )?;
-            Response::Ok
-        }
-        Request::UserDelete { name, .. } => {
-            let k = keys::user_key(name);
-            if ov.get::<UserRecord>(&k)?.is_none() {
-                return Ok(Response::Deleted { existed: false });
-            }
-            let users = ov.existing_keys_in(&[keys::prefix::USER], &[keys::prefix::USER + 1])?;
-            if users.len() <= 1 {
-                return Ok(Response::refused(Refusal::LastAdmin));
-            }
-            ov.remove(k);
-            // Its API tokens go with it.
-            let tokens =
-                ov.existing_keys_in(&[keys::prefix::API_TOKEN], &[keys::prefix::API_TOKEN + 1])?;
-            for tk in tokens {
-                if ov
-                    .get::<ApiTokenRecord>(&tk)?
-                    .is_some_and(|t| t.user == *name)
-                {
-                    ov.remove(tk);
-                }
-            }
-            Response::Deleted { existed: true }
-        }
+        } => user_put(ov, name, password_hash, actor, at_ms)?,
+        Request::UserDelete { name, .. } => user_delete(ov, name)?,
         Request::ApiTokenCreate {
             id,
             user,
             secret_hash,
             at_ms,
-        } => {
-            if ov.get::<UserRecord>(&keys::user_key(user))?.is_none() {
-                return Ok(Response::refused(Refusal::NoUser { user: user.clone() }));
-            }
-            let k = keys::api_token_key(id);
-            if ov.get::<ApiTokenRecord>(&k)?.is_some() {
-                return Ok(Response::refused(Refusal::TokenIdExists));
-            }
-            ov.put(
-                k,
-                &ApiTokenRecord {
-                    user: user.clone(),
-                    secret_hash: secret_hash.clone(),
-                    created_ms: *at_ms,
-                },
-            )?;
-            Response::Ok
-        }
+        } => api_token_create(ov, id, user, secret_hash, at_ms)?,
         Request::ApiTokenRevoke { id } => {
             let k = keys::api_token_key(id);
             let existed = ov.get::<ApiTokenRecord>(&k)?.is_some();
@@ -707,6 +428,381 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             Response::Deleted { existed }
         }
     })
+}
+
+/// Applies [`Request::Multi`]: all of its commands, or none when one is refused or fails.
+fn multi(ov: &mut Overlay<'_>, reqs: &[Request]) -> Result<Response, StorageError> {
+    if reqs.iter().any(|r| matches!(r, Request::Multi(_))) {
+        return Ok(Response::refused(Refusal::NestedMulti));
+    }
+    ov.begin();
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let resp = match apply_request(ov, r) {
+            Ok(resp) => resp,
+            Err(e) => {
+                ov.rollback();
+                return Err(e);
+            }
+        };
+        if let Response::Refused { .. } = resp {
+            ov.rollback();
+            return Ok(resp);
+        }
+        out.push(resp);
+    }
+    ov.commit();
+    Ok(Response::Multi(out))
+}
+
+/// Applies [`Request::SessionSweep`].
+fn session_sweep(ov: &mut Overlay<'_>, now_ms: u64) -> Result<Response, StorageError> {
+    let start = [keys::prefix::SESSION_EXPIRY];
+    let end = keys::expiry_upper_bound(now_ms);
+    let expired = ov.existing_keys_in(&start, &end)?;
+    for idx_key in &expired {
+        let id = std::str::from_utf8(&idx_key[9..])
+            .map_err(|_| StorageError::Corrupt("session id is not UTF-8".into()))?;
+        ov.remove(keys::session_key(id));
+        ov.remove(idx_key.clone());
+    }
+    Ok(Response::Swept {
+        removed: expired.len() as u64,
+    })
+}
+
+/// Applies [`Request::SessionDelete`].
+fn session_delete(ov: &mut Overlay<'_>, id: &str) -> Result<Response, StorageError> {
+    let k = keys::session_key(id);
+    let old = ov.get::<SessionRecord>(&k)?;
+    if let Some(old) = &old {
+        ov.remove(keys::expiry_key(old.expires_ms, id));
+        ov.remove(k);
+    }
+    Ok(Response::Deleted {
+        existed: old.is_some(),
+    })
+}
+
+/// Applies [`Request::Bootstrap`].
+fn bootstrap(
+    ov: &mut Overlay<'_>,
+    cluster_id: &str,
+    admin_token_hash: &str,
+) -> Result<Response, StorageError> {
+    let key = SmMetaKey::ClusterId.as_bytes();
+    if ov.get::<String>(key)?.is_some() {
+        return Ok(Response::refused(Refusal::AlreadyBootstrapped));
+    }
+    ov.put(key.to_vec(), cluster_id)?;
+    ov.put(
+        SmMetaKey::AdminTokenHash.as_bytes().to_vec(),
+        admin_token_hash,
+    )?;
+    Ok(Response::Ok)
+}
+
+/// Applies [`Request::ConfigPut`].
+fn config_put(
+    ov: &mut Overlay<'_>,
+    key: &str,
+    value_json: &str,
+    actor: &str,
+    at_ms: &u64,
+    if_version: &Option<u64>,
+) -> Result<Response, StorageError> {
+    if let Some(r) = too_large(Field::Value, value_json.len()) {
+        return Ok(r);
+    }
+    if serde_json::from_str::<serde::de::IgnoredAny>(value_json).is_err() {
+        return Ok(Response::refused(Refusal::NotJson));
+    }
+    let k = keys::config_key(key);
+    let current = ov.get::<ConfigRecord>(&k)?.map_or(0, |r| r.version);
+    if let Some(expected) = if_version {
+        if *expected != current {
+            return Ok(Response::refused(Refusal::VersionConflict {
+                expected: *expected,
+                current,
+            }));
+        }
+    }
+    let version = current + 1;
+    ov.put(
+        k,
+        &ConfigRecord {
+            value_json: value_json.to_string(),
+            version,
+            updated_by: actor.to_string(),
+            updated_ms: *at_ms,
+        },
+    )?;
+    Ok(Response::ConfigWritten { version })
+}
+
+/// Applies [`Request::SessionPut`].
+fn session_put(
+    ov: &mut Overlay<'_>,
+    id: &str,
+    owner: &str,
+    data_json: &str,
+    created_ms: &u64,
+    expires_ms: &u64,
+) -> Result<Response, StorageError> {
+    if let Some(r) = too_large(Field::SessionData, data_json.len()) {
+        return Ok(r);
+    }
+    let k = keys::session_key(id);
+    if let Some(old) = ov.get::<SessionRecord>(&k)? {
+        ov.remove(keys::expiry_key(old.expires_ms, id));
+    }
+    ov.put(
+        k,
+        &SessionRecord {
+            owner: owner.to_string(),
+            data_json: data_json.to_string(),
+            created_ms: *created_ms,
+            expires_ms: *expires_ms,
+        },
+    )?;
+    ov.put(keys::expiry_key(*expires_ms, id), &())?;
+    Ok(Response::Ok)
+}
+
+/// Applies [`Request::JoinTokenCreate`].
+fn join_token_create(
+    ov: &mut Overlay<'_>,
+    id: &str,
+    secret_hash: &str,
+    expires_ms: &u64,
+    kind: &NodeKind,
+    created_by: &str,
+) -> Result<Response, StorageError> {
+    let k = keys::token_key(id);
+    if ov.get::<TokenRecord>(&k)?.is_some() {
+        return Ok(Response::refused(Refusal::TokenIdExists));
+    }
+    ov.put(
+        k,
+        &TokenRecord {
+            secret_hash: secret_hash.to_string(),
+            expires_ms: *expires_ms,
+            kind: *kind,
+            created_by: created_by.to_string(),
+            used_by: None,
+        },
+    )?;
+    Ok(Response::Ok)
+}
+
+/// Applies [`Request::JoinTokenConsume`].
+fn join_token_consume(
+    ov: &mut Overlay<'_>,
+    id: &str,
+    secret_hash: &str,
+    now_ms: &u64,
+) -> Result<Response, StorageError> {
+    let k = keys::token_key(id);
+    let Some(mut token) = ov.get::<TokenRecord>(&k)? else {
+        return Ok(Response::refused(Refusal::UnknownToken));
+    };
+    // The hash is checked first so that a caller without the secret
+    // learns nothing about the token's state.
+    if !ct_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
+        return Ok(Response::refused(Refusal::TokenMismatch));
+    }
+    if token.used_by.is_some() {
+        return Ok(Response::refused(Refusal::TokenUsed));
+    }
+    if *now_ms >= token.expires_ms {
+        return Ok(Response::refused(Refusal::TokenExpired));
+    }
+    let counter_key = SmMetaKey::NextNodeId.as_bytes();
+    let node_id = ov.get::<u64>(counter_key)?.unwrap_or(FIRST_JOINER_NODE_ID);
+    let next = node_id
+        .checked_add(1)
+        .ok_or_else(|| StorageError::Corrupt("node id counter overflow".into()))?;
+    ov.put(counter_key.to_vec(), &next)?;
+    token.used_by = Some(node_id);
+    ov.put(k, &token)?;
+    Ok(Response::NodeIdAssigned { node_id })
+}
+
+/// Applies [`Request::SettingsPut`].
+fn settings_put(
+    ov: &mut Overlay<'_>,
+    settings_json: &str,
+    if_version: &Option<u64>,
+    actor: &str,
+    at_ms: &u64,
+) -> Result<Response, StorageError> {
+    if let Some(r) = too_large(Field::Settings, settings_json.len()) {
+        return Ok(r);
+    }
+    if !is_json_object(settings_json) {
+        return Ok(Response::refused(Refusal::NotJsonObject {
+            field: Field::Settings,
+        }));
+    }
+    let key = SmMetaKey::Settings.as_bytes();
+    let current = ov.get::<SettingsRecord>(key)?.map_or(0, |r| r.version);
+    if let Some(expected) = if_version {
+        if *expected != current {
+            return Ok(Response::refused(Refusal::VersionConflict {
+                expected: *expected,
+                current,
+            }));
+        }
+    }
+    let version = current + 1;
+    ov.put(
+        key.to_vec(),
+        &SettingsRecord {
+            settings_json: settings_json.to_string(),
+            version,
+            updated_by: actor.to_string(),
+            updated_ms: *at_ms,
+        },
+    )?;
+    Ok(Response::SettingsWritten { version })
+}
+
+/// Applies [`Request::HistoryAppend`].
+fn history_append(
+    ov: &mut Overlay<'_>,
+    at_ms: &u64,
+    node: &u64,
+    kind: &str,
+    actor: &str,
+    details_json: &str,
+) -> Result<Response, StorageError> {
+    if kind.len() > MAX_HISTORY_KIND_BYTES {
+        return Ok(Response::refused(Refusal::TooLong {
+            field: Field::HistoryKind,
+            limit: MAX_HISTORY_KIND_BYTES,
+        }));
+    }
+    if actor.len() > MAX_HISTORY_ACTOR_BYTES {
+        return Ok(Response::refused(Refusal::TooLong {
+            field: Field::HistoryActor,
+            limit: MAX_HISTORY_ACTOR_BYTES,
+        }));
+    }
+    if details_json.len() > MAX_HISTORY_DETAILS_BYTES {
+        return Ok(Response::refused(Refusal::TooLarge {
+            field: Field::HistoryDetails,
+            limit: MAX_HISTORY_DETAILS_BYTES,
+        }));
+    }
+    if !is_json_object(details_json) {
+        return Ok(Response::refused(Refusal::NotJsonObject {
+            field: Field::HistoryDetails,
+        }));
+    }
+    let counter_key = SmMetaKey::HistoryNextSeq.as_bytes();
+    let seq = ov.get::<u64>(counter_key)?.unwrap_or(0);
+    let next = seq
+        .checked_add(1)
+        .ok_or_else(|| StorageError::Corrupt("history seq overflow".into()))?;
+    ov.put(counter_key.to_vec(), &next)?;
+    ov.put(
+        keys::history_key(seq),
+        &HistoryRecord {
+            at_ms: *at_ms,
+            node: *node,
+            kind: kind.to_string(),
+            actor: actor.to_string(),
+            details_json: details_json.to_string(),
+        },
+    )?;
+    // Seqs [next - capacity, next) are kept: every append beyond the
+    // capacity drops exactly the one oldest event.
+    if let Some(oldest) = seq.checked_sub(HISTORY_CAPACITY) {
+        ov.remove(keys::history_key(oldest));
+    }
+    Ok(Response::HistoryAppended { seq })
+}
+
+/// Applies [`Request::UserPut`].
+fn user_put(
+    ov: &mut Overlay<'_>,
+    name: &str,
+    password_hash: &str,
+    actor: &str,
+    at_ms: &u64,
+) -> Result<Response, StorageError> {
+    if name.is_empty() || name.len() > MAX_USER_NAME_BYTES {
+        return Ok(Response::refused(Refusal::UserName {
+            max: MAX_USER_NAME_BYTES,
+        }));
+    }
+    if password_hash.is_empty() || password_hash.len() > MAX_PASSWORD_HASH_BYTES {
+        return Ok(Response::refused(Refusal::PasswordHash));
+    }
+    let k = keys::user_key(name);
+    let created_ms = ov.get::<UserRecord>(&k)?.map_or(*at_ms, |u| u.created_ms);
+    ov.put(
+        k,
+        &UserRecord {
+            password_hash: password_hash.to_string(),
+            created_ms,
+            updated_ms: *at_ms,
+            updated_by: actor.to_string(),
+        },
+    )?;
+    Ok(Response::Ok)
+}
+
+/// Applies [`Request::UserDelete`].
+fn user_delete(ov: &mut Overlay<'_>, name: &str) -> Result<Response, StorageError> {
+    let k = keys::user_key(name);
+    if ov.get::<UserRecord>(&k)?.is_none() {
+        return Ok(Response::Deleted { existed: false });
+    }
+    let users = ov.existing_keys_in(&[keys::prefix::USER], &[keys::prefix::USER + 1])?;
+    if users.len() <= 1 {
+        return Ok(Response::refused(Refusal::LastAdmin));
+    }
+    ov.remove(k);
+    // Its API tokens go with it.
+    let tokens = ov.existing_keys_in(&[keys::prefix::API_TOKEN], &[keys::prefix::API_TOKEN + 1])?;
+    for tk in tokens {
+        if ov
+            .get::<ApiTokenRecord>(&tk)?
+            .is_some_and(|t| t.user == *name)
+        {
+            ov.remove(tk);
+        }
+    }
+    Ok(Response::Deleted { existed: true })
+}
+
+/// Applies [`Request::ApiTokenCreate`].
+fn api_token_create(
+    ov: &mut Overlay<'_>,
+    id: &str,
+    user: &str,
+    secret_hash: &str,
+    at_ms: &u64,
+) -> Result<Response, StorageError> {
+    if ov.get::<UserRecord>(&keys::user_key(user))?.is_none() {
+        return Ok(Response::refused(Refusal::NoUser {
+            user: user.to_string(),
+        }));
+    }
+    let k = keys::api_token_key(id);
+    if ov.get::<ApiTokenRecord>(&k)?.is_some() {
+        return Ok(Response::refused(Refusal::TokenIdExists));
+    }
+    ov.put(
+        k,
+        &ApiTokenRecord {
+            user: user.to_string(),
+            secret_hash: secret_hash.to_string(),
+            created_ms: *at_ms,
+        },
+    )?;
+    Ok(Response::Ok)
 }
 
 #[cfg(test)]
