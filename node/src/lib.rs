@@ -77,6 +77,22 @@ pub struct RunOverrides {
     pub admin_tls: Option<config::AdminTlsConfig>,
 }
 
+impl RunOverrides {
+    /// `cfg` with the overrides given.
+    fn apply(self, mut cfg: config::NodeConfig) -> config::NodeConfig {
+        if let Some(a) = self.peer_listen {
+            cfg.peer_listen = a;
+        }
+        if let Some(a) = self.api_listen {
+            cfg.api_listen = a;
+        }
+        if let Some(t) = self.admin_tls {
+            cfg.admin_tls = Some(t);
+        }
+        cfg
+    }
+}
+
 /// Runs the node in `dir` until `shutdown` is cancelled, then stops it in
 /// order: admin listener, leadership hand-over, peer listener, Raft, sled.
 /// When the node asks to restart in place (a join set up from the web UI
@@ -142,16 +158,7 @@ async fn run_once(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<std::sync::Weak<Node>>> {
     let dir = dir.clone();
-    let mut cfg = dir.load()?;
-    if let Some(a) = overrides.peer_listen {
-        cfg.peer_listen = a;
-    }
-    if let Some(a) = overrides.api_listen {
-        cfg.api_listen = a;
-    }
-    if let Some(t) = overrides.admin_tls {
-        cfg.admin_tls = Some(t);
-    }
+    let cfg = overrides.apply(dir.load()?);
     let peer_listener = TcpListener::bind(cfg.peer_listen)
         .await
         .with_context(|| format!("binding the peer listener on {}", cfg.peer_listen))?;
@@ -209,8 +216,67 @@ async fn run_once(
             }
         }
     });
-    // Shared IPs: a node that starts is not primary yet, so any configured
-    // shared address found on its interfaces is removed before anything else.
+    start_shared_ips(&node, &cfg, &tasks, &background_stop).await?;
+    tasks.spawn(essential(
+        &node,
+        "leader duties",
+        &background_stop,
+        background(node.clone(), background_stop.clone()),
+    ));
+    tasks.spawn(essential(
+        &node,
+        "role manager",
+        &background_stop,
+        roles::manage_roles(node.clone(), background_stop.clone()),
+    ));
+    if let Some(paths) = admin_tls_paths {
+        tasks.spawn(admin_tls::reload_on_sighup(
+            admin_certs,
+            paths,
+            background_stop.clone(),
+        ));
+    }
+
+    tracing::info!(
+        node = cfg.node_id,
+        name = %cfg.name,
+        peer = %cfg.peer_listen,
+        api = %cfg.api_advertise,
+        "node running"
+    );
+    tokio::select! {
+        _ = shutdown.cancelled() => tracing::info!("shutting down"),
+        _ = failed.cancelled() => tracing::error!("a critical task died; shutting down"),
+        _ = node.restart.cancelled() => tracing::info!("stopping to restart in place"),
+    }
+
+    Stopping {
+        admin_stop,
+        admin_task,
+        background_stop,
+        peer_stop,
+        peer_task,
+        tasks,
+    }
+    .stop_in_order(&node)
+    .await;
+    node.flush().await.context("flushing storage")?;
+    tracing::info!("stopped");
+    if failed.is_cancelled() && !shutdown.is_cancelled() {
+        anyhow::bail!("a critical task died");
+    }
+    Ok(node.restart.is_cancelled().then(|| Arc::downgrade(&node)))
+}
+
+/// Starts the shared-IP manager (with its guard process when a driver is
+/// configured) and removes any configured shared address found on this
+/// host's interfaces: a node that starts is not primary yet.
+async fn start_shared_ips(
+    node: &Arc<Node>,
+    cfg: &config::NodeConfig,
+    tasks: &TaskTracker,
+    background_stop: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut ip_manager =
         shared_ip::SharedIpManager::from_config(&cfg.shared_ip).context("shared-IP driver")?;
     // The guard process releases them if this process dies or stalls while
@@ -245,7 +311,7 @@ async fn run_once(
     }
     let (ip_handle, ip_task) = ip_manager.start(background_stop.clone());
     tasks.spawn(essential(
-        &node,
+        node,
         "shared-IP manager",
         &background_stop,
         ip_task,
@@ -253,88 +319,75 @@ async fn run_once(
     let specs = shared_ip::specs_for_node(&node.settings().shared_ips, &cfg.name).0;
     ip_handle.startup_cleanup(&specs).await;
     let _ = node.shared_ips.set(ip_handle);
-    tasks.spawn(essential(
-        &node,
-        "leader duties",
-        &background_stop,
-        background(node.clone(), background_stop.clone()),
-    ));
-    tasks.spawn(essential(
-        &node,
-        "role manager",
-        &background_stop,
-        roles::manage_roles(node.clone(), background_stop.clone()),
-    ));
-    if let Some(paths) = admin_tls_paths {
-        tasks.spawn(admin_tls::reload_on_sighup(
-            admin_certs,
-            paths,
-            background_stop.clone(),
-        ));
-    }
+    Ok(())
+}
 
-    tracing::info!(
-        node = cfg.node_id,
-        name = %cfg.name,
-        peer = %cfg.peer_listen,
-        api = %cfg.api_advertise,
-        "node running"
-    );
-    tokio::select! {
-        _ = shutdown.cancelled() => tracing::info!("shutting down"),
-        _ = failed.cancelled() => tracing::error!("a critical task died; shutting down"),
-        _ = node.restart.cancelled() => tracing::info!("stopping to restart in place"),
-    }
+/// What `run_once` stops, in order, when the node stops.
+struct Stopping {
+    admin_stop: CancellationToken,
+    admin_task: tokio::task::JoinHandle<()>,
+    background_stop: CancellationToken,
+    peer_stop: CancellationToken,
+    peer_task: tokio::task::JoinHandle<()>,
+    tasks: TaskTracker,
+}
 
-    // 1. Stop the admin listener: no new requests.
-    admin_stop.cancel();
-    if tokio::time::timeout(SHUTDOWN_STEP, admin_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("admin listener did not stop in time");
-    }
-    // 2. Release the shared IPs, then hand leadership over so the cluster
-    //    does not wait for an election timeout. The release is final: the
-    //    role manager still runs until the hand-over, and its ticks cannot
-    //    take the addresses back (DESIGN rule 6).
-    if let Some(h) = node.shared_ips.get() {
-        if tokio::time::timeout(SHUTDOWN_STEP, h.release_for_shutdown())
+impl Stopping {
+    /// Stops the listeners, releases the shared IPs, hands leadership over
+    /// and stops Raft, each step bounded by [`SHUTDOWN_STEP`].
+    async fn stop_in_order(self, node: &Arc<Node>) {
+        let Stopping {
+            admin_stop,
+            admin_task,
+            background_stop,
+            peer_stop,
+            peer_task,
+            tasks,
+        } = self;
+        // 1. Stop the admin listener: no new requests.
+        admin_stop.cancel();
+        if tokio::time::timeout(SHUTDOWN_STEP, admin_task)
             .await
             .is_err()
         {
-            tracing::warn!("releasing shared IPs timed out");
+            tracing::warn!("admin listener did not stop in time");
+        }
+        // 2. Release the shared IPs, then hand leadership over so the cluster
+        //    does not wait for an election timeout. The release is final: the
+        //    role manager still runs until the hand-over, and its ticks cannot
+        //    take the addresses back (DESIGN rule 6).
+        if let Some(h) = node.shared_ips.get() {
+            if tokio::time::timeout(SHUTDOWN_STEP, h.release_for_shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("releasing shared IPs timed out");
+            }
+        }
+        background_stop.cancel();
+        if tokio::time::timeout(SHUTDOWN_STEP, hand_over(node))
+            .await
+            .is_err()
+        {
+            tracing::warn!("leadership hand-over timed out");
+        }
+        // 3. Close the peer listener and its connections.
+        peer_stop.cancel();
+        tasks.close();
+        let _ = tokio::time::timeout(SHUTDOWN_STEP, peer_task).await;
+        if tokio::time::timeout(SHUTDOWN_STEP, tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("peer connections did not close in time");
+        }
+        // 4. Stop Raft, 5. flush sled.
+        match tokio::time::timeout(SHUTDOWN_STEP, node.raft().shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
+            Err(_) => tracing::warn!("raft shutdown timed out"),
         }
     }
-    background_stop.cancel();
-    if tokio::time::timeout(SHUTDOWN_STEP, hand_over(&node))
-        .await
-        .is_err()
-    {
-        tracing::warn!("leadership hand-over timed out");
-    }
-    // 3. Close the peer listener and its connections.
-    peer_stop.cancel();
-    tasks.close();
-    let _ = tokio::time::timeout(SHUTDOWN_STEP, peer_task).await;
-    if tokio::time::timeout(SHUTDOWN_STEP, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("peer connections did not close in time");
-    }
-    // 4. Stop Raft, 5. flush sled.
-    match tokio::time::timeout(SHUTDOWN_STEP, node.raft().shutdown()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "raft shutdown"),
-        Err(_) => tracing::warn!("raft shutdown timed out"),
-    }
-    node.flush().await.context("flushing storage")?;
-    tracing::info!("stopped");
-    if failed.is_cancelled() && !shutdown.is_cancelled() {
-        anyhow::bail!("a critical task died");
-    }
-    Ok(node.restart.is_cancelled().then(|| Arc::downgrade(&node)))
 }
 
 /// Runs an essential task (see [`supervise`]): if it ends or panics while

@@ -112,6 +112,14 @@ fn valid_host_port(addr: &str) -> bool {
     !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) && host_of(addr).is_some()
 }
 
+/// What the checks before a join found.
+struct Admissible {
+    token: ParsedToken,
+    reverse: String,
+    config_keys: u64,
+    sessions: u64,
+}
+
 impl Node {
     /// *Set up relationship* on this standalone node: join the primary's
     /// cluster (see the module documentation). On success the caller's
@@ -123,56 +131,13 @@ impl Node {
     /// usable, or the primary cannot be contacted or refuses;
     /// [`NodeError::BadRequest`] for a malformed reverse address.
     pub async fn setup(&self, req: SetupRequest, actor: &str) -> Result<SetupOutcome, NodeError> {
-        let refused = |r: Refusal| Err(NodeError::Refused(r));
         let _lock = self.reset_lock.lock().await;
-        if self.restart.is_cancelled() {
-            return refused(Refusal::JoinUnderway);
-        }
-        let m = self.metrics();
-        let members: Vec<u64> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, _)| *id)
-            .collect();
-        let (role, _) = self.compute_role();
-        if role != Role::Standalone || members != [self.cfg.node_id] {
-            return refused(Refusal::NotStandalone {
-                role: role.as_str(),
-                members: members.len(),
-            });
-        }
-        if self.cfg.kind != NodeKind::Appliance {
-            return refused(Refusal::WitnessJoinsByCommand);
-        }
-        let token = ParsedToken::parse(&req.token)
-            .map_err(|e| NodeError::Refused(Refusal::MalformedToken(e)))?;
-        let own = tandem_certs::fingerprint_of_pem(&self.ca_pem)
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        if token.ca_fingerprint.eq_ignore_ascii_case(&own) {
-            return refused(Refusal::OwnClusterToken);
-        }
-        let reverse = req
-            .reverse_address
-            .as_deref()
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .unwrap_or(&self.cfg.peer_advertise)
-            .to_string();
-        if !valid_host_port(&reverse) {
-            return Err(NodeError::BadRequest(format!(
-                "reverse connection address {reverse:?} is not host:port"
-            )));
-        }
-        let reader = self.reader();
-        let config_keys = reader.config_list("", usize::MAX).len() as u64;
-        let sessions = reader.session_count();
-        if (config_keys > 0 || sessions > 0) && !req.discard_data {
-            return refused(Refusal::HoldsData {
-                config_keys,
-                sessions,
-            });
-        }
+        let Admissible {
+            token,
+            reverse,
+            config_keys,
+            sessions,
+        } = self.admissible(&req)?;
 
         let kind = if req.witness {
             NodeKind::Witness
@@ -249,6 +214,66 @@ impl Node {
             reverse_address: reverse,
             discarded_config_keys: config_keys,
             discarded_sessions: sessions,
+        })
+    }
+
+    /// The checks before a join is asked for: nothing is changed when one
+    /// fails.
+    fn admissible(&self, req: &SetupRequest) -> Result<Admissible, NodeError> {
+        let refused = |r: Refusal| Err(NodeError::Refused(r));
+        if self.restart.is_cancelled() {
+            return refused(Refusal::JoinUnderway);
+        }
+        let m = self.metrics();
+        let members: Vec<u64> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        let (role, _) = self.compute_role();
+        if role != Role::Standalone || members != [self.cfg.node_id] {
+            return refused(Refusal::NotStandalone {
+                role: role.as_str(),
+                members: members.len(),
+            });
+        }
+        if self.cfg.kind != NodeKind::Appliance {
+            return refused(Refusal::WitnessJoinsByCommand);
+        }
+        let token = ParsedToken::parse(&req.token)
+            .map_err(|e| NodeError::Refused(Refusal::MalformedToken(e)))?;
+        let own = tandem_certs::fingerprint_of_pem(&self.ca_pem)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        if token.ca_fingerprint.eq_ignore_ascii_case(&own) {
+            return refused(Refusal::OwnClusterToken);
+        }
+        let reverse = req
+            .reverse_address
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .unwrap_or(&self.cfg.peer_advertise)
+            .to_string();
+        if !valid_host_port(&reverse) {
+            return Err(NodeError::BadRequest(format!(
+                "reverse connection address {reverse:?} is not host:port"
+            )));
+        }
+        let reader = self.reader();
+        let config_keys = reader.config_list("", usize::MAX).len() as u64;
+        let sessions = reader.session_count();
+        if (config_keys > 0 || sessions > 0) && !req.discard_data {
+            return refused(Refusal::HoldsData {
+                config_keys,
+                sessions,
+            });
+        }
+        Ok(Admissible {
+            token,
+            reverse,
+            config_keys,
+            sessions,
         })
     }
 }

@@ -172,6 +172,46 @@ impl Backend {
         } else {
             "pair"
         };
+        let notes = self.status_notes(&ep, peer_notes);
+        Ok(StatusView {
+            this_host: HostView {
+                id: me,
+                name: node.cfg.name.clone(),
+                kind: kind_name(node.cfg.kind).into(),
+                role: role.as_str().into(),
+                site: None,
+                epoch: ep.epoch,
+                term: m.current_term,
+                leader: m.current_leader,
+                last_log_index: m.last_log_index,
+                committed_index: m.local_committed.map(|l| l.index),
+                applied_index: m.last_applied.map(|l| l.index),
+                lease_valid: lease,
+                primary_since_ms: since,
+                shared_ips_held: node
+                    .shared_ips
+                    .get()
+                    .map(|h| h.report().held)
+                    .unwrap_or_default(),
+                notes,
+                peer_addr: node.cfg.peer_advertise.clone(),
+            },
+            peers,
+            topology: topology.into(),
+            settings: self.settings_view(),
+            epoch: ep.epoch,
+            primary: ep.primary,
+        })
+    }
+
+    /// The notes of the status page: what an administrator should know
+    /// about this node and, from their `/health`, its peers.
+    fn status_notes(
+        &self,
+        ep: &tandem_storage::EpochRecord,
+        peer_notes: Vec<String>,
+    ) -> Vec<String> {
+        let node = &self.node;
         let mut notes = Vec::new();
         let settings = node.settings();
         if settings.timing() != node.timing {
@@ -212,35 +252,7 @@ impl Backend {
                 "writes this node never replicated were exported to {path}"
             ));
         }
-        Ok(StatusView {
-            this_host: HostView {
-                id: me,
-                name: node.cfg.name.clone(),
-                kind: kind_name(node.cfg.kind).into(),
-                role: role.as_str().into(),
-                site: None,
-                epoch: ep.epoch,
-                term: m.current_term,
-                leader: m.current_leader,
-                last_log_index: m.last_log_index,
-                committed_index: m.local_committed.map(|l| l.index),
-                applied_index: m.last_applied.map(|l| l.index),
-                lease_valid: lease,
-                primary_since_ms: since,
-                shared_ips_held: node
-                    .shared_ips
-                    .get()
-                    .map(|h| h.report().held)
-                    .unwrap_or_default(),
-                notes,
-                peer_addr: node.cfg.peer_advertise.clone(),
-            },
-            peers,
-            topology: topology.into(),
-            settings: self.settings_view(),
-            epoch: ep.epoch,
-            primary: ep.primary,
-        })
+        notes
     }
 
     /// `GET /api/v1/readiness`.
