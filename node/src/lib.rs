@@ -313,7 +313,7 @@ async fn start_shared_ips(
     tasks.spawn(essential(
         node,
         "shared-IP manager",
-        &background_stop,
+        background_stop,
         ip_task,
     ));
     let specs = shared_ip::specs_for_node(&node.settings().shared_ips, &cfg.name).0;
