@@ -746,9 +746,14 @@ pub fn sans_for(peer_addr: &str, api_addr: &str) -> Result<Vec<String>, String> 
 
 /// The kind of a node from its membership entry, for display.
 pub fn kind_name(kind: NodeKind) -> &'static str {
+    kind_view(kind).as_str()
+}
+
+/// A node kind as the views name it.
+pub fn kind_view(kind: NodeKind) -> tandem_web::KindName {
     match kind {
-        NodeKind::Appliance => "appliance",
-        NodeKind::Witness => "witness",
+        NodeKind::Appliance => tandem_web::KindName::Appliance,
+        NodeKind::Witness => tandem_web::KindName::Witness,
     }
 }
 

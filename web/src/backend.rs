@@ -12,6 +12,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::names::{KindName, RoleName, Topology};
 use crate::ApiError;
 
 /// What the admin API needs from the node.
@@ -508,7 +509,7 @@ pub struct MemberView {
     /// Node name.
     pub name: String,
     /// `appliance` or `witness`.
-    pub kind: String,
+    pub kind: KindName,
     /// Whether the member votes.
     pub voter: bool,
     /// Peer listener address (`host:port`).
@@ -602,7 +603,7 @@ pub struct SetupOutcome {
     /// The cluster it joined.
     pub cluster_id: String,
     /// Its role once it has caught up: `backup` or `witness`.
-    pub role: String,
+    pub role: RoleName,
     /// The primary's admin address as given.
     pub primary: String,
     /// Its peer address as the primary will dial it.
@@ -649,7 +650,7 @@ pub struct StatusView {
     /// The other members of the relationship (appliances and witness).
     pub peers: Vec<PeerView>,
     /// `pair+witness`, `pair` or `standalone`.
-    pub topology: String,
+    pub topology: Topology,
     /// The replicated settings.
     pub settings: SettingsView,
     /// Current epoch (raised by every change of primary).
@@ -666,9 +667,9 @@ pub struct HostView {
     /// Node name.
     pub name: String,
     /// `appliance` or `witness`.
-    pub kind: String,
+    pub kind: KindName,
     /// `primary`, `backup`, `witness` or `standalone`.
-    pub role: String,
+    pub role: RoleName,
     /// Site (failure domain) label, if configured.
     pub site: Option<String>,
     /// The epoch this node knows.
@@ -705,9 +706,9 @@ pub struct PeerView {
     /// Node name.
     pub name: String,
     /// `appliance` or `witness`.
-    pub kind: String,
+    pub kind: KindName,
     /// `primary`, `backup`, `witness` or `standalone`.
-    pub role: String,
+    pub role: RoleName,
     /// Whether it votes.
     pub voter: bool,
     /// Whether this node can reach it now.
@@ -897,7 +898,7 @@ pub struct BreakOutcome {
     /// Node ids that were in the relationship with this node.
     pub former_peers: Vec<u64>,
     /// This node's role now (`standalone`).
-    pub role: String,
+    pub role: RoleName,
 }
 
 /// `GET /health/primary` and `GET /health/backup` (200 when `ok`, else 503).

@@ -14,6 +14,8 @@
 //!   utoipa from the handlers' `#[utoipa::path]` attributes and the view
 //!   types' `ToSchema` derives.
 //! - `extract`: extractors that turn axum rejections into [`ApiError`]s.
+//! - `names`: [`RoleName`], [`KindName`], [`Topology`]: closed sets of
+//!   names, serialized as the strings the JSON has always had.
 //! - `settings`: [`validate_settings`], the pure settings checks.
 //! - `openapi`: the document's shared parts: one error response per status
 //!   [`ApiError`] maps to (all with the [`ErrorBody`] schema) and the bearer
@@ -26,6 +28,7 @@
 mod backend;
 mod error;
 mod extract;
+mod names;
 mod openapi;
 mod routes;
 mod settings;
@@ -41,6 +44,7 @@ pub use backend::{
     SyncRequest, UserCreate, UserPassword, UserView, VerifyReport,
 };
 pub use error::{ApiError, ErrorBody};
+pub use names::{KindName, RoleName, Topology};
 pub use routes::{
     openapi, router, validate_key, AdminApp, AdminFuture, ApiRoute, ACTOR_HEADER,
     APPLIED_INDEX_HEADER, DEFAULT_HISTORY_LIMIT, DEFAULT_LIST_LIMIT, EVENTS_PATH, EVENT_INTERVAL,

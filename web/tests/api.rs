@@ -387,7 +387,7 @@ impl AdminBackend for MemBackend {
             members: vec![MemberView {
                 id: 1,
                 name: "n1".into(),
-                kind: "appliance".into(),
+                kind: tandem_web::KindName::Appliance,
                 voter: true,
                 peer_addr: "127.0.0.1:7000".into(),
                 api_addr: "https://127.0.0.1:8443".into(),
@@ -432,8 +432,8 @@ impl AdminBackend for MemBackend {
             this_host: HostView {
                 id: 1,
                 name: "n1".into(),
-                kind: "appliance".into(),
-                role: "primary".into(),
+                kind: tandem_web::KindName::Appliance,
+                role: tandem_web::RoleName::Primary,
                 site: Some("dc1".into()),
                 epoch: 4,
                 term: 3,
@@ -450,8 +450,8 @@ impl AdminBackend for MemBackend {
             peers: vec![PeerView {
                 id: 2,
                 name: "n2".into(),
-                kind: "appliance".into(),
-                role: "backup".into(),
+                kind: tandem_web::KindName::Appliance,
+                role: tandem_web::RoleName::Backup,
                 voter: true,
                 reachable: true,
                 last_contact_ms: Some(2_000),
@@ -461,7 +461,7 @@ impl AdminBackend for MemBackend {
                 api_addr: "https://10.0.0.2:8443".into(),
                 shared_ips_held: Some(Vec::new()),
             }],
-            topology: "pair+witness".into(),
+            topology: tandem_web::Topology::PairWitness,
             settings: self.current_settings(),
             epoch: 4,
             primary: Some(1),
@@ -565,7 +565,7 @@ impl AdminBackend for MemBackend {
         self.refusal()?;
         Ok(BreakOutcome {
             former_peers: vec![3],
-            role: "primary".into(),
+            role: tandem_web::RoleName::Primary,
         })
     }
 
@@ -578,7 +578,11 @@ impl AdminBackend for MemBackend {
         Ok(SetupOutcome {
             node_id: 2,
             cluster_id: "c1".into(),
-            role: if req.witness { "witness" } else { "backup" }.into(),
+            role: if req.witness {
+                tandem_web::RoleName::Witness
+            } else {
+                tandem_web::RoleName::Backup
+            },
             primary: req.primary,
             reverse_address: req
                 .reverse_address
@@ -593,7 +597,7 @@ impl AdminBackend for MemBackend {
         self.refusal()?;
         Ok(BreakOutcome {
             former_peers: vec![1],
-            role: "backup".into(),
+            role: tandem_web::RoleName::Backup,
         })
     }
 
@@ -602,7 +606,7 @@ impl AdminBackend for MemBackend {
         self.refusal()?;
         Ok(BreakOutcome {
             former_peers: vec![2, 3],
-            role: "standalone".into(),
+            role: tandem_web::RoleName::Standalone,
         })
     }
 

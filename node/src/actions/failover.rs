@@ -189,7 +189,7 @@ impl Node {
         tracing::info!(witnesses = ?ids, "witness removed: pair-only topology");
         Ok(BreakOutcome {
             former_peers: ids.into_iter().collect(),
-            role: Role::Primary.as_str().into(),
+            role: Role::Primary.into(),
         })
     }
 }

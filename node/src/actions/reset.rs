@@ -233,7 +233,7 @@ impl Node {
                     .await?;
                 Ok(BreakOutcome {
                     former_peers: former,
-                    role: Role::Standalone.as_str().into(),
+                    role: Role::Standalone.into(),
                 })
             }
         }
@@ -275,7 +275,7 @@ impl Node {
         tracing::info!(former = ?former, "relationship broken; this node is standalone");
         Ok(BreakOutcome {
             former_peers: former,
-            role: Role::Standalone.as_str().into(),
+            role: Role::Standalone.into(),
         })
     }
 
@@ -455,7 +455,7 @@ impl Node {
         tracing::info!(primary = notice.by, "rejoined as backup; resyncing");
         Ok(BreakOutcome {
             former_peers: vec![notice.by],
-            role: Role::Backup.as_str().into(),
+            role: Role::Backup.into(),
         })
     }
 

@@ -207,9 +207,10 @@ impl Node {
         Ok(SetupOutcome {
             node_id: grant.node_id,
             cluster_id: grant.cluster_id,
-            role: crate::node::kind_name(kind)
-                .replace("appliance", "backup")
-                .to_string(),
+            role: match kind {
+                NodeKind::Appliance => tandem_web::RoleName::Backup,
+                NodeKind::Witness => tandem_web::RoleName::Witness,
+            },
             primary,
             reverse_address: reverse,
             discarded_config_keys: config_keys,

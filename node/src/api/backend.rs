@@ -16,7 +16,7 @@ use tandem_web::{
 };
 
 use crate::client::ApiClient;
-use crate::node::{kind_name, random_secret, JoinRequest as NodeJoin, Node};
+use crate::node::{random_secret, JoinRequest as NodeJoin, Node};
 use crate::roles::Role;
 use crate::settings::Settings;
 use crate::util::now_ms;
@@ -310,7 +310,7 @@ impl AdminBackend for Backend {
                 MemberView {
                     id,
                     name: info.name.clone(),
-                    kind: kind_name(info.kind).into(),
+                    kind: crate::node::kind_view(info.kind),
                     voter: voters.contains(&id),
                     peer_addr: info.peer_addr.clone(),
                     api_addr: info.api_addr.clone(),

@@ -3,9 +3,11 @@
 
 use openraft::ServerState;
 use tandem_storage::NodeKind;
-use tandem_web::{ApiError, HealthView, HostView, PeerView, ReadinessView, StatusView};
+use tandem_web::{
+    ApiError, HealthView, HostView, PeerView, ReadinessView, RoleName, StatusView, Topology,
+};
 
-use crate::node::kind_name;
+use crate::node::kind_view;
 use crate::util::now_ms;
 
 use super::backend::Backend;
@@ -138,11 +140,11 @@ impl Backend {
             .map(|(f, info, health)| {
                 let info = info.unwrap_or_default();
                 let role = if info.kind == NodeKind::Witness {
-                    "witness"
+                    RoleName::Witness
                 } else if ep.primary == Some(f.id) {
-                    "primary"
+                    RoleName::Primary
                 } else {
-                    "backup"
+                    RoleName::Backup
                 };
                 let lag_bytes = match f.lag_entries {
                     Some(0) => Some(0),
@@ -152,8 +154,8 @@ impl Backend {
                 PeerView {
                     id: f.id,
                     name: info.name.clone(),
-                    kind: kind_name(info.kind).into(),
-                    role: role.into(),
+                    kind: kind_view(info.kind),
+                    role,
                     voter: f.voter,
                     reachable: f.reachable.unwrap_or(health.is_some()),
                     last_contact_ms: f.last_contact_ms.or(health.as_ref().map(|_| now_ms())),
@@ -166,19 +168,19 @@ impl Backend {
             })
             .collect::<Vec<_>>();
         let topology = if membership.nodes().count() <= 1 {
-            "standalone"
+            Topology::Standalone
         } else if membership.nodes().any(|(_, n)| n.kind == NodeKind::Witness) {
-            "pair+witness"
+            Topology::PairWitness
         } else {
-            "pair"
+            Topology::Pair
         };
         let notes = self.status_notes(&ep, peer_notes);
         Ok(StatusView {
             this_host: HostView {
                 id: me,
                 name: node.cfg.name.clone(),
-                kind: kind_name(node.cfg.kind).into(),
-                role: role.as_str().into(),
+                kind: kind_view(node.cfg.kind),
+                role: role.into(),
                 site: None,
                 epoch: ep.epoch,
                 term: m.current_term,
@@ -197,7 +199,7 @@ impl Backend {
                 peer_addr: node.cfg.peer_advertise.clone(),
             },
             peers,
-            topology: topology.into(),
+            topology,
             settings: self.settings_view(),
             epoch: ep.epoch,
             primary: ep.primary,

@@ -265,7 +265,7 @@ pub fn render_relationship(v: &StatusView, now_ms: u64) -> String {
         let _ = writeln!(s, "  {k:<15}{val}");
     };
     field("name", format!("{} (node {}, {})", h.name, h.id, h.kind));
-    field("role", h.role.clone());
+    field("role", h.role.to_string());
     field("epoch", h.epoch.to_string());
     field("term", h.term.to_string());
     field("leader", opt(h.leader));
@@ -329,8 +329,8 @@ pub fn render_relationship(v: &StatusView, now_ms: u64) -> String {
             rows.push(vec![
                 p.name.clone(),
                 p.id.to_string(),
-                p.kind.clone(),
-                p.role.clone(),
+                p.kind.to_string(),
+                p.role.to_string(),
                 yes_no(p.voter).to_string(),
                 yes_no(p.reachable).to_string(),
                 p.last_contact_ms

@@ -24,3 +24,14 @@ impl Role {
         }
     }
 }
+
+impl From<Role> for tandem_web::RoleName {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Primary => Self::Primary,
+            Role::Backup => Self::Backup,
+            Role::Witness => Self::Witness,
+            Role::Standalone => Self::Standalone,
+        }
+    }
+}
