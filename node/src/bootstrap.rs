@@ -20,6 +20,11 @@ use crate::config::{DataDir, NodeConfig, Tuning, CONFIG_FORMAT};
 use crate::node::{hash_secret, random_secret, sans_for, validate_name, Node, ParsedToken};
 use crate::settings::Settings;
 
+/// How long `init` waits for the new single-node cluster to elect itself.
+const INIT_LEADER_WAIT: Duration = Duration::from_secs(10);
+/// Bound on one join request to the primary's admin API.
+const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where a new node listens and how others reach it.
 #[derive(Debug, Clone)]
 pub struct Listen {
@@ -195,7 +200,7 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
         .await
         .context("initialising raft")?;
     node.raft()
-        .wait(Some(Duration::from_secs(10)))
+        .wait(Some(INIT_LEADER_WAIT))
         .current_leader(1, "this node elects itself")
         .await
         .context("waiting for this node to become leader")?;
@@ -359,7 +364,7 @@ pub async fn request_join(
         tandem_certs::pinned_ca_client_config(ca_fingerprint).map_err(|e| failed(&e))?;
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
-        .timeout(Duration::from_secs(30))
+        .timeout(JOIN_CALL_TIMEOUT)
         .build()
         .map_err(|e| failed(&format!("building the HTTPS client: {e}")))?;
     let mut url = format!("{}/api/v1/join", base_url(peer));

@@ -13,6 +13,9 @@ use serde::Serialize;
 use crate::bootstrap::base_url;
 use crate::config::DataDir;
 
+/// Bound on one admin API request (an action such as a swap answers well within it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An error answered by the API, with its status, or a transport failure.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -64,7 +67,7 @@ impl ApiClient {
         let tls = tandem_certs::admin_client_config(ca_pem)?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
-            .timeout(Duration::from_secs(30))
+            .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(512)
             .build()
             .context("building the HTTPS client")?;

@@ -59,6 +59,17 @@ use crate::config::DataDir;
 use crate::node::Node;
 use crate::peer::server::{serve_peers, PeerServer};
 
+/// How long a restart in place waits for the old node's parts to let go.
+const RESTART_RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// How often a restart in place looks whether the old node let go.
+const RESTART_RELEASE_POLL: Duration = Duration::from_millis(20);
+/// How often the leader looks for learners to promote.
+const PROMOTE_EVERY: Duration = Duration::from_millis(300);
+/// How often the leader sweeps expired sessions.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How long a stopping leader waits for the hand-over to show.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(3);
+
 /// The Raft instance type of a Tandem node.
 pub type TandemRaft = openraft::Raft<tandem_storage::TypeConfig, tandem_storage::StateMachineStore>;
 
@@ -120,14 +131,14 @@ pub async fn run(
         // Restart in place: everything the old node owned must be gone
         // before its store is replaced (tasks still holding it finish
         // within moments once Raft has stopped).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + RESTART_RELEASE_WAIT;
         while old.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(RESTART_RELEASE_POLL).await;
         }
         if old.strong_count() > 0 {
             tracing::warn!("parts of the old node are still alive; restarting anyway");
         }
-        if !tandem_storage::wait_store_released(&dir.db(), Duration::from_secs(10)).await {
+        if !tandem_storage::wait_store_released(&dir.db(), RESTART_RELEASE_WAIT).await {
             anyhow::bail!(
                 "the old store was not released; start `tandem run` again to finish the join"
             );
@@ -418,8 +429,8 @@ fn essential(
 
 /// Periodic leader duties: promote caught-up learners, sweep expired sessions.
 async fn background(node: Arc<Node>, stop: CancellationToken) {
-    let mut promote = tokio::time::interval(Duration::from_millis(300));
-    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    let mut promote = tokio::time::interval(PROMOTE_EVERY);
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
     promote.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -456,7 +467,7 @@ pub(crate) async fn hand_over(node: &Node) {
     }
     let _ = node
         .raft()
-        .wait(Some(Duration::from_secs(3)))
+        .wait(Some(HAND_OVER_WAIT))
         .metrics(
             |m| m.current_leader != Some(node.cfg.node_id),
             "leadership moved",

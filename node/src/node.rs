@@ -19,6 +19,13 @@ use crate::util::now_ms;
 use crate::TandemRaft;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// How long a write waits for a just-elected leader to become ready before it is redirected.
+const NEW_LEADER_GRACE: Duration = Duration::from_secs(2);
+/// How often that wait looks again.
+const NEW_LEADER_POLL: Duration = Duration::from_millis(20);
+/// Pause between attempts to add a learner while another membership change finishes.
+const MEMBERSHIP_RETRY: Duration = Duration::from_millis(100);
+
 /// How long a join token lives unless the caller asks otherwise.
 pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// The longest a join token may live.
@@ -315,7 +322,7 @@ impl Node {
         // A leader that was just elected (or whose quorum lease openraft
         // considers expired) forwards to itself: it is not ready yet. Give it
         // a moment rather than redirect a client to this very node.
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let deadline = std::time::Instant::now() + NEW_LEADER_GRACE;
         loop {
             match self.raft().client_write(req.clone()).await {
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
@@ -323,7 +330,7 @@ impl Node {
                         && std::time::Instant::now() < deadline =>
                 {
                     tracing::debug!(reason = ?f.reason, "leader not ready; retrying the proposal");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(NEW_LEADER_POLL).await;
                 }
                 other => return self.write_outcome(other),
             }
@@ -504,7 +511,7 @@ impl Node {
                     if attempt < 100 =>
                 {
                     tracing::debug!(error = %e, "membership change in progress; retrying add_learner");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(MEMBERSHIP_RETRY).await;
                 }
                 Err(e) => return Err(NodeError::Unavailable(e.to_string())),
             }

@@ -15,6 +15,11 @@ use crate::roles::Role;
 use crate::settings::Settings;
 use crate::util::SingleFlight;
 
+/// The shortest wait for a test address's answer.
+const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// At most one "cut off" line per this period.
+const CUT_OFF_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// State of the periodic duties.
 #[derive(Default)]
 pub struct Duties {
@@ -130,11 +135,11 @@ fn verify_due(node: &Node, settings: &Settings, now: Instant) -> bool {
 }
 
 async fn automatic_failover(node: &Node, settings: &Settings) {
-    let probe_timeout = (node.timing.primary_timeout / 2).max(Duration::from_millis(200));
+    let probe_timeout = (node.timing.primary_timeout / 2).max(MIN_PROBE_TIMEOUT);
     if !connectivity_ok(&settings.test_ips, probe_timeout).await {
         let mut t = node.duties.times();
         if t.last_cutoff_log
-            .is_none_or(|l| l.elapsed() > Duration::from_secs(10))
+            .is_none_or(|l| l.elapsed() > CUT_OFF_LOG_EVERY)
         {
             t.last_cutoff_log = Some(Instant::now());
             tracing::warn!(

@@ -20,6 +20,15 @@ use crate::peer::protocol::{ActionRequest, PeerRequest, PeerResponse};
 use crate::roles::Role;
 use crate::util::now_ms;
 
+/// How long a reset waits for Raft's tasks to let go of the store.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
+/// Bound on the other side's answer to a rejoin.
+const REJOIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between attempts to add a rejoining node while a membership change finishes.
+const REJOIN_RETRY: Duration = Duration::from_millis(100);
+/// How long a reset waits for the rebuilt Raft to elect this node.
+const ELECT_WAIT: Duration = Duration::from_secs(10);
+
 /// What the reset leaves behind.
 enum ResetTo {
     /// This node alone, leader of its own cluster, with its data.
@@ -40,7 +49,7 @@ impl Node {
             tracing::warn!(error = %e, "raft shutdown before reset");
         }
         drop(old);
-        if !tandem_storage::wait_store_released(&db_dir, Duration::from_secs(10)).await {
+        if !tandem_storage::wait_store_released(&db_dir, STORE_RELEASE_WAIT).await {
             return Err(NodeError::Internal(
                 "the old Raft did not release the store within 10 s".into(),
             ));
@@ -432,7 +441,7 @@ impl Node {
                 notice.by,
                 &notice.by_addr,
                 PeerRequest::Action(action),
-                Duration::from_secs(30),
+                REJOIN_CALL_TIMEOUT,
             )
             .await
         {
@@ -480,7 +489,7 @@ impl Node {
                 Ok(_) => return Ok("{}".into()),
                 Err(e) if attempt < 50 => {
                     tracing::debug!(error = %e, "add_learner for rejoin deferred");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(REJOIN_RETRY).await;
                 }
                 Err(e) => return Err(e.to_string()),
             }
@@ -526,7 +535,7 @@ async fn install_and_elect(
     let old_term = last.leader_id.term;
     engine
         .raft
-        .wait(Some(Duration::from_secs(10)))
+        .wait(Some(ELECT_WAIT))
         .metrics(
             move |m| {
                 m.state == openraft::ServerState::Leader

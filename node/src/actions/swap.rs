@@ -14,6 +14,15 @@ use crate::node::{Node, NodeError};
 use crate::peer::protocol::{ActionRequest, PeerRequest, PeerResponse};
 use crate::roles::Role;
 
+/// Bound on the primary's answer to an action asked of it (a swap with a pull sync can take long).
+const PRIMARY_ACTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the catch-up wait looks.
+const CATCH_UP_POLL: Duration = Duration::from_millis(5);
+/// How long a planned swap waits for the new primary to raise the epoch.
+const HAND_OVER_LIMIT: Duration = Duration::from_secs(10);
+/// How often a planned swap looks whether the new primary raised the epoch.
+const HAND_OVER_POLL: Duration = Duration::from_millis(2);
+
 impl Node {
     /// *Become primary* / *Become backup*, from either side.
     ///
@@ -76,7 +85,7 @@ impl Node {
                 primary,
                 &addr,
                 PeerRequest::Action(action),
-                Duration::from_secs(120),
+                PRIMARY_ACTION_TIMEOUT,
             )
             .await
         {
@@ -210,7 +219,7 @@ impl Node {
                     last,
                 }));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(CATCH_UP_POLL).await;
         }
     }
 
@@ -311,7 +320,7 @@ impl Node {
             .transfer_leader(to)
             .await
             .map_err(|e| NodeError::Unavailable(e.to_string()))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + HAND_OVER_LIMIT;
         loop {
             let ep = self.epoch();
             if ep.epoch > before.epoch && ep.primary == Some(to) {
@@ -330,7 +339,7 @@ impl Node {
                     "leadership was handed to node {to} but it has not become primary within 10 s"
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(HAND_OVER_POLL).await;
         }
     }
 }

@@ -11,6 +11,19 @@ use crate::node::{Node, NodeError};
 use crate::peer::protocol::{ActionRequest, PeerRequest, PeerResponse};
 use crate::roles::Role;
 
+/// How long *sync now* waits for the backup to hold every entry.
+const SYNC_CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
+/// How long *verify* waits for proposals in flight to apply.
+const VERIFY_SETTLE_LIMIT: Duration = Duration::from_secs(10);
+/// How often the waits on applied indexes look.
+const APPLY_POLL: Duration = Duration::from_millis(2);
+/// How long *verify* waits for the backup to reach the compared index.
+const VERIFY_CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
+/// Bound on the backup's answer with its digest.
+const DIGEST_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a digest waits for its index to be applied here.
+const DIGEST_APPLY_LIMIT: Duration = Duration::from_secs(30);
+
 impl Node {
     /// *Sync now*: make the backup hold every committed entry now (openraft
     /// sends a snapshot when the log it needs was compacted); with `verify`,
@@ -76,9 +89,7 @@ impl Node {
             self.lag_bytes(from).unwrap_or(0)
         };
         let _ = self.raft().trigger().heartbeat().await;
-        let to = self
-            .wait_caught_up(backup, Duration::from_secs(120))
-            .await?;
+        let to = self.wait_caught_up(backup, SYNC_CATCH_UP_LIMIT).await?;
         let mut report = SyncReport {
             backup,
             from_index: from,
@@ -132,7 +143,7 @@ impl Node {
     async fn verify_with(&self, backup: u64) -> Result<VerifyReport, NodeError> {
         let _pause = self.roles.pause();
         // Let proposals already in flight commit and apply.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + VERIFY_SETTLE_LIMIT;
         let index = loop {
             let m = self.metrics();
             let last = m.last_log_index.unwrap_or(0);
@@ -144,9 +155,9 @@ impl Node {
                     "writes did not settle for verify".into(),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(APPLY_POLL).await;
         };
-        self.wait_caught_up(backup, Duration::from_secs(30)).await?;
+        self.wait_caught_up(backup, VERIFY_CATCH_UP_LIMIT).await?;
         let local = self
             .digest_at(index)
             .await
@@ -163,7 +174,7 @@ impl Node {
                 backup,
                 &addr,
                 PeerRequest::Digest { at_index: index },
-                Duration::from_secs(60),
+                DIGEST_CALL_TIMEOUT,
             )
             .await
         {
@@ -190,7 +201,7 @@ impl Node {
 
     /// `(index, digest)` of the state once exactly `at_index` is applied here.
     pub async fn digest_at(&self, at_index: u64) -> Result<(u64, String), String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + DIGEST_APPLY_LIMIT;
         loop {
             let applied = self.reader().applied_index().unwrap_or(0);
             if applied == at_index {
@@ -204,7 +215,7 @@ impl Node {
             if Instant::now() >= deadline {
                 return Err(format!("applied index {applied} did not reach {at_index}"));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(APPLY_POLL).await;
         }
         let reader = self.reader();
         let (index, digest) = tokio::task::spawn_blocking(move || reader.try_digest())

@@ -15,6 +15,11 @@ use crate::bootstrap::InitOutcome;
 use crate::cli::dispatch::poll;
 use crate::client::ApiClient;
 
+/// How long the demo waits for a node it stops to exit.
+const NODE_STOP_WAIT: Duration = Duration::from_secs(15);
+/// How often the demo looks at its nodes.
+const WATCH_EVERY: Duration = Duration::from_millis(250);
+
 /// One started node process.
 pub struct DemoNode {
     /// Its name.
@@ -245,7 +250,7 @@ impl LocalCluster {
             }
         }
         for n in &mut self.nodes {
-            if tokio::time::timeout(Duration::from_secs(15), n.child.wait())
+            if tokio::time::timeout(NODE_STOP_WAIT, n.child.wait())
                 .await
                 .is_err()
             {
@@ -335,7 +340,7 @@ async fn watch_nodes(cluster: &mut LocalCluster, json_path: &Path, shutdown: Can
     let mut lines = stdin_lines();
     let mut stdin_open = true;
     let mut down = vec![false; cluster.nodes.len()];
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut tick = tokio::time::interval(WATCH_EVERY);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

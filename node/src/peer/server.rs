@@ -33,6 +33,9 @@ use super::protocol::{
     ActionRequest, Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION,
 };
 
+/// Pause after a failed accept (out of file descriptors) before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+
 /// Bound on an idle server-side wait for the hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Raft answers an append stream may have queued before it reads more.
@@ -97,7 +100,7 @@ pub async fn serve_peers<H: PeerHandler>(
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "peer accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                     continue;
                 }
             },

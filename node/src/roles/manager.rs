@@ -5,6 +5,11 @@
 
 use super::*;
 
+/// A snapshot asked for and not yet made is asked again after this.
+const SNAPSHOT_ASK_AGAIN: Duration = Duration::from_secs(60);
+/// Bound on delivering a fence notice.
+const NOTICE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Keeps roles up to date: raises the epoch on a new leader appliance, makes
 /// a witness leader hand over, records role changes and peers lost or found.
 pub async fn manage_roles(node: Arc<Node>, stop: CancellationToken) {
@@ -188,7 +193,7 @@ fn snapshot_duty(node: &Node, m: &openraft::RaftMetrics<tandem_storage::TypeConf
     {
         let mut i = node.roles.lock();
         if i.snapshot_asked
-            .is_some_and(|(at, when)| snap < at && when.elapsed() < Duration::from_secs(60))
+            .is_some_and(|(at, when)| snap < at && when.elapsed() < SNAPSHOT_ASK_AGAIN)
         {
             return;
         }
@@ -307,7 +312,7 @@ impl Node {
             });
             if let Err(e) = self
                 .network
-                .call(*id, addr, notice, Duration::from_secs(5))
+                .call(*id, addr, notice, NOTICE_CALL_TIMEOUT)
                 .await
             {
                 tracing::info!(peer = id, error = %e, "removed member not told now; it learns at its next contact");

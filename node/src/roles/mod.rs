@@ -25,6 +25,9 @@ use crate::node::{Node, NodeError};
 use crate::peer::fence::Fence;
 use crate::util::{now_ms, SingleFlight};
 
+/// How often a writer waiting for an epoch raise looks again.
+const RAISE_POLL: Duration = Duration::from_millis(5);
+
 /// How often [`Node::settle_primary`] looks at the role again.
 const SETTLE_POLL: Duration = Duration::from_millis(3);
 use crate::peer::protocol::{ActionRequest, PeerRequest};
@@ -195,7 +198,7 @@ impl RoleState {
                     "an epoch raise is under way; try again".into(),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(RAISE_POLL).await;
         }
     }
 
