@@ -5,41 +5,52 @@
 //! command line. It must not contain storage-format or HTTP-routing logic:
 //! those live in `tandem-storage` and `tandem-web`.
 //!
-//! Modules:
-//! - [`config`]: `node.toml` and the data directory (lock, paths).
-//! - [`peer`]: the peer listener and the Raft network client (frames,
-//!   protocol, client, server behind a `PeerHandler`, bandwidth limit,
-//!   reachability, fence notices). [`frame`] and [`protocol`] are
-//!   re-exported for the tests that speak the wire.
-//! - [`supervise`]: essential background tasks, watched.
-//! - [`util`]: `now_ms`, `lock`, `AbortOnDrop`, single-flight flags.
-//! - [`log_limit`]: openraft's repeated warnings, one per call site per 30 s.
-//! - [`node`]: a running node and its operations.
-//! - [`disk`]: the free-space reserve application writes are checked against.
-//! - [`api`]: the `AdminBackend` the web crate serves.
-//! - [`bootstrap`]: `init` and `join`.
-//! - [`client`]: the admin API client the CLI uses.
-//! - [`cli`], [`demo`]: the commands.
+//! Modules, by room. Public (for the binary and the tests crate) are only
+//! [`cli`], [`client`], [`config`], [`log_limit`] and [`shared_ip`], plus the
+//! re-exports [`demo`], [`frame`], [`protocol`] and [`ip_guard`]; every other
+//! module is `pub(crate)`.
+//! - `node`: a running node: storage, certificates, the Raft instance, the
+//!   write path, joins. The hub the rooms below extend with `impl Node`.
+//! - `roles`: the role rules (`role_of`, a pure function), the write gate,
+//!   the role manager and the replicated history.
+//! - `actions`: swap, sync/verify, forced promotion/break/rejoin, failover
+//!   duties, set-up from the page.
+//! - `peer`: the mutual-TLS peer transport: frames, protocol, client,
+//!   server behind a `PeerHandler`, bandwidth limit, reachability, fence
+//!   notices. [`frame`] and [`protocol`] are re-exported for the tests that
+//!   speak the wire.
+//! - [`shared_ip`]: the shared addresses: spec, drivers, announcements,
+//!   manager and the guard process ([`ip_guard`]).
+//! - `api`: the `AdminBackend` the web crate serves, its views and the one
+//!   `NodeError` → `ApiError` mapping.
+//! - [`cli`] (with [`demo`]): the commands; [`client`]: the admin API client
+//!   the commands use.
+//! - Leaves: [`config`] (`node.toml`, the data directory), `settings`,
+//!   `errors` (typed refusals), `probe` (the one reachability probe),
+//!   `bootstrap` (`init`, `join`), `users`, `disk` (free-space reserve),
+//!   `admin_tls`, `supervise` (essential tasks), [`log_limit`], `util`.
+//!
+//! `ARCHITECTURE.md` says what each room must not touch.
 
-pub mod actions;
-pub mod admin_tls;
-pub mod api;
-pub mod bootstrap;
+pub(crate) mod actions;
+pub(crate) mod admin_tls;
+pub(crate) mod api;
+pub(crate) mod bootstrap;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod disk;
-pub mod errors;
+pub(crate) mod disk;
+pub(crate) mod errors;
 pub mod log_limit;
-pub mod node;
-pub mod peer;
-pub mod probe;
-pub mod roles;
-pub mod settings;
+pub(crate) mod node;
+pub(crate) mod peer;
+pub(crate) mod probe;
+pub(crate) mod roles;
+pub(crate) mod settings;
 pub mod shared_ip;
-pub mod supervise;
-pub mod users;
-pub mod util;
+pub(crate) mod supervise;
+pub(crate) mod users;
+pub(crate) mod util;
 
 pub use cli::demo;
 pub use peer::{frame, protocol};
@@ -107,7 +118,7 @@ impl RunOverrides {
 /// Runs the node in `dir` until `shutdown` is cancelled, then stops it in
 /// order: admin listener, leadership hand-over, peer listener, Raft, sled.
 /// When the node asks to restart in place (a join set up from the web UI
-/// changed its identity, see [`actions::setup`]), it is stopped in the same order,
+/// changed its identity, see `actions::setup`), it is stopped in the same order,
 /// the join is applied to the directory, and it starts again in this
 /// process.
 ///

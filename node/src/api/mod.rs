@@ -16,5 +16,4 @@ mod convert;
 mod errors;
 mod views;
 
-pub use backend::{Backend, DEFAULT_BACKUP_MAX_LAG};
-pub use convert::MAX_VALUE_BYTES;
+pub use backend::Backend;

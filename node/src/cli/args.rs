@@ -87,7 +87,7 @@ pub struct ListenArgs {
     /// Admin (HTTPS API and UI) listener address (port 0 as above).
     #[arg(long, default_value = "127.0.0.1:8443")]
     pub api_listen: SocketAddr,
-    /// API base URL others use (default: https://<api listen address>).
+    /// API base URL others use (default: `https://<api listen address>`).
     #[arg(long)]
     pub api_advertise: Option<String>,
     /// Build a Raft snapshot after this many log entries (or after as many

@@ -33,7 +33,9 @@ const SETTLE_POLL: Duration = Duration::from_millis(3);
 use crate::peer::protocol::{ActionRequest, PeerRequest};
 use crate::settings::Settings;
 
-pub use manager::{manage_roles, snapshot_interval};
+pub use manager::manage_roles;
+#[cfg(test)]
+use manager::snapshot_interval;
 pub use rules::{role_of, RoleFacts};
 pub use state::Role;
 

@@ -23,7 +23,7 @@
 //! manager still asks for on a tick that raced with the release.
 //!
 //! Rooms: [`spec`], [`driver`] (`netlink`, `script`, `none`, `select`),
-//! [`announce`], [`probe`], [`manager`], and [`guard`] (the child process
+//! [`announce`](mod@announce), [`probe`], [`manager`], and [`guard`] (the child process
 //! that releases the addresses when the daemon dies or freezes; it depends
 //! on the drivers only). Must not touch: roles, Raft, the node.
 

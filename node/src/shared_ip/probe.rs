@@ -1,5 +1,5 @@
 //! After a takeover: does a gateway or test address answer *from* the
-//! shared address? Asked of [`crate::probe`], the one probe.
+//! shared address? Asked of `crate::probe`, the one probe.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -23,7 +23,7 @@ pub struct Reachability {
     pub at_ms: u64,
 }
 
-/// Probes `target` with `from` as the source address (see [`crate::probe`]).
+/// Probes `target` with `from` as the source address (see `crate::probe`).
 ///
 /// # Errors
 /// The target did not answer, or is neither `IP` nor `IP:port`.

@@ -1,5 +1,5 @@
 //! The `netlink` driver (Linux): adds and removes the address with
-//! netlink, then announces it ([`super::super::announce`]) on a schedule.
+//! netlink, then announces it ([`announce`](mod@super::super::announce)) on a schedule.
 
 use std::collections::BTreeMap;
 use std::fmt;
