@@ -81,9 +81,6 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// How long a stopping leader waits for the hand-over to show.
 const HAND_OVER_WAIT: Duration = Duration::from_secs(3);
 
-/// The Raft instance type of a Tandem node.
-pub type TandemRaft = openraft::Raft<tandem_storage::TypeConfig, tandem_storage::StateMachineStore>;
-
 /// Each shutdown step is bounded by this.
 const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
 

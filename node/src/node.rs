@@ -16,7 +16,6 @@ use crate::config::{DataDir, NodeConfig, Tuning};
 use crate::peer::client::{PeerIdentity, PeerNetwork};
 use crate::settings::{Settings, Timing};
 use crate::util::now_ms;
-use crate::TandemRaft;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How long a write waits for a just-elected leader to become ready before it is redirected.
@@ -33,6 +32,9 @@ pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 use crate::errors::JoinDenial;
 pub use crate::errors::NodeError;
+
+/// The Raft instance type of a Tandem node.
+pub type TandemRaft = openraft::Raft<tandem_storage::TypeConfig, tandem_storage::StateMachineStore>;
 
 /// SHA-256 of `secret`, hex: how tokens are stored.
 pub fn hash_secret(secret: &str) -> String {
@@ -129,6 +131,17 @@ pub async fn start_engine(
     })
 }
 
+/// What a reset of the Raft state (`actions::reset`) leaves behind. Here,
+/// not there: the reset is an `impl Node` method, and a type it uses in the
+/// module that extends `Node` would make that module and this one import
+/// each other.
+pub(crate) enum ResetTo {
+    /// This node alone, leader of its own cluster, with its data.
+    SingleVoter(tandem_storage::CatchUp),
+    /// An empty store, waiting for a leader to send it everything.
+    Pristine,
+}
+
 /// The parts of a node that are rebuilt when its Raft state is reset (a
 /// forced promotion or a broken relationship makes it the single voter of a
 /// fresh Raft over the same data).
@@ -165,7 +178,7 @@ pub struct Node {
     /// Serialises engine resets.
     pub(crate) reset_lock: tokio::sync::Mutex<()>,
     /// Automatic failover and scheduled verify.
-    pub(crate) duties: crate::actions::failover::Duties,
+    pub(crate) duties: crate::actions::duties::Duties,
     /// The shared-IP manager, once `run` started it.
     pub shared_ips: std::sync::OnceLock<crate::shared_ip::SharedIpHandle>,
     /// Bandwidth limit for snapshot and catch-up streams (bytes/s, 0 =
@@ -245,7 +258,7 @@ impl Node {
             timing,
             roles: crate::roles::RoleState::new(epoch, fence),
             reset_lock: tokio::sync::Mutex::new(()),
-            duties: crate::actions::failover::Duties::default(),
+            duties: crate::actions::duties::Duties::default(),
             shared_ips: std::sync::OnceLock::new(),
             bandwidth,
             restart: tokio_util::sync::CancellationToken::new(),

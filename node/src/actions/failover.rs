@@ -2,7 +2,6 @@
 //! in the pair-only topology (guarded by connectivity test IPs), scheduled
 //! verification, and removing the witness from a live pair.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -13,33 +12,11 @@ use crate::errors::Refusal;
 use crate::node::{Node, NodeError};
 use crate::roles::Role;
 use crate::settings::Settings;
-use crate::util::SingleFlight;
 
 /// The shortest wait for a test address's answer.
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// At most one "cut off" line per this period.
 const CUT_OFF_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// State of the periodic duties.
-#[derive(Default)]
-pub struct Duties {
-    busy: SingleFlight,
-    inner: Mutex<DutyTimes>,
-}
-
-#[derive(Default)]
-struct DutyTimes {
-    started: Option<Instant>,
-    last_failover_attempt: Option<Instant>,
-    last_verify: Option<Instant>,
-    last_cutoff_log: Option<Instant>,
-}
-
-impl Duties {
-    fn times(&self) -> std::sync::MutexGuard<'_, DutyTimes> {
-        crate::util::lock(&self.inner)
-    }
-}
 
 /// Whether at least one connectivity test address answers ([`crate::probe`]:
 /// `host:port` by TCP connect, where a refusal is an answer too; bare

@@ -14,6 +14,7 @@
 //! role manager), or speak HTTP (that is `api`). A refusal changes nothing
 //! and is a typed [`crate::errors::Refusal`].
 
+pub(crate) mod duties;
 pub(crate) mod failover;
 pub(crate) mod reset;
 pub(crate) mod setup;

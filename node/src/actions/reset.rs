@@ -14,7 +14,7 @@ use tandem_storage::{CatchUp, NodeKind, Request, Response};
 use tandem_web::{BreakOutcome, SwapOutcome};
 
 use crate::errors::{Action, Peer, Refusal, Remedy};
-use crate::node::{start_engine, Node, NodeError};
+use crate::node::{start_engine, Node, NodeError, ResetTo};
 use crate::peer::fence::FenceKind;
 use crate::peer::protocol::{ActionRequest, PeerRequest, PeerResponse};
 use crate::roles::Role;
@@ -28,14 +28,6 @@ const REJOIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const REJOIN_RETRY: Duration = Duration::from_millis(100);
 /// How long a reset waits for the rebuilt Raft to elect this node.
 const ELECT_WAIT: Duration = Duration::from_secs(10);
-
-/// What the reset leaves behind.
-enum ResetTo {
-    /// This node alone, leader of its own cluster, with its data.
-    SingleVoter(CatchUp),
-    /// An empty store, waiting for a leader to send it everything.
-    Pristine,
-}
 
 impl Node {
     /// Replaces the Raft engine as `to` says. Returns the last log index the

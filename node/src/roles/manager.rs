@@ -3,7 +3,20 @@
 //! keeps the shared IPs on the primary, records peers lost and found, asks
 //! for snapshots and runs the periodic duties.
 
-use super::*;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::{Instant as _, ServerState};
+use serde_json::json;
+use tandem_storage::{EpochRecord, NodeKind, Request, Response};
+use tokio_util::sync::CancellationToken;
+
+use super::state::Role;
+use crate::node::Node;
+use crate::peer::protocol::{ActionRequest, PeerRequest};
+use crate::util::now_ms;
 
 /// A snapshot asked for and not yet made is asked again after this.
 const SNAPSHOT_ASK_AGAIN: Duration = Duration::from_secs(60);
@@ -430,5 +443,19 @@ fn track_peers(node: &Arc<Node>) {
         let kind = if up { "peer_found" } else { "peer_lost" };
         tracing::info!(peer = id, %name, event = kind, "peer reachability changed");
         node.record_soon(kind, "tandem", json!({ "peer": id, "name": name }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_interval;
+
+    #[test]
+    fn snapshot_interval_follows_the_state_size_within_bounds() {
+        assert_eq!(snapshot_interval(10_000, 0), 10_000, "no snapshot yet");
+        assert_eq!(snapshot_interval(10_000, 3_000), 10_000);
+        assert_eq!(snapshot_interval(10_000, 100_000), 100_000);
+        assert_eq!(snapshot_interval(10_000, 10_000_000), 160_000, "capped");
+        assert_eq!(snapshot_interval(0, 0), 1);
     }
 }
