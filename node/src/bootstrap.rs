@@ -17,7 +17,8 @@ use tandem_storage::{NodeKind, Request, Response};
 use tandem_web::{JoinRequest, JoinResponse};
 
 use crate::config::{DataDir, NodeConfig, Tuning, CONFIG_FORMAT};
-use crate::node::{hash_secret, random_secret, sans_for, validate_name, Node, ParsedToken};
+use crate::join::{hash_secret, random_secret, sans_for, validate_name, ParsedToken};
+use crate::node::Node;
 use crate::settings::Settings;
 
 /// How long `init` waits for the new single-node cluster to elect itself.

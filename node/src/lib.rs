@@ -27,7 +27,8 @@
 //!   the commands use.
 //! - Leaves: [`config`] (`node.toml`, the data directory), `settings`,
 //!   `errors` (typed refusals), `probe` (the one reachability probe),
-//!   `bootstrap` (`init`, `join`), `users`, `disk` (free-space reserve),
+//!   `bootstrap` (`init`, `join`), `join` (join request, grant, token text,
+//!   names and SANs), `users`, `disk` (free-space reserve),
 //!   `admin_tls`, `supervise` (essential tasks), [`log_limit`], `util`.
 //!
 //! `ARCHITECTURE.md` says what each room must not touch.
@@ -41,6 +42,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod disk;
 pub(crate) mod errors;
+pub(crate) mod join;
 pub mod log_limit;
 pub(crate) mod node;
 pub(crate) mod peer;

@@ -9,7 +9,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use rand::RngCore;
 
-use crate::node::{hash_secret, random_hex, random_secret};
+use crate::join::{hash_secret, random_hex, random_secret};
 
 /// Prefix of per-user API tokens: `tdu_<id>.<secret>`.
 pub const API_TOKEN_PREFIX: &str = "tdu_";

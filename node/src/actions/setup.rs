@@ -20,7 +20,8 @@ use tandem_web::{JoinRequest, JoinResponse, SetupOutcome, SetupRequest};
 use crate::bootstrap::{request_join, JoinCallError};
 use crate::config::DataDir;
 use crate::errors::{Peer, Refusal, Remedy};
-use crate::node::{host_of, Node, NodeError, ParsedToken};
+use crate::join::{host_of, ParsedToken};
+use crate::node::{Node, NodeError};
 use crate::roles::Role;
 
 /// File name, in the data directory, of a join granted but not yet applied.

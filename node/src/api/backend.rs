@@ -16,7 +16,8 @@ use tandem_web::{
 };
 
 use crate::client::ApiClient;
-use crate::node::{random_secret, JoinRequest as NodeJoin, Node};
+use crate::join::{random_secret, JoinRequest as NodeJoin};
+use crate::node::Node;
 use crate::roles::Role;
 use crate::settings::Settings;
 use crate::util::now_ms;
