@@ -78,7 +78,7 @@ struct State {
     /// What this manager acquired (key → spec, epoch).
     acquired: BTreeMap<String, (SharedIpSpec, u64)>,
     /// Current failures, keyed by `action key`.
-    failures: BTreeMap<String, Failure>,
+    failures: BTreeMap<FailureKey, Failure>,
     /// The specs last asked for.
     desired: Vec<SharedIpSpec>,
     /// The epoch the reachability check was started for.
@@ -290,7 +290,7 @@ impl SharedIpManager {
             st.checked_epoch = None;
         }
         for (key, spec, held_epoch) in extra {
-            let fkey = format!("release {key}");
+            let fkey = FailureKey::release(&key);
             if st
                 .failures
                 .get(&fkey)
@@ -311,13 +311,11 @@ impl SharedIpManager {
         }
         if !should_hold {
             // Failures of acquisitions no longer wanted are moot.
-            st.failures.retain(|k, _| k.starts_with("release "));
+            st.failures.retain(|k, _| k.op == Op::Release);
         } else {
-            st.failures.retain(|k, _| {
-                k.strip_prefix("acquire ")
-                    .is_none_or(|key| wanted.contains(key))
-                    && k.strip_prefix("release ")
-                        .is_none_or(|key| !wanted.contains(key))
+            st.failures.retain(|k, _| match k.op {
+                Op::Acquire => wanted.contains(k.key.as_str()),
+                Op::Release => !wanted.contains(k.key.as_str()),
             });
             // Nothing is taken on a lapsed lease (a pause, or a stale wish
             // of the role manager): the next renewal retries.
@@ -332,7 +330,7 @@ impl SharedIpManager {
                     st.acquired.get(&key).is_none_or(|(_, e)| *e != epoch)
                         && st
                             .failures
-                            .get(&format!("acquire {key}"))
+                            .get(&FailureKey::acquire(&key))
                             .is_none_or(|f| Instant::now() >= f.next_try)
                 })
                 .collect();
@@ -342,7 +340,7 @@ impl SharedIpManager {
             }
             for spec in due {
                 let key = spec.key();
-                let fkey = format!("acquire {key}");
+                let fkey = FailureKey::acquire(&key);
                 let r = self.driver.acquire(spec, epoch).await;
                 self.record("acquire", spec, epoch, &r);
                 changed = true;
@@ -504,7 +502,7 @@ impl SharedIpManager {
             let key = spec.key();
             let r = self.driver.release(&spec, epoch.max(e)).await;
             self.record("release", &spec, epoch.max(e), &r);
-            let fkey = format!("release {key}");
+            let fkey = FailureKey::release(&key);
             match r {
                 Ok(_) => {
                     st.acquired.remove(&key);
@@ -517,7 +515,7 @@ impl SharedIpManager {
                 }
             }
         }
-        st.failures.retain(|k, _| k.starts_with("release "));
+        st.failures.retain(|k, _| k.op == Op::Release);
         self.tell_guard(&st, &[], epoch).await;
         self.refresh_held(&mut st, true).await;
         self.report_of(&st)
@@ -537,7 +535,7 @@ impl SharedIpManager {
                         st.acquired.insert(spec.key(), (spec.clone(), 0));
                         fail(
                             &mut st.failures,
-                            format!("release {}", spec.key()),
+                            FailureKey::release(&spec.key()),
                             e,
                             RELEASE_RETRY_MAX,
                         );
@@ -606,7 +604,53 @@ impl SharedIpManager {
     }
 }
 
-fn fail(failures: &mut BTreeMap<String, Failure>, key: String, e: DriverError, max: Duration) {
+/// What a failure was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Op {
+    Acquire,
+    Release,
+}
+
+/// A failed acquisition or release of one address (by its spec key),
+/// retried with backoff; shown as `acquire <key>` / `release <key>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct FailureKey {
+    op: Op,
+    key: String,
+}
+
+impl FailureKey {
+    fn acquire(key: &str) -> Self {
+        Self {
+            op: Op::Acquire,
+            key: key.to_owned(),
+        }
+    }
+
+    fn release(key: &str) -> Self {
+        Self {
+            op: Op::Release,
+            key: key.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for FailureKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = match self.op {
+            Op::Acquire => "acquire",
+            Op::Release => "release",
+        };
+        write!(f, "{op} {}", self.key)
+    }
+}
+
+fn fail(
+    failures: &mut BTreeMap<FailureKey, Failure>,
+    key: FailureKey,
+    e: DriverError,
+    max: Duration,
+) {
     let attempts = failures.get(&key).map_or(0, |f| f.attempts) + 1;
     failures.insert(
         key,
