@@ -57,9 +57,9 @@ const PIPELINE_DEPTH: usize = 16;
 /// The slowest rate at which a live peer is assumed to decode and store an
 /// append frame. Each answer may take the RPC's soft TTL plus the frame's
 /// size at this rate: a 4 MiB frame of catch-up entries gets 2 s more than a
-/// heartbeat. A bound of the soft TTL alone (75 ms at the default timing)
-/// timed out healthy peers that were writing a large frame, and every
-/// timeout sent the whole frame again.
+/// heartbeat. The soft TTL alone (75 ms at the default timing) would time
+/// out a healthy peer writing a large frame, and each timeout sends the
+/// whole frame again.
 const SLOW_PEER_BYTES_PER_SEC: f64 = 2.0 * 1024.0 * 1024.0;
 
 /// How long the answer to an append frame of `bytes` may take once sent.

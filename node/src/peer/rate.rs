@@ -17,8 +17,8 @@ const LIMIT_BURST: Duration = Duration::from_millis(50);
 ///
 /// The time a large send itself takes (TLS, the socket, a peer that reads
 /// slowly) refills the bucket up to that send's size: with a cap of the
-/// burst alone, that time was lost and a busy machine sent 1 MiB snapshot
-/// chunks well below the limit.
+/// burst alone that time would be lost, and a busy machine would send 1 MiB
+/// snapshot chunks well below the limit.
 #[derive(Default)]
 pub struct RateLimiter {
     bucket: tokio::sync::Mutex<Bucket>,
