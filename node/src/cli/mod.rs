@@ -12,6 +12,10 @@
 //! Rooms: [`args`] (the shape), [`dispatch`] (running a command),
 //! [`actions`] (relationship commands), [`render`] (printing views),
 //! [`failure`] (exit codes), [`demo`] (`tandem demo`).
+//!
+//! Must not touch: a running node's internals. Commands speak to a node
+//! through its admin API (`client::ApiClient`), except `init`, `join` and
+//! `run`, which go through `bootstrap` and the crate root.
 
 pub mod actions;
 pub mod args;
