@@ -72,6 +72,11 @@ pub fn raft_config(
         // Bounds one AppendEntries frame: 256 entries of at most 64 KiB each
         // stay well inside the 32 MiB frame limit.
         max_payload_entries: 256,
+        // A node that cannot win (frozen, cut off, restarted) asks first
+        // whether it would be granted a vote, without raising its term:
+        // otherwise its higher term, seen in its first answer to the
+        // leader, makes a healthy primary step down when it returns.
+        enable_pre_vote: Some(true),
         ..Default::default()
     };
     Ok(Arc::new(cfg.validate()?))

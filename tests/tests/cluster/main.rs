@@ -63,5 +63,6 @@ mod t80_cli;
 mod t85_bandwidth;
 mod t87_dead_peer;
 mod t88_supervision;
+mod t89_returning_voter;
 mod t90_admin_tls;
 mod t95_setup_relationship;
