@@ -194,9 +194,9 @@ pub async fn init_node(dir: &Path, name: &str, flags: &[&str]) -> (Value, String
         "--name".into(),
         name.into(),
         "--peer-listen".into(),
-        "127.0.0.1:0".into(),
+        listen_addr().into(),
         "--api-listen".into(),
-        "127.0.0.1:0".into(),
+        listen_addr().into(),
         "--json".into(),
     ];
     args.extend(flags.iter().map(OsString::from));
@@ -210,6 +210,44 @@ pub async fn init_node(dir: &Path, name: &str, flags: &[&str]) -> (Value, String
     let ca_pem = std::fs::read_to_string(ca_file).expect("reading ca.pem");
     let cfg = DataDir::new(dir).load().expect("node.toml after init");
     (init, ca_pem, cfg)
+}
+
+/// Ports the harness gives its nodes: below the kernel's ephemeral range
+/// (32768–60999 by default), so that no outgoing connection of another
+/// test can take a stopped node's port before it restarts (a node keeps
+/// its ports in `node.toml`).
+const NODE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback address with a port from [`NODE_PORTS`] that is free now.
+/// Ports are handed out in turn from a varying start, so one test process
+/// never hands out the same port twice while others remain.
+///
+/// # Panics
+/// When no port of the range can be bound.
+pub fn listen_addr() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(NODE_PORTS.end - NODE_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        // A start that differs between runs and processes.
+        (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id())
+            % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    // Bounded: one pass over the range at most.
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = NODE_PORTS.start + n as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return format!("127.0.0.1:{port}");
+        }
+    }
+    panic!("no free loopback port in {NODE_PORTS:?}");
 }
 
 /// Polls `probe` every [`POLL_EVERY`] until it returns `Some`, for at most
@@ -566,9 +604,9 @@ impl Cluster {
             "--peer".into(),
             peer.into(),
             "--peer-listen".into(),
-            "127.0.0.1:0".into(),
+            listen_addr().into(),
             "--api-listen".into(),
-            "127.0.0.1:0".into(),
+            listen_addr().into(),
         ];
         if witness {
             args.push("--witness".into());
