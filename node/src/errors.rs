@@ -22,7 +22,7 @@ pub enum NodeError {
     #[error("refused: {0}")]
     Refused(Refusal),
     /// A peer the action needs did not answer; nothing changed.
-    #[error("refused: {peer} cannot be contacted{}{}", detail(.reason), .remedy)]
+    #[error("refused: {}", unreachable(.peer, .reason, .remedy))]
     PeerUnreachable {
         /// The peer.
         peer: Peer,
@@ -52,11 +52,13 @@ pub enum NodeError {
     InsufficientStorage(String),
 }
 
-fn detail(reason: &Option<String>) -> String {
-    reason
+/// The text of [`NodeError::PeerUnreachable`].
+fn unreachable(peer: &Peer, reason: &Option<String>, remedy: &Remedy) -> String {
+    let detail = reason
         .as_ref()
         .map(|r| format!(" ({r})"))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    format!("{peer} cannot be contacted{detail}{remedy}")
 }
 
 impl NodeError {
@@ -67,10 +69,11 @@ impl NodeError {
             NodeError::Refused(r) => r.to_string(),
             NodeError::Rejected(r) => r.to_string(),
             NodeError::JoinDenied(d) => d.to_string(),
-            NodeError::PeerUnreachable { .. } => {
-                let full = self.to_string();
-                full.strip_prefix("refused: ").unwrap_or(&full).to_string()
-            }
+            NodeError::PeerUnreachable {
+                peer,
+                reason,
+                remedy,
+            } => unreachable(peer, reason, remedy),
             NodeError::NotLeader { .. } => self.to_string(),
             NodeError::BadRequest(m)
             | NodeError::Unavailable(m)

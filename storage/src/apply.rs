@@ -344,7 +344,7 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             actor,
             at_ms,
             if_version,
-        } => config_put(ov, key, value_json, actor, at_ms, if_version)?,
+        } => config_put(ov, key, value_json, actor, *at_ms, *if_version)?,
         Request::ConfigDelete { key, .. } => {
             let k = keys::config_key(key);
             let existed = ov.get::<ConfigRecord>(&k)?.is_some();
@@ -359,7 +359,7 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             data_json,
             created_ms,
             expires_ms,
-        } => session_put(ov, id, owner, data_json, created_ms, expires_ms)?,
+        } => session_put(ov, id, owner, data_json, *created_ms, *expires_ms)?,
         Request::SessionDelete { id } => session_delete(ov, id)?,
         Request::SessionSweep { now_ms } => session_sweep(ov, *now_ms)?,
         Request::JoinTokenCreate {
@@ -368,12 +368,12 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             expires_ms,
             kind,
             created_by,
-        } => join_token_create(ov, id, secret_hash, expires_ms, kind, created_by)?,
+        } => join_token_create(ov, id, secret_hash, *expires_ms, *kind, created_by)?,
         Request::JoinTokenConsume {
             id,
             secret_hash,
             now_ms,
-        } => join_token_consume(ov, id, secret_hash, now_ms)?,
+        } => join_token_consume(ov, id, secret_hash, *now_ms)?,
         Request::Multi(reqs) => multi(ov, reqs)?,
         Request::RaiseEpoch {
             expected_epoch,
@@ -398,27 +398,27 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             if_version,
             actor,
             at_ms,
-        } => settings_put(ov, settings_json, if_version, actor, at_ms)?,
+        } => settings_put(ov, settings_json, *if_version, actor, *at_ms)?,
         Request::HistoryAppend {
             at_ms,
             node,
             kind,
             actor,
             details_json,
-        } => history_append(ov, at_ms, node, kind, actor, details_json)?,
+        } => history_append(ov, *at_ms, *node, kind, actor, details_json)?,
         Request::UserPut {
             name,
             password_hash,
             actor,
             at_ms,
-        } => user_put(ov, name, password_hash, actor, at_ms)?,
+        } => user_put(ov, name, password_hash, actor, *at_ms)?,
         Request::UserDelete { name, .. } => user_delete(ov, name)?,
         Request::ApiTokenCreate {
             id,
             user,
             secret_hash,
             at_ms,
-        } => api_token_create(ov, id, user, secret_hash, at_ms)?,
+        } => api_token_create(ov, id, user, secret_hash, *at_ms)?,
         Request::ApiTokenRevoke { id } => {
             let k = keys::api_token_key(id);
             let existed = ov.get::<ApiTokenRecord>(&k)?.is_some();
@@ -484,6 +484,14 @@ fn session_delete(ov: &mut Overlay<'_>, id: &str) -> Result<Response, StorageErr
     })
 }
 
+/// The refusal of an optimistic write that saw `if_version` while the
+/// stored version is `current`.
+fn version_conflict(if_version: Option<u64>, current: u64) -> Option<Response> {
+    if_version
+        .filter(|&expected| expected != current)
+        .map(|expected| Response::refused(Refusal::VersionConflict { expected, current }))
+}
+
 /// Applies [`Request::Bootstrap`].
 fn bootstrap(
     ov: &mut Overlay<'_>,
@@ -508,8 +516,8 @@ fn config_put(
     key: &str,
     value_json: &str,
     actor: &str,
-    at_ms: &u64,
-    if_version: &Option<u64>,
+    at_ms: u64,
+    if_version: Option<u64>,
 ) -> Result<Response, StorageError> {
     if let Some(r) = too_large(Field::Value, value_json.len()) {
         return Ok(r);
@@ -519,13 +527,8 @@ fn config_put(
     }
     let k = keys::config_key(key);
     let current = ov.get::<ConfigRecord>(&k)?.map_or(0, |r| r.version);
-    if let Some(expected) = if_version {
-        if *expected != current {
-            return Ok(Response::refused(Refusal::VersionConflict {
-                expected: *expected,
-                current,
-            }));
-        }
+    if let Some(r) = version_conflict(if_version, current) {
+        return Ok(r);
     }
     let version = current + 1;
     ov.put(
@@ -534,7 +537,7 @@ fn config_put(
             value_json: value_json.to_string(),
             version,
             updated_by: actor.to_string(),
-            updated_ms: *at_ms,
+            updated_ms: at_ms,
         },
     )?;
     Ok(Response::ConfigWritten { version })
@@ -546,8 +549,8 @@ fn session_put(
     id: &str,
     owner: &str,
     data_json: &str,
-    created_ms: &u64,
-    expires_ms: &u64,
+    created_ms: u64,
+    expires_ms: u64,
 ) -> Result<Response, StorageError> {
     if let Some(r) = too_large(Field::SessionData, data_json.len()) {
         return Ok(r);
@@ -561,11 +564,11 @@ fn session_put(
         &SessionRecord {
             owner: owner.to_string(),
             data_json: data_json.to_string(),
-            created_ms: *created_ms,
-            expires_ms: *expires_ms,
+            created_ms,
+            expires_ms,
         },
     )?;
-    ov.put(keys::expiry_key(*expires_ms, id), &())?;
+    ov.put(keys::expiry_key(expires_ms, id), &())?;
     Ok(Response::Ok)
 }
 
@@ -574,8 +577,8 @@ fn join_token_create(
     ov: &mut Overlay<'_>,
     id: &str,
     secret_hash: &str,
-    expires_ms: &u64,
-    kind: &NodeKind,
+    expires_ms: u64,
+    kind: NodeKind,
     created_by: &str,
 ) -> Result<Response, StorageError> {
     let k = keys::token_key(id);
@@ -586,8 +589,8 @@ fn join_token_create(
         k,
         &TokenRecord {
             secret_hash: secret_hash.to_string(),
-            expires_ms: *expires_ms,
-            kind: *kind,
+            expires_ms,
+            kind,
             created_by: created_by.to_string(),
             used_by: None,
         },
@@ -600,7 +603,7 @@ fn join_token_consume(
     ov: &mut Overlay<'_>,
     id: &str,
     secret_hash: &str,
-    now_ms: &u64,
+    now_ms: u64,
 ) -> Result<Response, StorageError> {
     let k = keys::token_key(id);
     let Some(mut token) = ov.get::<TokenRecord>(&k)? else {
@@ -614,7 +617,7 @@ fn join_token_consume(
     if token.used_by.is_some() {
         return Ok(Response::refused(Refusal::TokenUsed));
     }
-    if *now_ms >= token.expires_ms {
+    if now_ms >= token.expires_ms {
         return Ok(Response::refused(Refusal::TokenExpired));
     }
     let counter_key = SmMetaKey::NextNodeId.as_bytes();
@@ -632,9 +635,9 @@ fn join_token_consume(
 fn settings_put(
     ov: &mut Overlay<'_>,
     settings_json: &str,
-    if_version: &Option<u64>,
+    if_version: Option<u64>,
     actor: &str,
-    at_ms: &u64,
+    at_ms: u64,
 ) -> Result<Response, StorageError> {
     if let Some(r) = too_large(Field::Settings, settings_json.len()) {
         return Ok(r);
@@ -646,13 +649,8 @@ fn settings_put(
     }
     let key = SmMetaKey::Settings.as_bytes();
     let current = ov.get::<SettingsRecord>(key)?.map_or(0, |r| r.version);
-    if let Some(expected) = if_version {
-        if *expected != current {
-            return Ok(Response::refused(Refusal::VersionConflict {
-                expected: *expected,
-                current,
-            }));
-        }
+    if let Some(r) = version_conflict(if_version, current) {
+        return Ok(r);
     }
     let version = current + 1;
     ov.put(
@@ -661,7 +659,7 @@ fn settings_put(
             settings_json: settings_json.to_string(),
             version,
             updated_by: actor.to_string(),
-            updated_ms: *at_ms,
+            updated_ms: at_ms,
         },
     )?;
     Ok(Response::SettingsWritten { version })
@@ -670,8 +668,8 @@ fn settings_put(
 /// Applies [`Request::HistoryAppend`].
 fn history_append(
     ov: &mut Overlay<'_>,
-    at_ms: &u64,
-    node: &u64,
+    at_ms: u64,
+    node: u64,
     kind: &str,
     actor: &str,
     details_json: &str,
@@ -708,8 +706,8 @@ fn history_append(
     ov.put(
         keys::history_key(seq),
         &HistoryRecord {
-            at_ms: *at_ms,
-            node: *node,
+            at_ms,
+            node,
             kind: kind.to_string(),
             actor: actor.to_string(),
             details_json: details_json.to_string(),
@@ -729,7 +727,7 @@ fn user_put(
     name: &str,
     password_hash: &str,
     actor: &str,
-    at_ms: &u64,
+    at_ms: u64,
 ) -> Result<Response, StorageError> {
     if name.is_empty() || name.len() > MAX_USER_NAME_BYTES {
         return Ok(Response::refused(Refusal::UserName {
@@ -740,13 +738,13 @@ fn user_put(
         return Ok(Response::refused(Refusal::PasswordHash));
     }
     let k = keys::user_key(name);
-    let created_ms = ov.get::<UserRecord>(&k)?.map_or(*at_ms, |u| u.created_ms);
+    let created_ms = ov.get::<UserRecord>(&k)?.map_or(at_ms, |u| u.created_ms);
     ov.put(
         k,
         &UserRecord {
             password_hash: password_hash.to_string(),
             created_ms,
-            updated_ms: *at_ms,
+            updated_ms: at_ms,
             updated_by: actor.to_string(),
         },
     )?;
@@ -783,7 +781,7 @@ fn api_token_create(
     id: &str,
     user: &str,
     secret_hash: &str,
-    at_ms: &u64,
+    at_ms: u64,
 ) -> Result<Response, StorageError> {
     if ov.get::<UserRecord>(&keys::user_key(user))?.is_none() {
         return Ok(Response::refused(Refusal::NoUser {
@@ -799,7 +797,7 @@ fn api_token_create(
         &ApiTokenRecord {
             user: user.to_string(),
             secret_hash: secret_hash.to_string(),
-            created_ms: *at_ms,
+            created_ms: at_ms,
         },
     )?;
     Ok(Response::Ok)

@@ -589,9 +589,9 @@ impl StreamCtx {
 
 /// What the sending half tells the receiving half, in send order.
 enum Sent {
-    /// A request went out; its answer is due. `(prev, last)` log ids and
-    /// the frame's size in bytes.
-    Request(Option<LogId>, Option<LogId>, usize),
+    /// A request went out; its answer is due: the last log id it carries
+    /// (its `prev` when it carries none) and the frame's size in bytes.
+    Request(Option<LogId>, usize),
     /// Sending failed; the stream ends with this error.
     Failed(String),
 }
@@ -623,8 +623,8 @@ where
     let state = Some((rd, rx, ctx, AbortOnDrop(sender)));
     futures::stream::unfold(state, |state| async move {
         let (mut rd, mut rx, ctx, guard) = state?;
-        let (prev, last, bytes) = match rx.recv().await? {
-            Sent::Request(prev, last, bytes) => (prev, last, bytes),
+        let (last, bytes) = match rx.recv().await? {
+            Sent::Request(last, bytes) => (last, bytes),
             Sent::Failed(e) => return Some((Err(ctx.network(e)), None)),
         };
         let bound = answer_bound(ctx.ttl, bytes);
@@ -644,7 +644,6 @@ where
                 // Go on only after a full success; a conflict, a higher vote
                 // or a partial success ends the stream (openraft restarts it).
                 let go_on = matches!(&r, Ok(matched) if *matched == last);
-                let _ = prev;
                 let next = go_on.then_some((rd, rx, ctx, guard));
                 Some((Ok(r), next))
             }
@@ -690,8 +689,7 @@ async fn send_appends<W, S>(
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
 {
     while let Some(req) = input.next().await {
-        let prev = req.prev_log_id;
-        let last = req.entries.last().map(|e| e.log_id).or(prev);
+        let last = req.entries.last().map(|e| e.log_id).or(req.prev_log_id);
         let heartbeat = req.entries.is_empty();
         // A pipeline slot first: at most PIPELINE_DEPTH answers outstanding.
         let Ok(slot) = tx.reserve().await else {
@@ -711,7 +709,7 @@ async fn send_appends<W, S>(
             Ok::<usize, FrameError>(bytes.len())
         };
         match sent.await {
-            Ok(len) => slot.send(Sent::Request(prev, last, len)),
+            Ok(len) => slot.send(Sent::Request(last, len)),
             Err(e) => {
                 slot.send(Sent::Failed(e.to_string()));
                 return;
