@@ -1015,7 +1015,13 @@ pub fn spawn_run(
     cmd.arg("run")
         .arg("--dir")
         .arg(dir)
-        .env("RUST_LOG", "info,sled=warn,openraft=warn")
+        // `TANDEM_TEST_LOG` widens the nodes' logs when a test is chased
+        // (e.g. `info,openraft::engine=info`).
+        .env(
+            "RUST_LOG",
+            std::env::var("TANDEM_TEST_LOG")
+                .unwrap_or_else(|_| "info,sled=warn,openraft=warn".to_string()),
+        )
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

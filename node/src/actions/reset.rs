@@ -329,11 +329,19 @@ impl Node {
             return;
         };
         // A refusal can arrive late, for a request the previous engine sent
-        // before this node rejoined: a pristine engine, or one that already
-        // follows the refusing node, is not fenced.
+        // before this node rejoined: a pristine engine, or one that follows
+        // the refusing node and heard from it within a primary timeout, is
+        // not fenced. (A node that was removed still names its old leader
+        // as its leader: with Pre-Vote it asks before it stands, so nothing
+        // clears that; but the old leader no longer reaches it.)
         let m = self.metrics();
         let pristine = m.membership_config.membership().nodes().next().is_none();
-        if pristine || m.current_leader == Some(notice.by) {
+        let follows = m.current_leader == Some(notice.by)
+            && self
+                .roles
+                .since_leader_contact()
+                .is_some_and(|d| d < self.timing.primary_timeout);
+        if pristine || follows {
             tracing::info!(
                 by = notice.by,
                 "stale refusal ignored: this node has rejoined"

@@ -282,7 +282,11 @@ async fn witness_fallback_election(node: &Node) {
         i.last_witness_election = Some(Instant::now());
     }
     tracing::info!("no leader after the longest election timeout: the witness stands for election");
-    let _ = node.raft().trigger().elect(false).await;
+    // With Pre-Vote: a witness whose log is behind the backup's cannot win,
+    // and must not raise its term trying, or the backup's own Pre-Votes
+    // (at the witness's last term + 1) keep arriving just after the next
+    // raise and are refused, round after round.
+    let _ = node.raft().trigger().elect(true).await;
 }
 
 impl Node {

@@ -60,3 +60,48 @@ async fn a_backup_frozen_past_its_election_timeout_returns_without_a_new_term() 
         "the backup's term grew"
     );
 }
+
+/// The primary dies while the witness is behind (it was frozen while the
+/// primary and the backup committed writes): the witness cannot win an
+/// election (its log is shorter), so the backup must, and the witness's
+/// own attempts must not keep it from doing so (they once raised the term
+/// just ahead of the backup's Pre-Votes, round after round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_dies_while_the_witness_is_behind() {
+    let mut c = Cluster::three(&[]).await;
+    let r = c.wait_roles(WAIT).await;
+    let (p, b, w) = (r.primary, r.backup, r.witness);
+    let before = c.status(p).await.expect("primary status");
+
+    signal(&c, w, Signal::SIGSTOP);
+    let written = write_keys(&c, p, "behind/", 20).await;
+    c.wait_caught_up(b).await;
+    c.kill9(p);
+    signal(&c, w, Signal::SIGCONT);
+    let killed = Instant::now();
+
+    let taken = wait_until(
+        "the backup to become primary with the witness behind",
+        Duration::from_secs(10),
+        || async {
+            let s = c.status(b).await?;
+            (s.this_host.role == "primary" && s.epoch > before.epoch).then_some(s)
+        },
+    )
+    .await;
+    eprintln!(
+        "t89: backup primary {:?} after the kill (epoch {} -> {})",
+        killed.elapsed(),
+        before.epoch,
+        taken.epoch
+    );
+    // One election, the backup's: the witness, which could not win, asked
+    // first (Pre-Vote) and raised no term.
+    assert_eq!(
+        taken.this_host.term,
+        before.this_host.term + 1,
+        "terms were raised by elections that could not be won"
+    );
+    assert_eq!(c.list(b, "behind/", true).await, written);
+    c.wait_caught_up(w).await;
+}
