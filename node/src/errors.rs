@@ -40,6 +40,9 @@ pub enum NodeError {
     /// The caller's input is wrong.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// What the request names does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
     /// The cluster cannot answer now (no quorum, shutting down).
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -76,6 +79,7 @@ impl NodeError {
             } => unreachable(peer, reason, remedy),
             NodeError::NotLeader { .. } => self.to_string(),
             NodeError::BadRequest(m)
+            | NodeError::NotFound(m)
             | NodeError::Unavailable(m)
             | NodeError::Internal(m)
             | NodeError::InsufficientStorage(m) => m.clone(),
@@ -240,6 +244,26 @@ pub enum Refusal {
     ByPeer {
         /// What it said.
         reason: String,
+    },
+    /// The node would become primary but is in maintenance.
+    #[error("{node} is in maintenance: it is not made primary until its maintenance ends")]
+    InMaintenance {
+        /// Its name.
+        node: String,
+    },
+    /// A hold or window that does not fit the plan; what is wrong.
+    #[error("maintenance refused: {0}")]
+    MaintenanceConflict(String),
+    /// Maintenance of the primary, whose role could not move away.
+    #[error(
+        "the role cannot move away from {node} for its maintenance: {why} (start it with force \
+         to keep {node} primary, in maintenance, until the role can move)"
+    )]
+    CannotMoveRole {
+        /// The primary's name.
+        node: String,
+        /// Why the swap failed.
+        why: String,
     },
 }
 

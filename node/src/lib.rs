@@ -28,7 +28,8 @@
 //! - Leaves: [`config`] (`node.toml`, the data directory), `settings`,
 //!   `errors` (typed refusals), `probe` (the one reachability probe),
 //!   `bootstrap` (`init`, `join`), `join` (join request, grant, token text,
-//!   names and SANs), `users`, `disk` (free-space reserve),
+//!   names and SANs), `maintenance` (the maintenance plan and its pure
+//!   rules), `users`, `disk` (free-space reserve),
 //!   `admin_tls`, `supervise` (essential tasks), [`log_limit`], `util`.
 //!
 //! `ARCHITECTURE.md` says what each room must not touch.
@@ -44,6 +45,7 @@ pub(crate) mod disk;
 pub(crate) mod errors;
 pub(crate) mod join;
 pub mod log_limit;
+pub(crate) mod maintenance;
 pub(crate) mod node;
 pub(crate) mod peer;
 pub(crate) mod probe;

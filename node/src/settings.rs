@@ -42,6 +42,11 @@ pub struct Settings {
     pub backup_operations: bool,
     /// Shared addresses held by the primary.
     pub shared_ips: Vec<SharedIp>,
+    /// Longest maintenance hold (minutes).
+    pub maintenance_max_minutes: u64,
+    /// How long before a maintenance window's start its reminder is
+    /// recorded (s); 0 = none.
+    pub maintenance_reminder_secs: u64,
 }
 
 impl Default for Settings {
@@ -54,6 +59,8 @@ impl Default for Settings {
             bandwidth_limit_bps: 0,
             backup_operations: false,
             shared_ips: Vec::new(),
+            maintenance_max_minutes: tandem_web::DEFAULT_MAINTENANCE_MAX_MINUTES,
+            maintenance_reminder_secs: tandem_web::DEFAULT_MAINTENANCE_REMINDER_SECS,
         }
     }
 }
@@ -136,6 +143,8 @@ impl Settings {
                     interfaces: s.interfaces.clone(),
                 })
                 .collect(),
+            maintenance_max_minutes: u.maintenance_max_minutes,
+            maintenance_reminder_secs: u.maintenance_reminder_secs,
         }
     }
 
@@ -164,6 +173,8 @@ impl Settings {
                     interfaces: s.interfaces.clone(),
                 })
                 .collect(),
+            maintenance_max_minutes: self.maintenance_max_minutes,
+            maintenance_reminder_secs: self.maintenance_reminder_secs,
         }
     }
 

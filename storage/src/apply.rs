@@ -282,6 +282,7 @@ fn addressed_key(req: &Request) -> Option<&str> {
         | Request::RaiseEpoch { .. }
         | Request::ClearPrimary { .. }
         | Request::SettingsPut { .. }
+        | Request::MaintenancePut { .. }
         | Request::HistoryAppend { .. } => None,
     }
 }
@@ -398,7 +399,33 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             if_version,
             actor,
             at_ms,
-        } => settings_put(ov, settings_json, *if_version, actor, *at_ms)?,
+        } => {
+            let version = document_put(
+                ov,
+                Document::Settings,
+                settings_json,
+                *if_version,
+                actor,
+                *at_ms,
+            )?;
+            version.map_or_else(|r| r, |version| Response::SettingsWritten { version })
+        }
+        Request::MaintenancePut {
+            doc_json,
+            if_version,
+            actor,
+            at_ms,
+        } => {
+            let version = document_put(
+                ov,
+                Document::Maintenance,
+                doc_json,
+                *if_version,
+                actor,
+                *at_ms,
+            )?;
+            version.map_or_else(|r| r, |version| Response::MaintenanceWritten { version })
+        }
         Request::HistoryAppend {
             at_ms,
             node,
@@ -631,38 +658,51 @@ fn join_token_consume(
     Ok(Response::NodeIdAssigned { node_id })
 }
 
-/// Applies [`Request::SettingsPut`].
-fn settings_put(
+/// A replicated JSON document stored whole under one meta key.
+#[derive(Debug, Clone, Copy)]
+enum Document {
+    /// [`Request::SettingsPut`].
+    Settings,
+    /// [`Request::MaintenancePut`].
+    Maintenance,
+}
+
+/// Applies [`Request::SettingsPut`] or [`Request::MaintenancePut`]: the new
+/// version, or the refusal.
+fn document_put(
     ov: &mut Overlay<'_>,
-    settings_json: &str,
+    doc: Document,
+    json: &str,
     if_version: Option<u64>,
     actor: &str,
     at_ms: u64,
-) -> Result<Response, StorageError> {
-    if let Some(r) = too_large(Field::Settings, settings_json.len()) {
-        return Ok(r);
+) -> Result<Result<u64, Response>, StorageError> {
+    let (field, key) = match doc {
+        Document::Settings => (Field::Settings, SmMetaKey::Settings),
+        Document::Maintenance => (Field::Maintenance, SmMetaKey::Maintenance),
+    };
+    if let Some(r) = too_large(field, json.len()) {
+        return Ok(Err(r));
     }
-    if !is_json_object(settings_json) {
-        return Ok(Response::refused(Refusal::NotJsonObject {
-            field: Field::Settings,
-        }));
+    if !is_json_object(json) {
+        return Ok(Err(Response::refused(Refusal::NotJsonObject { field })));
     }
-    let key = SmMetaKey::Settings.as_bytes();
+    let key = key.as_bytes();
     let current = ov.get::<SettingsRecord>(key)?.map_or(0, |r| r.version);
     if let Some(r) = version_conflict(if_version, current) {
-        return Ok(r);
+        return Ok(Err(r));
     }
     let version = current + 1;
     ov.put(
         key.to_vec(),
         &SettingsRecord {
-            settings_json: settings_json.to_string(),
+            settings_json: json.to_string(),
             version,
             updated_by: actor.to_string(),
             updated_ms: at_ms,
         },
     )?;
-    Ok(Response::SettingsWritten { version })
+    Ok(Ok(version))
 }
 
 /// Applies [`Request::HistoryAppend`].
@@ -1418,6 +1458,40 @@ mod tests {
                 updated_ms: 9
             })
         );
+    }
+
+    #[test]
+    fn the_maintenance_plan_is_its_own_document() {
+        let mut f = Fixture::new();
+        let plan = |json: &str, if_version: Option<u64>| Request::MaintenancePut {
+            doc_json: json.into(),
+            if_version,
+            actor: "ops".into(),
+            at_ms: 11,
+        };
+        assert!(f.store.reader.maintenance().is_none());
+        assert_eq!(
+            refused(&f.one(plan("[]", None))),
+            "maintenance records are not a JSON object"
+        );
+        assert_eq!(
+            f.one(plan("{\"nodes\":[]}", Some(0))),
+            Response::MaintenanceWritten { version: 1 }
+        );
+        assert!(refused(&f.one(plan("{}", Some(0)))).starts_with("version conflict"));
+        // The settings keep their own versions.
+        assert_eq!(
+            f.one(settings("{}", Some(0))),
+            Response::SettingsWritten { version: 1 }
+        );
+        assert_eq!(
+            f.one(plan("{}", Some(1))),
+            Response::MaintenanceWritten { version: 2 }
+        );
+        let stored = f.store.reader.maintenance().expect("stored");
+        assert_eq!((stored.settings_json.as_str(), stored.version), ("{}", 2));
+        assert_eq!(stored.updated_by, "ops");
+        assert_eq!(f.store.reader.settings().map(|s| s.version), Some(1));
     }
 
     #[test]

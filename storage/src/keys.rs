@@ -83,6 +83,9 @@ pub(crate) enum SmMetaKey {
     Settings,
     /// `u64`, the next status history seq = events ever appended (absent = 0).
     HistoryNextSeq,
+    /// [`crate::types::SettingsRecord`] holding the maintenance plan
+    /// (absent = never written).
+    Maintenance,
 }
 
 impl SmMetaKey {
@@ -96,6 +99,7 @@ impl SmMetaKey {
             SmMetaKey::Epoch => b"mepoch",
             SmMetaKey::Settings => b"msettings",
             SmMetaKey::HistoryNextSeq => b"mhistory_next_seq",
+            SmMetaKey::Maintenance => b"mmaintenance",
         }
     }
 }

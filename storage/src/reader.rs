@@ -224,6 +224,15 @@ impl StateReader {
         logged("settings", self.get(SmMetaKey::Settings.as_bytes()), None)
     }
 
+    /// The maintenance plan (in a [`SettingsRecord`]), if ever written.
+    pub fn maintenance(&self) -> Option<SettingsRecord> {
+        logged(
+            "maintenance",
+            self.get(SmMetaKey::Maintenance.as_bytes()),
+            None,
+        )
+    }
+
     /// Status history events, newest first: at most `limit` events with
     /// `seq < before_seq` (when given, for paging: pass the last seq of the
     /// previous page) and `kind` equal to the given one (when given). With a

@@ -238,6 +238,20 @@ pub enum Request {
         /// Token id.
         id: String,
     },
+    /// Replaces the maintenance plan (which nodes are in maintenance, the
+    /// scheduled windows): a JSON object as text, stored like the settings.
+    MaintenancePut {
+        /// The plan as JSON text; must be a JSON object, at most
+        /// [`crate::MAX_VALUE_BYTES`].
+        doc_json: String,
+        /// Optimistic concurrency: the version the writer saw (`Some(0)` =
+        /// no plan stored yet).
+        if_version: Option<u64>,
+        /// Who wrote it.
+        actor: String,
+        /// When (ms).
+        at_ms: u64,
+    },
 }
 
 impl fmt::Display for Request {
@@ -282,6 +296,7 @@ impl fmt::Display for Request {
                 write!(f, "clear_primary(expected={expected_epoch})")
             }
             Request::SettingsPut { actor, .. } => write!(f, "settings_put(actor={actor})"),
+            Request::MaintenancePut { actor, .. } => write!(f, "maintenance_put(actor={actor})"),
             Request::HistoryAppend { kind, node, .. } => {
                 write!(f, "history_append(kind={kind}, node={node})")
             }
@@ -347,6 +362,11 @@ pub enum Response {
         /// The event's sequence number (0 for the first event ever).
         seq: u64,
     },
+    /// The maintenance plan was written with this version.
+    MaintenanceWritten {
+        /// The new version (1 for the first write).
+        version: u64,
+    },
 }
 
 impl Response {
@@ -372,6 +392,8 @@ pub enum Field {
     HistoryActor,
     /// A history event's details.
     HistoryDetails,
+    /// The maintenance plan.
+    Maintenance,
 }
 
 impl std::fmt::Display for Field {
@@ -384,6 +406,7 @@ impl std::fmt::Display for Field {
             Field::HistoryKind => "history kind",
             Field::HistoryActor => "history actor",
             Field::HistoryDetails => "history details",
+            Field::Maintenance => "maintenance records",
         })
     }
 }
@@ -542,7 +565,8 @@ pub struct EpochRecord {
 /// The replicated settings, as stored (meta keyspace) and as readers see them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettingsRecord {
-    /// The settings as a JSON object (text).
+    /// The settings (or, under its own key, the maintenance plan) as a JSON
+    /// object (text).
     pub settings_json: String,
     /// Version, 1 for the first write.
     pub version: u64,

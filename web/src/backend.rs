@@ -12,6 +12,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::maintenance::{HoldView, MaintenanceOutcome, MaintenanceStart, MaintenanceView, WindowRequest};
 use crate::names::{KindName, RoleName, Topology};
 use crate::ApiError;
 
@@ -291,6 +292,64 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// # Errors
     /// `Unavailable` when the node cannot tell.
     fn readiness(&self) -> impl Future<Output = Result<ReadinessView, ApiError>> + Send;
+
+    // ---- maintenance (`crate::maintenance`) -------------------------------
+
+    /// Who is in maintenance now and what is scheduled (`GET
+    /// /api/v1/maintenance`), served locally.
+    ///
+    /// # Errors
+    /// `Unavailable` when it cannot be read.
+    fn maintenance(&self) -> impl Future<Output = Result<MaintenanceView, ApiError>> + Send;
+
+    /// Holds a node out of service now (`POST /api/v1/maintenance`); the
+    /// router has checked the fields. On the primary's own hold the role
+    /// moves away first.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown node; `Refused` when the role cannot move
+    /// (unless `force`) or no appliance would be left to be primary;
+    /// `BadRequest` for a witness or a hold longer than the setting allows;
+    /// `NotLeader` when the write must go elsewhere.
+    fn maintenance_start(
+        &self,
+        req: MaintenanceStart,
+        actor: String,
+    ) -> impl Future<Output = Result<MaintenanceOutcome, ApiError>> + Send;
+
+    /// Ends a node's maintenance now (`DELETE /api/v1/maintenance/{node}`).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown node or one not in maintenance;
+    /// `NotLeader` when the write must go elsewhere.
+    fn maintenance_end(
+        &self,
+        node: String,
+        actor: String,
+    ) -> impl Future<Output = Result<MaintenanceOutcome, ApiError>> + Send;
+
+    /// Schedules a window (`POST /api/v1/maintenance/windows`).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown node; `BadRequest` for a start in the
+    /// past, a witness or a window longer than the setting allows;
+    /// `Refused` when it would leave no appliance to be primary.
+    fn window_schedule(
+        &self,
+        req: WindowRequest,
+        actor: String,
+    ) -> impl Future<Output = Result<MaintenanceView, ApiError>> + Send;
+
+    /// Cancels a window that has not started (`DELETE
+    /// /api/v1/maintenance/windows/{id}`).
+    ///
+    /// # Errors
+    /// `NotFound` when no such window is scheduled.
+    fn window_cancel(
+        &self,
+        id: u64,
+        actor: String,
+    ) -> impl Future<Output = Result<MaintenanceView, ApiError>> + Send;
 
     // ---- admin users and API tokens (the web UI) ---------------------------
     //
@@ -657,6 +716,9 @@ pub struct StatusView {
     pub epoch: u64,
     /// Node id of the current primary, if there is one.
     pub primary: Option<u64>,
+    /// Nodes in maintenance now (the page shows a banner while any is).
+    #[serde(default)]
+    pub maintenance: Vec<HoldView>,
 }
 
 /// The answering node in [`StatusView`].
@@ -791,6 +853,26 @@ pub struct SettingsView {
     pub backup_operations: bool,
     /// Shared IPs held by the primary.
     pub shared_ips: Vec<SharedIpView>,
+    /// Longest maintenance hold (minutes).
+    #[serde(default = "default_maintenance_max_minutes")]
+    pub maintenance_max_minutes: u64,
+    /// How long before a maintenance window's start its reminder is
+    /// recorded (s); 0 = no reminder.
+    #[serde(default = "default_maintenance_reminder_secs")]
+    pub maintenance_reminder_secs: u64,
+}
+
+/// Default of `maintenance_max_minutes`: a day.
+pub const DEFAULT_MAINTENANCE_MAX_MINUTES: u64 = 24 * 60;
+/// Default of `maintenance_reminder_secs`: 15 minutes.
+pub const DEFAULT_MAINTENANCE_REMINDER_SECS: u64 = 15 * 60;
+
+fn default_maintenance_max_minutes() -> u64 {
+    DEFAULT_MAINTENANCE_MAX_MINUTES
+}
+
+fn default_maintenance_reminder_secs() -> u64 {
+    DEFAULT_MAINTENANCE_REMINDER_SECS
 }
 
 /// Body of `PUT /api/v1/settings`: the whole settings (every field
@@ -812,6 +894,12 @@ pub struct SettingsUpdate {
     pub backup_operations: bool,
     /// At most 16.
     pub shared_ips: Vec<SharedIpView>,
+    /// 1..=525600 (a year); default 1440 (a day).
+    #[serde(default = "default_maintenance_max_minutes")]
+    pub maintenance_max_minutes: u64,
+    /// 0 (no reminder) ..=604800; default 900.
+    #[serde(default = "default_maintenance_reminder_secs")]
+    pub maintenance_reminder_secs: u64,
     /// Optimistic concurrency: write only if the current version equals this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_version: Option<u64>,

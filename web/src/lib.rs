@@ -14,6 +14,8 @@
 //!   utoipa from the handlers' `#[utoipa::path]` attributes and the view
 //!   types' `ToSchema` derives.
 //! - `extract`: extractors that turn axum rejections into [`ApiError`]s.
+//! - `maintenance`: the bodies, views, checks and handlers of
+//!   `/api/v1/maintenance…`.
 //! - `names`: [`RoleName`], [`KindName`], [`Topology`]: closed sets of
 //!   names, serialized as the strings the JSON has always had.
 //! - `settings`: [`validate_settings`], the pure settings checks.
@@ -28,6 +30,7 @@
 mod backend;
 mod error;
 mod extract;
+mod maintenance;
 mod names;
 mod openapi;
 mod routes;
@@ -43,7 +46,12 @@ pub use backend::{
     SetupOutcome, SetupRequest, SharedIpView, StatusView, SwapOutcome, SwapRequest, SyncReport,
     SyncRequest, UserCreate, UserPassword, UserView, VerifyReport,
 };
+pub use backend::{DEFAULT_MAINTENANCE_MAX_MINUTES, DEFAULT_MAINTENANCE_REMINDER_SECS};
 pub use error::{ApiError, ErrorBody};
+pub use maintenance::{
+    validate_maintenance_start, validate_window, HoldView, MaintenanceOutcome, MaintenanceStart,
+    MaintenanceView, WindowRequest, WindowView, MAX_MAINTENANCE_REASON_LEN,
+};
 pub use names::{KindName, RoleName, Topology};
 pub use routes::{
     openapi, router, validate_key, AdminApp, AdminFuture, ApiRoute, ACTOR_HEADER,
@@ -52,8 +60,8 @@ pub use routes::{
     STALE_HEADER,
 };
 pub use settings::{
-    validate_settings, MAX_INTERFACE_LEN, MAX_SHARED_IPS, MAX_TEST_IPS, MIN_BANDWIDTH_BPS,
-    PRIMARY_TIMEOUT_MS, VERIFY_INTERVAL_SECS,
+    validate_settings, MAINTENANCE_MAX_MINUTES, MAINTENANCE_REMINDER_SECS, MAX_INTERFACE_LEN,
+    MAX_SHARED_IPS, MAX_TEST_IPS, MIN_BANDWIDTH_BPS, PRIMARY_TIMEOUT_MS, VERIFY_INTERVAL_SECS,
 };
 pub use tls::{serve_tls, SHUTDOWN_GRACE};
 pub use ui::{CSRF_HEADER, LOGIN_MAX_FAILURES, LOGIN_WINDOW, SESSION_COOKIE, SESSION_TTL};

@@ -43,6 +43,9 @@ use crate::backend::{
 };
 use crate::error::{ErrorBody, LeaderRedirect};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
+use crate::maintenance::{
+    maintenance_end, maintenance_get, maintenance_start, window_cancel, window_schedule,
+};
 use crate::openapi::{
     ref_inlined_schemas, BearerScheme, E400, E401, E403, E404, E405, E409, E413, E415, E421, E500,
     E503, E507,
@@ -138,6 +141,11 @@ pub const ROUTES: &[ApiRoute] = &[
     authed("GET", "/api/v1/api-tokens"),
     authed("POST", "/api/v1/api-tokens"),
     authed("DELETE", "/api/v1/api-tokens/{id}"),
+    authed("GET", "/api/v1/maintenance"),
+    authed("POST", "/api/v1/maintenance"),
+    authed("DELETE", "/api/v1/maintenance/{node}"),
+    authed("POST", "/api/v1/maintenance/windows"),
+    authed("DELETE", "/api/v1/maintenance/windows/{id}"),
 ];
 
 /// The OpenAPI document of [`ROUTES`]: every operation from its handler's
@@ -185,6 +193,11 @@ pub const ROUTES: &[ApiRoute] = &[
         api_token_list,
         api_token_create,
         api_token_revoke,
+        crate::maintenance::maintenance_get,
+        crate::maintenance::maintenance_start,
+        crate::maintenance::maintenance_end,
+        crate::maintenance::window_schedule,
+        crate::maintenance::window_cancel,
     ),
     // Schemas that are only named by `ref(...)` (bodies that may be left
     // out) or only reached through response types are not collected by
@@ -321,6 +334,22 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> AdminApp {
         .route(
             listed("/api/v1/api-tokens/{id}"),
             axum::routing::delete(api_token_revoke::<B>),
+        )
+        .route(
+            listed("/api/v1/maintenance"),
+            get(maintenance_get::<B>).post(maintenance_start::<B>),
+        )
+        .route(
+            listed("/api/v1/maintenance/{node}"),
+            axum::routing::delete(maintenance_end::<B>),
+        )
+        .route(
+            listed("/api/v1/maintenance/windows"),
+            post(window_schedule::<B>),
+        )
+        .route(
+            listed("/api/v1/maintenance/windows/{id}"),
+            axum::routing::delete(window_cancel::<B>),
         )
         .route(EVENTS_PATH, get(events::<B>))
         .route_layer(middleware::from_fn_with_state(
@@ -626,7 +655,7 @@ fn validate_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 }
 
 /// The writer recorded for a mutation: [`ACTOR_HEADER`] or `api`.
-fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
+pub(crate) fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(value) = headers.get(ACTOR_HEADER) else {
         return Ok(DEFAULT_ACTOR.to_owned());
     };

@@ -18,6 +18,10 @@ pub const VERIFY_INTERVAL_SECS: RangeInclusive<u64> = 60..=604_800;
 pub const MIN_BANDWIDTH_BPS: u64 = 65_536;
 /// Most shared IPs.
 pub const MAX_SHARED_IPS: usize = 16;
+/// Allowed longest maintenance hold (minutes): a minute to a year.
+pub const MAINTENANCE_MAX_MINUTES: RangeInclusive<u64> = 1..=525_600;
+/// Allowed maintenance reminder lead (s): none to a week.
+pub const MAINTENANCE_REMINDER_SECS: RangeInclusive<u64> = 0..=604_800;
 /// Longest interface name (Linux `IFNAMSIZ - 1`).
 pub const MAX_INTERFACE_LEN: usize = 15;
 /// Longest node name (as the node accepts them).
@@ -33,7 +37,8 @@ const MAX_NODE_NAME_LEN: usize = 63;
 /// or 1..=128 (IPv6), not unspecified or multicast, no duplicate address,
 /// and an `interfaces` map of at least one node name (1..=63 chars of
 /// `[A-Za-z0-9._-]`) to an interface name (1..=15 chars of
-/// `[A-Za-z0-9._-]`).
+/// `[A-Za-z0-9._-]`); `maintenance_max_minutes` 1..=525600;
+/// `maintenance_reminder_secs` 0..=604800.
 ///
 /// # Errors
 /// Every problem found, keyed by field path: `primary_timeout_ms`,
@@ -50,6 +55,23 @@ pub fn validate_settings(update: &SettingsUpdate) -> Result<(), BTreeMap<String,
                 PRIMARY_TIMEOUT_MS.start(),
                 PRIMARY_TIMEOUT_MS.end()
             ),
+        );
+    }
+
+    if !MAINTENANCE_MAX_MINUTES.contains(&update.maintenance_max_minutes) {
+        errors.insert(
+            "maintenance_max_minutes".to_owned(),
+            format!(
+                "must be between {} and {}",
+                MAINTENANCE_MAX_MINUTES.start(),
+                MAINTENANCE_MAX_MINUTES.end()
+            ),
+        );
+    }
+    if !MAINTENANCE_REMINDER_SECS.contains(&update.maintenance_reminder_secs) {
+        errors.insert(
+            "maintenance_reminder_secs".to_owned(),
+            format!("must be at most {}", MAINTENANCE_REMINDER_SECS.end()),
         );
     }
 
@@ -206,6 +228,8 @@ mod tests {
                 address: "2001:db8::10/64".into(),
                 interfaces: [("a".to_owned(), "eth0".to_owned())].into(),
             }],
+            maintenance_max_minutes: 60,
+            maintenance_reminder_secs: 0,
             if_version: None,
         }
     }
@@ -231,6 +255,20 @@ mod tests {
                 interfaces: [("n-1".to_owned(), "a".repeat(15))].into(),
             })
             .collect();
+        assert_eq!(validate_settings(&u), Ok(()));
+    }
+
+    #[test]
+    fn maintenance_bounds() {
+        let mut u = valid();
+        u.maintenance_max_minutes = 0;
+        u.maintenance_reminder_secs = 604_801;
+        assert_eq!(
+            keys(&u),
+            vec!["maintenance_max_minutes", "maintenance_reminder_secs"]
+        );
+        u.maintenance_max_minutes = 525_600;
+        u.maintenance_reminder_secs = 604_800;
         assert_eq!(validate_settings(&u), Ok(()));
     }
 

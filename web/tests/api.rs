@@ -16,6 +16,10 @@ use tandem_web::{
     SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView,
     VerifyReport, LOGIN_MAX_FAILURES, MAX_BODY_BYTES, ROUTES,
 };
+use tandem_web::{
+    HoldView, MaintenanceOutcome, MaintenanceStart, MaintenanceView, WindowRequest, WindowView,
+    DEFAULT_MAINTENANCE_MAX_MINUTES, DEFAULT_MAINTENANCE_REMINDER_SECS,
+};
 use tower::ServiceExt;
 
 const TOKEN: &str = "s3cret";
@@ -42,6 +46,8 @@ struct State {
     users: BTreeMap<String, String>,
     /// API tokens: id → (user, token).
     api_tokens: BTreeMap<String, (String, String)>,
+    /// The maintenance state.
+    maintenance: MaintenanceView,
 }
 
 #[derive(Default)]
@@ -85,6 +91,8 @@ impl MemBackend {
                 bandwidth_limit_bps: 0,
                 backup_operations: false,
                 shared_ips: Vec::new(),
+                maintenance_max_minutes: DEFAULT_MAINTENANCE_MAX_MINUTES,
+                maintenance_reminder_secs: DEFAULT_MAINTENANCE_REMINDER_SECS,
             })
     }
 
@@ -465,6 +473,7 @@ impl AdminBackend for MemBackend {
             settings: self.current_settings(),
             epoch: 4,
             primary: Some(1),
+            maintenance: self.lock().maintenance.nodes.clone(),
         })
     }
 
@@ -532,6 +541,8 @@ impl AdminBackend for MemBackend {
             bandwidth_limit_bps: update.bandwidth_limit_bps,
             backup_operations: update.backup_operations,
             shared_ips: update.shared_ips,
+            maintenance_max_minutes: update.maintenance_max_minutes,
+            maintenance_reminder_secs: update.maintenance_reminder_secs,
         };
         self.lock().settings = Some(view.clone());
         Ok(view)
@@ -650,6 +661,90 @@ impl AdminBackend for MemBackend {
             certificates_ok: true,
             shared_ips_ok: true,
         })
+    }
+
+    async fn maintenance(&self) -> Result<MaintenanceView, ApiError> {
+        Ok(self.lock().maintenance.clone())
+    }
+
+    async fn maintenance_start(
+        &self,
+        req: MaintenanceStart,
+        actor: String,
+    ) -> Result<MaintenanceOutcome, ApiError> {
+        self.record(format!("maintenance_start({},{})", req.node, req.force));
+        self.refusal()?;
+        let mut st = self.lock();
+        if req.node != "a" && req.node != "b" {
+            return Err(ApiError::NotFound(format!("no node {:?}", req.node)));
+        }
+        st.maintenance.nodes.retain(|h| h.node != req.node);
+        st.maintenance.nodes.push(HoldView {
+            node: req.node.clone(),
+            node_id: if req.node == "a" { 1 } else { 2 },
+            reason: req.reason,
+            until_ms: 10_000,
+            by: actor,
+            since_ms: 1_000,
+            window: None,
+        });
+        Ok(MaintenanceOutcome {
+            moved_to: None,
+            note: None,
+            maintenance: st.maintenance.clone(),
+        })
+    }
+
+    async fn maintenance_end(
+        &self,
+        node: String,
+        actor: String,
+    ) -> Result<MaintenanceOutcome, ApiError> {
+        self.record(format!("maintenance_end({node})"));
+        let mut st = self.lock();
+        st.last_actor = Some(actor);
+        let before = st.maintenance.nodes.len();
+        st.maintenance.nodes.retain(|h| h.node != node);
+        if st.maintenance.nodes.len() == before {
+            return Err(ApiError::NotFound(format!("{node} is not in maintenance")));
+        }
+        Ok(MaintenanceOutcome {
+            moved_to: None,
+            note: None,
+            maintenance: st.maintenance.clone(),
+        })
+    }
+
+    async fn window_schedule(
+        &self,
+        req: WindowRequest,
+        actor: String,
+    ) -> Result<MaintenanceView, ApiError> {
+        self.record(format!("window_schedule({})", req.node));
+        let mut st = self.lock();
+        let id = st.maintenance.windows.len() as u64 + 1;
+        st.maintenance.windows.push(WindowView {
+            id,
+            node: req.node,
+            node_id: 1,
+            reason: req.reason,
+            by: actor,
+            start_ms: req.start_ms,
+            end_ms: req.end_ms,
+        });
+        Ok(st.maintenance.clone())
+    }
+
+    async fn window_cancel(&self, id: u64, actor: String) -> Result<MaintenanceView, ApiError> {
+        self.record(format!("window_cancel({id})"));
+        let mut st = self.lock();
+        st.last_actor = Some(actor);
+        let before = st.maintenance.windows.len();
+        st.maintenance.windows.retain(|w| w.id != id);
+        if st.maintenance.windows.len() == before {
+            return Err(ApiError::NotFound(format!("no window {id}")));
+        }
+        Ok(st.maintenance.clone())
     }
 }
 
@@ -788,6 +883,19 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::GET, "/api/v1/api-tokens", None),
         (Method::POST, "/api/v1/api-tokens", Some(json!({}))),
         (Method::DELETE, "/api/v1/api-tokens/t1", None),
+        (Method::GET, "/api/v1/maintenance", None),
+        (
+            Method::POST,
+            "/api/v1/maintenance",
+            Some(json!({"node": "a", "reason": "r", "minutes": 5})),
+        ),
+        (Method::DELETE, "/api/v1/maintenance/a", None),
+        (
+            Method::POST,
+            "/api/v1/maintenance/windows",
+            Some(json!({"node": "a", "reason": "r", "start_ms": 1, "end_ms": 2})),
+        ),
+        (Method::DELETE, "/api/v1/maintenance/windows/1", None),
     ];
     for (method, uri, body) in routes {
         for token in [None, Some("wrong"), Some("")] {
@@ -816,7 +924,77 @@ async fn every_api_route_requires_the_bearer_token() {
     }
     // Every bearer-protected route in the table was exercised above.
     let protected = ROUTES.iter().filter(|r| r.auth).count();
-    assert_eq!(protected, 29, "new protected route: add it to this test");
+    assert_eq!(protected, 34, "new protected route: add it to this test");
+}
+
+#[tokio::test]
+async fn maintenance_routes_check_their_input_and_reach_the_backend() {
+    let (backend, app) = app();
+    // Bad bodies: 400 with the fields named, and the backend is not called.
+    for (body, field) in [
+        (json!({"node": "a", "reason": "r"}), "minutes"),
+        (json!({"node": "a", "reason": "r", "minutes": 1, "seconds": 1}), "minutes"),
+        (json!({"node": "a", "reason": "r", "minutes": 0}), "minutes"),
+        (json!({"node": "", "reason": "r", "minutes": 1}), "node"),
+        (json!({"node": "a", "reason": "", "minutes": 1}), "reason"),
+    ] {
+        let r = call(&app, Method::POST, "/api/v1/maintenance", Some(body.clone())).await;
+        r.assert_error(StatusCode::BAD_REQUEST, "invalid");
+        assert!(r.body["fields"].get(field).is_some(), "{body}: {:?}", r.body);
+    }
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/maintenance",
+        Some(json!({"node": "a", "reason": "r", "minutes": 1, "extra": true})),
+    )
+    .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/maintenance/windows",
+        Some(json!({"node": "a", "reason": "r", "start_ms": 5, "end_ms": 5})),
+    )
+    .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid");
+    assert_eq!(backend.calls(), Vec::<String>::new());
+
+    // Start, list, end; ending again is 404.
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/maintenance",
+        Some(json!({"node": "b", "reason": "kernel", "minutes": 30, "force": true})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["maintenance"]["nodes"][0]["node"], "b");
+    assert_eq!(backend.calls(), vec!["maintenance_start(b,true)".to_string()]);
+    let r = call(&app, Method::GET, "/api/v1/maintenance", None).await;
+    assert_eq!(r.body["nodes"][0]["reason"], "kernel");
+    let r = call(&app, Method::GET, "/api/v1/status", None).await;
+    assert_eq!(r.body["maintenance"][0]["node"], "b");
+    let r = call(&app, Method::DELETE, "/api/v1/maintenance/b", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    call(&app, Method::DELETE, "/api/v1/maintenance/b", None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    // Windows: schedule, cancel; a window id is a number.
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/maintenance/windows",
+        Some(json!({"node": "a", "reason": "disk", "start_ms": 10, "end_ms": 20})),
+    )
+    .await;
+    assert_eq!(r.body["windows"][0]["id"], 1);
+    call(&app, Method::DELETE, "/api/v1/maintenance/windows/x", None)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "bad_request");
+    let r = call(&app, Method::DELETE, "/api/v1/maintenance/windows/1", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["windows"], json!([]));
 }
 
 #[tokio::test]

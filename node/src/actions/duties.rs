@@ -11,6 +11,14 @@ use crate::util::SingleFlight;
 pub struct Duties {
     pub(super) busy: SingleFlight,
     inner: Mutex<DutyTimes>,
+    /// The maintenance duty (`maintenance::tick`), apart from the others:
+    /// a scheduled verify must not delay a window's start.
+    pub(super) maintenance: SingleFlight,
+    /// When the held primary last tried to move the role away.
+    pub(super) maintenance_moved: Mutex<Option<Instant>>,
+    /// Whether this node's elections were last turned on or off for
+    /// maintenance (`None`: never set).
+    pub(super) maintenance_elect: Mutex<Option<bool>>,
 }
 
 /// When each duty last ran.

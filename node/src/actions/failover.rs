@@ -75,6 +75,7 @@ fn failover_due(node: &Node, settings: &Settings, now: Instant) -> bool {
         || m.current_leader == Some(me)
         || node.epoch().primary.is_none_or(|p| p == me)
         || node.roles.fence.notice().is_some()
+        || node.in_maintenance(me)
     {
         return false;
     }

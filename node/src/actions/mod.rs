@@ -7,7 +7,9 @@
 //!   rebuilt in place over the node's own data;
 //! - [`failover`]: the periodic duties (pair-only automatic failover,
 //!   scheduled verify) and removing the witness;
-//! - [`setup`]: *set up relationship* from a running standalone node.
+//! - [`setup`]: *set up relationship* from a running standalone node;
+//! - [`maintenance`]: maintenance mode and windows, and the primary's duty
+//!   that runs their times.
 //!
 //! Actions decide and order; they do not compute roles (that is
 //! `roles`), touch shared IPs directly (that is `shared_ip` through the
@@ -16,6 +18,7 @@
 
 pub(crate) mod duties;
 pub(crate) mod failover;
+pub(crate) mod maintenance;
 pub(crate) mod reset;
 pub(crate) mod setup;
 mod swap;

@@ -181,6 +181,11 @@ impl Node {
     /// turns out not to answer (it froze a moment ago), the promotion is
     /// forced as asked.
     pub(crate) async fn forced_swap(&self, actor: &str) -> Result<SwapOutcome, NodeError> {
+        if self.in_maintenance(self.cfg.node_id) {
+            return Err(NodeError::Refused(Refusal::InMaintenance {
+                node: self.cfg.name.clone(),
+            }));
+        }
         let primary_in_contact = self
             .roles
             .since_leader_contact()

@@ -225,12 +225,17 @@ impl Node {
 
     /// Planned swap on the primary: pause writes, make sure `to` holds every
     /// committed entry, hand leadership over, and wait for `to` to raise the epoch.
-    async fn swap_to(
+    pub(crate) async fn swap_to(
         &self,
         to: u64,
         pull_sync: bool,
         actor: &str,
     ) -> Result<SwapOutcome, NodeError> {
+        if self.in_maintenance(to) {
+            return Err(NodeError::Refused(Refusal::InMaintenance {
+                node: self.member_name(to),
+            }));
+        }
         let started = Instant::now();
         let before = self.epoch();
         let reachable = self

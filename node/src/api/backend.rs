@@ -10,9 +10,10 @@ use tandem_storage::{Request, Response};
 use tandem_web::{
     AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome, ClusterView,
     ConfigEntryView, HealthView, HistoryEventView, HistoryPage, JoinRequest, JoinResponse,
-    JoinTokenRequest, JoinTokenView, MemberView, ReadMeta, ReadinessView, RoleHealth,
+    JoinTokenRequest, JoinTokenView, MaintenanceOutcome, MaintenanceStart, MaintenanceView,
+    MemberView, ReadMeta, ReadinessView, RoleHealth,
     SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome, SetupRequest,
-    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView,
+    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView, WindowRequest,
 };
 
 use crate::client::ApiClient;
@@ -136,6 +137,38 @@ impl AdminBackend for Backend {
 
     async fn readiness(&self) -> Result<ReadinessView, ApiError> {
         self.readiness_view().await
+    }
+
+    async fn maintenance(&self) -> Result<MaintenanceView, ApiError> {
+        Ok(self.node.maintenance_view())
+    }
+
+    async fn maintenance_start(
+        &self,
+        req: MaintenanceStart,
+        actor: String,
+    ) -> Result<MaintenanceOutcome, ApiError> {
+        self.node.maintenance_start(req, &actor).await.map_err(api)
+    }
+
+    async fn maintenance_end(
+        &self,
+        node: String,
+        actor: String,
+    ) -> Result<MaintenanceOutcome, ApiError> {
+        self.node.maintenance_end(&node, &actor).await.map_err(api)
+    }
+
+    async fn window_schedule(
+        &self,
+        req: WindowRequest,
+        actor: String,
+    ) -> Result<MaintenanceView, ApiError> {
+        self.node.window_schedule(req, &actor).await.map_err(api)
+    }
+
+    async fn window_cancel(&self, id: u64, actor: String) -> Result<MaintenanceView, ApiError> {
+        self.node.window_cancel(id, &actor).await.map_err(api)
     }
 
     async fn health(&self) -> Result<HealthView, ApiError> {
@@ -512,6 +545,8 @@ impl AdminBackend for Backend {
         let limit = max_lag.unwrap_or(DEFAULT_BACKUP_MAX_LAG);
         let reason = if role != Role::Backup {
             Some(format!("this node is {}", role.as_str()))
+        } else if self.node.in_maintenance(self.node.cfg.node_id) {
+            Some("this node is in maintenance: it will not take over".to_string())
         } else if !fresh {
             Some("no contact with the primary within the primary timeout".to_string())
         } else if lag > limit {

@@ -15,6 +15,7 @@ pub(super) fn api(e: NodeError) -> ApiError {
         NodeError::Rejected(r) => rejected(r),
         NodeError::JoinDenied(_) => ApiError::Forbidden(message),
         NodeError::BadRequest(m) => ApiError::BadRequest(m),
+        NodeError::NotFound(m) => ApiError::NotFound(m),
         NodeError::Unavailable(m) => ApiError::Unavailable(m),
         NodeError::Internal(m) => ApiError::Internal(m),
         NodeError::InsufficientStorage(m) => ApiError::InsufficientStorage(m),
@@ -96,6 +97,7 @@ mod tests {
                 "forbidden",
             ),
             (NodeError::BadRequest("bad".into()), 400, "bad_request"),
+            (NodeError::NotFound("none".into()), 404, "not_found"),
             (NodeError::Unavailable("later".into()), 503, "unavailable"),
             (NodeError::Internal("disk".into()), 500, "internal"),
             (
@@ -113,6 +115,7 @@ mod tests {
                 | NodeError::Rejected(_)
                 | NodeError::JoinDenied(_)
                 | NodeError::BadRequest(_)
+                | NodeError::NotFound(_)
                 | NodeError::Unavailable(_)
                 | NodeError::Internal(_)
                 | NodeError::InsufficientStorage(_) => {}

@@ -203,6 +203,7 @@ impl Backend {
             settings: self.settings_view(),
             epoch: ep.epoch,
             primary: ep.primary,
+            maintenance: node.maintenance_view().nodes,
         })
     }
 
@@ -338,7 +339,20 @@ impl Backend {
                 if !reachable {
                     reasons.push(format!("backup {b} is not in contact with the primary"));
                 }
-                ((by_election || by_itself) && reachable, lag)
+                let held = node.plan().0.hold(b, now_ms()).cloned();
+                if let Some(h) = &held {
+                    reasons.push(format!(
+                        "backup {} is in maintenance until {} ms ({}): it will not take over; \
+                         the pair waits for an administrator or the end of the maintenance",
+                        node.member_name(b),
+                        h.until_ms,
+                        h.reason
+                    ));
+                }
+                (
+                    (by_election || by_itself) && reachable && held.is_none(),
+                    lag,
+                )
             }
             (None, _) => {
                 reasons.push("there is no primary".into());

@@ -34,6 +34,8 @@ pub(crate) fn update_from(view: &SettingsView) -> SettingsUpdate {
         bandwidth_limit_bps: view.bandwidth_limit_bps,
         backup_operations: view.backup_operations,
         shared_ips: view.shared_ips.clone(),
+        maintenance_max_minutes: view.maintenance_max_minutes,
+        maintenance_reminder_secs: view.maintenance_reminder_secs,
         if_version: Some(view.version),
     }
 }

@@ -176,7 +176,9 @@ async fn role_tick(node: &Arc<Node>) {
         track_peers(node);
     }
     snapshot_duty(node, &m);
+    node.apply_maintenance();
     crate::actions::failover::tick(node, role);
+    crate::actions::maintenance::tick(node, role);
 }
 
 /// Entries between snapshots: `snapshot_every`, or as many as the last
@@ -394,6 +396,7 @@ async fn hand_over_from_witness(
             membership
                 .get_node(id)
                 .is_some_and(|n| n.kind == NodeKind::Appliance)
+                && !node.in_maintenance(**id)
         })
         .filter_map(|id| {
             let matched = m.replication.as_ref()?.get(id).cloned().flatten()?.index;
