@@ -329,7 +329,11 @@ mod tests {
         // Node 2 over the hold of node 1: refused; after it: fine.
         assert!(matches!(
             p.check(2, 500, 1_500, &appliances, 100),
-            Err(Conflict::NoAppliance { other: 1, from_ms: 500, to_ms: 1_000 })
+            Err(Conflict::NoAppliance {
+                other: 1,
+                from_ms: 500,
+                to_ms: 1_000
+            })
         ));
         assert_eq!(p.check(2, 1_000, 1_500, &appliances, 100), Ok(()));
         // A hold that ended does not count.
@@ -367,6 +371,9 @@ mod tests {
         for i in 0..MAX_WINDOWS as u64 {
             p.schedule(1, "r", "ops", i * 10, i * 10 + 5).expect("room");
         }
-        assert_eq!(p.schedule(1, "r", "ops", 1_000, 1_005), Err(Conflict::TooMany));
+        assert_eq!(
+            p.schedule(1, "r", "ops", 1_000, 1_005),
+            Err(Conflict::TooMany)
+        );
     }
 }

@@ -12,7 +12,9 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::maintenance::{HoldView, MaintenanceOutcome, MaintenanceStart, MaintenanceView, WindowRequest};
+use crate::maintenance::{
+    HoldView, MaintenanceOutcome, MaintenanceStart, MaintenanceView, WindowRequest,
+};
 use crate::names::{KindName, RoleName, Topology};
 use crate::ApiError;
 

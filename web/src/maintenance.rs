@@ -137,7 +137,9 @@ fn check_reason(reason: &str, fields: &mut BTreeMap<String, String>) {
     if n == 0 || n > MAX_MAINTENANCE_REASON_LEN || reason.chars().any(char::is_control) {
         fields.insert(
             "reason".into(),
-            format!("must be 1..={MAX_MAINTENANCE_REASON_LEN} characters without control characters"),
+            format!(
+                "must be 1..={MAX_MAINTENANCE_REASON_LEN} characters without control characters"
+            ),
         );
     }
 }
@@ -146,9 +148,7 @@ fn check_reason(reason: &str, fields: &mut BTreeMap<String, String>) {
 ///
 /// # Errors
 /// Each bad field and what is wrong with it.
-pub fn validate_maintenance_start(
-    req: &MaintenanceStart,
-) -> Result<(), BTreeMap<String, String>> {
+pub fn validate_maintenance_start(req: &MaintenanceStart) -> Result<(), BTreeMap<String, String>> {
     let mut fields = BTreeMap::new();
     check_node(&req.node, &mut fields);
     check_reason(&req.reason, &mut fields);
@@ -163,7 +163,10 @@ pub fn validate_maintenance_start(
             fields.insert("minutes".into(), format!("must be 1..={MAX_MINUTES}"));
         }
         (None, Some(s)) if s == 0 || s > MAX_MINUTES * 60 => {
-            fields.insert("seconds".into(), format!("must be 1..={}", MAX_MINUTES * 60));
+            fields.insert(
+                "seconds".into(),
+                format!("must be 1..={}", MAX_MINUTES * 60),
+            );
         }
         _ => {}
     }
@@ -350,7 +353,9 @@ mod tests {
             end_ms,
         };
         assert_eq!(validate_window(&w(10, 20)), Ok(()));
-        assert!(validate_window(&w(20, 20)).expect_err("empty").contains_key("end_ms"));
+        assert!(validate_window(&w(20, 20))
+            .expect_err("empty")
+            .contains_key("end_ms"));
         assert!(validate_window(&w(20, 10)).is_err());
     }
 }

@@ -933,14 +933,27 @@ async fn maintenance_routes_check_their_input_and_reach_the_backend() {
     // Bad bodies: 400 with the fields named, and the backend is not called.
     for (body, field) in [
         (json!({"node": "a", "reason": "r"}), "minutes"),
-        (json!({"node": "a", "reason": "r", "minutes": 1, "seconds": 1}), "minutes"),
+        (
+            json!({"node": "a", "reason": "r", "minutes": 1, "seconds": 1}),
+            "minutes",
+        ),
         (json!({"node": "a", "reason": "r", "minutes": 0}), "minutes"),
         (json!({"node": "", "reason": "r", "minutes": 1}), "node"),
         (json!({"node": "a", "reason": "", "minutes": 1}), "reason"),
     ] {
-        let r = call(&app, Method::POST, "/api/v1/maintenance", Some(body.clone())).await;
+        let r = call(
+            &app,
+            Method::POST,
+            "/api/v1/maintenance",
+            Some(body.clone()),
+        )
+        .await;
         r.assert_error(StatusCode::BAD_REQUEST, "invalid");
-        assert!(r.body["fields"].get(field).is_some(), "{body}: {:?}", r.body);
+        assert!(
+            r.body["fields"].get(field).is_some(),
+            "{body}: {:?}",
+            r.body
+        );
     }
     let r = call(
         &app,
@@ -970,7 +983,10 @@ async fn maintenance_routes_check_their_input_and_reach_the_backend() {
     .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     assert_eq!(r.body["maintenance"]["nodes"][0]["node"], "b");
-    assert_eq!(backend.calls(), vec!["maintenance_start(b,true)".to_string()]);
+    assert_eq!(
+        backend.calls(),
+        vec!["maintenance_start(b,true)".to_string()]
+    );
     let r = call(&app, Method::GET, "/api/v1/maintenance", None).await;
     assert_eq!(r.body["nodes"][0]["reason"], "kernel");
     let r = call(&app, Method::GET, "/api/v1/status", None).await;

@@ -325,8 +325,13 @@ impl Node {
             .map_err(|c| NodeError::Refused(Refusal::MaintenanceConflict(c.to_string())))?;
         let details = json!({ "node": node, "window": id, "reason": req.reason,
                               "start_ms": req.start_ms, "end_ms": req.end_ms });
-        self.put_plan(&plan, version, actor, vec![("maintenance_scheduled", details)])
-            .await?;
+        self.put_plan(
+            &plan,
+            version,
+            actor,
+            vec![("maintenance_scheduled", details)],
+        )
+        .await?;
         Ok(self.maintenance_view())
     }
 
@@ -345,8 +350,13 @@ impl Node {
             NodeError::NotFound(format!("no maintenance window {id} is scheduled"))
         })?;
         let details = json!({ "node": w.node, "window": id, "reason": w.reason });
-        self.put_plan(&plan, version, actor, vec![("maintenance_cancelled", details)])
-            .await?;
+        self.put_plan(
+            &plan,
+            version,
+            actor,
+            vec![("maintenance_cancelled", details)],
+        )
+        .await?;
         Ok(self.maintenance_view())
     }
 
@@ -418,7 +428,10 @@ pub(crate) fn tick(node: &Arc<Node>, role: Role) {
     }
     let (plan, _) = node.plan();
     let now = now_ms();
-    let reminder_ms = node.settings().maintenance_reminder_secs.saturating_mul(1000);
+    let reminder_ms = node
+        .settings()
+        .maintenance_reminder_secs
+        .saturating_mul(1000);
     let due = plan.due(now, reminder_ms);
     let me = node.cfg.node_id;
     let move_due = plan.holds(me, now) && {

@@ -11,9 +11,9 @@ use tandem_web::{
     AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome, ClusterView,
     ConfigEntryView, HealthView, HistoryEventView, HistoryPage, JoinRequest, JoinResponse,
     JoinTokenRequest, JoinTokenView, MaintenanceOutcome, MaintenanceStart, MaintenanceView,
-    MemberView, ReadMeta, ReadinessView, RoleHealth,
-    SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome, SetupRequest,
-    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView, WindowRequest,
+    MemberView, ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView, SettingsUpdate,
+    SettingsView, SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport,
+    SyncRequest, UserView, WindowRequest,
 };
 
 use crate::client::ApiClient;

@@ -1,5 +1,6 @@
 //! The relationship commands that ask a node to act (settings, swap, sync,
-//! break, rejoin): plan, confirmation, call and rendering of the outcome.
+//! break, rejoin, maintenance): plan, confirmation, call and rendering of
+//! the outcome.
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
@@ -9,13 +10,14 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::client::ClientError;
+use crate::util::now_ms;
 
 use super::args::*;
 use super::failure::*;
 use super::render::*;
 use tandem_web::{
-    BreakOutcome, SettingsUpdate, SettingsView, StatusView, SwapOutcome, SwapRequest, SyncReport,
-    SyncRequest,
+    BreakOutcome, MaintenanceOutcome, MaintenanceStart, MaintenanceView, SettingsUpdate,
+    SettingsView, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, WindowRequest,
 };
 
 // ---- relationship commands ------------------------------------------------
@@ -287,5 +289,89 @@ pub(crate) async fn break_or_rejoin(a: ConfirmArgs, rejoin: bool) -> Result<(), 
             former.join(", ")
         }
     );
+    Ok(())
+}
+
+// ---- maintenance ----------------------------------------------------------
+
+pub(crate) async fn maintenance(a: MaintenanceArgs) -> Result<(), Failure> {
+    match a.command {
+        MaintenanceCommand::List(a) => {
+            let v: MaintenanceView = a.api.client()?.get("/api/v1/maintenance").await?;
+            if a.json {
+                return print_json(&v);
+            }
+            print!("{}", render_maintenance(&v, now_ms()));
+            Ok(())
+        }
+        MaintenanceCommand::Start(a) => {
+            let req = MaintenanceStart {
+                node: a.node,
+                reason: a.reason,
+                minutes: Some(a.minutes),
+                seconds: None,
+                force: a.force,
+            };
+            let out: MaintenanceOutcome = a
+                .api
+                .client()?
+                .with_timeout(ACTION_TIMEOUT)
+                .call_leader(Method::POST, "/api/v1/maintenance", Some(&req))
+                .await?;
+            maintenance_outcome(&out, a.json)
+        }
+        MaintenanceCommand::End(a) => {
+            let path = format!("/api/v1/maintenance/{}", a.node);
+            let out: MaintenanceOutcome = a
+                .api
+                .client()?
+                .with_timeout(ACTION_TIMEOUT)
+                .call_leader::<(), _>(Method::DELETE, &path, None)
+                .await?;
+            maintenance_outcome(&out, a.json)
+        }
+        MaintenanceCommand::Schedule(a) => {
+            let start_ms = a.start.at(now_ms());
+            let req = WindowRequest {
+                node: a.node,
+                reason: a.reason,
+                start_ms,
+                end_ms: start_ms.saturating_add(a.minutes.saturating_mul(60_000)),
+            };
+            let v: MaintenanceView = a
+                .api
+                .client()?
+                .call_leader(Method::POST, "/api/v1/maintenance/windows", Some(&req))
+                .await?;
+            if a.json {
+                return print_json(&v);
+            }
+            print!("{}", render_maintenance(&v, now_ms()));
+            Ok(())
+        }
+        MaintenanceCommand::Cancel(a) => {
+            let path = format!("/api/v1/maintenance/windows/{}", a.window);
+            let v: MaintenanceView = a
+                .api
+                .client()?
+                .call_leader::<(), _>(Method::DELETE, &path, None)
+                .await?;
+            print!("{}", render_maintenance(&v, now_ms()));
+            Ok(())
+        }
+    }
+}
+
+fn maintenance_outcome(out: &MaintenanceOutcome, json: bool) -> Result<(), Failure> {
+    if json {
+        return print_json(out);
+    }
+    if let Some(to) = out.moved_to {
+        println!("The role moved to node {to} first.");
+    }
+    if let Some(note) = &out.note {
+        println!("Note: {note}");
+    }
+    print!("{}", render_maintenance(&out.maintenance, now_ms()));
     Ok(())
 }

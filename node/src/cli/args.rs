@@ -60,6 +60,8 @@ pub enum Command {
     History(HistoryArgs),
     /// Would the backup take over if the primary died now, after how long, losing what?
     Readiness(ReadinessArgs),
+    /// Hold an appliance out of service (start, end, schedule, cancel, list).
+    Maintenance(MaintenanceArgs),
     /// Start a local primary, backup and witness on loopback.
     Demo(DemoArgs),
     /// Internal: the shared-IP guard `tandem run` starts (see `ip_guard`).
@@ -375,6 +377,133 @@ pub struct HistoryArgs {
     /// Only events older than this sequence number (the next page).
     #[arg(long, value_name = "SEQ")]
     pub(crate) before: Option<u64>,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `tandem maintenance`.
+#[derive(Debug, Args)]
+pub struct MaintenanceArgs {
+    #[command(subcommand)]
+    pub(crate) command: MaintenanceCommand,
+}
+
+/// The `tandem maintenance` verbs.
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCommand {
+    /// Hold a node out of service now; on the primary the role moves to the
+    /// backup first.
+    Start(MaintenanceStartArgs),
+    /// End a node's maintenance now.
+    End(MaintenanceEndArgs),
+    /// Schedule a maintenance window.
+    Schedule(MaintenanceScheduleArgs),
+    /// Cancel a scheduled window that has not started.
+    Cancel(MaintenanceCancelArgs),
+    /// Show who is in maintenance and the scheduled windows.
+    List(MaintenanceListArgs),
+}
+
+/// `tandem maintenance start`.
+#[derive(Debug, Args)]
+pub struct MaintenanceStartArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The node (name or id).
+    #[arg(long)]
+    pub(crate) node: String,
+    /// Why (recorded in the history).
+    #[arg(long)]
+    pub(crate) reason: String,
+    /// For how many minutes (it ends by itself then).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=525_600))]
+    pub(crate) minutes: u64,
+    /// Start it even if the role cannot move away from the node now.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `tandem maintenance end`.
+#[derive(Debug, Args)]
+pub struct MaintenanceEndArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The node (name or id).
+    #[arg(long)]
+    pub(crate) node: String,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `tandem maintenance schedule`.
+#[derive(Debug, Args)]
+pub struct MaintenanceScheduleArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The node (name or id).
+    #[arg(long)]
+    pub(crate) node: String,
+    /// Why (recorded in the history).
+    #[arg(long)]
+    pub(crate) reason: String,
+    /// Start, in milliseconds since the Unix epoch, or `+N` minutes from now.
+    #[arg(long, value_parser = parse_when)]
+    pub(crate) start: When,
+    /// How many minutes it lasts.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=525_600))]
+    pub(crate) minutes: u64,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A point in time as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// Milliseconds since the Unix epoch.
+    AtMs(u64),
+    /// Minutes from now.
+    InMinutes(u64),
+}
+
+impl When {
+    /// Milliseconds since the Unix epoch, `now_ms` being now.
+    pub(crate) fn at(self, now_ms: u64) -> u64 {
+        match self {
+            When::AtMs(t) => t,
+            When::InMinutes(m) => now_ms.saturating_add(m.saturating_mul(60_000)),
+        }
+    }
+}
+
+fn parse_when(s: &str) -> Result<When, String> {
+    let bad = || format!("{s:?}: give milliseconds since the Unix epoch or +MINUTES");
+    match s.strip_prefix('+') {
+        Some(m) => m.parse().map(When::InMinutes).map_err(|_| bad()),
+        None => s.parse().map(When::AtMs).map_err(|_| bad()),
+    }
+}
+
+/// `tandem maintenance cancel`.
+#[derive(Debug, Args)]
+pub struct MaintenanceCancelArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+    /// The window's id (see `tandem maintenance list`).
+    #[arg(long)]
+    pub(crate) window: u64,
+}
+
+/// `tandem maintenance list`.
+#[derive(Debug, Args)]
+pub struct MaintenanceListArgs {
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
     /// Print the raw JSON.
     #[arg(long)]
     pub(crate) json: bool,

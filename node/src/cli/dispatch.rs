@@ -97,6 +97,7 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             )
             .await
         }
+        Command::Maintenance(a) => maintenance(a).await,
         Command::Demo(a) => {
             crate::cli::demo::run_demo(a.dir, shutdown_on_signals()).await?;
             Ok(())

@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use super::failure::Failure;
-use tandem_web::{HistoryPage, ReadinessView, SettingsView, StatusView, SwapOutcome, SyncReport};
+use tandem_web::{
+    HistoryPage, MaintenanceView, ReadinessView, SettingsView, StatusView, SwapOutcome, SyncReport,
+};
 
 pub(crate) fn cell(v: &Value) -> String {
     match v {
@@ -250,9 +252,17 @@ pub fn render_settings(v: &SettingsView, indent: &str) -> String {
         ),
         ("backup_operations", on_off(v.backup_operations).to_string()),
         ("shared_ips", shared),
+        (
+            "maintenance_max_minutes",
+            v.maintenance_max_minutes.to_string(),
+        ),
+        (
+            "maintenance_reminder_secs",
+            v.maintenance_reminder_secs.to_string(),
+        ),
     ];
     for (k, val) in rows {
-        let _ = writeln!(s, "{indent}{k:<22}{val}");
+        let _ = writeln!(s, "{indent}{k:<26}{val}");
     }
     s
 }
@@ -359,8 +369,76 @@ pub fn render_relationship(v: &StatusView, now_ms: u64) -> String {
         v.primary.map_or("none".to_string(), |p| node_label(&n, p)),
         v.epoch
     );
+    for hold in &v.maintenance {
+        let _ = writeln!(
+            s,
+            "MAINTENANCE: {} until {} ({}, by {})",
+            hold.node,
+            iso8601(hold.until_ms),
+            hold.reason,
+            hold.by
+        );
+    }
     s.push_str("\nSettings ");
     s.push_str(render_settings(&v.settings, "  ").trim_start());
+    s
+}
+
+/// `GET /api/v1/maintenance` as two tables.
+pub fn render_maintenance(v: &MaintenanceView, now_ms: u64) -> String {
+    let mut s = String::new();
+    if v.nodes.is_empty() {
+        let _ = writeln!(s, "In maintenance: none");
+    } else {
+        let _ = writeln!(s, "In maintenance:");
+        let mut rows = vec![vec![
+            "NODE".to_string(),
+            "UNTIL".to_string(),
+            "SINCE".to_string(),
+            "BY".to_string(),
+            "WINDOW".to_string(),
+            "REASON".to_string(),
+        ]];
+        for h in &v.nodes {
+            rows.push(vec![
+                h.node.clone(),
+                iso8601(h.until_ms),
+                age(h.since_ms, now_ms),
+                h.by.clone(),
+                opt(h.window),
+                h.reason.clone(),
+            ]);
+        }
+        for line in table(&rows).lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
+    if v.windows.is_empty() {
+        let _ = writeln!(s, "Scheduled windows: none");
+    } else {
+        let _ = writeln!(s, "Scheduled windows:");
+        let mut rows = vec![vec![
+            "ID".to_string(),
+            "NODE".to_string(),
+            "START".to_string(),
+            "END".to_string(),
+            "BY".to_string(),
+            "REASON".to_string(),
+        ]];
+        for w in &v.windows {
+            rows.push(vec![
+                w.id.to_string(),
+                w.node.clone(),
+                iso8601(w.start_ms),
+                iso8601(w.end_ms),
+                w.by.clone(),
+                w.reason.clone(),
+            ]);
+        }
+        for line in table(&rows).lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
     s
 }
 

@@ -65,4 +65,5 @@ mod t87_dead_peer;
 mod t88_supervision;
 mod t89_returning_voter;
 mod t90_admin_tls;
+mod t91_maintenance;
 mod t95_setup_relationship;

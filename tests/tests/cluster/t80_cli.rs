@@ -236,3 +236,110 @@ async fn swap_sync_and_history() {
     let still = c.wait_roles(WAIT).await;
     assert_eq!(still, after);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_start_list_schedule_cancel_end() {
+    let c = Cluster::three(&[]).await;
+    let r = c.wait_roles(WAIT).await;
+    let (p, b) = (r.primary, r.backup);
+    let bname = c.nodes[b].name.clone();
+
+    // Asked of the backup's own node: the write goes to the primary.
+    let out = cli(
+        &c,
+        b,
+        &["maintenance", "start"],
+        &[
+            "--node",
+            &bname,
+            "--reason",
+            "swap a fan",
+            "--minutes",
+            "30",
+        ],
+    )
+    .await
+    .expect_ok("tandem maintenance start");
+    assert!(out.stdout.contains(&bname), "{}", out.stdout);
+    assert!(out.stdout.contains("swap a fan"), "{}", out.stdout);
+    let out = cli(&c, p, &["maintenance", "list"], &[])
+        .await
+        .expect_ok("tandem maintenance list");
+    assert!(out.stdout.contains("In maintenance:"), "{}", out.stdout);
+    assert!(out.stdout.contains(ACTOR), "{}", out.stdout);
+    let out = cli(&c, p, &["status"], &[])
+        .await
+        .expect_ok("tandem status");
+    assert!(
+        out.stdout.contains(&format!("MAINTENANCE: {bname}")),
+        "{}",
+        out.stdout
+    );
+    // A second start on the other appliance is refused (no primary left).
+    let pname = c.nodes[p].name.clone();
+    let out = cli(
+        &c,
+        p,
+        &["maintenance", "start"],
+        &["--node", &pname, "--reason", "x", "--minutes", "5"],
+    )
+    .await;
+    assert_ne!(out.code, Some(0), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("no appliance would be left"),
+        "{}",
+        out.stderr
+    );
+
+    let out = cli(&c, p, &["maintenance", "end"], &["--node", &bname])
+        .await
+        .expect_ok("tandem maintenance end");
+    assert!(
+        out.stdout.contains("In maintenance: none"),
+        "{}",
+        out.stdout
+    );
+
+    let out = cli(
+        &c,
+        p,
+        &["maintenance", "schedule"],
+        &[
+            "--node",
+            &bname,
+            "--reason",
+            "disks",
+            "--start",
+            "+60",
+            "--minutes",
+            "20",
+        ],
+    )
+    .await
+    .expect_ok("tandem maintenance schedule");
+    assert!(out.stdout.contains("disks"), "{}", out.stdout);
+    let out = cli(&c, p, &["maintenance", "list", "--json"], &[])
+        .await
+        .expect_ok("tandem maintenance list --json");
+    let v: Value = serde_json::from_str(&out.stdout).expect("json");
+    let id = v["windows"][0]["id"].as_u64().expect("a window id");
+    let span = v["windows"][0]["end_ms"].as_u64().unwrap_or(0)
+        - v["windows"][0]["start_ms"].as_u64().unwrap_or(0);
+    assert_eq!(span, 20 * 60_000, "{v}");
+    cli(
+        &c,
+        p,
+        &["maintenance", "cancel"],
+        &["--window", &id.to_string()],
+    )
+    .await
+    .expect_ok("tandem maintenance cancel");
+    let out = cli(&c, p, &["maintenance", "list"], &[])
+        .await
+        .expect_ok("tandem maintenance list");
+    assert!(
+        out.stdout.contains("Scheduled windows: none"),
+        "{}",
+        out.stdout
+    );
+}
