@@ -404,6 +404,132 @@ async fn failover_page_in_a_real_browser() {
     on_b.close().await.expect("closing the browser");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn maintenance_section_in_a_real_browser() {
+    let Some(mut driver) = Driver::start().await else {
+        return;
+    };
+    let c = Cluster::three(&[]).await;
+    let roles = c.wait_roles(WAIT).await;
+    let (p, bk) = (roles.primary, roles.backup);
+    let (p_url, b_name) = (c.nodes[p].api().to_owned(), c.nodes[bk].name.clone());
+    let r = c
+        .req(p, Method::POST, "/api/v1/users")
+        .json(&json!({ "name": USER, "password": PASSWORD }))
+        .send()
+        .await
+        .expect("POST /api/v1/users");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+
+    let on_p = driver.browser(1280, 1000).await;
+    login(&on_p, &p_url, USER, PASSWORD).await;
+    wait_text(&on_p, "#host-role", "this host as primary", |t| {
+        t == "primary"
+    })
+    .await;
+    let banner = on_p
+        .find(Locator::Css("#maintenance-banner"))
+        .await
+        .expect("the maintenance banner");
+    assert!(
+        !banner.is_displayed().await.expect("displayed"),
+        "no maintenance yet"
+    );
+
+    // Put the backup in maintenance from the form, confirmed in the dialog.
+    on_p.execute(
+        "document.querySelector('#maintenance-node').value = arguments[0];",
+        vec![json!(b_name)],
+    )
+    .await
+    .expect("choosing the node");
+    fill(&on_p, "#maintenance-reason", "replace a fan").await;
+    fill(&on_p, "#maintenance-minutes", "45").await;
+    click(&on_p, "#maintenance-start-button").await;
+    let dialog = wait_text(&on_p, "#confirm-text", "the confirmation", |t| {
+        t.contains("held out of service")
+    })
+    .await;
+    assert!(dialog.contains(&b_name), "{dialog}");
+    click(&on_p, "#confirm-ok").await;
+    let outcome = wait_text(&on_p, "#maintenance-status", "the outcome", |t| {
+        t.contains("started") || t.starts_with("Refused") || t.starts_with("Failed")
+    })
+    .await;
+    assert!(outcome.contains("started"), "{outcome}");
+    wait_text(&on_p, "#maintenance-banner", "the banner", |t| {
+        t.contains(&format!("MAINTENANCE: {b_name}")) && t.contains("replace a fan")
+    })
+    .await;
+    wait_text(
+        &on_p,
+        &format!("#maintenance-nodes tr[data-node=\"{b_name}\"]"),
+        "the held node's row",
+        |t| t.contains("replace a fan"),
+    )
+    .await;
+    shot(&on_p, "30-maintenance-started").await;
+
+    // End it from its row.
+    click(&on_p, ".maintenance-end").await;
+    wait_text(&on_p, "#maintenance-status", "the end", |t| {
+        t.contains("ended")
+    })
+    .await;
+    let deadline = Instant::now() + PAGE_WAIT;
+    while banner.is_displayed().await.expect("displayed") {
+        assert!(Instant::now() < deadline, "the banner stayed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Schedule a window an hour ahead, then cancel it.
+    on_p.execute(
+        "const d = new Date(Date.now() + 3600e3); d.setSeconds(0, 0);\
+         const p = (n) => String(n).padStart(2, '0');\
+         document.querySelector('#maintenance-start').value = d.getFullYear() + '-' +\
+           p(d.getMonth() + 1) + '-' + p(d.getDate()) + 'T' + p(d.getHours()) + ':' + p(d.getMinutes());",
+        vec![],
+    )
+    .await
+    .expect("setting the start");
+    fill(&on_p, "#maintenance-reason", "disk swap").await;
+    click(&on_p, "#maintenance-start-button").await;
+    wait_text(&on_p, "#maintenance-status", "the scheduling", |t| {
+        t.contains("Window scheduled") || t.starts_with("Refused") || t.starts_with("Failed")
+    })
+    .await;
+    wait_text(&on_p, "#maintenance-windows tbody", "the window row", |t| {
+        t.contains("disk swap")
+    })
+    .await;
+    shot(&on_p, "31-maintenance-window").await;
+    click(&on_p, "#maintenance-windows tbody button").await;
+    wait_text(&on_p, "#maintenance-status", "the cancel", |t| {
+        t.contains("cancelled")
+    })
+    .await;
+    wait_text(&on_p, "#maintenance-windows tbody", "no window", |t| {
+        t.is_empty()
+    })
+    .await;
+    let m: Value = c
+        .get_json(p, "/api/v1/maintenance")
+        .await
+        .expect("maintenance");
+    assert_eq!(m, json!({"nodes": [], "windows": []}));
+
+    // The settings page shows the maintenance settings.
+    on_p.goto(&format!("{p_url}/settings"))
+        .await
+        .expect("settings");
+    wait_text(&on_p, "#settings-meta", "the settings", |t| {
+        t.starts_with("Version")
+    })
+    .await;
+    assert_eq!(value(&on_p, "#maintenance_max_minutes").await, "1440");
+    on_p.close().await.expect("closing the browser");
+}
+
 /// Accepts the page's `window.confirm`, once it is up; returns its text.
 async fn accept_confirm(b: &Client) -> String {
     let deadline = Instant::now() + PAGE_WAIT;

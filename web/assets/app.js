@@ -117,10 +117,20 @@
     }
   }
 
+  function renderMaintenanceBanner(status) {
+    const b = $("#maintenance-banner");
+    if (!b) return;
+    const held = status.maintenance || [];
+    b.hidden = held.length === 0;
+    b.textContent = held.map((h) => "MAINTENANCE: " + h.node + " is in maintenance until " + fmtTime(h.until_ms) +
+      " (" + h.reason + ", by " + h.by + ") and will not be made primary.").join(" ");
+  }
+
   async function loadBanner() {
     try {
       lastStatus = await api("GET", "/api/v1/status");
       renderBanner(lastStatus);
+      renderMaintenanceBanner(lastStatus);
     } catch (_) { /* the page shows its own errors */ }
     return lastStatus;
   }
@@ -130,6 +140,8 @@
   function renderStatus(s) {
     lastStatus = s;
     renderBanner(s);
+    renderMaintenanceBanner(s);
+    renderMaintenanceNodes(s);
     const h = s.this_host;
     const role = h.role;
     $("#host-name").textContent = h.name + " (node " + h.id + ", " + h.kind + ")";
@@ -230,7 +242,8 @@
   let historyBefore = null;
   let historyNext = null;
   const knownKinds = new Set(["role_change", "peer_lost", "peer_found", "sync", "verify", "swap", "settings_change",
-    "break", "user_added", "user_removed", "user_password_set", "user_password_changed", "api_token_created", "api_token_revoked"]);
+    "break", "user_added", "user_removed", "user_password_set", "user_password_changed", "api_token_created", "api_token_revoked",
+    "maintenance_start", "maintenance_end", "maintenance_scheduled", "maintenance_reminder", "maintenance_cancelled"]);
 
   async function loadHistory(before) {
     const kind = $("#history-kind").value.trim();
@@ -256,7 +269,94 @@
     }
   }
 
+  // Maintenance: the holds come with every status; the windows are loaded
+  // with the page and after each change.
+  function renderMaintenanceNodes(s) {
+    const select = $("#maintenance-node");
+    if (!select) return;
+    const appliances = [s.this_host, ...s.peers].filter((n) => n.kind === "appliance").map((n) => n.name);
+    const chosen = select.value;
+    if (select.options.length !== appliances.length) {
+      select.replaceChildren(...appliances.map((n) => el("option", { value: n }, n)));
+      if (appliances.includes(chosen)) select.value = chosen;
+    }
+    $("#maintenance-nodes tbody").replaceChildren(...(s.maintenance || []).map((h) =>
+      el("tr", { "data-node": h.node },
+        el("td", {}, h.node), el("td", {}, fmtTime(h.until_ms)), el("td", {}, h.reason), el("td", {}, h.by),
+        el("td", {}, el("button", { type: "button", class: "maintenance-end", onclick: () => endMaintenance(h.node) },
+          "End maintenance")))));
+  }
+
+  async function loadWindows() {
+    try {
+      const m = await api("GET", "/api/v1/maintenance");
+      $("#maintenance-windows tbody").replaceChildren(...m.windows.map((w) =>
+        el("tr", { "data-window": w.id },
+          el("td", {}, w.id), el("td", {}, w.node), el("td", {}, fmtTime(w.start_ms)), el("td", {}, fmtTime(w.end_ms)),
+          el("td", {}, w.reason), el("td", {}, w.by),
+          el("td", {}, el("button", { type: "button", onclick: () => cancelWindow(w.id) }, "Cancel")))));
+    } catch (e) { say("#maintenance-status", errorText(e), "error"); }
+  }
+
+  async function maintenanceChange(label, fn, done) {
+    say("#maintenance-status", label + "…", "busy");
+    try {
+      const r = await fn();
+      say("#maintenance-status", done(r), "ok-msg");
+      const s = await api("GET", "/api/v1/status");
+      renderStatus(s);
+    } catch (e) {
+      say("#maintenance-status", errorText(e), "error");
+    }
+    loadWindows();
+    loadHistory(null);
+  }
+
+  function endMaintenance(node) {
+    maintenanceChange("Ending the maintenance of " + node,
+      () => api("DELETE", "/api/v1/maintenance/" + encodeURIComponent(node)),
+      (r) => "Maintenance of " + node + " ended." + (r.moved_to != null ? " The role went back to node " + r.moved_to + "." : ""));
+  }
+
+  function cancelWindow(id) {
+    maintenanceChange("Cancelling window " + id, () => api("DELETE", "/api/v1/maintenance/windows/" + id),
+      () => "Window " + id + " cancelled.");
+  }
+
+  function initMaintenance() {
+    $("#maintenance-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const node = $("#maintenance-node").value;
+      const reason = $("#maintenance-reason").value.trim();
+      const minutes = Number($("#maintenance-minutes").value);
+      const start = $("#maintenance-start").value;
+      const force = $("#maintenance-force").checked;
+      if (start) {
+        const startMs = new Date(start).getTime();
+        maintenanceChange("Scheduling a window for " + node,
+          () => api("POST", "/api/v1/maintenance/windows",
+            { node, reason, start_ms: startMs, end_ms: startMs + minutes * 60000 }),
+          () => "Window scheduled for " + node + " from " + fmtTime(startMs) + ".");
+        return;
+      }
+      const primary = lastStatus && lastStatus.primary != null &&
+        [lastStatus.this_host, ...lastStatus.peers].find((n) => n.id === lastStatus.primary);
+      let text = node + " is held out of service for " + minutes + " minutes and is never made primary meanwhile.";
+      if (primary && primary.name === node) {
+        text += " It is the primary: the role moves to the backup first (a planned swap)" +
+          (force ? "; if it cannot, " + node + " stays primary, in maintenance, until it can." : "; if it cannot, nothing changes.");
+      }
+      if (!(await confirmDialog("Start maintenance of " + node + "?", text, null))) return;
+      maintenanceChange("Starting the maintenance of " + node,
+        () => api("POST", "/api/v1/maintenance", { node, reason, minutes, force }),
+        (r) => "Maintenance of " + node + " started." +
+          (r.moved_to != null ? " The role moved to node " + r.moved_to + "." : "") + (r.note ? " " + r.note : ""));
+    });
+    loadWindows();
+  }
+
   function initFailover() {
+    initMaintenance();
     $("#sync-now").addEventListener("click", () => {
       const verify = $("#sync-verify").checked;
       runAction($("#sync-now"), verify ? "Syncing and verifying" : "Syncing",
@@ -332,6 +432,8 @@
     $("#verify_interval_secs").value = s.verify_interval_secs;
     $("#bandwidth_limit_bps").value = s.bandwidth_limit_bps;
     $("#backup_operations").checked = s.backup_operations;
+    $("#maintenance_max_minutes").value = s.maintenance_max_minutes;
+    $("#maintenance_reminder_secs").value = s.maintenance_reminder_secs;
     $("#shared-ips tbody").replaceChildren(...(s.shared_ips || []).map(sharedIpRow));
     $("#settings-meta").textContent = "Version " + s.version +
       (s.updated_by ? ", last changed by " + s.updated_by + " at " + fmtTime(s.updated_at_ms) : " (defaults)") +
@@ -386,8 +488,11 @@
         bandwidth_limit_bps: num("#bandwidth_limit_bps"),
         backup_operations: $("#backup_operations").checked,
         shared_ips: sharedIps,
+        maintenance_max_minutes: num("#maintenance_max_minutes"),
+        maintenance_reminder_secs: num("#maintenance_reminder_secs"),
       };
-      for (const k of ["primary_timeout_ms", "verify_interval_secs", "bandwidth_limit_bps"]) {
+      for (const k of ["primary_timeout_ms", "verify_interval_secs", "bandwidth_limit_bps",
+        "maintenance_max_minutes", "maintenance_reminder_secs"]) {
         if (!Number.isInteger(body[k]) || body[k] < 0) {
           showSettingsErrors({ [k]: "must be a whole number" });
           say("#settings-status", "Not saved: fix the marked fields.", "error");

@@ -348,6 +348,7 @@ fn layout(page: usize, user: &SessionUser) -> String {
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><span id=\"whoami\">{user}</span> \
 <button type=\"submit\" id=\"logout\">Log out</button></form></header>\
 <div id=\"role-banner\" class=\"banner\" hidden></div>\
+<div id=\"maintenance-banner\" class=\"banner maintenance\" role=\"alert\" hidden></div>\
 <main>{body}</main></body></html>\n",
         csrf = esc(&user.csrf),
         user = esc(&user.name),
