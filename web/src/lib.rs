@@ -14,8 +14,8 @@
 //!   utoipa from the handlers' `#[utoipa::path]` attributes and the view
 //!   types' `ToSchema` derives.
 //! - `extract`: extractors that turn axum rejections into [`ApiError`]s.
-//! - `maintenance`: the bodies, views, checks and handlers of
-//!   `/api/v1/maintenance…`.
+//! - `maintenance`: the bodies, views and checks of `/api/v1/maintenance…`
+//!   (a leaf; the handlers are in `routes`).
 //! - `names`: [`RoleName`], [`KindName`], [`Topology`]: closed sets of
 //!   names, serialized as the strings the JSON has always had.
 //! - `settings`: [`validate_settings`], the pure settings checks.
@@ -50,7 +50,8 @@ pub use backend::{DEFAULT_MAINTENANCE_MAX_MINUTES, DEFAULT_MAINTENANCE_REMINDER_
 pub use error::{ApiError, ErrorBody};
 pub use maintenance::{
     validate_maintenance_start, validate_window, HoldView, MaintenanceOutcome, MaintenanceStart,
-    MaintenanceView, WindowRequest, WindowView, MAX_MAINTENANCE_REASON_LEN,
+    MaintenanceView, WindowRequest, WindowView, MAINTENANCE_MAX_MINUTES, MAINTENANCE_REMINDER_SECS,
+    MAX_MAINTENANCE_REASON_LEN,
 };
 pub use names::{KindName, RoleName, Topology};
 pub use routes::{
@@ -60,8 +61,8 @@ pub use routes::{
     STALE_HEADER,
 };
 pub use settings::{
-    validate_settings, MAINTENANCE_MAX_MINUTES, MAINTENANCE_REMINDER_SECS, MAX_INTERFACE_LEN,
-    MAX_SHARED_IPS, MAX_TEST_IPS, MIN_BANDWIDTH_BPS, PRIMARY_TIMEOUT_MS, VERIFY_INTERVAL_SECS,
+    validate_settings, MAX_INTERFACE_LEN, MAX_SHARED_IPS, MAX_TEST_IPS, MIN_BANDWIDTH_BPS,
+    PRIMARY_TIMEOUT_MS, VERIFY_INTERVAL_SECS,
 };
 pub use tls::{serve_tls, SHUTDOWN_GRACE};
 pub use ui::{CSRF_HEADER, LOGIN_MAX_FAILURES, LOGIN_WINDOW, SESSION_COOKIE, SESSION_TTL};

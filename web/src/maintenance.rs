@@ -1,33 +1,29 @@
 //! Maintenance in the API: the request bodies and views of
-//! `/api/v1/maintenance…`, their checks, and the handlers (registered by
-//! `routes`).
+//! `/api/v1/maintenance…` and their checks (the handlers are in `routes`).
+//! A leaf: it uses no other module of this crate.
 //!
 //! What maintenance means (a node held out of service is never made
 //! primary; starting it on the primary moves the role first) is the node's;
 //! this module only carries it.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::ops::RangeInclusive;
 
-use axum::extract::State;
-use axum::http::header::HeaderMap;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-
-use crate::backend::AdminBackend;
-use crate::extract::{ApiJson, ApiPath};
-use crate::openapi::{E400, E401, E403, E404, E405, E409, E413, E415, E421, E500, E503};
-use crate::routes::actor;
-use crate::ApiError;
 
 /// Longest reason text.
 pub const MAX_MAINTENANCE_REASON_LEN: usize = 200;
 /// Longest node name accepted in a maintenance request.
 const MAX_NODE_LEN: usize = 64;
+/// Allowed longest maintenance hold (the `maintenance_max_minutes`
+/// setting, minutes): a minute to a year.
+pub const MAINTENANCE_MAX_MINUTES: RangeInclusive<u64> = 1..=525_600;
+/// Allowed maintenance reminder lead (the `maintenance_reminder_secs`
+/// setting, s): none to a week.
+pub const MAINTENANCE_REMINDER_SECS: RangeInclusive<u64> = 0..=604_800;
 /// Longest hold asked in one request, whatever the setting (a year).
-const MAX_MINUTES: u64 = *crate::settings::MAINTENANCE_MAX_MINUTES.end();
+const MAX_MINUTES: u64 = *MAINTENANCE_MAX_MINUTES.end();
 
 /// Body of `POST /api/v1/maintenance`: hold `node` out of service now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -123,7 +119,7 @@ pub struct MaintenanceOutcome {
     pub maintenance: MaintenanceView,
 }
 
-fn check_node(node: &str, fields: &mut BTreeMap<String, String>) {
+pub(crate) fn check_node(node: &str, fields: &mut BTreeMap<String, String>) {
     if node.is_empty() || node.len() > MAX_NODE_LEN {
         fields.insert(
             "node".into(),
@@ -196,114 +192,6 @@ pub fn validate_window(req: &WindowRequest) -> Result<(), BTreeMap<String, Strin
     } else {
         Err(fields)
     }
-}
-
-/// Who is in maintenance now and which windows are scheduled.
-#[utoipa::path(
-    get,
-    path = "/api/v1/maintenance",
-    tag = "maintenance",
-    responses(
-        (status = 200, description = "the maintenance state", body = MaintenanceView),
-        E401, E405, E500, E503
-    ),
-    security(("bearer" = [])),
-)]
-pub(crate) async fn maintenance_get<B: AdminBackend>(
-    State(backend): State<Arc<B>>,
-) -> Result<Response, ApiError> {
-    Ok(Json(backend.maintenance().await?).into_response())
-}
-
-/// Hold a node out of service now (the role moves away from it first).
-#[utoipa::path(
-    post,
-    path = "/api/v1/maintenance",
-    tag = "maintenance",
-    request_body = MaintenanceStart,
-    responses(
-        (status = 200, description = "in maintenance", body = MaintenanceOutcome),
-        E400, E401, E403, E404, E405, E409, E413, E415, E421, E500, E503
-    ),
-    security(("bearer" = [])),
-)]
-pub(crate) async fn maintenance_start<B: AdminBackend>(
-    State(backend): State<Arc<B>>,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<MaintenanceStart>,
-) -> Result<Response, ApiError> {
-    let actor = actor(&headers)?;
-    validate_maintenance_start(&body).map_err(|fields| ApiError::Invalid { fields })?;
-    Ok(Json(backend.maintenance_start(body, actor).await?).into_response())
-}
-
-/// End a node's maintenance now.
-#[utoipa::path(
-    delete,
-    path = "/api/v1/maintenance/{node}",
-    tag = "maintenance",
-    params(("node" = String, Path, description = "the node's name (or id)")),
-    responses(
-        (status = 200, description = "maintenance ended", body = MaintenanceOutcome),
-        E400, E401, E403, E404, E405, E409, E421, E500, E503
-    ),
-    security(("bearer" = [])),
-)]
-pub(crate) async fn maintenance_end<B: AdminBackend>(
-    State(backend): State<Arc<B>>,
-    ApiPath(node): ApiPath<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let actor = actor(&headers)?;
-    let mut fields = BTreeMap::new();
-    check_node(&node, &mut fields);
-    if !fields.is_empty() {
-        return Err(ApiError::Invalid { fields });
-    }
-    Ok(Json(backend.maintenance_end(node, actor).await?).into_response())
-}
-
-/// Schedule a maintenance window.
-#[utoipa::path(
-    post,
-    path = "/api/v1/maintenance/windows",
-    tag = "maintenance",
-    request_body = WindowRequest,
-    responses(
-        (status = 200, description = "scheduled", body = MaintenanceView),
-        E400, E401, E403, E404, E405, E409, E413, E415, E421, E500, E503
-    ),
-    security(("bearer" = [])),
-)]
-pub(crate) async fn window_schedule<B: AdminBackend>(
-    State(backend): State<Arc<B>>,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<WindowRequest>,
-) -> Result<Response, ApiError> {
-    let actor = actor(&headers)?;
-    validate_window(&body).map_err(|fields| ApiError::Invalid { fields })?;
-    Ok(Json(backend.window_schedule(body, actor).await?).into_response())
-}
-
-/// Cancel a window that has not started.
-#[utoipa::path(
-    delete,
-    path = "/api/v1/maintenance/windows/{id}",
-    tag = "maintenance",
-    params(("id" = u64, Path, description = "the window's id")),
-    responses(
-        (status = 200, description = "cancelled", body = MaintenanceView),
-        E400, E401, E403, E404, E405, E409, E421, E500, E503
-    ),
-    security(("bearer" = [])),
-)]
-pub(crate) async fn window_cancel<B: AdminBackend>(
-    State(backend): State<Arc<B>>,
-    ApiPath(id): ApiPath<u64>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let actor = actor(&headers)?;
-    Ok(Json(backend.window_cancel(id, actor).await?).into_response())
 }
 
 #[cfg(test)]

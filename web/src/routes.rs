@@ -44,7 +44,8 @@ use crate::backend::{
 use crate::error::{ErrorBody, LeaderRedirect};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
 use crate::maintenance::{
-    maintenance_end, maintenance_get, maintenance_start, window_cancel, window_schedule,
+    check_node, validate_maintenance_start, validate_window, MaintenanceOutcome, MaintenanceStart,
+    MaintenanceView, WindowRequest,
 };
 use crate::openapi::{
     ref_inlined_schemas, BearerScheme, E400, E401, E403, E404, E405, E409, E413, E415, E421, E500,
@@ -193,11 +194,11 @@ pub const ROUTES: &[ApiRoute] = &[
         api_token_list,
         api_token_create,
         api_token_revoke,
-        crate::maintenance::maintenance_get,
-        crate::maintenance::maintenance_start,
-        crate::maintenance::maintenance_end,
-        crate::maintenance::window_schedule,
-        crate::maintenance::window_cancel,
+        maintenance_get,
+        maintenance_start,
+        maintenance_end,
+        window_schedule,
+        window_cancel,
     ),
     // Schemas that are only named by `ref(...)` (bodies that may be left
     // out) or only reached through response types are not collected by
@@ -655,7 +656,7 @@ fn validate_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 }
 
 /// The writer recorded for a mutation: [`ACTOR_HEADER`] or `api`.
-pub(crate) fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
+fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(value) = headers.get(ACTOR_HEADER) else {
         return Ok(DEFAULT_ACTOR.to_owned());
     };
@@ -1748,4 +1749,114 @@ mod tests {
             "https://10.0.0.2:8443/api/v1/config/a/b?stale=false"
         );
     }
+}
+
+// ---- maintenance (bodies and checks in `crate::maintenance`) ---------------
+
+/// Who is in maintenance now and which windows are scheduled.
+#[utoipa::path(
+    get,
+    path = "/api/v1/maintenance",
+    tag = "maintenance",
+    responses(
+        (status = 200, description = "the maintenance state", body = MaintenanceView),
+        E401, E405, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
+async fn maintenance_get<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+) -> Result<Response, ApiError> {
+    Ok(Json(backend.maintenance().await?).into_response())
+}
+
+/// Hold a node out of service now (the role moves away from it first).
+#[utoipa::path(
+    post,
+    path = "/api/v1/maintenance",
+    tag = "maintenance",
+    request_body = MaintenanceStart,
+    responses(
+        (status = 200, description = "in maintenance", body = MaintenanceOutcome),
+        E400, E401, E403, E404, E405, E409, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
+async fn maintenance_start<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<MaintenanceStart>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    validate_maintenance_start(&body).map_err(|fields| ApiError::Invalid { fields })?;
+    Ok(Json(backend.maintenance_start(body, actor).await?).into_response())
+}
+
+/// End a node's maintenance now.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/maintenance/{node}",
+    tag = "maintenance",
+    params(("node" = String, Path, description = "the node's name (or id)")),
+    responses(
+        (status = 200, description = "maintenance ended", body = MaintenanceOutcome),
+        E400, E401, E403, E404, E405, E409, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
+async fn maintenance_end<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(node): ApiPath<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    let mut fields = std::collections::BTreeMap::new();
+    check_node(&node, &mut fields);
+    if !fields.is_empty() {
+        return Err(ApiError::Invalid { fields });
+    }
+    Ok(Json(backend.maintenance_end(node, actor).await?).into_response())
+}
+
+/// Schedule a maintenance window.
+#[utoipa::path(
+    post,
+    path = "/api/v1/maintenance/windows",
+    tag = "maintenance",
+    request_body = WindowRequest,
+    responses(
+        (status = 200, description = "scheduled", body = MaintenanceView),
+        E400, E401, E403, E404, E405, E409, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
+async fn window_schedule<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<WindowRequest>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    validate_window(&body).map_err(|fields| ApiError::Invalid { fields })?;
+    Ok(Json(backend.window_schedule(body, actor).await?).into_response())
+}
+
+/// Cancel a window that has not started.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/maintenance/windows/{id}",
+    tag = "maintenance",
+    params(("id" = u64, Path, description = "the window's id")),
+    responses(
+        (status = 200, description = "cancelled", body = MaintenanceView),
+        E400, E401, E403, E404, E405, E409, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
+async fn window_cancel<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    ApiPath(id): ApiPath<u64>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    Ok(Json(backend.window_cancel(id, actor).await?).into_response())
 }

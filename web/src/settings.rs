@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 
 use crate::backend::SettingsUpdate;
+use crate::maintenance::{MAINTENANCE_MAX_MINUTES, MAINTENANCE_REMINDER_SECS};
 
 /// Allowed primary timeout (ms).
 pub const PRIMARY_TIMEOUT_MS: RangeInclusive<u64> = 300..=60_000;
@@ -18,10 +19,6 @@ pub const VERIFY_INTERVAL_SECS: RangeInclusive<u64> = 60..=604_800;
 pub const MIN_BANDWIDTH_BPS: u64 = 65_536;
 /// Most shared IPs.
 pub const MAX_SHARED_IPS: usize = 16;
-/// Allowed longest maintenance hold (minutes): a minute to a year.
-pub const MAINTENANCE_MAX_MINUTES: RangeInclusive<u64> = 1..=525_600;
-/// Allowed maintenance reminder lead (s): none to a week.
-pub const MAINTENANCE_REMINDER_SECS: RangeInclusive<u64> = 0..=604_800;
 /// Longest interface name (Linux `IFNAMSIZ - 1`).
 pub const MAX_INTERFACE_LEN: usize = 15;
 /// Longest node name (as the node accepts them).
