@@ -210,6 +210,11 @@ async fn failover_page_in_a_real_browser() {
     let Some(mut driver) = Driver::start().await else {
         return;
     };
+    // The browsers start before the cluster: a browser's start-up takes
+    // both cores of a small machine for a moment, long enough for a debug
+    // build's primary to miss its lease and lose the role.
+    let on_p = driver.browser(1280, 800).await;
+    let on_b = driver.browser(1280, 800).await;
     let c = Cluster::three(&[]).await;
     let roles = c.wait_roles(WAIT).await;
     let (p, bk) = (roles.primary, roles.backup);
@@ -224,8 +229,6 @@ async fn failover_page_in_a_real_browser() {
         .await
         .expect("POST /api/v1/users");
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
-
-    let on_p = driver.browser(1280, 800).await;
 
     // A wrong password is refused.
     login(&on_p, &p_url, USER, "not the password").await;
@@ -309,7 +312,6 @@ async fn failover_page_in_a_real_browser() {
     shot(&on_p, "05-after-swap-backup").await;
 
     // The other node's page shows it as the primary.
-    let on_b = driver.browser(1280, 800).await;
     login(&on_b, &b_url, USER, PASSWORD).await;
     wait_text(&on_b, "#host-role", "the other node as primary", |t| {
         t == "primary"
@@ -409,6 +411,8 @@ async fn maintenance_section_in_a_real_browser() {
     let Some(mut driver) = Driver::start().await else {
         return;
     };
+    // Before the cluster: see `failover_page_in_a_real_browser`.
+    let on_p = driver.browser(1280, 1000).await;
     let c = Cluster::three(&[]).await;
     let roles = c.wait_roles(WAIT).await;
     let (p, bk) = (roles.primary, roles.backup);
@@ -421,7 +425,6 @@ async fn maintenance_section_in_a_real_browser() {
         .expect("POST /api/v1/users");
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
 
-    let on_p = driver.browser(1280, 1000).await;
     login(&on_p, &p_url, USER, PASSWORD).await;
     wait_text(&on_p, "#host-role", "this host as primary", |t| {
         t == "primary"

@@ -271,6 +271,8 @@
 
   // Maintenance: the holds come with every status; the windows are loaded
   // with the page and after each change.
+  let shownHolds = null;
+
   function renderMaintenanceNodes(s) {
     const select = $("#maintenance-node");
     if (!select) return;
@@ -280,6 +282,11 @@
       select.replaceChildren(...appliances.map((n) => el("option", { value: n }, n)));
       if (appliances.includes(chosen)) select.value = chosen;
     }
+    // Re-drawn only when the holds change: a status arrives every second,
+    // and a row re-drawn under the pointer loses the click.
+    const key = JSON.stringify(s.maintenance || []);
+    if (key === shownHolds) return;
+    shownHolds = key;
     $("#maintenance-nodes tbody").replaceChildren(...(s.maintenance || []).map((h) =>
       el("tr", { "data-node": h.node },
         el("td", {}, h.node), el("td", {}, fmtTime(h.until_ms)), el("td", {}, h.reason), el("td", {}, h.by),
