@@ -29,7 +29,8 @@
 //!   `errors` (typed refusals), `probe` (the one reachability probe),
 //!   `bootstrap` (`init`, `join`), `join` (join request, grant, token text,
 //!   names and SANs), `maintenance` (the maintenance plan and its pure
-//!   rules), `users`, `disk` (free-space reserve),
+//!   rules), `checks` (running one service check; each check's dampened
+//!   state), `users`, `disk` (free-space reserve),
 //!   `admin_tls`, `supervise` (essential tasks), [`log_limit`], `util`.
 //!
 //! `ARCHITECTURE.md` says what each room must not touch.
@@ -38,6 +39,7 @@ pub(crate) mod actions;
 pub(crate) mod admin_tls;
 pub(crate) mod api;
 pub(crate) mod bootstrap;
+pub(crate) mod checks;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -245,6 +247,10 @@ async fn run_once(
         "leader duties",
         &background_stop,
         background(node.clone(), background_stop.clone()),
+    ));
+    tasks.spawn(actions::checks::run_checks(
+        node.clone(),
+        background_stop.clone(),
     ));
     tasks.spawn(essential(
         &node,

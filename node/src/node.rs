@@ -159,6 +159,8 @@ pub struct Node {
     pub(crate) reset_lock: tokio::sync::Mutex<()>,
     /// Automatic failover and scheduled verify.
     pub(crate) duties: crate::actions::duties::Duties,
+    /// This node's service checks and their states.
+    pub(crate) checks: crate::checks::ServiceChecks,
     /// The shared-IP manager, once `run` started it.
     pub shared_ips: std::sync::OnceLock<crate::shared_ip::SharedIpHandle>,
     /// Bandwidth limit for snapshot and catch-up streams (bytes/s, 0 =
@@ -239,6 +241,7 @@ impl Node {
             roles: crate::roles::RoleState::new(epoch, fence),
             reset_lock: tokio::sync::Mutex::new(()),
             duties: crate::actions::duties::Duties::default(),
+            checks: crate::checks::ServiceChecks::default(),
             shared_ips: std::sync::OnceLock::new(),
             bandwidth,
             restart: tokio_util::sync::CancellationToken::new(),

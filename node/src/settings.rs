@@ -47,6 +47,10 @@ pub struct Settings {
     /// How long before a maintenance window's start its reminder is
     /// recorded (s); 0 = none.
     pub maintenance_reminder_secs: u64,
+    /// Service checks.
+    pub checks: Vec<tandem_web::CheckSpec>,
+    /// No check-driven move within this long of the last one (s).
+    pub check_hold_down_secs: u64,
 }
 
 impl Default for Settings {
@@ -61,6 +65,8 @@ impl Default for Settings {
             shared_ips: Vec::new(),
             maintenance_max_minutes: tandem_web::DEFAULT_MAINTENANCE_MAX_MINUTES,
             maintenance_reminder_secs: tandem_web::DEFAULT_MAINTENANCE_REMINDER_SECS,
+            checks: Vec::new(),
+            check_hold_down_secs: tandem_web::DEFAULT_CHECK_HOLD_DOWN_SECS,
         }
     }
 }
@@ -145,6 +151,8 @@ impl Settings {
                 .collect(),
             maintenance_max_minutes: u.maintenance_max_minutes,
             maintenance_reminder_secs: u.maintenance_reminder_secs,
+            checks: u.checks.clone(),
+            check_hold_down_secs: u.check_hold_down_secs,
         }
     }
 
@@ -175,6 +183,8 @@ impl Settings {
                 .collect(),
             maintenance_max_minutes: self.maintenance_max_minutes,
             maintenance_reminder_secs: self.maintenance_reminder_secs,
+            checks: self.checks.clone(),
+            check_hold_down_secs: self.check_hold_down_secs,
         }
     }
 

@@ -12,6 +12,7 @@ use std::future::Future;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::checks::{default_hold_down_secs, CheckSpec, CheckView};
 use crate::maintenance::{
     HoldView, MaintenanceOutcome, MaintenanceStart, MaintenanceView, WindowRequest,
 };
@@ -481,6 +482,16 @@ pub struct HealthView {
     /// task died: it no longer leads); empty when nothing is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// This node's service checks (empty when none apply to it).
+    #[serde(default)]
+    pub checks: Vec<CheckView>,
+    /// Whether none of this node's checks is failing.
+    #[serde(default = "yes")]
+    pub checks_ok: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How a read was served; rendered as the `X-Tandem-Applied-Index` and
@@ -760,6 +771,9 @@ pub struct HostView {
     /// connection address of *Set up relationship*.
     #[serde(default)]
     pub peer_addr: String,
+    /// This node's service checks.
+    #[serde(default)]
+    pub checks: Vec<CheckView>,
 }
 
 /// A peer in [`StatusView`]; what this node cannot know is `null`.
@@ -862,6 +876,13 @@ pub struct SettingsView {
     /// recorded (s); 0 = no reminder.
     #[serde(default = "default_maintenance_reminder_secs")]
     pub maintenance_reminder_secs: u64,
+    /// Service checks that move the role (see [`CheckSpec`]).
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+    /// After a check-driven move, how long (s) a check cannot move the role
+    /// again.
+    #[serde(default = "default_hold_down_secs")]
+    pub check_hold_down_secs: u64,
 }
 
 /// Default of `maintenance_max_minutes`: a day.
@@ -902,6 +923,12 @@ pub struct SettingsUpdate {
     /// 0 (no reminder) ..=604800; default 900.
     #[serde(default = "default_maintenance_reminder_secs")]
     pub maintenance_reminder_secs: u64,
+    /// At most 16 service checks; default none.
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
+    /// 0..=86400; default 300.
+    #[serde(default = "default_hold_down_secs")]
+    pub check_hold_down_secs: u64,
     /// Optimistic concurrency: write only if the current version equals this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_version: Option<u64>,

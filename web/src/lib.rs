@@ -8,6 +8,8 @@
 //!
 //! Modules:
 //! - `backend`: [`AdminBackend`] and the JSON views / request bodies.
+//! - `checks`: service checks in the settings ([`CheckSpec`]), their
+//!   validation and [`CheckView`] (a leaf).
 //! - `error`: [`ApiError`], the one error type, and its single HTTP mapping.
 //! - `routes`: [`router`], handlers, bearer authentication, validation, and
 //!   [`openapi()`], the OpenAPI 3.1 document of every route, generated with
@@ -28,6 +30,7 @@
 //!   status events.
 
 mod backend;
+mod checks;
 mod error;
 mod extract;
 mod maintenance;
@@ -47,6 +50,10 @@ pub use backend::{
     SyncRequest, UserCreate, UserPassword, UserView, VerifyReport,
 };
 pub use backend::{DEFAULT_MAINTENANCE_MAX_MINUTES, DEFAULT_MAINTENANCE_REMINDER_SECS};
+pub use checks::{
+    CheckSpec, CheckView, CHECK_COUNT, CHECK_HOLD_DOWN_SECS, CHECK_INTERVAL_MS,
+    DEFAULT_CHECK_HOLD_DOWN_SECS, MAX_CHECKS,
+};
 pub use error::{ApiError, ErrorBody};
 pub use maintenance::{
     validate_maintenance_start, validate_window, HoldView, MaintenanceOutcome, MaintenanceStart,

@@ -72,6 +72,17 @@ pub fn validate_settings(update: &SettingsUpdate) -> Result<(), BTreeMap<String,
         );
     }
 
+    crate::checks::validate_checks(&update.checks, &mut errors);
+    if !crate::checks::CHECK_HOLD_DOWN_SECS.contains(&update.check_hold_down_secs) {
+        errors.insert(
+            "check_hold_down_secs".to_owned(),
+            format!(
+                "must be at most {}",
+                crate::checks::CHECK_HOLD_DOWN_SECS.end()
+            ),
+        );
+    }
+
     if update.test_ips.len() > MAX_TEST_IPS {
         errors.insert(
             "test_ips".to_owned(),
@@ -227,6 +238,8 @@ mod tests {
             }],
             maintenance_max_minutes: 60,
             maintenance_reminder_secs: 0,
+            checks: Vec::new(),
+            check_hold_down_secs: 300,
             if_version: None,
         }
     }

@@ -93,6 +93,8 @@ impl MemBackend {
                 shared_ips: Vec::new(),
                 maintenance_max_minutes: DEFAULT_MAINTENANCE_MAX_MINUTES,
                 maintenance_reminder_secs: DEFAULT_MAINTENANCE_REMINDER_SECS,
+                checks: Vec::new(),
+                check_hold_down_secs: 300,
             })
     }
 
@@ -269,6 +271,8 @@ impl AdminBackend for MemBackend {
             shared_ips_held: Vec::new(),
             disk_free_bytes: Some(1 << 30),
             disk_reserve_bytes: Some(256 << 20),
+            checks: Vec::new(),
+            checks_ok: true,
         })
     }
 
@@ -454,6 +458,7 @@ impl AdminBackend for MemBackend {
                 shared_ips_held: vec!["192.0.2.10/24".into()],
                 notes: Vec::new(),
                 peer_addr: "10.0.0.1:7000".into(),
+                checks: Vec::new(),
             },
             peers: vec![PeerView {
                 id: 2,
@@ -543,6 +548,8 @@ impl AdminBackend for MemBackend {
             shared_ips: update.shared_ips,
             maintenance_max_minutes: update.maintenance_max_minutes,
             maintenance_reminder_secs: update.maintenance_reminder_secs,
+            checks: update.checks,
+            check_hold_down_secs: update.check_hold_down_secs,
         };
         self.lock().settings = Some(view.clone());
         Ok(view)

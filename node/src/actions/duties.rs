@@ -19,6 +19,12 @@ pub struct Duties {
     /// Whether this node's elections were last turned on or off for
     /// maintenance (`None`: never set).
     pub(super) maintenance_elect: Mutex<Option<bool>>,
+    /// The service-check duty (`checks::tick`).
+    pub(super) checks: SingleFlight,
+    /// When the primary last tried a check-driven move.
+    pub(super) check_tried: Mutex<Option<Instant>>,
+    /// Why the last check-driven move could not be made (recorded once).
+    pub(super) check_blocked: Mutex<Option<String>>,
 }
 
 /// When each duty last ran.

@@ -360,21 +360,24 @@ impl Node {
         Ok(self.maintenance_view())
     }
 
-    /// Keeps this node's own elections off while it is held (and on
-    /// otherwise, unless an essential task died). From the role manager's
-    /// tick.
+    /// Keeps this node's own elections off while it is held or one of its
+    /// service checks is failing (and on otherwise, unless an essential task
+    /// died). From the role manager's tick.
     pub(crate) fn apply_maintenance(&self) {
         if self.cfg.kind != NodeKind::Appliance {
             return;
         }
         let held = self.in_maintenance(self.cfg.node_id);
-        let elect = !held && !self.supervision.any();
+        let sick = !self.checks.failing().is_empty();
+        let elect = !held && !sick && !self.supervision.any();
         let mut last = crate::util::lock(&self.duties.maintenance_elect);
         if *last != Some(elect) {
             if held {
                 tracing::info!("in maintenance: this node stands for no election");
+            } else if sick {
+                tracing::info!("a service check is failing: this node stands for no election");
             } else if last.is_some() {
-                tracing::info!("out of maintenance: this node may become primary again");
+                tracing::info!("in service again: this node may become primary");
             }
             self.raft().runtime_config().elect(elect);
             *last = Some(elect);

@@ -9,13 +9,16 @@
 //!   scheduled verify) and removing the witness;
 //! - [`setup`]: *set up relationship* from a running standalone node;
 //! - [`maintenance`]: maintenance mode and windows, and the primary's duty
-//!   that runs their times.
+//!   that runs their times;
+//! - [`checks`]: the task that runs this node's service checks and the
+//!   primary's duty that moves the role when one fails.
 //!
 //! Actions decide and order; they do not compute roles (that is
 //! `roles`), touch shared IPs directly (that is `shared_ip` through the
 //! role manager), or speak HTTP (that is `api`). A refusal changes nothing
 //! and is a typed [`crate::errors::Refusal`].
 
+pub(crate) mod checks;
 pub(crate) mod duties;
 pub(crate) mod failover;
 pub(crate) mod maintenance;

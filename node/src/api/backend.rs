@@ -547,6 +547,10 @@ impl AdminBackend for Backend {
             Some(format!("this node is {}", role.as_str()))
         } else if self.node.in_maintenance(self.node.cfg.node_id) {
             Some("this node is in maintenance: it will not take over".to_string())
+        } else if let Some((check, output)) = self.node.checks.failing().into_iter().next() {
+            Some(format!(
+                "service check {check} is failing ({output}): this node will not take over"
+            ))
         } else if !fresh {
             Some("no contact with the primary within the primary timeout".to_string())
         } else if lag > limit {

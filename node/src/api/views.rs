@@ -96,6 +96,8 @@ impl Backend {
                 .unwrap_or_default(),
             disk_free_bytes: self.node.disk.free(),
             disk_reserve_bytes: Some(self.node.disk.reserve()),
+            checks: self.node.checks.views(),
+            checks_ok: self.node.checks.failing().is_empty(),
         }
     }
 
@@ -197,6 +199,7 @@ impl Backend {
                     .unwrap_or_default(),
                 notes,
                 peer_addr: node.cfg.peer_advertise.clone(),
+                checks: node.checks.views(),
             },
             peers,
             topology,
@@ -205,6 +208,28 @@ impl Backend {
             primary: ep.primary,
             maintenance: node.maintenance_view().nodes,
         })
+    }
+
+    /// The names of `id`'s failing service checks, from its `/health`
+    /// (none when it does not answer).
+    async fn failing_checks_of(
+        &self,
+        membership: &openraft::Membership<u64, tandem_storage::NodeInfo>,
+        id: u64,
+    ) -> Vec<String> {
+        let (Some(client), Some(info)) = (self.probe.clone(), membership.get_node(&id)) else {
+            return Vec::new();
+        };
+        let c = client.with_base(&info.api_addr);
+        match tokio::time::timeout(PEER_PROBE_TIMEOUT, c.get::<HealthView>("/health")).await {
+            Ok(Ok(h)) => h
+                .checks
+                .into_iter()
+                .filter(|c| c.state == "failing")
+                .map(|c| c.name)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// The notes of the status page: what an administrator should know
@@ -247,6 +272,16 @@ impl Backend {
                     r.detail
                 ));
             }
+        }
+        for (check, output) in node.checks.failing() {
+            notes.push(format!(
+                "service check {check} is failing on this node: {output}"
+            ));
+        }
+        if let Some(why) = node.check_blocked() {
+            notes.push(format!(
+                "this node stays primary despite a failing check: {why}"
+            ));
         }
         notes.extend(storage_notes(&node.cfg.name, &self.local_health()));
         notes.extend(peer_notes);
@@ -349,8 +384,20 @@ impl Backend {
                         h.reason
                     ));
                 }
+                let sick = if b == node.cfg.node_id {
+                    node.checks.failing().into_iter().map(|(n, _)| n).collect()
+                } else {
+                    self.failing_checks_of(&membership, b).await
+                };
+                if !sick.is_empty() {
+                    reasons.push(format!(
+                        "backup {}'s service checks are failing ({}): it will not take over",
+                        node.member_name(b),
+                        sick.join(", ")
+                    ));
+                }
                 (
-                    (by_election || by_itself) && reachable && held.is_none(),
+                    (by_election || by_itself) && reachable && held.is_none() && sick.is_empty(),
                     lag,
                 )
             }

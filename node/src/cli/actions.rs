@@ -38,6 +38,8 @@ pub(crate) fn update_from(view: &SettingsView) -> SettingsUpdate {
         shared_ips: view.shared_ips.clone(),
         maintenance_max_minutes: view.maintenance_max_minutes,
         maintenance_reminder_secs: view.maintenance_reminder_secs,
+        checks: view.checks.clone(),
+        check_hold_down_secs: view.check_hold_down_secs,
         if_version: Some(view.version),
     }
 }

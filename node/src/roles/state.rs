@@ -58,7 +58,7 @@ pub struct RoleState {
     /// Epochs and refusals seen from peers.
     pub fence: Arc<Fence>,
     /// Makes the role manager tick now (after an epoch change).
-    pub(super) wake: tokio::sync::Notify,
+    pub(crate) wake: tokio::sync::Notify,
     /// Application writes are paused (swap or verify in progress).
     pub(super) paused: AtomicBool,
     /// A planned swap hands leadership over: the shared IPs are let go
