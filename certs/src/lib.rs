@@ -36,6 +36,7 @@ mod error;
 mod files;
 mod identity;
 mod pinning;
+mod service;
 mod tls;
 
 #[cfg(test)]
@@ -49,6 +50,7 @@ pub use identity::{
     expires_at, fingerprint_of_pem, fingerprint_sha256, node_id_from_cert, server_name_for,
 };
 pub use pinning::{pinned_ca_client_config, PinnedCa};
+pub use service::service_check_client_config;
 pub use tls::{
     admin_client_config, admin_server_config, chain_pem, peer_client_config, peer_server_config,
 };

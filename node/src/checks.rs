@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tandem_web::{CheckSpec, CheckView};
@@ -229,17 +229,30 @@ async fn tcp(target: &str) -> (bool, String) {
     }
 }
 
+/// One HTTP client per `tls_verify`, built on first use (the system's CA
+/// certificates are read once).
+fn http_client(verify: bool) -> Result<reqwest::Client, String> {
+    static CLIENTS: [OnceLock<Result<reqwest::Client, String>>; 2] =
+        [OnceLock::new(), OnceLock::new()];
+    CLIENTS[usize::from(verify)]
+        .get_or_init(|| {
+            let tls = tandem_certs::service_check_client_config(verify)
+                .map_err(|e| format!("TLS client: {e}"))?;
+            reqwest::Client::builder()
+                .tls_backend_preconfigured((*tls).clone())
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| format!("http client: {e}"))
+        })
+        .clone()
+}
+
 async fn http(spec: &CheckSpec, url: &str, limit: Duration) -> (bool, String) {
-    let client = reqwest::Client::builder()
-        .timeout(limit)
-        .danger_accept_invalid_certs(!spec.tls_verify)
-        .redirect(reqwest::redirect::Policy::none())
-        .build();
-    let client = match client {
+    let client = match http_client(spec.tls_verify) {
         Ok(c) => c,
-        Err(e) => return (false, format!("http client: {e}")),
+        Err(e) => return (false, e),
     };
-    let resp = match client.get(url).send().await {
+    let resp = match client.get(url).timeout(limit).send().await {
         Ok(r) => r,
         Err(e) => return (false, format!("{url}: {e}")),
     };

@@ -66,4 +66,5 @@ mod t88_supervision;
 mod t89_returning_voter;
 mod t90_admin_tls;
 mod t91_maintenance;
+mod t93_service_checks;
 mod t95_setup_relationship;
