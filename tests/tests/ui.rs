@@ -530,6 +530,42 @@ async fn maintenance_section_in_a_real_browser() {
     })
     .await;
     assert_eq!(value(&on_p, "#maintenance_max_minutes").await, "1440");
+
+    // A service check from the settings page: bad JSON is refused beside
+    // the field; a TCP check of this node's own admin port is shown
+    // healthy on the failover page.
+    fill(&on_p, "#checks", "[{").await;
+    click(&on_p, "#save-settings").await;
+    wait_text(&on_p, "[data-for=\"checks\"]", "the checks error", |t| {
+        t.contains("JSON")
+    })
+    .await;
+    let api_port = p_url
+        .rsplit(':')
+        .next()
+        .expect("a port")
+        .trim_end_matches('/');
+    let check = json!([{
+        "name": "admin-port", "kind": "tcp", "target": format!("127.0.0.1:{api_port}"),
+        "nodes": [c.nodes[p].name], "interval_ms": 200, "timeout_ms": 100, "rise": 1, "fall": 2
+    }]);
+    fill(&on_p, "#checks", &check.to_string()).await;
+    click(&on_p, "#save-settings").await;
+    wait_text(&on_p, "#settings-status", "the save", |t| {
+        t.starts_with("Saved")
+    })
+    .await;
+    on_p.goto(&format!("{p_url}/"))
+        .await
+        .expect("failover page");
+    wait_text(
+        &on_p,
+        "#check-table tr[data-check=\"admin-port\"] .check-state",
+        "the check's state",
+        |t| t == "healthy",
+    )
+    .await;
+    shot(&on_p, "32-service-check").await;
     on_p.close().await.expect("closing the browser");
 }
 

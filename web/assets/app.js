@@ -142,6 +142,7 @@
     renderBanner(s);
     renderMaintenanceBanner(s);
     renderMaintenanceNodes(s);
+    renderChecks(s);
     const h = s.this_host;
     const role = h.role;
     $("#host-name").textContent = h.name + " (node " + h.id + ", " + h.kind + ")";
@@ -243,7 +244,8 @@
   let historyNext = null;
   const knownKinds = new Set(["role_change", "peer_lost", "peer_found", "sync", "verify", "swap", "settings_change",
     "break", "user_added", "user_removed", "user_password_set", "user_password_changed", "api_token_created", "api_token_revoked",
-    "maintenance_start", "maintenance_end", "maintenance_scheduled", "maintenance_reminder", "maintenance_cancelled"]);
+    "maintenance_start", "maintenance_end", "maintenance_scheduled", "maintenance_reminder", "maintenance_cancelled",
+    "check_state", "check_move_blocked"]);
 
   async function loadHistory(before) {
     const kind = $("#history-kind").value.trim();
@@ -271,6 +273,21 @@
 
   // Maintenance: the holds come with every status; the windows are loaded
   // with the page and after each change.
+  function renderChecks(s) {
+    const checks = s.this_host.checks || [];
+    const card = $("#checks");
+    if (!card) return;
+    card.hidden = checks.length === 0;
+    $("#check-table tbody").replaceChildren(...checks.map((c) =>
+      el("tr", { "data-check": c.name },
+        el("td", {}, c.name + " (" + c.kind + ")"),
+        el("td", { class: "check-state " + (c.state === "healthy" ? "yes" : c.state === "failing" ? "no" : "") }, c.state),
+        el("td", {}, c.last_ok === null || c.last_ok === undefined ? "–" : (c.last_ok ? "ok" : "failed") + " ×" + c.streak),
+        el("td", {}, c.last_change_ms ? fmtTime(c.last_change_ms) : "–"),
+        el("td", {}, c.target),
+        el("td", { class: "details" }, c.output))));
+  }
+
   let shownHolds = null;
 
   function renderMaintenanceNodes(s) {
@@ -441,6 +458,8 @@
     $("#backup_operations").checked = s.backup_operations;
     $("#maintenance_max_minutes").value = s.maintenance_max_minutes;
     $("#maintenance_reminder_secs").value = s.maintenance_reminder_secs;
+    $("#checks").value = (s.checks || []).length ? JSON.stringify(s.checks, null, 2) : "";
+    $("#check_hold_down_secs").value = s.check_hold_down_secs;
     $("#shared-ips tbody").replaceChildren(...(s.shared_ips || []).map(sharedIpRow));
     $("#settings-meta").textContent = "Version " + s.version +
       (s.updated_by ? ", last changed by " + s.updated_by + " at " + fmtTime(s.updated_at_ms) : " (defaults)") +
@@ -497,9 +516,19 @@
         shared_ips: sharedIps,
         maintenance_max_minutes: num("#maintenance_max_minutes"),
         maintenance_reminder_secs: num("#maintenance_reminder_secs"),
+        check_hold_down_secs: num("#check_hold_down_secs"),
       };
+      try {
+        const text = $("#checks").value.trim();
+        body.checks = text ? JSON.parse(text) : [];
+        if (!Array.isArray(body.checks)) throw new Error("not a list");
+      } catch (_) {
+        showSettingsErrors({ checks: "must be a JSON list of checks" });
+        say("#settings-status", "Not saved: fix the marked fields.", "error");
+        return;
+      }
       for (const k of ["primary_timeout_ms", "verify_interval_secs", "bandwidth_limit_bps",
-        "maintenance_max_minutes", "maintenance_reminder_secs"]) {
+        "maintenance_max_minutes", "maintenance_reminder_secs", "check_hold_down_secs"]) {
         if (!Number.isInteger(body[k]) || body[k] < 0) {
           showSettingsErrors({ [k]: "must be a whole number" });
           say("#settings-status", "Not saved: fix the marked fields.", "error");

@@ -316,6 +316,34 @@ pub fn render_relationship(v: &StatusView, now_ms: u64) -> String {
             field(if i == 0 { "notes" } else { "" }, format!("- {note}"));
         }
     }
+    if !h.checks.is_empty() {
+        s.push_str("\nService checks\n");
+        let mut rows = vec![vec![
+            "CHECK".to_string(),
+            "STATE".to_string(),
+            "LAST".to_string(),
+            "CHANGED".to_string(),
+            "TARGET".to_string(),
+            "OUTPUT".to_string(),
+        ]];
+        for c in &h.checks {
+            rows.push(vec![
+                c.name.clone(),
+                c.state.to_uppercase(),
+                match c.last_ok {
+                    Some(true) => format!("ok x{}", c.streak),
+                    Some(false) => format!("failed x{}", c.streak),
+                    None => "-".to_string(),
+                },
+                c.last_change_ms.map_or("-".to_string(), |t| age(t, now_ms)),
+                c.target.clone(),
+                c.output.replace('\n', " "),
+            ]);
+        }
+        for line in table(&rows).lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
     s.push_str("\nPeer hosts\n");
     if v.peers.is_empty() {
         s.push_str("  (none)\n");
