@@ -20,6 +20,7 @@ pub mod bench;
 pub mod netcluster;
 pub mod netns;
 pub mod proc_stats;
+pub mod service;
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;

@@ -30,7 +30,7 @@ pub struct FailoverBenchArgs {
 }
 
 /// Percentile summary of durations in ms.
-fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
+pub(crate) fn summary(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
     let p50 = v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
     (
@@ -92,7 +92,7 @@ async fn primary_index(cluster: &LocalCluster) -> Option<usize> {
     None
 }
 
-async fn wait_primary(cluster: &LocalCluster, limit: Duration) -> anyhow::Result<usize> {
+pub(crate) async fn wait_primary(cluster: &LocalCluster, limit: Duration) -> anyhow::Result<usize> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(i) = primary_index(cluster).await {

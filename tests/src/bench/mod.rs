@@ -4,7 +4,9 @@
 //!
 //! - [`writes`]: write throughput, latency, CPU per write and memory.
 //! - [`failover`]: planned-swap write gap, kill -9 to the first write.
+//! - [`checks`]: a failing service to the backup serving.
 
+pub mod checks;
 pub mod failover;
 pub mod writes;
 

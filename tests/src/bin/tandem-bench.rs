@@ -6,12 +6,13 @@
 //! cargo build --release -p tandem-node -p tandem-tests
 //! target/release/tandem-bench writes --writers 1,16,64,256 --seconds 5
 //! target/release/tandem-bench failover --trials 20 --timeouts 1000,300
+//! target/release/tandem-bench checks --trials 10
 //! ```
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tandem_tests::bench::{failover, writes};
+use tandem_tests::bench::{checks, failover, writes};
 
 /// Benchmarks of a local Tandem cluster (release builds give meaningful figures).
 #[derive(Debug, Parser)]
@@ -28,6 +29,9 @@ enum Command {
     /// The write gap of planned swaps and the time from kill -9 of the
     /// primary to the first accepted write, on a local pair + witness.
     Failover(failover::FailoverBenchArgs),
+    /// The time from a failing service (an http check) to the backup
+    /// serving, on a local pair + witness.
+    Checks(checks::ChecksBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Writes(a) => writes::run_bench(a).await,
             Command::Failover(a) => failover::run(a).await,
+            Command::Checks(a) => checks::run(a).await,
         }
     });
     match r {

@@ -5,73 +5,8 @@
 //! backup with no acknowledged write lost — but only while the backup's own
 //! check is healthy; after a move, the hold-down keeps the role where it is.
 use super::*;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use tandem_tests::service::{Mode, TestService};
 use tandem_web::{HistoryPage, ReadinessView, RoleHealth, SettingsView};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const OK: u8 = 0;
-const FAIL: u8 = 1;
-/// Two failures, then one success, over and over.
-const FLAP: u8 = 2;
-
-/// An HTTP service on loopback answering 200 or 503 as `mode` says.
-struct Service {
-    url: String,
-    mode: Arc<AtomicU8>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Service {
-    async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("binding the service");
-        let url = format!("http://{}/health", listener.local_addr().expect("addr"));
-        let mode = Arc::new(AtomicU8::new(OK));
-        let served = Arc::new(AtomicU64::new(0));
-        let m = mode.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    return;
-                };
-                let (m, served) = (m.clone(), served.clone());
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 2048];
-                    let _ = conn.read(&mut buf).await;
-                    let n = served.fetch_add(1, Ordering::SeqCst);
-                    let ok = match m.load(Ordering::SeqCst) {
-                        OK => true,
-                        FLAP => n % 3 == 2,
-                        _ => false,
-                    };
-                    let (status, body) = if ok {
-                        ("200 OK", "fine")
-                    } else {
-                        ("503 Service Unavailable", "down")
-                    };
-                    let reply = format!(
-                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = conn.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
-        Self { url, mode, task }
-    }
-
-    fn set(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 async fn history(c: &Cluster, i: usize, kind: &str) -> HistoryPage {
     let path = format!("/api/v1/history?kind={kind}&limit=500");
@@ -103,7 +38,7 @@ async fn a_failing_service_moves_the_role_to_a_healthy_backup_only() {
     let c = Cluster::three(&[]).await;
     let r = c.wait_roles(WAIT).await;
     let (p, b) = (r.primary, r.backup);
-    let (on_p, on_b) = (Service::start().await, Service::start().await);
+    let (on_p, on_b) = (TestService::start().await, TestService::start().await);
     let settings: SettingsView = c.get_json(p, "/api/v1/settings").await.expect("settings");
     let mut body = serde_json::to_value(&settings).expect("json");
     for k in ["version", "updated_by", "updated_at_ms"] {
@@ -127,7 +62,7 @@ async fn a_failing_service_moves_the_role_to_a_healthy_backup_only() {
 
     // A flapping service (two failures, one success): fewer than `fall`
     // failures in a row, so the check never fails and nothing moves.
-    on_p.set(FLAP);
+    on_p.set(Mode::Flapping);
     let watched = std::time::Instant::now();
     while watched.elapsed() < Duration::from_secs(2) {
         assert_eq!(check_state(&c, p, "web").await.as_deref(), Some("healthy"));
@@ -138,10 +73,10 @@ async fn a_failing_service_moves_the_role_to_a_healthy_backup_only() {
         p,
         "a flapping service moved the role"
     );
-    on_p.set(OK);
+    on_p.set(Mode::Up);
 
     // The backup's service fails: it is not eligible, and says so.
-    on_b.set(FAIL);
+    on_b.set(Mode::Down);
     wait_check(&c, b, "failing").await;
     let r = c
         .req(b, Method::GET, "/health/backup")
@@ -169,7 +104,7 @@ async fn a_failing_service_moves_the_role_to_a_healthy_backup_only() {
     // Now the primary's service fails too: with no healthy backup it stays
     // primary and says why.
     let before = write_keys(&c, p, "before/", 30).await;
-    on_p.set(FAIL);
+    on_p.set(Mode::Down);
     wait_check(&c, p, "failing").await;
     wait_until("the primary to say why it stays", WAIT, || async {
         let s = c.status(p).await?;
@@ -186,7 +121,7 @@ async fn a_failing_service_moves_the_role_to_a_healthy_backup_only() {
 
     // The backup's service recovers: the role moves to it (planned swap),
     // with every acknowledged write.
-    on_b.set(OK);
+    on_b.set(Mode::Up);
     wait_until("the role to move to the healthy backup", WAIT, || async {
         let s = c.status(b).await?;
         (s.this_host.role == "primary").then_some(())
@@ -211,9 +146,9 @@ async fn a_failing_service_moves_the_role_to_a_healthy_backup_only() {
 
     // Hold-down: the new primary's service fails too; the role does not
     // move back within `check_hold_down_secs`, and the page says why.
-    on_p.set(OK);
+    on_p.set(Mode::Up);
     wait_check(&c, p, "healthy").await;
-    on_b.set(FAIL);
+    on_b.set(Mode::Down);
     wait_check(&c, b, "failing").await;
     wait_until("the hold-down to be shown", WAIT, || async {
         let s = c.status(b).await?;
