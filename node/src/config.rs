@@ -255,6 +255,11 @@ impl DataDir {
         self.root.join("snapshots")
     }
     /// The lock file held while a process uses the directory.
+    pub fn stood_down(&self) -> PathBuf {
+        self.root.join("stood-down")
+    }
+
+    /// The lock file (see [`DataDir::lock`]).
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
     }

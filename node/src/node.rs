@@ -228,6 +228,13 @@ impl Node {
         });
         let network = PeerNetwork::new(identity.clone(), client_tls);
         let engine = start_engine(&cfg, timing, network.clone(), store).await?;
+        let roles = crate::roles::RoleState::new(epoch, fence);
+        if dir.stood_down().exists() {
+            tracing::warn!("this node stood down by a forced demotion: it is not primary until the demotion is undone");
+            roles
+                .stood_down
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         Ok(Self {
             cfg,
             dir,
@@ -238,7 +245,7 @@ impl Node {
             network,
             snapshot_dir,
             timing,
-            roles: crate::roles::RoleState::new(epoch, fence),
+            roles,
             reset_lock: tokio::sync::Mutex::new(()),
             duties: crate::actions::duties::Duties::default(),
             checks: crate::checks::ServiceChecks::default(),

@@ -400,12 +400,13 @@
         : "This host (" + here + ") becomes the primary and " + peer + " becomes the backup.") +
         " The shared IPs move to " + newPrimary + "; clients are served by " + newPrimary + " afterwards.";
       if (pull) text += " First a full data sync is pulled, so the new primary has every committed entry; writes pause until the swap is complete.";
-      if (force) text += " FORCED: the swap goes ahead even if " + peer + " cannot be contacted (the epoch is raised; the other side must be made to agree when it is reachable again).";
+      if (force && toBackup) text += " FORCED: if " + peer + " cannot be contacted, this host stands down anyway: it releases the shared IPs and accepts no writes, and NOBODY is primary until " + peer + " is made primary by hand (or this is undone with Become primary here).";
+      else if (force) text += " FORCED: the swap goes ahead even if " + peer + " cannot be contacted (the epoch is raised; the other side must be made to agree when it is reachable again).";
       else text += " If " + peer + " cannot be contacted, nothing changes and the reason is shown.";
       const label = $("#swap").textContent;
       if (!(await confirmDialog(label + "?", text, null))) return;
       runAction($("#swap"), "Swapping roles", () => api("POST", "/api/v1/relationship/swap", { pull_sync: pull, force }),
-        (r) => "Swap done: node " + r.new_primary + " is the primary now (epoch " + r.epoch + ")" +
+        (r) => r.demoted ? "Stood down (epoch " + r.epoch + "): " + r.warning : "Swap done: node " + r.new_primary + " is the primary now (epoch " + r.epoch + ")" +
           (r.forced ? ", forced" : "") + (r.sync ? "; " + syncText(r.sync) : "") + " in " + r.duration_ms + " ms.");
     });
     $("#break").addEventListener("click", async () => {

@@ -952,7 +952,7 @@ pub struct SwapRequest {
 pub struct SwapOutcome {
     /// Primary before the swap, if there was one.
     pub previous_primary: Option<u64>,
-    /// Primary after the swap.
+    /// Primary after the swap (0 after a forced demotion: nobody).
     pub new_primary: u64,
     /// Epoch after the swap.
     pub epoch: u64,
@@ -964,6 +964,13 @@ pub struct SwapOutcome {
     pub duration_ms: u64,
     /// The sync pulled first, when `pull_sync`.
     pub sync: Option<SyncReport>,
+    /// A forced demotion: this primary stood down with its peer out of
+    /// reach; nobody is primary until one is made primary by hand.
+    #[serde(default)]
+    pub demoted: bool,
+    /// What the administrator must do next, when anything.
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 /// Body of `POST /api/v1/relationship/sync` (an empty body means defaults).

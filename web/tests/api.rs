@@ -569,6 +569,8 @@ impl AdminBackend for MemBackend {
             pull_sync: req.pull_sync,
             duration_ms: 120,
             sync: req.pull_sync.then(|| Self::sync_report(false)),
+            demoted: false,
+            warning: None,
         })
     }
 

@@ -369,7 +369,11 @@ impl Node {
         }
         let held = self.in_maintenance(self.cfg.node_id);
         let sick = !self.checks.failing().is_empty();
-        let elect = !held && !sick && !self.supervision.any();
+        let stood_down = self
+            .roles
+            .stood_down
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let elect = !held && !sick && !stood_down && !self.supervision.any();
         let mut last = crate::util::lock(&self.duties.maintenance_elect);
         if *last != Some(elect) {
             if held {

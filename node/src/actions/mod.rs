@@ -11,7 +11,9 @@
 //! - [`maintenance`]: maintenance mode and windows, and the primary's duty
 //!   that runs their times;
 //! - [`checks`]: the task that runs this node's service checks and the
-//!   primary's duty that moves the role when one fails.
+//!   primary's duty that moves the role when one fails;
+//! - [`demote`]: forced demotion of a primary whose peer is out of reach,
+//!   and its undo.
 //!
 //! Actions decide and order; they do not compute roles (that is
 //! `roles`), touch shared IPs directly (that is `shared_ip` through the
@@ -19,6 +21,7 @@
 //! and is a typed [`crate::errors::Refusal`].
 
 pub(crate) mod checks;
+pub(crate) mod demote;
 pub(crate) mod duties;
 pub(crate) mod failover;
 pub(crate) mod maintenance;

@@ -173,6 +173,8 @@ impl Node {
             pull_sync: false,
             duration_ms: started.elapsed().as_millis() as u64,
             sync: None,
+            demoted: false,
+            warning: None,
         })
     }
 
@@ -185,6 +187,17 @@ impl Node {
             return Err(NodeError::Refused(Refusal::InMaintenance {
                 node: self.cfg.name.clone(),
             }));
+        }
+        if self.compute_role().0 == Role::Primary {
+            // *Become backup even if the peer cannot be contacted*: a
+            // planned swap where the peer answers, else stand down.
+            match self.planned_swap(false, actor).await {
+                Err(e @ NodeError::PeerUnreachable { .. }) => {
+                    tracing::warn!(reason = %e, "the peer cannot take over: standing down");
+                    return self.forced_demotion(actor).await;
+                }
+                other => return other,
+            }
         }
         let primary_in_contact = self
             .roles

@@ -30,6 +30,9 @@ impl Node {
     /// [`NodeError::Refused`] with the reason when the swap cannot be done;
     /// nothing changes then.
     pub async fn swap(&self, req: SwapRequest, actor: &str) -> Result<SwapOutcome, NodeError> {
+        if self.stood_down() {
+            return self.undo_demotion(actor).await;
+        }
         if req.force {
             return self.forced_swap(actor).await;
         }
@@ -53,7 +56,11 @@ impl Node {
             }
             Role::Backup => {
                 let ep = self.epoch();
-                let primary = ep.primary.ok_or(NodeError::Refused(Refusal::NoPrimary))?;
+                // Nobody primary (the primary stood down): ask the leader.
+                let primary = ep
+                    .primary
+                    .or(self.metrics().current_leader)
+                    .ok_or(NodeError::Refused(Refusal::NoPrimary))?;
                 let action = ActionRequest::SwapTo {
                     to: self.cfg.node_id,
                     pull_sync,
@@ -125,7 +132,11 @@ impl Node {
         }
         let rejoin_here =
             matches!(action, ActionRequest::Rejoin { .. }) && role == Role::Standalone;
-        if role != Role::Primary && !rejoin_here {
+        // A leader that stood down hands over to a peer that asks.
+        let hand_over_here = matches!(action, ActionRequest::SwapTo { .. })
+            && self.stood_down()
+            && self.metrics().current_leader == Some(self.cfg.node_id);
+        if role != Role::Primary && !rejoin_here && !hand_over_here {
             return Err(Refusal::NotPrimary.to_string());
         }
         let text = match action {
@@ -337,6 +348,8 @@ impl Node {
                     pull_sync,
                     duration_ms: started.elapsed().as_millis() as u64,
                     sync,
+                    demoted: false,
+                    warning: None,
                 });
             }
             if Instant::now() >= deadline {

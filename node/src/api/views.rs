@@ -249,6 +249,13 @@ impl Backend {
                 node.timing.primary_timeout.as_millis()
             ));
         }
+        if node.stood_down() {
+            notes.push(
+                "this node stood down (forced demotion): it is not primary and accepts no writes; \
+                 make the peer primary by hand, or undo with Become primary on this node"
+                    .into(),
+            );
+        }
         if ep.forced {
             notes.push(format!("epoch {} began with a forced promotion", ep.epoch));
         }

@@ -104,7 +104,15 @@ pub(crate) fn yes_no(b: bool) -> &'static str {
 
 pub(crate) fn render_swap(out: &SwapOutcome, n: &BTreeMap<u64, String>) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "new primary:  {}", node_label(n, out.new_primary));
+    if out.demoted {
+        let _ = writeln!(s, "STOOD DOWN:   {}", out.warning.as_deref().unwrap_or(""));
+    }
+    let primary = if out.demoted {
+        "none".to_string()
+    } else {
+        node_label(n, out.new_primary)
+    };
+    let _ = writeln!(s, "new primary:  {primary}");
     let _ = writeln!(
         s,
         "was:          {}",

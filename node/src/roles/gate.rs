@@ -74,6 +74,10 @@ impl Node {
             refused_as_member: self.roles.fence.notice().is_some(),
             paused: leader && self.was_paused(&m),
             essential_task_died: self.supervision.any(),
+            stood_down: self
+                .roles
+                .stood_down
+                .load(std::sync::atomic::Ordering::SeqCst),
         };
         let (role, lease_valid) = role_of(&facts);
         if leader && role != Role::Primary {

@@ -128,8 +128,11 @@ async fn role_tick(node: &Arc<Node>) {
             i.leader_since = None;
             i.peers_up.clear();
         }
-        let raise =
-            leader && node.cfg.kind == NodeKind::Appliance && lease && ep.primary != Some(me);
+        let raise = leader
+            && node.cfg.kind == NodeKind::Appliance
+            && lease
+            && ep.primary != Some(me)
+            && !node.roles.stood_down.load(Ordering::SeqCst);
         (old, raise)
     };
     // At most one raise at a time; the flight ends with its task, also

@@ -39,6 +39,8 @@ pub struct RoleFacts {
     /// An essential task of this node died (`supervise`): it must never
     /// be primary again in this process.
     pub essential_task_died: bool,
+    /// This node stood down by a forced demotion, not undone yet.
+    pub stood_down: bool,
 }
 
 /// The role rules of `node/DESIGN.md` ("Who is primary"), as a pure
@@ -70,6 +72,7 @@ pub fn role_of(f: &RoleFacts) -> (Role, bool) {
         && !fenced
         && !f.paused
         && !f.essential_task_died
+        && !f.stood_down
     {
         (Role::Primary, true)
     } else {
@@ -102,6 +105,7 @@ mod tests {
             refused_as_member: false,
             paused: false,
             essential_task_died: false,
+            stood_down: false,
         }
     }
 
@@ -196,6 +200,8 @@ mod tests {
                 |f| f.essential_task_died = true,
                 (Role::Backup, true),
             ),
+            // It stood down by a forced demotion.
+            ("stood down", |f| f.stood_down = true, (Role::Backup, true)),
             // Alone in the membership.
             (
                 "alone, leading",

@@ -64,6 +64,10 @@ pub struct RoleState {
     /// A planned swap hands leadership over: the shared IPs are let go
     /// before the transfer and not taken again until it ends.
     pub(super) handing_over: AtomicBool,
+    /// This primary stood down by a forced demotion (the `stood-down`
+    /// marker in the data directory): it is never primary, raises no
+    /// epoch and stands for no election until the demotion is undone.
+    pub(crate) stood_down: AtomicBool,
     /// An epoch raise is running.
     pub(super) raising: SingleFlight,
     /// A fence notice is being handled.
@@ -115,6 +119,7 @@ impl RoleState {
             wake: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
             handing_over: AtomicBool::new(false),
+            stood_down: AtomicBool::new(false),
             raising: SingleFlight::default(),
             handling_fence: SingleFlight::default(),
             recorder: std::sync::OnceLock::new(),

@@ -487,12 +487,12 @@ async fn refusals_change_nothing() {
         }
     };
 
-    // A forced swap asked of the primary (it is already primary) or of
-    // the witness (never primary), and a planned swap on the witness.
-    // (A forced swap asked of a backup that still hears the primary is
-    // done as a planned swap: not a refusal, not tested here.)
+    // A forced swap asked of the witness (never primary), and a planned
+    // swap on the witness. (A forced swap asked of the primary is *Become
+    // backup even if the peer cannot be contacted*, and one asked of a
+    // backup that still hears the primary a planned swap: neither is a
+    // refusal; see t75's forced demotion.)
     for (i, force, what) in [
-        (p, true, "a forced swap on the primary"),
         (w, true, "a forced swap on the witness"),
         (w, false, "a swap on the witness"),
     ] {

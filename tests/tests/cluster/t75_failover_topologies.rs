@@ -707,3 +707,82 @@ async fn witness_removed_and_added_back_live() {
     assert_eq!(next.primary, b, "{next:?}");
     c.put_ok(b, "after-swap", &json!(1)).await;
 }
+
+/// *Become backup even if the peer cannot be contacted* on the primary,
+/// with the backup stopped: the primary stands down (no writes, nobody
+/// primary), stays down across a restart, and *Become primary* on it undoes
+/// the demotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_demotion_of_a_primary_whose_peer_is_down_and_undo() {
+    let mut c = Cluster::three(&[]).await;
+    let r = c.wait_roles(WAIT).await;
+    let (p, b) = (r.primary, r.backup);
+    let before = write_keys(&c, p, "before/", 20).await;
+    c.wait_caught_up(b).await;
+    assert_eq!(c.stop(b).await, Some(0));
+
+    let resp = post(
+        &c,
+        p,
+        "/api/v1/relationship/swap",
+        &json!({"pull_sync": false, "force": true}),
+    )
+    .await;
+    let out: SwapOutcome = ok_json(resp, "forced demotion on the primary").await;
+    eprintln!("t75: forced demotion: {out:?}");
+    assert!(out.demoted && out.forced, "{out:?}");
+    assert_eq!(out.previous_primary, Some(c.nodes[p].id()));
+    assert!(
+        out.epoch > r.epoch,
+        "the epoch rises with nobody primary: {out:?}"
+    );
+    assert!(
+        out.warning
+            .as_deref()
+            .is_some_and(|w| w.contains("by hand")),
+        "{out:?}"
+    );
+    let s = status(&c, p).await;
+    assert_eq!(s.this_host.role, "backup", "{:?}", s.this_host);
+    assert_eq!(s.primary, None);
+    assert!(
+        s.this_host.notes.iter().any(|n| n.contains("stood down")),
+        "{:?}",
+        s.this_host.notes
+    );
+    assert_write_refused(&c, p, "after-demotion").await;
+    let h = c
+        .req(p, Method::GET, "/health/primary")
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(h.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(history(&c, p, "forced_demotion").await.items.len(), 1);
+
+    // It stays down across a restart.
+    assert_eq!(c.stop(p).await, Some(0));
+    c.restart(p).await;
+    c.wait_health(p).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = status(&c, p).await;
+    assert_ne!(s.this_host.role, "primary", "a restart undid the demotion");
+    assert_write_refused(&c, p, "after-restart").await;
+
+    // Undo: Become primary on it.
+    let resp = post(&c, p, "/api/v1/relationship/swap", &json!({})).await;
+    let undone: SwapOutcome = ok_json(resp, "undoing the demotion").await;
+    assert_eq!(undone.new_primary, c.nodes[p].id(), "{undone:?}");
+    assert!(!undone.demoted);
+    c.put_ok(p, "after-undo", &json!(1)).await;
+    assert_eq!(c.list(p, "before/", true).await, before);
+    assert_eq!(
+        history(&c, p, "forced_demotion_undone").await.items.len(),
+        1
+    );
+
+    // The backup comes back as the backup.
+    c.restart(b).await;
+    let r2 = c.wait_roles(WAIT).await;
+    assert_eq!(r2.primary, p);
+    assert_eq!(r2.backup, b);
+}
