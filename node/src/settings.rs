@@ -51,6 +51,8 @@ pub struct Settings {
     pub checks: Vec<tandem_web::CheckSpec>,
     /// No check-driven move within this long of the last one (s).
     pub check_hold_down_secs: u64,
+    /// Failback policy.
+    pub failback: tandem_web::Failback,
 }
 
 impl Default for Settings {
@@ -67,6 +69,7 @@ impl Default for Settings {
             maintenance_reminder_secs: tandem_web::DEFAULT_MAINTENANCE_REMINDER_SECS,
             checks: Vec::new(),
             check_hold_down_secs: tandem_web::DEFAULT_CHECK_HOLD_DOWN_SECS,
+            failback: tandem_web::Failback::default(),
         }
     }
 }
@@ -153,6 +156,7 @@ impl Settings {
             maintenance_reminder_secs: u.maintenance_reminder_secs,
             checks: u.checks.clone(),
             check_hold_down_secs: u.check_hold_down_secs,
+            failback: u.failback.clone(),
         }
     }
 
@@ -185,6 +189,7 @@ impl Settings {
             maintenance_reminder_secs: self.maintenance_reminder_secs,
             checks: self.checks.clone(),
             check_hold_down_secs: self.check_hold_down_secs,
+            failback: self.failback.clone(),
         }
     }
 

@@ -461,6 +461,9 @@
     $("#maintenance_reminder_secs").value = s.maintenance_reminder_secs;
     $("#checks").value = (s.checks || []).length ? JSON.stringify(s.checks, null, 2) : "";
     $("#check_hold_down_secs").value = s.check_hold_down_secs;
+    const fb = s.failback && s.failback.preferred ? s.failback : null;
+    $("#failback_preferred").value = fb ? fb.preferred : "";
+    $("#failback_delay_secs").value = fb ? fb.delay_secs : 60;
     $("#shared-ips tbody").replaceChildren(...(s.shared_ips || []).map(sharedIpRow));
     $("#settings-meta").textContent = "Version " + s.version +
       (s.updated_by ? ", last changed by " + s.updated_by + " at " + fmtTime(s.updated_at_ms) : " (defaults)") +
@@ -518,6 +521,9 @@
         maintenance_max_minutes: num("#maintenance_max_minutes"),
         maintenance_reminder_secs: num("#maintenance_reminder_secs"),
         check_hold_down_secs: num("#check_hold_down_secs"),
+        failback: $("#failback_preferred").value.trim()
+          ? { preferred: $("#failback_preferred").value.trim(), delay_secs: num("#failback_delay_secs") }
+          : "off",
       };
       try {
         const text = $("#checks").value.trim();

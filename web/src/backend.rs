@@ -883,6 +883,43 @@ pub struct SettingsView {
     /// again.
     #[serde(default = "default_hold_down_secs")]
     pub check_hold_down_secs: u64,
+    /// Failback policy.
+    #[serde(default)]
+    pub failback: Failback,
+}
+
+/// Failback policy (`failback` in the settings): `"off"` (the role stays
+/// where it is), or `{"preferred": NODE, "delay_secs": N}`: when the
+/// preferred appliance has been healthy, caught up and out of maintenance
+/// for `delay_secs`, a planned swap gives it the role back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Failback {
+    /// `"off"`.
+    #[schema(value_type = String)]
+    Off(FailbackOff),
+    /// Return the role to `preferred` after `delay_secs`.
+    Preferred {
+        /// The preferred appliance's name.
+        preferred: String,
+        /// How long it must have been eligible (s), 0..=86400.
+        delay_secs: u64,
+    },
+}
+
+impl Default for Failback {
+    fn default() -> Self {
+        Failback::Off(FailbackOff::Off)
+    }
+}
+
+/// The word `off` of [`Failback::Off`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailbackOff {
+    /// `"off"`.
+    #[default]
+    Off,
 }
 
 /// Default of `maintenance_max_minutes`: a day.
@@ -929,6 +966,9 @@ pub struct SettingsUpdate {
     /// 0..=86400; default 300.
     #[serde(default = "default_hold_down_secs")]
     pub check_hold_down_secs: u64,
+    /// `"off"` (default) or `{"preferred": NODE, "delay_secs": 0..=86400}`.
+    #[serde(default)]
+    pub failback: Failback,
     /// Optimistic concurrency: write only if the current version equals this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub if_version: Option<u64>,

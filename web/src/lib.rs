@@ -49,7 +49,9 @@ pub use backend::{
     SetupOutcome, SetupRequest, SharedIpView, StatusView, SwapOutcome, SwapRequest, SyncReport,
     SyncRequest, UserCreate, UserPassword, UserView, VerifyReport,
 };
-pub use backend::{DEFAULT_MAINTENANCE_MAX_MINUTES, DEFAULT_MAINTENANCE_REMINDER_SECS};
+pub use backend::{
+    Failback, FailbackOff, DEFAULT_MAINTENANCE_MAX_MINUTES, DEFAULT_MAINTENANCE_REMINDER_SECS,
+};
 pub use checks::{
     CheckSpec, CheckView, CHECK_COUNT, CHECK_HOLD_DOWN_SECS, CHECK_INTERVAL_MS,
     DEFAULT_CHECK_HOLD_DOWN_SECS, MAX_CHECKS,

@@ -73,6 +73,24 @@ pub fn validate_settings(update: &SettingsUpdate) -> Result<(), BTreeMap<String,
     }
 
     crate::checks::validate_checks(&update.checks, &mut errors);
+    if let crate::backend::Failback::Preferred {
+        preferred,
+        delay_secs,
+    } = &update.failback
+    {
+        if !is_name(preferred, MAX_NODE_NAME_LEN) {
+            errors.insert(
+                "failback.preferred".to_owned(),
+                "must be a node name".to_owned(),
+            );
+        }
+        if *delay_secs > 86_400 {
+            errors.insert(
+                "failback.delay_secs".to_owned(),
+                "must be at most 86400".to_owned(),
+            );
+        }
+    }
     if !crate::checks::CHECK_HOLD_DOWN_SECS.contains(&update.check_hold_down_secs) {
         errors.insert(
             "check_hold_down_secs".to_owned(),
@@ -240,6 +258,7 @@ mod tests {
             maintenance_reminder_secs: 0,
             checks: Vec::new(),
             check_hold_down_secs: 300,
+            failback: crate::backend::Failback::default(),
             if_version: None,
         }
     }
@@ -266,6 +285,23 @@ mod tests {
             })
             .collect();
         assert_eq!(validate_settings(&u), Ok(()));
+    }
+
+    #[test]
+    fn failback_is_off_or_a_node_with_a_delay() {
+        let mut u = valid();
+        let parsed: crate::backend::Failback =
+            serde_json::from_str(r#""off""#).expect("off parses");
+        assert_eq!(parsed, crate::backend::Failback::default());
+        u.failback = serde_json::from_str(r#"{"preferred": "a", "delay_secs": 60}"#)
+            .expect("a preference parses");
+        assert_eq!(validate_settings(&u), Ok(()));
+        u.failback = crate::backend::Failback::Preferred {
+            preferred: "no such name!".into(),
+            delay_secs: 90_000,
+        };
+        assert_eq!(keys(&u), vec!["failback.delay_secs", "failback.preferred"]);
+        assert!(serde_json::from_str::<crate::backend::Failback>(r#""on""#).is_err());
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl MemBackend {
                 maintenance_reminder_secs: DEFAULT_MAINTENANCE_REMINDER_SECS,
                 checks: Vec::new(),
                 check_hold_down_secs: 300,
+                failback: tandem_web::Failback::default(),
             })
     }
 
@@ -550,6 +551,7 @@ impl AdminBackend for MemBackend {
             maintenance_reminder_secs: update.maintenance_reminder_secs,
             checks: update.checks,
             check_hold_down_secs: update.check_hold_down_secs,
+            failback: update.failback,
         };
         self.lock().settings = Some(view.clone());
         Ok(view)

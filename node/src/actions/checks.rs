@@ -119,7 +119,10 @@ impl Node {
     }
 
     /// The backup's own view of its checks (its `/health`).
-    async fn backup_health(&self, backup: &tandem_storage::NodeInfo) -> Result<HealthView, String> {
+    pub(crate) async fn backup_health(
+        &self,
+        backup: &tandem_storage::NodeInfo,
+    ) -> Result<HealthView, String> {
         let client =
             ApiClient::new(&backup.api_addr, &self.ca_pem, None).map_err(|e| e.to_string())?;
         match tokio::time::timeout(PEER_HEALTH_TIMEOUT, client.get::<HealthView>("/health")).await {

@@ -25,6 +25,12 @@ pub struct Duties {
     pub(super) check_tried: Mutex<Option<Instant>>,
     /// Why the last check-driven move could not be made (recorded once).
     pub(super) check_blocked: Mutex<Option<String>>,
+    /// The failback duty (`failback::tick`).
+    pub(super) failback: SingleFlight,
+    /// When the primary last looked at the preferred node.
+    pub(super) failback_looked: Mutex<Option<Instant>>,
+    /// Since when the preferred node has been eligible, without a break.
+    pub(super) failback_since: Mutex<Option<Instant>>,
 }
 
 /// When each duty last ran.

@@ -13,7 +13,8 @@
 //! - [`checks`]: the task that runs this node's service checks and the
 //!   primary's duty that moves the role when one fails;
 //! - [`demote`]: forced demotion of a primary whose peer is out of reach,
-//!   and its undo.
+//!   and its undo;
+//! - [`failback`]: the role back to the preferred appliance after a delay.
 //!
 //! Actions decide and order; they do not compute roles (that is
 //! `roles`), touch shared IPs directly (that is `shared_ip` through the
@@ -23,6 +24,7 @@
 pub(crate) mod checks;
 pub(crate) mod demote;
 pub(crate) mod duties;
+pub(crate) mod failback;
 pub(crate) mod failover;
 pub(crate) mod maintenance;
 pub(crate) mod reset;

@@ -40,6 +40,7 @@ pub(crate) fn update_from(view: &SettingsView) -> SettingsUpdate {
         maintenance_reminder_secs: view.maintenance_reminder_secs,
         checks: view.checks.clone(),
         check_hold_down_secs: view.check_hold_down_secs,
+        failback: view.failback.clone(),
         if_version: Some(view.version),
     }
 }

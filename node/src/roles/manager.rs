@@ -183,6 +183,7 @@ async fn role_tick(node: &Arc<Node>) {
     crate::actions::failover::tick(node, role);
     crate::actions::maintenance::tick(node, role);
     crate::actions::checks::tick(node, role);
+    crate::actions::failback::tick(node, role);
 }
 
 /// Entries between snapshots: `snapshot_every`, or as many as the last

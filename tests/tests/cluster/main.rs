@@ -67,4 +67,5 @@ mod t89_returning_voter;
 mod t90_admin_tls;
 mod t91_maintenance;
 mod t93_service_checks;
+mod t94_failback;
 mod t95_setup_relationship;
