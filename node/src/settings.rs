@@ -30,7 +30,10 @@ pub struct SharedIp {
 pub struct Settings {
     /// Time without contact after which the primary is considered dead.
     pub primary_timeout_ms: u64,
-    /// Pair-only topology: the backup promotes itself after the timeout.
+    /// Automatic failover. With a witness: off makes failover manual (only
+    /// the primary stands for election; the backup waits for an
+    /// administrator). Pair only: the backup promotes itself after the
+    /// timeout, and only when a connectivity test address answers.
     pub auto_failover: bool,
     /// Addresses that prove a node is not cut off (IP for ICMP-less TCP/ping checks, or host:port).
     pub test_ips: Vec<String>,
@@ -59,7 +62,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             primary_timeout_ms: DEFAULT_PRIMARY_TIMEOUT_MS,
-            auto_failover: false,
+            auto_failover: true,
             test_ips: Vec::new(),
             verify_interval_secs: 0,
             bandwidth_limit_bps: 0,

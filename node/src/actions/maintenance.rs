@@ -373,19 +373,33 @@ impl Node {
             .roles
             .stood_down
             .load(std::sync::atomic::Ordering::SeqCst);
-        let elect = !held && !sick && !stood_down && !self.supervision.any();
+        let manual = self.manual_failover() && self.epoch().primary != Some(self.cfg.node_id);
+        let elect = !held && !sick && !stood_down && !manual && !self.supervision.any();
         let mut last = crate::util::lock(&self.duties.maintenance_elect);
         if *last != Some(elect) {
             if held {
                 tracing::info!("in maintenance: this node stands for no election");
             } else if sick {
                 tracing::info!("a service check is failing: this node stands for no election");
+            } else if manual {
+                tracing::info!("automatic failover is off: this backup stands for no election");
             } else if last.is_some() {
                 tracing::info!("in service again: this node may become primary");
             }
             self.raft().runtime_config().elect(elect);
             *last = Some(elect);
         }
+    }
+
+    /// Failover is manual: a witness votes, and `auto_failover` is off.
+    pub(crate) fn manual_failover(&self) -> bool {
+        !self.settings().auto_failover
+            && self
+                .metrics()
+                .membership_config
+                .membership()
+                .nodes()
+                .any(|(_, n)| n.kind == NodeKind::Witness)
     }
 
     /// After a window's hold that moved the role away ended: gives the role

@@ -28,6 +28,8 @@ const REJOIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const REJOIN_RETRY: Duration = Duration::from_millis(100);
 /// How long a reset waits for the rebuilt Raft to elect this node.
 const ELECT_WAIT: Duration = Duration::from_secs(10);
+/// How often a manual failover looks whether it won.
+const TAKEOVER_POLL: Duration = Duration::from_millis(10);
 
 impl Node {
     /// Replaces the Raft engine as `to` says. Returns the last log index the
@@ -178,6 +180,36 @@ impl Node {
         })
     }
 
+    /// The administrator's failover where it is manual: this backup stands
+    /// for election (the witness votes); `None` when it did not become
+    /// primary within three primary timeouts.
+    async fn takeover_by_election(&self, actor: &str) -> Option<SwapOutcome> {
+        let started = Instant::now();
+        let before = self.epoch();
+        tracing::warn!(%actor, "manual failover: standing for election");
+        let _ = self.raft().trigger().elect(false).await;
+        let deadline = Instant::now() + self.timing.primary_timeout * 3;
+        while Instant::now() < deadline {
+            let ep = self.epoch();
+            if ep.primary == Some(self.cfg.node_id) && self.compute_role().0 == Role::Primary {
+                return Some(SwapOutcome {
+                    previous_primary: before.primary,
+                    new_primary: self.cfg.node_id,
+                    epoch: ep.epoch,
+                    forced: false,
+                    pull_sync: false,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    sync: None,
+                    demoted: false,
+                    warning: None,
+                });
+            }
+            tokio::time::sleep(TAKEOVER_POLL).await;
+        }
+        tracing::warn!("manual failover: the election was not won; forcing");
+        None
+    }
+
     /// A forced swap: if the primary answers after all, a planned swap is
     /// safer and loses nothing, so that is tried first; if the primary
     /// turns out not to answer (it froze a moment ago), the promotion is
@@ -210,6 +242,14 @@ impl Node {
                     tracing::warn!(reason = %e, "the primary did not answer after all: forcing");
                 }
                 other => return other,
+            }
+        }
+        if self.manual_failover() {
+            // Failover is manual with a witness: an election the witness
+            // grants (only once the primary's lease has run out) loses
+            // nothing; a forced promotion is the fallback.
+            if let Some(out) = self.takeover_by_election(actor).await {
+                return Ok(out);
             }
         }
         self.force_promote(actor).await

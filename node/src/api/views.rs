@@ -249,6 +249,21 @@ impl Backend {
                 node.timing.primary_timeout.as_millis()
             ));
         }
+        // The primary is heard when it leads and reached this node lately
+        // (a witness leading meanwhile is not the primary).
+        let primary_heard = ep.primary.is_some()
+            && node.metrics().current_leader == ep.primary
+            && node
+                .roles
+                .since_leader_contact()
+                .is_some_and(|d| d <= node.timing.primary_timeout);
+        if node.manual_failover() && ep.primary != Some(node.cfg.node_id) && !primary_heard {
+            notes.push(
+                "automatic failover is off and the primary is silent: make this node primary by \
+                 hand (Become primary)"
+                    .into(),
+            );
+        }
         if node.stood_down() {
             notes.push(
                 "this node stood down (forced demotion): it is not primary and accepts no writes; \
@@ -360,7 +375,15 @@ impl Backend {
                 // over by itself only with automatic failover on and at least
                 // one connectivity test address to tell "primary down" from
                 // "cut off".
-                let by_election = backup_voter && majority;
+                let manual = node.manual_failover();
+                if manual {
+                    reasons.push(
+                        "automatic failover is off: the backup waits for an administrator \
+                         (Become primary on it)"
+                            .into(),
+                    );
+                }
+                let by_election = backup_voter && majority && !manual;
                 let by_itself =
                     !backup_voter && settings.auto_failover && !settings.test_ips.is_empty();
                 if !by_election && !by_itself {

@@ -394,7 +394,12 @@ async fn hand_over_from_witness(
     }
     let Some(last) = m.last_log_index else { return };
     let membership = m.membership_config.membership();
-    let voters: Vec<u64> = membership.voter_ids().collect();
+    // Failover is manual: leadership goes back to the primary only.
+    let only = node.manual_failover().then(|| node.epoch().primary);
+    let voters: Vec<u64> = membership
+        .voter_ids()
+        .filter(|id| only.is_none_or(|p| p == Some(*id)))
+        .collect();
     let best = voters
         .iter()
         .filter(|id| {

@@ -786,3 +786,63 @@ async fn forced_demotion_of_a_primary_whose_peer_is_down_and_undo() {
     assert_eq!(r2.primary, p);
     assert_eq!(r2.backup, b);
 }
+
+/// With a witness and automatic failover off, the backup does not take
+/// over when the primary dies; it says so, and *Become primary* on it makes
+/// it primary by election (no forced promotion: the old primary comes back
+/// as the backup, not fenced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_failover_with_a_witness_when_automatic_failover_is_off() {
+    let mut c = Cluster::three(&[]).await;
+    let r = c.wait_roles(WAIT).await;
+    let (p, b) = (r.primary, r.backup);
+    let s0: SettingsView = c
+        .get_json(p, "/api/v1/settings")
+        .await
+        .expect("GET settings");
+    assert!(s0.auto_failover, "automatic failover is on by default");
+    let mut body = serde_json::to_value(&s0).expect("json");
+    for k in ["version", "updated_by", "updated_at_ms"] {
+        body.as_object_mut().expect("object").remove(k);
+    }
+    body["auto_failover"] = json!(false);
+    let resp = c
+        .req(p, Method::PUT, "/api/v1/settings")
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT settings");
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
+    let before = write_keys(&c, p, "before/", 20).await;
+    c.wait_caught_up(b).await;
+
+    c.kill9(p);
+    let timeout = Duration::from_millis(s0.primary_timeout_ms);
+    let killed = Instant::now();
+    while killed.elapsed() < timeout * 4 {
+        let s = status(&c, b).await;
+        assert_ne!(
+            s.this_host.role, "primary",
+            "the backup took over by itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = status(&c, b).await;
+    assert!(
+        s.this_host.notes.iter().any(|n| n.contains("by hand")),
+        "{:?}",
+        s.this_host.notes
+    );
+
+    let resp = post(&c, b, "/api/v1/relationship/swap", &json!({"force": true})).await;
+    let out: SwapOutcome = ok_json(resp, "manual failover on the backup").await;
+    assert_eq!(out.new_primary, c.nodes[b].id(), "{out:?}");
+    assert!(!out.forced, "an election, not a forced promotion: {out:?}");
+    assert_eq!(c.list(b, "before/", true).await, before);
+    c.put_ok(b, "after", &json!(1)).await;
+
+    // The old primary comes back as the backup (nothing diverged).
+    c.restart(p).await;
+    let r2 = c.wait_roles(WAIT).await;
+    assert_eq!((r2.primary, r2.backup), (b, p));
+}

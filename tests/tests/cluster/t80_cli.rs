@@ -219,22 +219,14 @@ async fn swap_sync_and_history() {
         out.stdout
     );
 
-    // Forcing a swap on the primary: refused, exit 3, nothing changes.
-    let out = cli(&c, old_backup, &["swap"], &["--yes", "--force"]).await;
-    assert_eq!(
-        out.code,
-        Some(3),
-        "stdout {} stderr {}",
-        out.stdout,
-        out.stderr
-    );
-    assert!(
-        out.reason().starts_with("tandem: ") && out.reason().contains("already the primary"),
-        "{}",
-        out.stderr
-    );
-    let still = c.wait_roles(WAIT).await;
-    assert_eq!(still, after);
+    // Forcing *Become backup* on the primary while the backup answers: a
+    // planned swap, not forced.
+    let out = cli(&c, old_backup, &["swap"], &["--yes", "--force"])
+        .await
+        .expect_ok("tandem swap --force on the primary");
+    assert!(out.stdout.contains("forced:       no"), "{}", out.stdout);
+    let back = c.wait_roles(WAIT).await;
+    assert_eq!((back.primary, back.backup), (after.backup, after.primary));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
