@@ -186,6 +186,23 @@ impl Node {
     async fn takeover_by_election(&self, actor: &str) -> Option<SwapOutcome> {
         let started = Instant::now();
         let before = self.epoch();
+        let leader = self.metrics().current_leader;
+        if leader.is_some() && leader != before.primary && leader != Some(self.cfg.node_id) {
+            // Someone else leads with the primary gone (the witness): it
+            // hands leadership over when asked.
+            if let Some(l) = leader {
+                let ask = ActionRequest::SwapTo {
+                    to: self.cfg.node_id,
+                    pull_sync: false,
+                    actor: actor.to_string(),
+                };
+                if let Ok(text) = self.ask_primary(l, ask).await {
+                    if let Ok(out) = serde_json::from_str::<SwapOutcome>(&text) {
+                        return Some(out);
+                    }
+                }
+            }
+        }
         tracing::warn!(%actor, "manual failover: standing for election");
         let _ = self.raft().trigger().elect(false).await;
         let deadline = Instant::now() + self.timing.primary_timeout * 3;

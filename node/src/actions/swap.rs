@@ -132,9 +132,11 @@ impl Node {
         }
         let rejoin_here =
             matches!(action, ActionRequest::Rejoin { .. }) && role == Role::Standalone;
-        // A leader that stood down hands over to a peer that asks.
+        // A leader that is not the primary (it stood down, or a witness
+        // leading with the primary gone) hands over to a peer that asks.
         let hand_over_here = matches!(action, ActionRequest::SwapTo { .. })
-            && self.stood_down()
+            && role != Role::Primary
+            && self.epoch().primary != Some(self.cfg.node_id)
             && self.metrics().current_leader == Some(self.cfg.node_id);
         if role != Role::Primary && !rejoin_here && !hand_over_here {
             return Err(Refusal::NotPrimary.to_string());

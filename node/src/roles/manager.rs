@@ -277,6 +277,12 @@ async fn witness_fallback_election(node: &Node) {
     // has won if it could (its log was as long as the witness's); if it
     // could not, the witness leads, brings it up to date and hands over.
     let limit = node.timing.election_max + node.timing.heartbeat;
+    // Failover is manual: the primary stands for itself, and a witness
+    // that led with the primary gone would only keep the backup's manual
+    // election from being granted (its own lease would hold the vote).
+    if node.manual_failover() {
+        return;
+    }
     {
         let mut i = node.roles.lock();
         let silent = match i.last_leader_contact {
