@@ -337,7 +337,12 @@ Keys and values:
   verify_interval_secs=SECS    0 (off) or 60..=604800
   bandwidth_limit_bps=BYTES    0 (unlimited) or at least 65536
   backup_operations=BOOL       true|false
-  shared_ips=JSON              e.g. '[{\"address\":\"192.0.2.10/24\",\"interfaces\":{\"a\":\"eth0\",\"b\":\"eth0\"}}]'";
+  shared_ips=JSON              e.g. '[{\"address\":\"192.0.2.10/24\",\"interfaces\":{\"a\":\"eth0\",\"b\":\"eth0\"}}]'
+  checks=JSON                  service checks, e.g. '[{\"name\":\"web\",\"kind\":\"http\",\"target\":\"http://127.0.0.1/\"}]'
+  check_hold_down_secs=SECS    0..=86400
+  failback=off|NODE[:SECS]     off, or the preferred node and its delay (default 60 s)
+  maintenance_max_minutes=MIN  1..=525600
+  maintenance_reminder_secs=S  0..=604800";
 
 /// `tandem settings show`.
 #[derive(Debug, Args)]
@@ -580,10 +585,42 @@ pub enum Assignment {
     BackupOperations(bool),
     /// `shared_ips=JSON`.
     SharedIps(Vec<SharedIpView>),
+    /// `checks=JSON`.
+    Checks(Vec<tandem_web::CheckSpec>),
+    /// `check_hold_down_secs=SECS`.
+    CheckHoldDownSecs(u64),
+    /// `failback=off|NODE[:SECS]`.
+    Failback(tandem_web::Failback),
+    /// `maintenance_max_minutes=MIN`.
+    MaintenanceMaxMinutes(u64),
+    /// `maintenance_reminder_secs=SECS`.
+    MaintenanceReminderSecs(u64),
+}
+
+/// Default failback delay when `failback=NODE` gives none.
+const DEFAULT_FAILBACK_DELAY_SECS: u64 = 60;
+
+fn parse_failback(v: &str) -> Result<tandem_web::Failback, String> {
+    let v = v.trim();
+    if v.eq_ignore_ascii_case("off") {
+        return Ok(tandem_web::Failback::default());
+    }
+    let (node, delay) = match v.split_once(':') {
+        Some((n, d)) => (n, parse_u64("failback delay", d)?),
+        None => (v, DEFAULT_FAILBACK_DELAY_SECS),
+    };
+    if node.is_empty() {
+        return Err("failback takes off or NODE[:SECS]".into());
+    }
+    Ok(tandem_web::Failback::Preferred {
+        preferred: node.to_string(),
+        delay_secs: delay,
+    })
 }
 
 pub(crate) const SETTINGS_KEYS: &str = "primary_timeout_ms, auto_failover, test_ips, \
-     verify_interval_secs, bandwidth_limit_bps, backup_operations, shared_ips";
+     verify_interval_secs, bandwidth_limit_bps, backup_operations, shared_ips, checks, \
+     check_hold_down_secs, failback, maintenance_max_minutes, maintenance_reminder_secs";
 
 pub(crate) fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
     match v.trim().to_ascii_lowercase().as_str() {
@@ -627,6 +664,14 @@ pub(crate) fn parse_assignment(s: &str) -> Result<Assignment, String> {
                  \"interfaces\": {{\"NODE\": \"IFACE\"}}}}: {e}"
             )
         })?),
+        "checks" => Assignment::Checks(
+            serde_json::from_str(value)
+                .map_err(|e| format!("checks takes a JSON array of checks: {e}"))?,
+        ),
+        "check_hold_down_secs" => Assignment::CheckHoldDownSecs(parse_u64(key, value)?),
+        "failback" => Assignment::Failback(parse_failback(value)?),
+        "maintenance_max_minutes" => Assignment::MaintenanceMaxMinutes(parse_u64(key, value)?),
+        "maintenance_reminder_secs" => Assignment::MaintenanceReminderSecs(parse_u64(key, value)?),
         other => return Err(format!("unknown setting {other:?} (keys: {SETTINGS_KEYS})")),
     })
 }
@@ -641,6 +686,11 @@ impl Assignment {
             Self::BandwidthLimitBps(v) => u.bandwidth_limit_bps = *v,
             Self::BackupOperations(v) => u.backup_operations = *v,
             Self::SharedIps(v) => u.shared_ips.clone_from(v),
+            Self::Checks(v) => u.checks.clone_from(v),
+            Self::CheckHoldDownSecs(v) => u.check_hold_down_secs = *v,
+            Self::Failback(v) => u.failback = v.clone(),
+            Self::MaintenanceMaxMinutes(v) => u.maintenance_max_minutes = *v,
+            Self::MaintenanceReminderSecs(v) => u.maintenance_reminder_secs = *v,
         }
     }
 }
@@ -679,6 +729,26 @@ mod tests {
         assert!(parse_assignment("nope=1").is_err());
         assert!(parse_assignment("auto_failover=maybe").is_err());
         assert!(parse_assignment("shared_ips=[1]").is_err());
+        assert_eq!(
+            parse_assignment("failback=a:30"),
+            Ok(Assignment::Failback(tandem_web::Failback::Preferred {
+                preferred: "a".into(),
+                delay_secs: 30
+            }))
+        );
+        assert_eq!(
+            parse_assignment("failback=off"),
+            Ok(Assignment::Failback(tandem_web::Failback::default()))
+        );
+        assert!(parse_assignment("failback=a:soon").is_err());
+        let checks =
+            parse_assignment(r#"checks=[{"name":"db","kind":"tcp","target":"127.0.0.1:5432"}]"#);
+        assert!(matches!(checks, Ok(Assignment::Checks(v)) if v.len() == 1 && v[0].fall == 3));
+        assert!(parse_assignment("checks=[{}]").is_err());
+        assert_eq!(
+            parse_assignment("check_hold_down_secs=0"),
+            Ok(Assignment::CheckHoldDownSecs(0))
+        );
     }
 
     #[test]

@@ -268,6 +268,29 @@ pub fn render_settings(v: &SettingsView, indent: &str) -> String {
             "maintenance_reminder_secs",
             v.maintenance_reminder_secs.to_string(),
         ),
+        (
+            "failback",
+            match &v.failback {
+                tandem_web::Failback::Off(_) => "off".to_string(),
+                tandem_web::Failback::Preferred {
+                    preferred,
+                    delay_secs,
+                } => format!("to {preferred} after {delay_secs} s"),
+            },
+        ),
+        (
+            "checks",
+            if v.checks.is_empty() {
+                "-".to_string()
+            } else {
+                v.checks
+                    .iter()
+                    .map(|c| format!("{} ({})", c.name, c.kind))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        ),
+        ("check_hold_down_secs", v.check_hold_down_secs.to_string()),
     ];
     for (k, val) in rows {
         let _ = writeln!(s, "{indent}{k:<26}{val}");

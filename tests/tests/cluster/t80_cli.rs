@@ -141,6 +141,41 @@ async fn status_and_settings() {
     let v: Value = serde_json::from_str(&out.stdout).expect("settings JSON");
     assert_eq!(v["primary_timeout_ms"], 1500, "{v}");
 
+    // The operating settings: failback, a check, the hold-down.
+    let primary = c.nodes[r.primary].name.clone();
+    let out = cli(
+        &c,
+        r.primary,
+        &[
+            "settings",
+            "set",
+            &format!("failback={primary}:30"),
+            r#"checks=[{"name":"admin","kind":"tcp","target":"127.0.0.1:1","nodes":["nobody"]}]"#,
+            "check_hold_down_secs=120",
+        ],
+        &[],
+    )
+    .await
+    .expect_ok("tandem settings set failback checks check_hold_down_secs");
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("failback") && l.contains(&primary)),
+        "{}",
+        out.stdout
+    );
+    let out = cli(&c, r.primary, &["settings", "show"], &["--json"])
+        .await
+        .expect_ok("tandem settings show --json");
+    let v: Value = serde_json::from_str(&out.stdout).expect("settings JSON");
+    assert_eq!(
+        v["failback"],
+        json!({"preferred": primary, "delay_secs": 30}),
+        "{v}"
+    );
+    assert_eq!(v["checks"][0]["name"], "admin", "{v}");
+    assert_eq!(v["check_hold_down_secs"], 120, "{v}");
+
     // The actor header reached the history.
     let out = cli(
         &c,
