@@ -7,7 +7,7 @@
 //! actor (`tandem (check NAME)`). After such a move no check moves the role
 //! again for `check_hold_down_secs` (no flapping between two sick nodes).
 //! A backup whose checks fail is not eligible: it stands for no election
-//! (`Node::apply_maintenance`), and `/health/backup` and readiness say so.
+//! (`Node::apply_eligibility`), and `/health/backup` and readiness say so.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tandem_storage::NodeKind;
-use tandem_web::HealthView;
+use tandem_web::{CheckSpec, HealthView};
 use tokio_util::sync::CancellationToken;
 
 use crate::checks::{applicable, run_once, Health};
@@ -39,23 +39,31 @@ const HOLD_DOWN_LOOKBACK: usize = 50;
 /// Runs this node's service checks at their intervals until `stop`; each
 /// state change is recorded in the history (`check_state`).
 pub(crate) async fn run_checks(node: Arc<Node>, stop: CancellationToken) {
+    if node.cfg.kind != NodeKind::Appliance {
+        return;
+    }
     let mut tick = tokio::time::interval(CHECK_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next: HashMap<String, Instant> = HashMap::new();
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // The checks of the settings version last read (parsed only when the
+    // settings change, not every tick).
+    let mut read: Option<(u64, Vec<(CheckSpec, String)>)> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if node.cfg.kind != NodeKind::Appliance {
-            continue;
+        let version = node.reader().settings().map_or(0, |r| r.version);
+        if read.as_ref().is_none_or(|(v, _)| *v != version) {
+            let specs = applicable(&node.settings().checks, &node.cfg.name);
+            node.checks.keep(&specs);
+            next.retain(|name, _| specs.iter().any(|(s, _)| &s.name == name));
+            read = Some((version, specs));
         }
-        let specs = applicable(&node.settings().checks, &node.cfg.name);
-        node.checks.keep(&specs);
-        next.retain(|name, _| specs.iter().any(|(s, _)| &s.name == name));
+        let Some((_, specs)) = &read else { continue };
         let now = Instant::now();
-        for (spec, target) in specs {
+        for (spec, target) in specs.iter().cloned() {
             if next.get(&spec.name).is_some_and(|t| *t > now)
                 || !lock(&running).insert(spec.name.clone())
             {

@@ -118,7 +118,7 @@ impl Node {
             }
         }
         self.roles.stood_down.store(false, Ordering::SeqCst);
-        self.apply_maintenance();
+        self.apply_eligibility();
         self.roles.wake.notify_one();
         tracing::warn!(%actor, "forced demotion undone");
         self.record(

@@ -6,7 +6,7 @@
 //! The plan is replicated ([`crate::maintenance::Plan`] in one
 //! compare-and-set document), so every change is a write on the leader.
 //! Each node keeps its own elections off while it is held
-//! ([`Node::apply_maintenance`], from the role manager's tick); the
+//! ([`Node::apply_eligibility`], from the role manager's tick); the
 //! witness's hand-over, the pair-only failover and every swap look the
 //! plan up before making a node primary.
 
@@ -360,10 +360,11 @@ impl Node {
         Ok(self.maintenance_view())
     }
 
-    /// Keeps this node's own elections off while it is held or one of its
-    /// service checks is failing (and on otherwise, unless an essential task
-    /// died). From the role manager's tick.
-    pub(crate) fn apply_maintenance(&self) {
+    /// Keeps this node's own elections off while it may not become primary
+    /// by itself — held for maintenance, a service check failing, stood
+    /// down, or a backup where failover is manual — and on otherwise,
+    /// unless an essential task died. From the role manager's tick.
+    pub(crate) fn apply_eligibility(&self) {
         if self.cfg.kind != NodeKind::Appliance {
             return;
         }

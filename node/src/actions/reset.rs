@@ -186,21 +186,21 @@ impl Node {
     async fn takeover_by_election(&self, actor: &str) -> Option<SwapOutcome> {
         let started = Instant::now();
         let before = self.epoch();
-        let leader = self.metrics().current_leader;
-        if leader.is_some() && leader != before.primary && leader != Some(self.cfg.node_id) {
+        let other_leader = self
+            .metrics()
+            .current_leader
+            .filter(|l| Some(*l) != before.primary && *l != self.cfg.node_id);
+        if let Some(l) = other_leader {
             // Someone else leads with the primary gone (the witness): it
             // hands leadership over when asked.
-            if let Some(l) = leader {
-                let ask = ActionRequest::SwapTo {
-                    to: self.cfg.node_id,
-                    pull_sync: false,
-                    actor: actor.to_string(),
-                };
-                if let Ok(text) = self.ask_primary(l, ask).await {
-                    if let Ok(out) = serde_json::from_str::<SwapOutcome>(&text) {
-                        return Some(out);
-                    }
-                }
+            let ask = ActionRequest::SwapTo {
+                to: self.cfg.node_id,
+                pull_sync: false,
+                actor: actor.to_string(),
+            };
+            let answer = self.ask_primary(l, ask).await.ok();
+            if let Some(out) = answer.and_then(|t| serde_json::from_str::<SwapOutcome>(&t).ok()) {
+                return Some(out);
             }
         }
         tracing::warn!(%actor, "manual failover: standing for election");

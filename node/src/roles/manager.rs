@@ -179,7 +179,7 @@ async fn role_tick(node: &Arc<Node>) {
         track_peers(node);
     }
     snapshot_duty(node, &m);
-    node.apply_maintenance();
+    node.apply_eligibility();
     crate::actions::failover::tick(node, role);
     crate::actions::maintenance::tick(node, role);
     crate::actions::checks::tick(node, role);

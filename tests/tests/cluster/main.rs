@@ -10,6 +10,27 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tandem_tests::{tandem, wait_until, Cluster, NodeProc, WAIT};
+use tandem_web::HistoryPage;
+
+/// The history events of `kind` on node `i`, newest first (up to 500).
+async fn history(c: &Cluster, i: usize, kind: &str) -> HistoryPage {
+    let path = format!("/api/v1/history?kind={kind}&limit=500");
+    c.get_json(i, &path)
+        .await
+        .unwrap_or_else(|| panic!("GET {path} on {}", c.nodes[i].name))
+}
+
+/// A whole `PUT /api/v1/settings` body from a settings view (without its
+/// read-only version fields), to edit and send back.
+fn settings_body(view: &tandem_web::SettingsView) -> Value {
+    let mut body = serde_json::to_value(view).expect("settings serialise");
+    if let Some(o) = body.as_object_mut() {
+        for k in ["version", "updated_by", "updated_at_ms"] {
+            o.remove(k);
+        }
+    }
+    body
+}
 
 /// Writes `count` keys `<prefix><n:05>` = `{"n": n, "s": "value-n"}` through
 /// node `i`, 16 at a time; panics on any answer but 200.

@@ -4,7 +4,7 @@ use super::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tandem_web::{HistoryPage, ReadinessView, SettingsView, SwapOutcome, SyncReport};
+use tandem_web::{ReadinessView, SettingsView, SwapOutcome, SyncReport};
 
 /// Bound on the nodes converging after an action.
 const SETTLE: Duration = Duration::from_secs(15);
@@ -33,13 +33,6 @@ async fn refused(resp: reqwest::Response, what: &str) -> String {
     let (status, body) = error_body(resp, what).await;
     assert_eq!(status, StatusCode::CONFLICT, "{what}: {body}");
     body["message"].as_str().unwrap_or_default().to_string()
-}
-
-async fn history(c: &Cluster, i: usize, kind: &str) -> HistoryPage {
-    let path = format!("/api/v1/history?kind={kind}&limit=500");
-    c.get_json(i, &path)
-        .await
-        .unwrap_or_else(|| panic!("GET {path} on {}", c.nodes[i].name))
 }
 
 async fn settings(c: &Cluster, i: usize) -> SettingsView {

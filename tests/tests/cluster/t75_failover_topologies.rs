@@ -7,7 +7,7 @@ use nix::unistd::Pid;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tandem_web::{BreakOutcome, HistoryPage, SettingsView, StatusView, SwapOutcome};
+use tandem_web::{BreakOutcome, SettingsView, StatusView, SwapOutcome};
 use tokio::net::TcpListener;
 
 /// Bound on the nodes converging after an action.
@@ -35,13 +35,6 @@ async fn status(c: &Cluster, i: usize) -> StatusView {
     c.status(i)
         .await
         .unwrap_or_else(|| panic!("status of {}", c.nodes[i].name))
-}
-
-async fn history(c: &Cluster, i: usize, kind: &str) -> HistoryPage {
-    let path = format!("/api/v1/history?kind={kind}&limit=500");
-    c.get_json(i, &path)
-        .await
-        .unwrap_or_else(|| panic!("GET {path} on {}", c.nodes[i].name))
 }
 
 /// SIGSTOP (`cont == false`) or SIGCONT of node `i` (our child, by PID).
@@ -801,10 +794,7 @@ async fn manual_failover_with_a_witness_when_automatic_failover_is_off() {
         .await
         .expect("GET settings");
     assert!(s0.auto_failover, "automatic failover is on by default");
-    let mut body = serde_json::to_value(&s0).expect("json");
-    for k in ["version", "updated_by", "updated_at_ms"] {
-        body.as_object_mut().expect("object").remove(k);
-    }
+    let mut body = settings_body(&s0);
     body["auto_failover"] = json!(false);
     let resp = c
         .req(p, Method::PUT, "/api/v1/settings")

@@ -6,14 +6,7 @@
 use super::*;
 use std::time::Instant;
 use tandem_tests::now_ms;
-use tandem_web::{HistoryPage, MaintenanceOutcome, MaintenanceView, ReadinessView, RoleHealth};
-
-async fn history(c: &Cluster, i: usize, kind: &str) -> HistoryPage {
-    let path = format!("/api/v1/history?kind={kind}&limit=500");
-    c.get_json(i, &path)
-        .await
-        .unwrap_or_else(|| panic!("GET {path} on {}", c.nodes[i].name))
-}
+use tandem_web::{MaintenanceOutcome, MaintenanceView, ReadinessView, RoleHealth};
 
 async fn maintenance(c: &Cluster, i: usize) -> MaintenanceView {
     c.get_json(i, "/api/v1/maintenance")

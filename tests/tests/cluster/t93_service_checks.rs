@@ -6,14 +6,7 @@
 //! check is healthy; after a move, the hold-down keeps the role where it is.
 use super::*;
 use tandem_tests::service::{Mode, TestService};
-use tandem_web::{HistoryPage, ReadinessView, RoleHealth, SettingsView};
-
-async fn history(c: &Cluster, i: usize, kind: &str) -> HistoryPage {
-    let path = format!("/api/v1/history?kind={kind}&limit=500");
-    c.get_json(i, &path)
-        .await
-        .unwrap_or_else(|| panic!("GET {path} on {}", c.nodes[i].name))
-}
+use tandem_web::{ReadinessView, RoleHealth, SettingsView};
 
 /// The state of check `name` in node `i`'s own status.
 async fn check_state(c: &Cluster, i: usize, name: &str) -> Option<String> {
@@ -40,10 +33,7 @@ async fn a_failing_service_moves_the_role_to_a_healthy_backup_only() {
     let (p, b) = (r.primary, r.backup);
     let (on_p, on_b) = (TestService::start().await, TestService::start().await);
     let settings: SettingsView = c.get_json(p, "/api/v1/settings").await.expect("settings");
-    let mut body = serde_json::to_value(&settings).expect("json");
-    for k in ["version", "updated_by", "updated_at_ms"] {
-        body.as_object_mut().expect("object").remove(k);
-    }
+    let mut body = settings_body(&settings);
     body["checks"] = json!([{
         "name": "web", "kind": "http",
         "targets": { c.nodes[p].name.clone(): on_p.url, c.nodes[b].name.clone(): on_b.url },

@@ -3,16 +3,13 @@
 //! is in maintenance, nor while its service check fails.
 use super::*;
 use std::time::Instant;
-use tandem_web::{HistoryPage, SettingsView};
+use tandem_web::SettingsView;
 
 const DELAY_SECS: u64 = 2;
 
 async fn put_settings(c: &Cluster, i: usize, edit: impl FnOnce(&mut Value)) {
     let s: SettingsView = c.get_json(i, "/api/v1/settings").await.expect("settings");
-    let mut body = serde_json::to_value(&s).expect("json");
-    for k in ["version", "updated_by", "updated_at_ms"] {
-        body.as_object_mut().expect("object").remove(k);
-    }
+    let mut body = settings_body(&s);
     edit(&mut body);
     let r = c
         .req(i, Method::PUT, "/api/v1/settings")
