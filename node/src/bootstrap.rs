@@ -19,6 +19,7 @@ use tandem_web::{JoinRequest, JoinResponse};
 use crate::config::{DataDir, NodeConfig, Tuning, CONFIG_FORMAT};
 use crate::join::{hash_secret, random_secret, sans_for, validate_name, ParsedToken};
 use crate::node::Node;
+use crate::placement::{Place, Places};
 use crate::settings::Settings;
 
 /// How long `init` waits for the new single-node cluster to elect itself.
@@ -87,6 +88,21 @@ pub struct InitOptions {
     pub listen: Listen,
     /// Raft tuning.
     pub tuning: Tuning,
+    /// Site label (failure domain), if any.
+    pub site: Option<String>,
+    /// Configured host identity (absent: derived from the machine id).
+    pub host_id: Option<String>,
+}
+
+/// Checks the site and host identity options.
+fn validate_place(site: Option<&str>, host_id: Option<&str>) -> anyhow::Result<()> {
+    if let Some(s) = site {
+        crate::placement::validate_label("site", s).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(h) = host_id {
+        crate::placement::validate_label("host identity", h).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
 }
 
 /// Name of the web UI user `init` creates.
@@ -148,6 +164,7 @@ fn ensure_fresh(dir: &DataDir) -> anyhow::Result<()> {
 /// files cannot be written, or Raft does not elect this node.
 pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
     validate_name(&opts.name).map_err(anyhow::Error::msg)?;
+    validate_place(opts.site.as_deref(), opts.host_id.as_deref())?;
     let dir = DataDir::new(&opts.dir);
     ensure_fresh(&dir)?;
     let _lock = dir.lock()?;
@@ -187,6 +204,8 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
         tuning: opts.tuning.clone(),
         shared_ip: Default::default(),
         admin_tls: None,
+        site: opts.site.clone(),
+        host_id: opts.host_id.clone(),
     };
     let admin_token = format!("tdm_{}", random_secret(32));
     let admin_password = crate::users::initial_password();
@@ -227,6 +246,12 @@ pub async fn init(opts: InitOptions) -> anyhow::Result<InitOutcome> {
                 actor: "init".into(),
                 at_ms: crate::util::now_ms(),
             },
+            Request::PlacesPut {
+                doc_json: Places(BTreeMap::from([(1, node.place.clone())])).to_json(),
+                if_version: Some(0),
+                actor: "init".into(),
+                at_ms: crate::util::now_ms(),
+            },
         ]))
         .await?;
     if let Response::Refused { reason } = answer {
@@ -264,6 +289,12 @@ pub struct JoinOptions {
     pub listen: Listen,
     /// Raft tuning.
     pub tuning: Tuning,
+    /// Site label (failure domain), if any.
+    pub site: Option<String>,
+    /// Configured host identity (absent: derived from the machine id).
+    pub host_id: Option<String>,
+    /// Join even when this appliance shares its site or host with the other.
+    pub allow_same_site: bool,
 }
 
 /// Base URL from `host:port` or a URL.
@@ -286,6 +317,7 @@ pub fn base_url(addr: &str) -> String {
 /// unreachable peer, or a directory already in use.
 pub async fn join(opts: JoinOptions) -> anyhow::Result<JoinResponse> {
     validate_name(&opts.name).map_err(anyhow::Error::msg)?;
+    validate_place(opts.site.as_deref(), opts.host_id.as_deref())?;
     let token = ParsedToken::parse(&opts.token).map_err(anyhow::Error::msg)?;
     let dir = DataDir::new(&opts.dir);
     ensure_fresh(&dir)?;
@@ -300,6 +332,9 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<JoinResponse> {
         api_addr: api_advertise.clone(),
         csr_pem: key.csr_pem()?,
         actor: None,
+        site: opts.site.clone(),
+        host: Place::local(opts.site.as_deref(), opts.host_id.as_deref()).host,
+        allow_same_site: opts.allow_same_site,
     };
     // Kept as the error itself: the command line tells a refusal by it.
     let answer = request_join(&opts.peer, &body, &token.ca_fingerprint).await?;
@@ -327,6 +362,8 @@ pub async fn join(opts: JoinOptions) -> anyhow::Result<JoinResponse> {
         tuning: opts.tuning.clone(),
         shared_ip: Default::default(),
         admin_tls: None,
+        site: opts.site.clone(),
+        host_id: opts.host_id.clone(),
     };
     dir.save(&cfg)?;
     tracing::info!(node = answer.node_id, cluster = %answer.cluster_id, "joined; start the node with `tandem run`");

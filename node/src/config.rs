@@ -125,6 +125,14 @@ pub struct NodeConfig {
     /// (absent: the node certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_tls: Option<AdminTlsConfig>,
+    /// This node's site: the failure domain it shares with nothing else
+    /// (a room, a building, a data centre). Absent: none given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// This node's host identity (the machine or hypervisor it runs on).
+    /// Absent: derived from `/etc/machine-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
 }
 
 /// The `[admin_tls]` section of `node.toml`: the certificate the admin
@@ -368,6 +376,8 @@ mod tests {
             tuning: Tuning::default(),
             shared_ip: SharedIpConfig::default(),
             admin_tls: None,
+            site: None,
+            host_id: None,
         }
     }
 

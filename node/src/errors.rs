@@ -289,4 +289,13 @@ pub enum JoinDenial {
     /// expired, not matching).
     #[error("{0}")]
     Token(StateRefusal),
+    /// The joining appliance shares a site or host with an appliance of the
+    /// relationship, and the administrator did not allow it.
+    #[error("this node shares {shared} with appliance {name}: one failure there would take both; join from another site or host, or pass --allow-same-site (\"Allow the same site or host\" on the page) to accept it")]
+    SameSite {
+        /// The appliance it shares them with.
+        name: String,
+        /// What they share (`site "x" and host "y"`).
+        shared: String,
+    },
 }

@@ -50,6 +50,10 @@ pub struct JoinRequest {
     pub csr_pem: String,
     /// Who asked for it (recorded in the history).
     pub actor: String,
+    /// Its site and host identity.
+    pub place: crate::placement::Place,
+    /// Admit it even if it shares its site or host with the other appliance.
+    pub allow_same_site: bool,
 }
 
 /// What a joining node receives.

@@ -50,6 +50,7 @@ pub mod log_limit;
 pub(crate) mod maintenance;
 pub(crate) mod node;
 pub(crate) mod peer;
+pub(crate) mod placement;
 pub(crate) mod probe;
 pub(crate) mod roles;
 pub(crate) mod settings;

@@ -13,6 +13,7 @@ use tandem_storage::{LogReaderHandle, NodeInfo, NodeKind, Request, Response, Sta
 
 use crate::config::{DataDir, NodeConfig, Tuning};
 use crate::peer::client::{PeerIdentity, PeerNetwork};
+use crate::placement::{Place, Places, Shared};
 use crate::settings::{Settings, Timing};
 use crate::util::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,8 @@ const NEW_LEADER_GRACE: Duration = Duration::from_secs(2);
 const NEW_LEADER_POLL: Duration = Duration::from_millis(20);
 /// Pause between attempts to add a learner while another membership change finishes.
 const MEMBERSHIP_RETRY: Duration = Duration::from_millis(100);
+/// Writes of the placement record retried after a concurrent writer.
+const PLACE_WRITE_TRIES: usize = 3;
 
 /// How long a join token lives unless the caller asks otherwise.
 pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -173,6 +176,8 @@ pub struct Node {
     pub disk: crate::disk::DiskGuard,
     /// Essential background tasks that died (normally none).
     pub supervision: crate::supervise::Supervision,
+    /// This node's site and host identity (from its configuration).
+    pub place: Place,
     db: sled::Db,
 }
 
@@ -236,6 +241,7 @@ impl Node {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         Ok(Self {
+            place: Place::local(cfg.site.as_deref(), cfg.host_id.as_deref()),
             cfg,
             dir,
             engine: std::sync::RwLock::new(Arc::new(engine)),
@@ -468,6 +474,22 @@ impl Node {
                 name: req.name.clone(),
             }));
         }
+        if let Some(site) = &req.place.site {
+            crate::placement::validate_label("site", site).map_err(NodeError::BadRequest)?;
+        }
+        if let Some(host) = &req.place.host {
+            crate::placement::validate_label("host identity", host)
+                .map_err(NodeError::BadRequest)?;
+        }
+        if req.kind == NodeKind::Appliance && !req.allow_same_site {
+            if let Some((name, shared)) = self.appliance_sharing_with(&req.place).into_iter().next()
+            {
+                return Err(NodeError::JoinDenied(JoinDenial::SameSite {
+                    name,
+                    shared: crate::placement::describe(&shared),
+                }));
+            }
+        }
         let sans = sans_for(&req.peer_addr, &req.api_addr).map_err(NodeError::BadRequest)?;
         // Check the CSR before the token is consumed, so a bad request does not burn it.
         tandem_certs::check_csr(&req.csr_pem)
@@ -520,12 +542,17 @@ impl Node {
             }
         }
         tracing::info!(node = node_id, name = %req.name, kind = ?req.kind, "node joined as learner");
+        if let Err(e) = self.record_place(node_id, &req.place, &req.actor).await {
+            tracing::warn!(node = node_id, error = %e, "the joined node's site and host were not recorded");
+        }
         self.record(
             "join",
             &req.actor,
             serde_json::json!({
                 "node": node_id, "name": req.name, "kind": kind_name(req.kind),
                 "peer_addr": req.peer_addr, "api_addr": req.api_addr,
+                "site": req.place.site, "host": req.place.host,
+                "allow_same_site": req.allow_same_site,
             }),
         )
         .await;
@@ -536,6 +563,126 @@ impl Node {
             ca_pem: self.ca_pem.clone(),
             ca_key_pem: (req.kind == NodeKind::Appliance).then(|| ca.key_pem().to_string()),
         })
+    }
+
+    /// The replicated placement record (each node's site and host).
+    pub fn places(&self) -> Places {
+        Places::from_json(
+            self.reader()
+                .places()
+                .as_ref()
+                .map_or("{}", |r| r.settings_json.as_str()),
+        )
+    }
+
+    /// `id`'s place: this node's from its configuration, another's from
+    /// the replicated record.
+    pub fn place_of(&self, id: u64) -> Option<Place> {
+        if id == self.cfg.node_id {
+            Some(self.place.clone())
+        } else {
+            self.places().get(id).cloned()
+        }
+    }
+
+    /// The appliances of the membership (other than a joiner) that share a
+    /// site or host with `place`, by name, and what they share.
+    pub fn appliance_sharing_with(&self, place: &Place) -> Vec<(String, Vec<Shared>)> {
+        let m = self.metrics();
+        m.membership_config
+            .membership()
+            .nodes()
+            .filter(|(_, n)| n.kind == NodeKind::Appliance)
+            .filter_map(|(id, n)| {
+                let shared = self.place_of(*id)?.shared_with(place);
+                (!shared.is_empty()).then(|| (n.name.clone(), shared))
+            })
+            .collect()
+    }
+
+    /// What the administrator should be warned of about where the members
+    /// run: two appliances sharing a site or host, a witness on an
+    /// appliance's host.
+    pub fn placement_warnings(&self) -> Vec<String> {
+        let m = self.metrics();
+        let members: Vec<(u64, NodeInfo)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        let mut out = Vec::new();
+        for (i, (a, na)) in members.iter().enumerate() {
+            for (b, nb) in &members[i + 1..] {
+                let (Some(pa), Some(pb)) = (self.place_of(*a), self.place_of(*b)) else {
+                    continue;
+                };
+                let shared = pa.shared_with(&pb);
+                match (na.kind, nb.kind) {
+                    (NodeKind::Appliance, NodeKind::Appliance) if !shared.is_empty() => {
+                        out.push(format!(
+                            "appliances {} and {} share {}: one failure there takes both",
+                            na.name,
+                            nb.name,
+                            crate::placement::describe(&shared)
+                        ));
+                    }
+                    (NodeKind::Appliance, NodeKind::Witness)
+                    | (NodeKind::Witness, NodeKind::Appliance) => {
+                        if let Some(h) = shared.iter().find(|s| matches!(s, Shared::Host(_))) {
+                            let (app, wit) = if na.kind == NodeKind::Witness {
+                                (&nb.name, &na.name)
+                            } else {
+                                (&na.name, &nb.name)
+                            };
+                            out.push(format!(
+                                "witness {wit} runs on the same {h} as appliance {app}: losing that host loses two votes"
+                            ));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes `id`'s place into the replicated record (on the leader),
+    /// re-reading it after a concurrent writer.
+    pub async fn record_place(&self, id: u64, place: &Place, actor: &str) -> Result<(), NodeError> {
+        for _ in 0..PLACE_WRITE_TRIES {
+            let rec = self.reader().places();
+            let version = rec.as_ref().map_or(0, |r| r.version);
+            let mut places =
+                Places::from_json(rec.as_ref().map_or("{}", |r| r.settings_json.as_str()));
+            if places.get(id) == Some(place) {
+                return Ok(());
+            }
+            places.0.insert(id, place.clone());
+            match self
+                .write(Request::PlacesPut {
+                    doc_json: places.to_json(),
+                    if_version: Some(version),
+                    actor: actor.to_string(),
+                    at_ms: now_ms(),
+                })
+                .await?
+            {
+                Response::PlacesWritten { .. } => return Ok(()),
+                Response::Refused {
+                    reason: tandem_storage::Refusal::VersionConflict { .. },
+                } => continue,
+                Response::Refused { reason } => return Err(NodeError::Rejected(reason)),
+                other => {
+                    return Err(NodeError::Internal(format!(
+                        "unexpected response {other:?}"
+                    )))
+                }
+            }
+        }
+        Err(NodeError::Unavailable(
+            "the placement record kept changing; try again".into(),
+        ))
     }
 
     /// On the leader, keeps the membership in the shape of the topology:

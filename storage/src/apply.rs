@@ -283,6 +283,7 @@ fn addressed_key(req: &Request) -> Option<&str> {
         | Request::ClearPrimary { .. }
         | Request::SettingsPut { .. }
         | Request::MaintenancePut { .. }
+        | Request::PlacesPut { .. }
         | Request::HistoryAppend { .. } => None,
     }
 }
@@ -425,6 +426,15 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
                 *at_ms,
             )?;
             version.map_or_else(|r| r, |version| Response::MaintenanceWritten { version })
+        }
+        Request::PlacesPut {
+            doc_json,
+            if_version,
+            actor,
+            at_ms,
+        } => {
+            let version = document_put(ov, Document::Places, doc_json, *if_version, actor, *at_ms)?;
+            version.map_or_else(|r| r, |version| Response::PlacesWritten { version })
         }
         Request::HistoryAppend {
             at_ms,
@@ -665,9 +675,12 @@ enum Document {
     Settings,
     /// [`Request::MaintenancePut`].
     Maintenance,
+    /// [`Request::PlacesPut`].
+    Places,
 }
 
-/// Applies [`Request::SettingsPut`] or [`Request::MaintenancePut`]: the new
+/// Applies [`Request::SettingsPut`], [`Request::MaintenancePut`] or
+/// [`Request::PlacesPut`]: the new
 /// version, or the refusal.
 fn document_put(
     ov: &mut Overlay<'_>,
@@ -680,6 +693,7 @@ fn document_put(
     let (field, key) = match doc {
         Document::Settings => (Field::Settings, SmMetaKey::Settings),
         Document::Maintenance => (Field::Maintenance, SmMetaKey::Maintenance),
+        Document::Places => (Field::Places, SmMetaKey::Places),
     };
     if let Some(r) = too_large(field, json.len()) {
         return Ok(Err(r));
@@ -1492,6 +1506,16 @@ mod tests {
         assert_eq!((stored.settings_json.as_str(), stored.version), ("{}", 2));
         assert_eq!(stored.updated_by, "ops");
         assert_eq!(f.store.reader.settings().map(|s| s.version), Some(1));
+        let places = Request::PlacesPut {
+            doc_json: "{\"1\":{}}".into(),
+            if_version: Some(0),
+            actor: "init".into(),
+            at_ms: 12,
+        };
+        assert_eq!(f.one(places), Response::PlacesWritten { version: 1 });
+        let stored = f.store.reader.places().expect("stored");
+        assert_eq!(stored.settings_json, "{\"1\":{}}");
+        assert_eq!(f.store.reader.maintenance().map(|s| s.version), Some(2));
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub(crate) enum SmMetaKey {
     /// [`crate::types::SettingsRecord`] holding the maintenance plan
     /// (absent = never written).
     Maintenance,
+    /// [`crate::types::SettingsRecord`] holding the placement record
+    /// (absent = never written).
+    Places,
 }
 
 impl SmMetaKey {
@@ -100,6 +103,7 @@ impl SmMetaKey {
             SmMetaKey::Settings => b"msettings",
             SmMetaKey::HistoryNextSeq => b"mhistory_next_seq",
             SmMetaKey::Maintenance => b"mmaintenance",
+            SmMetaKey::Places => b"mplaces",
         }
     }
 }

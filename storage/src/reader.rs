@@ -233,6 +233,11 @@ impl StateReader {
         )
     }
 
+    /// The placement record (in a [`SettingsRecord`]), if ever written.
+    pub fn places(&self) -> Option<SettingsRecord> {
+        logged("places", self.get(SmMetaKey::Places.as_bytes()), None)
+    }
+
     /// Status history events, newest first: at most `limit` events with
     /// `seq < before_seq` (when given, for paging: pass the last seq of the
     /// previous page) and `kind` equal to the given one (when given). With a

@@ -252,6 +252,21 @@ pub enum Request {
         /// When (ms).
         at_ms: u64,
     },
+    /// Replaces the placement record (each node's site and host identity,
+    /// which the anti-affinity rules compare): a JSON object as text,
+    /// stored like the settings.
+    PlacesPut {
+        /// The record as JSON text; must be a JSON object, at most
+        /// [`crate::MAX_VALUE_BYTES`].
+        doc_json: String,
+        /// Optimistic concurrency: the version the writer saw (`Some(0)` =
+        /// none stored yet).
+        if_version: Option<u64>,
+        /// Who wrote it.
+        actor: String,
+        /// When (ms).
+        at_ms: u64,
+    },
 }
 
 impl fmt::Display for Request {
@@ -297,6 +312,7 @@ impl fmt::Display for Request {
             }
             Request::SettingsPut { actor, .. } => write!(f, "settings_put(actor={actor})"),
             Request::MaintenancePut { actor, .. } => write!(f, "maintenance_put(actor={actor})"),
+            Request::PlacesPut { actor, .. } => write!(f, "places_put(actor={actor})"),
             Request::HistoryAppend { kind, node, .. } => {
                 write!(f, "history_append(kind={kind}, node={node})")
             }
@@ -367,6 +383,11 @@ pub enum Response {
         /// The new version (1 for the first write).
         version: u64,
     },
+    /// The placement record was written with this version.
+    PlacesWritten {
+        /// The new version (1 for the first write).
+        version: u64,
+    },
 }
 
 impl Response {
@@ -394,6 +415,8 @@ pub enum Field {
     HistoryDetails,
     /// The maintenance plan.
     Maintenance,
+    /// The placement record (sites and hosts).
+    Places,
 }
 
 impl std::fmt::Display for Field {
@@ -407,6 +430,7 @@ impl std::fmt::Display for Field {
             Field::HistoryActor => "history actor",
             Field::HistoryDetails => "history details",
             Field::Maintenance => "maintenance records",
+            Field::Places => "placement record",
         })
     }
 }

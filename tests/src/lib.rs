@@ -585,8 +585,21 @@ impl Cluster {
     }
 
     /// Runs `tandem join` for a new directory `root/<name>` (does not start
-    /// the node). The API of the first running node is the `--peer`.
+    /// the node). The API of the first running node is the `--peer`. Every
+    /// test node runs on this one machine, so it says `--allow-same-site`.
     pub async fn join_cmd(&self, name: &str, token: &str, witness: bool) -> CliOutput {
+        self.join_cmd_with(name, token, witness, &["--allow-same-site"])
+            .await
+    }
+
+    /// [`Self::join_cmd`] with `extra` flags instead of `--allow-same-site`.
+    pub async fn join_cmd_with(
+        &self,
+        name: &str,
+        token: &str,
+        witness: bool,
+        extra: &[&str],
+    ) -> CliOutput {
         let dir = self.path().join(name);
         let peer = self
             .nodes
@@ -612,6 +625,7 @@ impl Cluster {
         if witness {
             args.push("--witness".into());
         }
+        args.extend(extra.iter().map(OsString::from));
         args.extend(self.flags.iter().map(OsString::from));
         tandem(args).await
     }

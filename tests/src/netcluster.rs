@@ -187,6 +187,8 @@ impl NetCluster {
             ];
             args.extend(listen_args(name));
             args.extend(["--primary-timeout-ms".into(), timeout.clone().into()]);
+            // Every namespace runs on this one machine.
+            args.push("--allow-same-site".into());
             if witness {
                 args.push("--witness".into());
             }

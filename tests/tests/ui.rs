@@ -644,6 +644,15 @@ async fn setup_page_joins_a_primary_in_a_real_browser() {
     let reverse = c.nodes[b_node.index].cfg.peer_advertise.clone();
     assert_eq!(value(&on_b, "#setup-reverse").await, reverse);
     fill(&on_b, "#setup-reverse", &reverse).await;
+    // a and b run on this one machine: refused until it is allowed.
+    click(&on_b, "#setup-join").await;
+    accept_confirm(&on_b).await;
+    let refusal = wait_text(&on_b, "#setup-status", "the same-host refusal", |t| {
+        t.contains("shares host") || t.starts_with("Joined")
+    })
+    .await;
+    assert!(refusal.contains("shares host"), "{refusal}");
+    click(&on_b, "#setup-same-site").await;
     click(&on_b, "#setup-join").await;
     let asked = accept_confirm(&on_b).await;
     assert!(asked.contains("as its backup"), "{asked}");

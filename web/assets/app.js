@@ -177,6 +177,7 @@
       return el("tr", { "data-peer": p.name },
         el("td", {}, p.name),
         el("td", {}, p.kind + (p.voter ? "" : " (non-voter)")),
+        el("td", { class: "peer-site" }, p.site || "–"),
         el("td", { class: "role-" + p.role + " peer-role" }, p.role),
         el("td", { class: p.reachable ? "yes" : "no" }, p.reachable ? "yes" : "no"),
         el("td", {}, fmtTime(p.last_contact_ms)),
@@ -635,6 +636,7 @@
         token: $("#setup-token").value.trim(),
         witness: $("#setup-witness").checked,
         discard_data: $("#setup-discard").checked,
+        allow_same_site: $("#setup-same-site").checked,
       };
       const reverse = $("#setup-reverse").value.trim();
       if (reverse) body.reverse_address = reverse;
@@ -663,13 +665,15 @@
       const name = $("#join-name").value.trim() || "b";
       const peer = $("#join-peer").value.trim() || "HOST:PORT";
       const apiAddr = $("#join-api").value.trim() || "HOST:PORT";
+      const site = $("#join-site").value.trim();
       return "tandem join --dir /var/lib/tandem --name " + name +
         ($("#token-kind").value === "witness" ? " --witness" : "") +
+        (site ? " --site '" + site.replace(/'/g, "'\\''") + "'" : "") +
         " \\\n  --token " + token + " \\\n  --peer " + thisApi +
         " \\\n  --peer-listen " + peer + " --api-listen " + apiAddr +
         "\ntandem run --dir /var/lib/tandem";
     }
-    ["#join-name", "#join-peer", "#join-api", "#token-kind"].forEach((id) =>
+    ["#join-name", "#join-peer", "#join-api", "#join-site", "#token-kind"].forEach((id) =>
       $(id).addEventListener("input", () => { $("#join-command").textContent = command(); }));
     $("#token-form").addEventListener("submit", async (ev) => {
       ev.preventDefault();

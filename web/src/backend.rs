@@ -640,6 +640,17 @@ pub struct JoinRequest {
     /// node's UI user, `tandem join` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// The joining node's site (failure domain label), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// The joining node's host identity (configured, or derived from its
+    /// machine id), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Admit an appliance that shares its site or host with the other
+    /// appliance (refused without it: one failure there would take both).
+    #[serde(default)]
+    pub allow_same_site: bool,
 }
 
 /// Body of `POST /api/v1/relationship/setup`: on a standalone node, join the
@@ -664,6 +675,10 @@ pub struct SetupRequest {
     /// discarded (refused without it when it holds any).
     #[serde(default)]
     pub discard_data: bool,
+    /// Join even though this node shares its site or host with the primary
+    /// (refused without it: one failure there would take both).
+    #[serde(default)]
+    pub allow_same_site: bool,
 }
 
 /// Answer to a successful *Set up relationship*. The node then restarts in
@@ -787,6 +802,9 @@ pub struct PeerView {
     pub kind: KindName,
     /// `primary`, `backup`, `witness` or `standalone`.
     pub role: RoleName,
+    /// Its site (failure domain label), if recorded.
+    #[serde(default)]
+    pub site: Option<String>,
     /// Whether it votes.
     pub voter: bool,
     /// Whether this node can reach it now.
@@ -1092,6 +1110,11 @@ pub struct ReadinessView {
     pub certificates_ok: bool,
     /// Whether shared IPs are configured for the backup's interfaces.
     pub shared_ips_ok: bool,
+    /// What does not stop a failover but makes the pair weaker than it
+    /// looks: two appliances on one site or host, a witness on an
+    /// appliance's host.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 // ---- admin users and API tokens ------------------------------------------

@@ -466,6 +466,7 @@ impl AdminBackend for MemBackend {
                 name: "n2".into(),
                 kind: tandem_web::KindName::Appliance,
                 role: tandem_web::RoleName::Backup,
+                site: Some("north".into()),
                 voter: true,
                 reachable: true,
                 last_contact_ms: Some(2_000),
@@ -671,6 +672,7 @@ impl AdminBackend for MemBackend {
             reasons: Vec::new(),
             certificates_ok: true,
             shared_ips_ok: true,
+            warnings: Vec::new(),
         })
     }
 

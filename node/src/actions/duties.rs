@@ -31,6 +31,10 @@ pub struct Duties {
     pub(super) failback_looked: Mutex<Option<Instant>>,
     /// Since when the preferred node has been eligible, without a break.
     pub(super) failback_since: Mutex<Option<Instant>>,
+    /// The placement duty (`placement::tick`).
+    pub(super) place: SingleFlight,
+    /// Whether the record holds this node's place (checked once).
+    pub(super) place_current: std::sync::atomic::AtomicBool,
 }
 
 /// When each duty last ran.

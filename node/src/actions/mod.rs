@@ -14,7 +14,9 @@
 //!   primary's duty that moves the role when one fails;
 //! - [`demote`]: forced demotion of a primary whose peer is out of reach,
 //!   and its undo;
-//! - [`failback`]: the role back to the preferred appliance after a delay.
+//! - [`failback`]: the role back to the preferred appliance after a delay;
+//! - [`placement`]: the primary's own site and host in the replicated
+//!   placement record.
 //!
 //! Actions decide and order; they do not compute roles (that is
 //! `roles`), touch shared IPs directly (that is `shared_ip` through the
@@ -27,6 +29,7 @@ pub(crate) mod duties;
 pub(crate) mod failback;
 pub(crate) mod failover;
 pub(crate) mod maintenance;
+pub(crate) mod placement;
 pub(crate) mod reset;
 pub(crate) mod setup;
 mod swap;

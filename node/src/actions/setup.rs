@@ -159,6 +159,9 @@ impl Node {
                 .csr_pem()
                 .map_err(|e| NodeError::Internal(format!("making the CSR: {e}")))?,
             actor: Some(format!("{actor} (on {})", self.cfg.name)),
+            site: self.place.site.clone(),
+            host: self.place.host.clone(),
+            allow_same_site: req.allow_same_site,
         };
         let primary = req.primary.trim().to_string();
         tracing::info!(%primary, %reverse, kind = ?kind, %actor, "set up relationship: asking the primary to admit this node");
@@ -299,6 +302,8 @@ mod tests {
             tuning: Default::default(),
             shared_ip: Default::default(),
             admin_tls: None,
+            site: None,
+            host_id: None,
         };
         dir.save(&cfg).expect("node.toml");
         tandem_certs::write_key_file(dir.ca_key(), "old CA key").expect("ca.key");

@@ -395,6 +395,11 @@ impl AdminBackend for Backend {
                 api_addr: req.api_addr,
                 csr_pem: req.csr_pem,
                 actor: req.actor.unwrap_or_else(|| "tandem join".into()),
+                place: crate::placement::Place {
+                    site: req.site,
+                    host: req.host,
+                },
+                allow_same_site: req.allow_same_site,
             })
             .await
             .map_err(api)?;

@@ -4,7 +4,7 @@
 
 use tandem_web::ApiError;
 
-use crate::errors::{NodeError, StateRefusal};
+use crate::errors::{JoinDenial, NodeError, StateRefusal};
 
 /// Maps a node error to the API error with the same meaning.
 pub(super) fn api(e: NodeError) -> ApiError {
@@ -13,6 +13,7 @@ pub(super) fn api(e: NodeError) -> ApiError {
         NodeError::NotLeader { leader_api } => ApiError::NotLeader { leader_api },
         NodeError::Refused(_) | NodeError::PeerUnreachable { .. } => ApiError::Refused(message),
         NodeError::Rejected(r) => rejected(r),
+        NodeError::JoinDenied(JoinDenial::SameSite { .. }) => ApiError::Conflict(message),
         NodeError::JoinDenied(_) => ApiError::Forbidden(message),
         NodeError::BadRequest(m) => ApiError::BadRequest(m),
         NodeError::NotFound(m) => ApiError::NotFound(m),
@@ -53,7 +54,7 @@ pub(super) fn rejected(r: StateRefusal) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::errors::{Action, JoinDenial, Peer, Refusal, Remedy};
+    use crate::errors::{Action, Peer, Refusal, Remedy};
     use tandem_storage::Field;
 
     /// Every `NodeError` variant and the status and kind it answers with. A
@@ -95,6 +96,14 @@ mod tests {
                 NodeError::JoinDenied(JoinDenial::OtherCluster),
                 403,
                 "forbidden",
+            ),
+            (
+                NodeError::JoinDenied(JoinDenial::SameSite {
+                    name: "a".into(),
+                    shared: "site \"x\"".into(),
+                }),
+                409,
+                "conflict",
             ),
             (NodeError::BadRequest("bad".into()), 400, "bad_request"),
             (NodeError::NotFound("none".into()), 404, "not_found"),

@@ -137,6 +137,7 @@ impl Backend {
             .filter_map(|(_, info, health)| Some((info.as_ref()?, health.as_ref()?)))
             .flat_map(|(info, h)| storage_notes(&info.name, h))
             .collect();
+        let places = node.places();
         let peers = probed
             .into_iter()
             .map(|(f, info, health)| {
@@ -154,6 +155,7 @@ impl Backend {
                     None => None,
                 };
                 PeerView {
+                    site: places.get(f.id).and_then(|p| p.site.clone()),
                     id: f.id,
                     name: info.name.clone(),
                     kind: kind_view(info.kind),
@@ -183,7 +185,7 @@ impl Backend {
                 name: node.cfg.name.clone(),
                 kind: kind_view(node.cfg.kind),
                 role: role.into(),
-                site: None,
+                site: node.place.site.clone(),
                 epoch: ep.epoch,
                 term: m.current_term,
                 leader: m.current_leader,
@@ -307,6 +309,7 @@ impl Backend {
         }
         notes.extend(storage_notes(&node.cfg.name, &self.local_health()));
         notes.extend(peer_notes);
+        notes.extend(node.placement_warnings());
         if let Some(path) = node.roles.diverged_export() {
             notes.push(format!(
                 "writes this node never replicated were exported to {path}"
@@ -458,6 +461,7 @@ impl Backend {
             reasons,
             certificates_ok,
             shared_ips_ok,
+            warnings: node.placement_warnings(),
         })
     }
 }

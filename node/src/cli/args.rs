@@ -77,6 +77,21 @@ pub struct DirArg {
     pub dir: PathBuf,
 }
 
+/// Where a new node runs: its site and host identity.
+#[derive(Debug, Args, Clone)]
+pub struct PlaceArgs {
+    /// Site (failure domain) of this node: a room, building or data centre.
+    /// Two appliances on one site are refused at join unless
+    /// --allow-same-site.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Host identity: the machine or hypervisor this node runs on (default:
+    /// derived from /etc/machine-id). Set it when appliances are virtual
+    /// machines, to the hypervisor's name.
+    #[arg(long, value_name = "NAME")]
+    pub host_id: Option<String>,
+}
+
 /// Listen and advertise addresses of a new node.
 #[derive(Debug, Args, Clone)]
 pub struct ListenArgs {
@@ -145,6 +160,8 @@ pub struct InitArgs {
     pub(crate) name: String,
     #[command(flatten)]
     pub(crate) listen: ListenArgs,
+    #[command(flatten)]
+    pub(crate) place: PlaceArgs,
     /// Print the outcome as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -242,6 +259,13 @@ pub struct JoinArgs {
     pub(crate) witness: bool,
     #[command(flatten)]
     pub(crate) listen: ListenArgs,
+    #[command(flatten)]
+    pub(crate) place: PlaceArgs,
+    /// Join an appliance that shares its site or host with the other
+    /// appliance (refused without it: one failure there would take both;
+    /// status and readiness keep warning).
+    #[arg(long)]
+    pub(crate) allow_same_site: bool,
 }
 
 /// `tandem status`.

@@ -111,6 +111,8 @@ impl LocalCluster {
             "127.0.0.1:0",
             "--api-listen",
             "127.0.0.1:0",
+            "--site",
+            "room-a",
             "--json",
         ];
         args.extend_from_slice(tuning_flags);
@@ -148,6 +150,9 @@ impl LocalCluster {
                 .context("no token in answer")?;
             let dir = root.join(name);
             let dir_s = dir.to_string_lossy().into_owned();
+            let site = format!("room-{name}");
+            // Every demo node runs on this one machine: said on purpose, and
+            // status keeps warning about it.
             let mut args = vec![
                 "join",
                 "--dir",
@@ -162,6 +167,9 @@ impl LocalCluster {
                 "127.0.0.1:0",
                 "--api-listen",
                 "127.0.0.1:0",
+                "--site",
+                &site,
+                "--allow-same-site",
             ];
             if witness {
                 args.push("--witness");

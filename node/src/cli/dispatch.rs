@@ -131,6 +131,8 @@ async fn init(a: InitArgs) -> Result<(), Failure> {
         name: a.name,
         listen: a.listen.listen(),
         tuning: a.listen.tuning(),
+        site: a.place.site,
+        host_id: a.place.host_id,
     })
     .await?;
     if a.json {
@@ -181,6 +183,9 @@ async fn join(a: JoinArgs) -> Result<(), Failure> {
         peer: a.peer,
         listen: a.listen.listen(),
         tuning: a.listen.tuning(),
+        site: a.place.site,
+        host_id: a.place.host_id,
+        allow_same_site: a.allow_same_site,
     })
     .await
     .map_err(|e| {

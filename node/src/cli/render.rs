@@ -383,6 +383,7 @@ pub fn render_relationship(v: &StatusView, now_ms: u64) -> String {
             "NAME",
             "ID",
             "KIND",
+            "SITE",
             "ROLE",
             "VOTER",
             "REACHABLE",
@@ -399,6 +400,7 @@ pub fn render_relationship(v: &StatusView, now_ms: u64) -> String {
                 p.name.clone(),
                 p.id.to_string(),
                 p.kind.to_string(),
+                p.site.clone().unwrap_or_else(|| "-".into()),
                 p.role.to_string(),
                 yes_no(p.voter).to_string(),
                 yes_no(p.reachable).to_string(),
@@ -574,6 +576,10 @@ pub fn render_readiness(r: &ReadinessView) -> String {
             let label = if i == 0 { "reasons:" } else { "" };
             let _ = writeln!(s, "{label:<17}- {reason}");
         }
+    }
+    for (i, warning) in r.warnings.iter().enumerate() {
+        let label = if i == 0 { "warnings:" } else { "" };
+        let _ = writeln!(s, "{label:<17}- {warning}");
     }
     s
 }

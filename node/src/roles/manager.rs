@@ -184,6 +184,7 @@ async fn role_tick(node: &Arc<Node>) {
     crate::actions::maintenance::tick(node, role);
     crate::actions::checks::tick(node, role);
     crate::actions::failback::tick(node, role);
+    crate::actions::placement::tick(node, role);
 }
 
 /// Entries between snapshots: `snapshot_every`, or as many as the last

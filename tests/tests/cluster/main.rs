@@ -90,3 +90,4 @@ mod t91_maintenance;
 mod t93_service_checks;
 mod t94_failback;
 mod t95_setup_relationship;
+mod t96_sites;

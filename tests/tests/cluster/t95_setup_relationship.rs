@@ -114,12 +114,29 @@ async fn standalone_node_joins_the_primary_from_the_page() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_unchanged(&c, &own, &a_cluster).await;
 
-    // The join.
+    // Both run on this machine: refused unless the administrator allows
+    // it, and the token is not spent by the refusal.
     let reverse = c.nodes[1].cfg.peer_advertise.clone();
+    let msg = refused(
+        own.setup(
+            json!({"primary": primary, "token": token, "discard_data": true,
+                         "reverse_address": reverse}),
+        )
+        .await,
+        "the same host",
+    )
+    .await;
+    assert!(
+        msg.contains("shares host") && msg.contains("allow"),
+        "{msg}"
+    );
+    assert_unchanged(&c, &own, &a_cluster).await;
+
+    // The join.
     let resp = own
         .setup(
             json!({"primary": primary, "token": token, "discard_data": true,
-                      "reverse_address": reverse}),
+                      "reverse_address": reverse, "allow_same_site": true}),
         )
         .await;
     let status = resp.status();
