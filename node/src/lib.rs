@@ -46,6 +46,7 @@ pub mod config;
 pub(crate) mod disk;
 pub(crate) mod errors;
 pub(crate) mod join;
+pub(crate) mod live_timing;
 pub mod log_limit;
 pub(crate) mod maintenance;
 pub(crate) mod node;

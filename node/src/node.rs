@@ -155,7 +155,9 @@ pub struct Node {
     /// Where snapshots live (incoming ones are spooled below it).
     pub snapshot_dir: std::path::PathBuf,
     /// Raft timing in force for this run (from the replicated primary timeout).
-    pub timing: Timing,
+    /// The timing the engine runs with and the replicated one, while a
+    /// change of the primary timeout settles (see `live_timing`).
+    pub live: crate::live_timing::LiveTiming,
     /// Role state maintained by the role manager.
     pub roles: crate::roles::RoleState,
     /// Serialises engine resets.
@@ -212,11 +214,13 @@ impl Node {
         let snapshot_dir = store.snapshot_dir().to_path_buf();
         let db = store.db.clone();
         let settings = Settings::parse(store.reader.settings().map(|s| s.settings_json).as_deref());
-        let timing = if store.reader.settings().is_some() {
-            settings.timing()
+        let (timing, floor) = if store.reader.settings().is_some() {
+            (settings.timing(), settings.floor_timing())
         } else {
-            Timing::from_primary_timeout_ms(cfg.tuning.primary_timeout_ms)
+            let t = Timing::from_primary_timeout_ms(cfg.tuning.primary_timeout_ms);
+            (t, t)
         };
+        let applied = store.reader.applied_index().unwrap_or(0);
         let epoch = Arc::new(AtomicU64::new(store.reader.epoch().epoch));
         let epoch_now = epoch.clone();
         let bandwidth = Arc::new(AtomicU64::new(settings.bandwidth_limit_bps));
@@ -250,7 +254,12 @@ impl Node {
             identity,
             network,
             snapshot_dir,
-            timing,
+            live: crate::live_timing::LiveTiming::new(
+                timing,
+                floor,
+                applied,
+                std::time::Instant::now(),
+            ),
             roles,
             reset_lock: tokio::sync::Mutex::new(()),
             duties: crate::actions::duties::Duties::default(),
@@ -262,6 +271,18 @@ impl Node {
             supervision: crate::supervise::Supervision::default(),
             db,
         })
+    }
+
+    /// The timing the engine runs with (election timeouts: the takeover
+    /// side of a primary-timeout change).
+    pub fn timing(&self) -> Timing {
+        self.live.running()
+    }
+
+    /// The timing of this node's lease as primary: never longer than what
+    /// any voter may still run (see `live_timing`).
+    pub fn lease_timing(&self) -> Timing {
+        self.live.lease()
     }
 
     /// The current engine (cheap: an `Arc` clone).
@@ -805,6 +826,12 @@ impl crate::peer::server::PeerHandler for Node {
 
     fn leader_contact(&self) {
         self.roles.leader_contact();
+    }
+
+    fn votes_held(&self) -> Option<String> {
+        self.live.votes_held(std::time::Instant::now()).then(|| {
+            "refusing votes for one vote lease after the engine was rebuilt for a new primary timeout".to_string()
+        })
     }
 
     fn is_member(&self, peer: u64) -> Option<bool> {

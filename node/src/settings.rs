@@ -30,6 +30,12 @@ pub struct SharedIp {
 pub struct Settings {
     /// Time without contact after which the primary is considered dead.
     pub primary_timeout_ms: u64,
+    /// The shortest primary timeout the relationship ran with before the
+    /// current one (set when the timeout changes, never by the API): while
+    /// a change settles, leases are no longer than it allows, since a voter
+    /// may still run it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary_timeout_floor_ms: Option<u64>,
     /// Automatic failover. With a witness: off makes failover manual (only
     /// the primary stands for election; the backup waits for an
     /// administrator). Pair only: the backup promotes itself after the
@@ -62,6 +68,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             primary_timeout_ms: DEFAULT_PRIMARY_TIMEOUT_MS,
+            primary_timeout_floor_ms: None,
             auto_failover: true,
             test_ips: Vec::new(),
             verify_interval_secs: 0,
@@ -142,6 +149,7 @@ impl Settings {
     pub fn from_update(u: &SettingsUpdate) -> Self {
         Self {
             primary_timeout_ms: u.primary_timeout_ms,
+            primary_timeout_floor_ms: None,
             auto_failover: u.auto_failover,
             test_ips: u.test_ips.clone(),
             verify_interval_secs: u.verify_interval_secs,
@@ -199,6 +207,31 @@ impl Settings {
     /// Timing derived from the primary timeout.
     pub fn timing(&self) -> Timing {
         Timing::from_primary_timeout_ms(self.primary_timeout_ms)
+    }
+
+    /// The timing of the shortest timeout voters may still run.
+    pub fn floor_timing(&self) -> Timing {
+        Timing::from_primary_timeout_ms(
+            self.primary_timeout_floor_ms
+                .unwrap_or(self.primary_timeout_ms)
+                .min(self.primary_timeout_ms),
+        )
+    }
+
+    /// These settings written over `before`: a changed timeout keeps the
+    /// shorter of the old one and the old floor as the floor.
+    pub fn after(mut self, before: &Settings) -> Self {
+        self.primary_timeout_floor_ms = if self.primary_timeout_ms == before.primary_timeout_ms {
+            before.primary_timeout_floor_ms
+        } else {
+            Some(
+                before
+                    .primary_timeout_floor_ms
+                    .unwrap_or(before.primary_timeout_ms)
+                    .min(before.primary_timeout_ms),
+            )
+        };
+        self
     }
 }
 

@@ -488,6 +488,15 @@ pub struct HealthView {
     /// Whether none of this node's checks is failing.
     #[serde(default = "yes")]
     pub checks_ok: bool,
+    /// The primary timeout this node's Raft timers run with (ms). After a
+    /// change of the setting each node switches in turn: see the README's
+    /// "Changing the primary timeout".
+    #[serde(default)]
+    pub primary_timeout_ms: Option<u64>,
+    /// The primary timeout its lease as primary follows (ms): the shortest
+    /// any voter may still run while a change settles.
+    #[serde(default)]
+    pub lease_timeout_ms: Option<u64>,
 }
 
 fn yes() -> bool {

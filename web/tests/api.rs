@@ -274,6 +274,8 @@ impl AdminBackend for MemBackend {
             disk_reserve_bytes: Some(256 << 20),
             checks: Vec::new(),
             checks_ok: true,
+            primary_timeout_ms: Some(1000),
+            lease_timeout_ms: Some(1000),
         })
     }
 

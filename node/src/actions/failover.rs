@@ -82,16 +82,16 @@ fn failover_due(node: &Node, settings: &Settings, now: Instant) -> bool {
     let mut t = node.duties.times();
     let started = *t.started.get_or_insert(now);
     let silent = match node.roles.since_leader_contact() {
-        Some(d) => d > node.timing.primary_timeout,
+        Some(d) => d > node.timing().primary_timeout,
         // Never heard from the primary since start: wait a few timeouts
         // before calling it dead.
-        None => now.duration_since(started) > node.timing.primary_timeout * 3,
+        None => now.duration_since(started) > node.timing().primary_timeout * 3,
     };
     if !silent {
         return false;
     }
     if t.last_failover_attempt
-        .is_some_and(|a| now.duration_since(a) < node.timing.primary_timeout)
+        .is_some_and(|a| now.duration_since(a) < node.timing().primary_timeout)
     {
         return false;
     }
@@ -113,7 +113,7 @@ fn verify_due(node: &Node, settings: &Settings, now: Instant) -> bool {
 }
 
 async fn automatic_failover(node: &Node, settings: &Settings) {
-    let probe_timeout = (node.timing.primary_timeout / 2).max(MIN_PROBE_TIMEOUT);
+    let probe_timeout = (node.timing().primary_timeout / 2).max(MIN_PROBE_TIMEOUT);
     if !connectivity_ok(&settings.test_ips, probe_timeout).await {
         let mut t = node.duties.times();
         if t.last_cutoff_log

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use openraft::ServerState;
 use serde_json::json;
 use tandem_storage::{CatchUp, NodeKind, Request, Response};
 use tandem_web::{BreakOutcome, SwapOutcome};
@@ -18,6 +19,7 @@ use crate::node::{start_engine, Node, NodeError, ResetTo};
 use crate::peer::fence::FenceKind;
 use crate::peer::protocol::{ActionRequest, PeerRequest, PeerResponse};
 use crate::roles::Role;
+use crate::settings::Timing;
 use crate::util::now_ms;
 
 /// How long a reset waits for Raft's tasks to let go of the store.
@@ -72,7 +74,7 @@ impl Node {
             .await
             .map_err(|e| internal(&e))?
             .map_err(|e| internal(&e))?;
-        let engine = start_engine(&self.cfg, self.timing, self.network.clone(), store)
+        let engine = start_engine(&self.cfg, self.timing(), self.network.clone(), store)
             .await
             .map_err(|e| internal(&e))?;
         let forked_at = meta.last_log_id.map(|l| l.index);
@@ -82,6 +84,52 @@ impl Node {
         self.set_engine(engine);
         self.roles.fence.clear();
         Ok(forked_at)
+    }
+
+    /// Rebuilds the Raft engine over the same store with `timing` (a new
+    /// primary timeout), on a node that does not lead: its log, vote and
+    /// state are kept; it answers nobody for the few milliseconds between.
+    /// Does nothing on a leader.
+    ///
+    /// # Errors
+    /// If the store cannot be reopened (the node then has no engine running
+    /// and reports it, as after a failed reset).
+    pub(crate) async fn rebuild_engine(&self, timing: Timing) -> Result<(), NodeError> {
+        let _lock = self.reset_lock.lock().await;
+        let internal = |e: &dyn std::fmt::Display| NodeError::Internal(format!("rebuild: {e}"));
+        let old = self.raft();
+        if self.metrics().state == ServerState::Leader {
+            return Ok(());
+        }
+        let from = self.timing().primary_timeout.as_millis();
+        let stopped = Instant::now();
+        if let Err(e) = old.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown before rebuild");
+        }
+        drop(old);
+        let db_dir = self.dir.db();
+        if !tandem_storage::wait_store_released(&db_dir, STORE_RELEASE_WAIT).await {
+            return Err(NodeError::Internal(
+                "the old Raft did not release the store within 10 s".into(),
+            ));
+        }
+        let (db, dir) = (self.db().clone(), db_dir.clone());
+        let store = tokio::task::spawn_blocking(move || tandem_storage::open_with_db(db, &dir))
+            .await
+            .map_err(|e| internal(&e))?
+            .map_err(|e| internal(&e))?;
+        let engine = start_engine(&self.cfg, timing, self.network.clone(), store)
+            .await
+            .map_err(|e| internal(&e))?;
+        self.set_engine(engine);
+        self.live.rebuilt(timing, stopped);
+        tracing::info!(
+            from_ms = from as u64,
+            to_ms = timing.primary_timeout.as_millis() as u64,
+            took_ms = stopped.elapsed().as_millis() as u64,
+            "Raft timers switched to the new primary timeout"
+        );
+        Ok(())
     }
 
     /// Finishes a forced promotion that a crash interrupted (the snapshot
@@ -130,7 +178,7 @@ impl Node {
         // the forced raise below: hold its raises until that is written.
         let _raises = self
             .roles
-            .hold_epoch_raises(self.timing.primary_timeout)
+            .hold_epoch_raises(self.timing().primary_timeout)
             .await?;
         tracing::warn!(%actor, epoch = before.epoch, "forced promotion");
         let forked_at = self
@@ -205,7 +253,7 @@ impl Node {
         }
         tracing::warn!(%actor, "manual failover: standing for election");
         let _ = self.raft().trigger().elect(false).await;
-        let deadline = Instant::now() + self.timing.primary_timeout * 3;
+        let deadline = Instant::now() + self.timing().primary_timeout * 3;
         while Instant::now() < deadline {
             let ep = self.epoch();
             if ep.primary == Some(self.cfg.node_id) && self.compute_role().0 == Role::Primary {
@@ -251,7 +299,7 @@ impl Node {
         let primary_in_contact = self
             .roles
             .since_leader_contact()
-            .is_some_and(|d| d < self.timing.primary_timeout);
+            .is_some_and(|d| d < self.timing().primary_timeout);
         if self.compute_role().0 == Role::Backup && primary_in_contact {
             tracing::info!("primary answers: trying a planned swap instead of a forced promotion");
             match self.planned_swap(false, actor).await {
@@ -415,7 +463,7 @@ impl Node {
             && self
                 .roles
                 .since_leader_contact()
-                .is_some_and(|d| d < self.timing.primary_timeout);
+                .is_some_and(|d| d < self.timing().primary_timeout);
         if pristine || follows {
             tracing::info!(
                 by = notice.by,

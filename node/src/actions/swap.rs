@@ -185,7 +185,7 @@ impl Node {
         let raft = self.raft();
         let _ = raft.trigger().heartbeat().await;
         let acked = raft
-            .wait(Some(self.timing.primary_timeout))
+            .wait(Some(self.timing().primary_timeout))
             .metrics(
                 move |m| {
                     m.heartbeat
@@ -200,7 +200,7 @@ impl Node {
             peer: Peer::Node(peer),
             reason: Some(format!(
                 "no answer to a heartbeat within {} ms",
-                self.timing.primary_timeout.as_millis()
+                self.timing().primary_timeout.as_millis()
             )),
             remedy: Remedy::UseForce,
         })
@@ -271,7 +271,8 @@ impl Node {
         // and keep up now, within one primary timeout, or the swap is
         // refused at once and writes go on.
         self.probe_alive(to).await?;
-        self.wait_caught_up(to, self.timing.primary_timeout).await?;
+        self.wait_caught_up(to, self.timing().primary_timeout)
+            .await?;
         let is_voter = self
             .metrics()
             .membership_config
@@ -295,7 +296,8 @@ impl Node {
         .await;
         // In-flight writes (and the event above) reach the backup; new
         // writes are refused until the new primary serves.
-        self.wait_caught_up(to, self.timing.primary_timeout).await?;
+        self.wait_caught_up(to, self.timing().primary_timeout)
+            .await?;
         // The shared IPs go before leadership does, so the new primary (which
         // takes them once its epoch entry commits) never finds them here. The
         // release is final for this epoch (the manager refuses a role tick

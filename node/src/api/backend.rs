@@ -460,8 +460,8 @@ impl AdminBackend for Backend {
         update: SettingsUpdate,
         actor: String,
     ) -> Result<SettingsView, ApiError> {
-        let settings = Settings::from_update(&update);
         let before = self.node.settings();
+        let settings = Settings::from_update(&update).after(&before);
         let at_ms = now_ms();
         let req = Request::Multi(vec![
             Request::SettingsPut {
@@ -546,7 +546,7 @@ impl AdminBackend for Backend {
             .unwrap_or(0)
             .saturating_sub(m.last_applied.map_or(0, |l| l.index));
         let contact = self.node.roles.since_leader_contact();
-        let fresh = contact.is_some_and(|d| d < self.node.timing.primary_timeout);
+        let fresh = contact.is_some_and(|d| d < self.node.timing().primary_timeout);
         let limit = max_lag.unwrap_or(DEFAULT_BACKUP_MAX_LAG);
         let reason = if role != Role::Backup {
             Some(format!("this node is {}", role.as_str()))

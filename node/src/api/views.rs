@@ -98,6 +98,8 @@ impl Backend {
             disk_reserve_bytes: Some(self.node.disk.reserve()),
             checks: self.node.checks.views(),
             checks_ok: self.node.checks.failing().is_empty(),
+            primary_timeout_ms: Some(self.node.timing().primary_timeout.as_millis() as u64),
+            lease_timeout_ms: Some(self.node.lease_timing().primary_timeout.as_millis() as u64),
         }
     }
 
@@ -243,12 +245,23 @@ impl Backend {
     ) -> Vec<String> {
         let node = &self.node;
         let mut notes = Vec::new();
-        let settings = node.settings();
-        if settings.timing() != node.timing {
+        let (running, target, lease) = (
+            node.live.running().primary_timeout.as_millis(),
+            node.live.target().primary_timeout.as_millis(),
+            node.lease_timing().primary_timeout.as_millis(),
+        );
+        if running != target {
+            let when = if node.metrics().current_leader == Some(node.cfg.node_id) {
+                "when it no longer leads (it sends heartbeats at the new rate meanwhile)"
+            } else {
+                "once every lease given under the old timeout has run out"
+            };
             notes.push(format!(
-                "primary timeout {} ms takes effect when this node restarts (running with {} ms)",
-                settings.primary_timeout_ms,
-                node.timing.primary_timeout.as_millis()
+                "primary timeout changing to {target} ms: this node's timers switch from {running} ms {when}"
+            ));
+        } else if lease != target {
+            notes.push(format!(
+                "primary timeout change to {target} ms settling: leases follow {lease} ms until every voter holds the change"
             ));
         }
         // The primary is heard when it leads and reached this node lately
@@ -258,7 +271,7 @@ impl Backend {
             && node
                 .roles
                 .since_leader_contact()
-                .is_some_and(|d| d <= node.timing.primary_timeout);
+                .is_some_and(|d| d <= node.timing().primary_timeout);
         if node.manual_failover() && ep.primary != Some(node.cfg.node_id) && !primary_heard {
             notes.push(
                 "automatic failover is off and the primary is silent: make this node primary by \
@@ -369,7 +382,7 @@ impl Backend {
                 let reachable = if b == node.cfg.node_id {
                     node.roles
                         .since_leader_contact()
-                        .is_some_and(|d| d < node.timing.primary_timeout)
+                        .is_some_and(|d| d < node.timing().primary_timeout)
                 } else {
                     fact.and_then(|f| f.reachable).unwrap_or(false)
                 };
@@ -447,7 +460,7 @@ impl Backend {
             would_fail_over: would,
             after_ms: would.then(|| {
                 let with_witness = membership.nodes().any(|(_, n)| n.kind == NodeKind::Witness);
-                let t = &node.timing;
+                let t = &node.timing();
                 // By election: the longest election timeout and a heartbeat;
                 // pair only: the primary timeout plus the connectivity probe.
                 let d = if with_witness {

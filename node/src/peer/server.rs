@@ -52,6 +52,9 @@ pub trait PeerHandler: Send + Sync + 'static {
     fn saw_epoch(&self, epoch: u64);
     /// The leader reached this node (an append or heartbeat arrived).
     fn leader_contact(&self);
+    /// Why this node refuses every vote now, if it does: its engine was
+    /// just rebuilt and has forgotten when it last heard the leader.
+    fn votes_held(&self) -> Option<String>;
     /// Whether `peer` is a member of this node's membership: `None` while
     /// this node has no membership yet (pristine: it fences nobody).
     fn is_member(&self, peer: u64) -> Option<bool>;
@@ -377,6 +380,9 @@ async fn dispatch<H: PeerHandler>(
         PeerRequest::Append(rpc) => {
             server.handler.leader_contact();
             PeerResponse::Append(raft.append_entries(rpc).await.map_err(|e| e.to_string()))
+        }
+        PeerRequest::Vote(_) | PeerRequest::PreVote(_) if server.handler.votes_held().is_some() => {
+            PeerResponse::Vote(Err(server.handler.votes_held().unwrap_or_default()))
         }
         PeerRequest::Vote(rpc) => {
             PeerResponse::Vote(raft.vote(rpc).await.map_err(|e| e.to_string()))

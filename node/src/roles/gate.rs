@@ -93,7 +93,7 @@ impl Node {
     /// timeout). What the shared-IP guard is told on every tick.
     pub fn lease_remaining(&self) -> Duration {
         self.quorum_lease_left(&self.metrics())
-            .unwrap_or(self.timing.primary_timeout / 2)
+            .unwrap_or(self.lease_timing().primary_timeout / 2)
     }
 
     /// What is left of the leader lease a quorum of voters gave (zero when
@@ -111,7 +111,7 @@ impl Node {
             return None;
         }
         Some(m.last_quorum_acked.as_ref().map_or(Duration::ZERO, |t| {
-            self.timing.lease.saturating_sub(t.elapsed())
+            self.lease_timing().lease.saturating_sub(t.elapsed())
         }))
     }
 
@@ -122,7 +122,7 @@ impl Node {
     /// answering (so no peer can have promoted itself and reached us).
     pub(super) fn was_paused(&self, m: &openraft::RaftMetrics<tandem_storage::TypeConfig>) -> bool {
         let i = self.roles.lock();
-        if i.last_tick.elapsed() > self.timing.primary_timeout {
+        if i.last_tick.elapsed() > self.lease_timing().primary_timeout {
             // The role manager itself has not run: paused right now.
             return true;
         }
@@ -130,7 +130,7 @@ impl Node {
             return false;
         };
         drop(i);
-        if resumed.elapsed() > self.timing.primary_timeout * 2 {
+        if resumed.elapsed() > self.timing().primary_timeout * 2 {
             return false;
         }
         let acked_since = m
@@ -216,7 +216,7 @@ impl Node {
     /// known leader, a witness, paused for a swap, or fenced. Returns the
     /// role and lease as last computed (in the same step as the return).
     pub async fn settle_primary(&self) -> (Role, bool) {
-        let deadline = Instant::now() + self.timing.primary_timeout;
+        let deadline = Instant::now() + self.timing().primary_timeout;
         let me = self.cfg.node_id;
         loop {
             let computed = self.compute_role();
@@ -325,14 +325,14 @@ impl Node {
                         .map(|l| l.index);
                     (
                         hb.map(|d| now.saturating_sub(d.as_millis() as u64)),
-                        Some(hb.is_some_and(|d| d < self.timing.primary_timeout)),
+                        Some(hb.is_some_and(|d| d < self.timing().primary_timeout)),
                         matched,
                     )
                 } else if m.current_leader == Some(id) {
                     let since = self.roles.since_leader_contact();
                     (
                         since.map(|d| now.saturating_sub(d.as_millis() as u64)),
-                        Some(since.is_some_and(|d| d < self.timing.primary_timeout)),
+                        Some(since.is_some_and(|d| d < self.timing().primary_timeout)),
                         None,
                     )
                 } else {

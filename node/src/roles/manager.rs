@@ -26,7 +26,9 @@ const NOTICE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keeps roles up to date: raises the epoch on a new leader appliance, makes
 /// a witness leader hand over, records role changes and peers lost or found.
 pub async fn manage_roles(node: Arc<Node>, stop: CancellationToken) {
-    let period = (node.timing.heartbeat / 2).max(Duration::from_millis(10));
+    let tick_period =
+        |node: &Node| (node.lease_timing().heartbeat / 2).max(Duration::from_millis(10));
+    let mut period = tick_period(&node);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Changes of leader, vote or membership are acted on at once (a new
@@ -35,6 +37,13 @@ pub async fn manage_roles(node: Arc<Node>, stop: CancellationToken) {
     let mut engine = Arc::downgrade(&node.engine());
     let mut server = node.raft().server_metrics();
     loop {
+        // A primary-timeout change changes how often the role manager
+        // must look (and pace heartbeats).
+        if tick_period(&node) != period {
+            period = tick_period(&node);
+            tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         let current = node.engine();
         if !std::ptr::eq(engine.as_ptr(), Arc::as_ptr(&current)) {
             engine = Arc::downgrade(&current);
@@ -71,7 +80,7 @@ fn wake_on_first_quorum_ack(node: &Arc<Node>) {
         let judge = node.clone();
         let _ = node
             .raft()
-            .wait(Some(node.timing.primary_timeout))
+            .wait(Some(node.timing().primary_timeout))
             .metrics(
                 move |m| {
                     m.state != ServerState::Leader
@@ -89,7 +98,7 @@ async fn role_tick(node: &Arc<Node>) {
     {
         let mut i = node.roles.lock();
         let gap = i.last_tick.elapsed();
-        if gap > node.timing.primary_timeout {
+        if gap > node.lease_timing().primary_timeout {
             tracing::warn!(
                 paused_ms = gap.as_millis() as u64,
                 "this process was paused longer than the primary timeout; not serving as primary until a peer confirms"
@@ -98,6 +107,7 @@ async fn role_tick(node: &Arc<Node>) {
         }
         i.last_tick = Instant::now();
     }
+    timing_duty(node);
     let ep = node.epoch();
     node.roles.epoch.store(ep.epoch, Ordering::SeqCst);
     let (role, lease) = node.compute_role();
@@ -185,6 +195,69 @@ async fn role_tick(node: &Arc<Node>) {
     crate::actions::checks::tick(node, role);
     crate::actions::failback::tick(node, role);
     crate::actions::placement::tick(node, role);
+}
+
+/// A change of the primary timeout while the nodes run (`live_timing`):
+/// notes the replicated one; on the leader, follows the voters until the
+/// change settles and sends heartbeats at the lease side's rate; elsewhere
+/// rebuilds the engine with the new timers when they are due.
+fn timing_duty(node: &Arc<Node>) {
+    let now = Instant::now();
+    let settings = node.settings();
+    let m = node.metrics();
+    let applied = m.last_applied.as_ref().map_or(0, |l| l.index);
+    if node
+        .live
+        .observe(settings.timing(), settings.floor_timing(), applied, now)
+    {
+        tracing::info!(
+            to_ms = settings.primary_timeout_ms,
+            running_ms = node.timing().primary_timeout.as_millis() as u64,
+            lease_ms = node.lease_timing().primary_timeout.as_millis() as u64,
+            "primary timeout changed"
+        );
+    }
+    let me = node.cfg.node_id;
+    if m.state == ServerState::Leader && m.current_leader == Some(me) {
+        let matched = m.replication.clone().unwrap_or_default();
+        node.live.track(
+            |mark| {
+                // Learners too: the pair-only backup's wait is its timer.
+                m.membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .filter(|id| *id != me)
+                    .all(|id| {
+                        matched
+                            .get(&id)
+                            .and_then(|l| l.as_ref())
+                            .is_some_and(|l| l.index >= mark)
+                    })
+            },
+            now,
+        );
+        if node.live.heartbeat_due(now) {
+            let raft = node.raft();
+            tokio::spawn(async move {
+                let _ = raft.trigger().heartbeat().await;
+            });
+        }
+        return;
+    }
+    let Some(timing) = node.live.rebuild_due(now) else {
+        return;
+    };
+    let Some(flight) = node.roles.rebuilding.claim() else {
+        return;
+    };
+    let node = node.clone();
+    tokio::spawn(async move {
+        let _flight = flight;
+        if let Err(e) = node.rebuild_engine(timing).await {
+            tracing::error!(error = %e, "the Raft timers could not be switched to the new primary timeout");
+        }
+    });
 }
 
 /// Entries between snapshots: `snapshot_every`, or as many as the last
@@ -277,7 +350,7 @@ async fn witness_fallback_election(node: &Node) {
     // Just after the longest appliance election timeout: by then the backup
     // has won if it could (its log was as long as the witness's); if it
     // could not, the witness leads, brings it up to date and hands over.
-    let limit = node.timing.election_max + node.timing.heartbeat;
+    let limit = node.timing().election_max + node.timing().heartbeat;
     // Failover is manual: the primary stands for itself, and a witness
     // that led with the primary gone would only keep the backup's manual
     // election from being granted (its own lease would hold the vote).
@@ -395,7 +468,7 @@ async fn hand_over_from_witness(
         .roles
         .lock()
         .last_handover
-        .is_some_and(|t| t.elapsed() < node.timing.heartbeat * 3)
+        .is_some_and(|t| t.elapsed() < node.timing().heartbeat * 3)
     {
         return;
     }
@@ -437,7 +510,7 @@ fn track_peers(node: &Arc<Node>) {
         // once it has led for a whole primary timeout.
         let mut i = node.roles.lock();
         let since = *i.leader_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < node.timing.primary_timeout {
+        if since.elapsed() < node.timing().primary_timeout {
             return;
         }
     }

@@ -70,6 +70,8 @@ pub struct RoleState {
     pub(crate) stood_down: AtomicBool,
     /// An epoch raise is running.
     pub(super) raising: SingleFlight,
+    /// The engine rebuild for a new primary timeout, one at a time.
+    pub(super) rebuilding: SingleFlight,
     /// A fence notice is being handled.
     pub(super) handling_fence: SingleFlight,
     /// History events the role manager records without waiting (see
@@ -121,6 +123,7 @@ impl RoleState {
             handing_over: AtomicBool::new(false),
             stood_down: AtomicBool::new(false),
             raising: SingleFlight::default(),
+            rebuilding: SingleFlight::default(),
             handling_fence: SingleFlight::default(),
             recorder: std::sync::OnceLock::new(),
             inner: Mutex::new(RoleInner {

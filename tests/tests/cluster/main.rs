@@ -91,3 +91,4 @@ mod t93_service_checks;
 mod t94_failback;
 mod t95_setup_relationship;
 mod t96_sites;
+mod t97_live_timeout;

@@ -7,7 +7,7 @@ fn key(n: u64) -> String {
     format!("fw/{}/{n:06}", n / 1000)
 }
 
-struct Writer {
+pub(super) struct Writer {
     acked: Arc<Mutex<Vec<u64>>>,
     stop: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<()>,
@@ -16,7 +16,7 @@ struct Writer {
 impl Writer {
     /// Writes `fw/...` keys with value `n` one after the other, following
     /// 421s and moving to another node on errors; records each 200.
-    fn start(c: &Cluster) -> Self {
+    pub(super) fn start(c: &Cluster) -> Self {
         let apis: Vec<String> = c.nodes.iter().map(|n| n.api().to_string()).collect();
         let http = c.http.clone();
         let token = c.admin_token.clone();
@@ -70,11 +70,11 @@ impl Writer {
         }
     }
 
-    fn count(&self) -> usize {
+    pub(super) fn count(&self) -> usize {
         self.acked.lock().expect("acked lock").len()
     }
 
-    async fn finish(self) -> Vec<u64> {
+    pub(super) async fn finish(self) -> Vec<u64> {
         self.stop.store(true, Ordering::SeqCst);
         tokio::time::timeout(Duration::from_secs(30), self.handle)
             .await
@@ -85,7 +85,7 @@ impl Writer {
     }
 }
 
-async fn assert_has_all(c: &Cluster, i: usize, acked: &[u64], stale: bool) {
+pub(super) async fn assert_has_all(c: &Cluster, i: usize, acked: &[u64], stale: bool) {
     let last_bucket = acked.iter().max().map_or(0, |m| m / 1000);
     let mut found = BTreeMap::new();
     for b in 0..=last_bucket {
