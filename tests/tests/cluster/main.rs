@@ -32,6 +32,21 @@ fn settings_body(view: &tandem_web::SettingsView) -> Value {
     body
 }
 
+/// Reads the settings on node `i`, applies `edit` to the whole body and
+/// writes it back there; panics on any answer but 200.
+async fn put_settings(c: &Cluster, i: usize, edit: impl FnOnce(&mut Value)) {
+    let s: tandem_web::SettingsView = c.get_json(i, "/api/v1/settings").await.expect("settings");
+    let mut body = settings_body(&s);
+    edit(&mut body);
+    let r = c
+        .req(i, Method::PUT, "/api/v1/settings")
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT settings");
+    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+}
+
 /// Writes `count` keys `<prefix><n:05>` = `{"n": n, "s": "value-n"}` through
 /// node `i`, 16 at a time; panics on any answer but 200.
 async fn write_keys(c: &Cluster, i: usize, prefix: &str, count: usize) -> BTreeMap<String, Value> {

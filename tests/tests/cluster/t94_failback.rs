@@ -3,22 +3,8 @@
 //! is in maintenance, nor while its service check fails.
 use super::*;
 use std::time::Instant;
-use tandem_web::SettingsView;
 
 const DELAY_SECS: u64 = 2;
-
-async fn put_settings(c: &Cluster, i: usize, edit: impl FnOnce(&mut Value)) {
-    let s: SettingsView = c.get_json(i, "/api/v1/settings").await.expect("settings");
-    let mut body = settings_body(&s);
-    edit(&mut body);
-    let r = c
-        .req(i, Method::PUT, "/api/v1/settings")
-        .json(&body)
-        .send()
-        .await
-        .expect("PUT settings");
-    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
-}
 
 async fn primary_is(c: &Cluster, i: usize) -> bool {
     c.status(i)

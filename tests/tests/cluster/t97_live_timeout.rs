@@ -5,19 +5,10 @@
 //! acknowledged write is lost; then a failover runs on the new timeout.
 use super::t30_failover::{assert_has_all, Writer};
 use super::*;
-use tandem_web::{HealthView, ReadinessView, SettingsView};
+use tandem_web::{HealthView, ReadinessView};
 
 async fn set_timeout(c: &Cluster, i: usize, ms: u64) {
-    let s: SettingsView = c.get_json(i, "/api/v1/settings").await.expect("settings");
-    let mut body = settings_body(&s);
-    body["primary_timeout_ms"] = json!(ms);
-    let r = c
-        .req(i, Method::PUT, "/api/v1/settings")
-        .json(&body)
-        .send()
-        .await
-        .expect("PUT settings");
-    assert_eq!(r.status(), StatusCode::OK, "{:?}", r.text().await);
+    put_settings(c, i, |b| b["primary_timeout_ms"] = json!(ms)).await;
 }
 
 async fn health(c: &Cluster, i: usize) -> HealthView {
