@@ -458,18 +458,27 @@ impl NetCluster {
     /// # Panics
     /// The node does not answer 200.
     pub fn put_shared_ips(&self, i: usize) {
-        let v: Value = wait_for("the settings", Duration::from_secs(30), || {
+        self.put_settings(i, |v| {
+            v["shared_ips"] =
+                json!([{"address": SHARED_CIDR, "interfaces": {"a": IFACE, "b": IFACE}}]);
+        });
+    }
+
+    /// `PUT /api/v1/settings` on node `i`: the settings in force with
+    /// `edit` applied.
+    ///
+    /// # Panics
+    /// The node does not answer 200.
+    pub fn put_settings(&self, i: usize, edit: impl FnOnce(&mut Value)) {
+        let mut body: Value = wait_for("the settings", Duration::from_secs(30), || {
             self.get_json(i, "/api/v1/settings")
         });
-        let body = json!({
-            "primary_timeout_ms": v["primary_timeout_ms"],
-            "auto_failover": v["auto_failover"],
-            "test_ips": v["test_ips"],
-            "verify_interval_secs": v["verify_interval_secs"],
-            "bandwidth_limit_bps": v["bandwidth_limit_bps"],
-            "backup_operations": v["backup_operations"],
-            "shared_ips": [{"address": SHARED_CIDR, "interfaces": {"a": IFACE, "b": IFACE}}],
-        });
+        if let Some(o) = body.as_object_mut() {
+            for k in ["version", "updated_by", "updated_at_ms"] {
+                o.remove(k);
+            }
+        }
+        edit(&mut body);
         let (status, text) = self
             .request(
                 i,

@@ -680,3 +680,103 @@ impl Drop for NameServer {
         }
     }
 }
+
+/// An HTTP server in host `h` on `127.0.0.1:port` (that namespace's own
+/// loopback) for service checks: it answers every request with 200 or 503
+/// as the test says; stops on drop.
+pub struct CheckedService {
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<Instant>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CheckedService {
+    /// Starts it, answering 200.
+    ///
+    /// # Panics
+    /// The listener cannot be created.
+    pub fn start(t: &Topology, h: &str, port: u16) -> Self {
+        let listener = t.run_in(h, || async move {
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the checked service")
+        });
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let thread = std::thread::spawn({
+            let (up, stop, failures) = (up.clone(), stop.clone(), failures.clone());
+            move || {
+                use std::io::{Read, Write};
+                listener.set_nonblocking(true).expect("nonblocking");
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((mut c, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    };
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+                    // The request head (bounded), then the answer.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let (status, body) = if up.load(Ordering::SeqCst) {
+                        ("200 OK", "up")
+                    } else {
+                        ("503 Service Unavailable", "down")
+                    };
+                    let _ = c.write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                    if body == "down" {
+                        failures
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(Instant::now());
+                    }
+                }
+            }
+        });
+        Self {
+            up,
+            failures,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Answers 200 (`true`) or 503 from now on (and forgets the failures
+    /// answered so far).
+    pub fn set_up(&self, up: bool) {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    /// When it answered each 503 since the last [`Self::set_up`].
+    pub fn failures(&self) -> Vec<Instant> {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for CheckedService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

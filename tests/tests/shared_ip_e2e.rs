@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tandem_tests::netcluster::{shared, wait_for, NetCluster, SHARED_CIDR};
-use tandem_tests::netns::{longest_gap, netns_or_skip, overlaps, Probe, Sample, Sampler};
+use tandem_tests::netns::{
+    longest_gap, netns_or_skip, overlaps, CheckedService, Probe, Sample, Sampler,
+};
 use tandem_tests::Roles;
 
 /// Bound on the address moving and the client being answered again.
@@ -62,6 +64,8 @@ struct Moved {
     probes: Vec<Probe>,
     /// Sampler time of the action.
     acted_sample_at: Duration,
+    /// The origin of the probes' times.
+    prober_started: Instant,
 }
 
 impl Moved {
@@ -121,6 +125,7 @@ fn observe(
 ) -> Moved {
     let sampler = Sampler::start(&c.topo, shared());
     let prober = c.prober();
+    let prober_started = prober.started;
     wait_for(
         &format!("{what}: the client to be answered by {from}"),
         MOVE,
@@ -144,6 +149,7 @@ fn observe(
         samples,
         probes,
         acted_sample_at,
+        prober_started,
     }
 }
 
@@ -831,6 +837,64 @@ mod restart_of_the_old_primary {
 /// The benchmark: crash, cut-off and planned swap, `TANDEM_BENCH_RUNS`
 /// (default 10) times each on one relationship, printing the client-visible
 /// gap (min/p50/max ms). Every run also checks the single-holder rule.
+/// The port of the checked service in each appliance's namespace.
+const SERVICE_PORT: u16 = 18080;
+
+/// Waits until the service check is healthy on both appliances.
+fn wait_checks_healthy(c: &NetCluster, r: Roles) {
+    for i in [r.primary, r.backup] {
+        wait_for("the check healthy on both appliances", SETTLE, || {
+            c.health(i).filter(|h| {
+                h.checks
+                    .iter()
+                    .any(|k| k.name == "web" && k.state == "healthy")
+            })
+        });
+    }
+}
+mod service_check {
+    use super::*;
+
+    /// An HTTP service check failing on the primary: a planned swap moves
+    /// the role, and the shared address follows, never held twice.
+    #[test]
+    fn a_failing_service_check_moves_the_address_to_the_backup() {
+        let Some((_g, mut c, r)) = setup("a_failing_service_check_moves_the_address_to_the_backup")
+        else {
+            return;
+        };
+        let (p, b) = names(&c, r);
+        let on_p = CheckedService::start(&c.topo, p, SERVICE_PORT);
+        let _on_b = CheckedService::start(&c.topo, b, SERVICE_PORT);
+        c.put_settings(r.primary, |v| {
+            v["checks"] = serde_json::json!([{
+                "name": "web", "kind": "http",
+                "target": format!("http://127.0.0.1:{SERVICE_PORT}/"),
+                "interval_ms": 100, "timeout_ms": 100, "rise": 2, "fall": 3
+            }]);
+        });
+        wait_checks_healthy(&c, r);
+        let what = format!("service check failing on {p}");
+        let m = observe(&mut c, p, b, &what, |_| on_p.set_up(false));
+        m.report(&what, p, b);
+        assert_single_holder(&m.samples, &what);
+        assert_released_before_taken(&m, p, b, &what);
+        let next = c.wait_roles(SETTLE);
+        assert_eq!(next.primary, r.backup, "{what}: roles {next:?}");
+        let history: serde_json::Value = c
+            .get_json(r.backup, "/api/v1/history?kind=swap&limit=10")
+            .expect("history");
+        assert!(
+            history["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["actor"] == "tandem (check web)"),
+            "{what}: {history}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "benchmark (a command): cargo test -p tandem-tests --test shared_ip_e2e -- --ignored --nocapture bench"]
 fn bench_shared_ip_gap() {
@@ -876,8 +940,47 @@ fn bench_shared_ip_gap() {
         gaps[2].1.push(m.gap.as_millis());
         r = next;
     }
+    // A service check failing on the primary (the default check: interval
+    // 2 s, timeout 1 s, rise 2, fall 3; no hold-down between runs): from its
+    // `fall`-th failed answer to the client answered by the backup over the
+    // shared address.
+    let services: Vec<CheckedService> = ["a", "b"]
+        .iter()
+        .map(|h| CheckedService::start(&c.topo, h, SERVICE_PORT))
+        .collect();
+    let service = |name: &str| &services[usize::from(name == "b")];
+    c.put_settings(r.primary, |v| {
+        v["checks"] = serde_json::json!([{
+            "name": "web", "kind": "http",
+            "target": format!("http://127.0.0.1:{SERVICE_PORT}/")
+        }]);
+        v["check_hold_down_secs"] = serde_json::json!(0);
+    });
+    let mut fall_to_ip = Vec::new();
+    for k in 0..runs {
+        let what = format!("bench check {k}");
+        let (p, b) = names(&c, r);
+        wait_checks_healthy(&c, r);
+        let m = observe(&mut c, p, b, &what, |_| service(p).set_up(false));
+        m.report(&what, p, b);
+        let fall = *service(p)
+            .failures()
+            .get(2)
+            .unwrap_or_else(|| panic!("{what}: fewer than 3 failed answers"));
+        let answered = m
+            .probes
+            .iter()
+            .map(|x| (m.prober_started + x.at, x))
+            .find(|(at, x)| *at > fall && x.answer.as_deref() == Some(b))
+            .map(|(at, _)| at)
+            .unwrap_or_else(|| panic!("{what}: {b} never answered after the fall"));
+        fall_to_ip.push((answered - fall).as_millis());
+        service(p).set_up(true);
+        r = c.wait_roles(SETTLE);
+    }
+    gaps.push(("check", fall_to_ip));
     println!(
-        "shared-IP client-visible gap, primary timeout {} ms, {runs} runs each, nodes {}:",
+        "shared-IP client-visible gap (check: from the check's fall-th failed answer to the backup answering), primary timeout {} ms, {runs} runs each, nodes {}:",
         timeout_ms(),
         tandem_tests::tandem_bin().display()
     );
