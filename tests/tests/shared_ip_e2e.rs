@@ -17,7 +17,8 @@
 //! run, several times slower on each step of a swap).
 //!
 //! (`TANDEM_SHARED_IP_TIMEOUT_MS=300` for the fastest primary timeout,
-//! `TANDEM_BENCH_RUNS` for the runs per scenario, default 10.)
+//! `TANDEM_BENCH_RUNS` for the runs per scenario, default 10;
+//! `TANDEM_BENCH_SCENARIOS=crash,cut-off,swap,check` for some of them.)
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -905,12 +906,21 @@ fn bench_shared_ip_gap() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    // `TANDEM_BENCH_SCENARIOS=crash,check` runs only those (default: all).
+    let only = std::env::var("TANDEM_BENCH_SCENARIOS").unwrap_or_default();
+    let runs_of = |name: &str| {
+        if only.is_empty() || only.split(',').any(|s| s.trim() == name) {
+            runs
+        } else {
+            0
+        }
+    };
     let mut gaps: Vec<(&str, Vec<u128>)> = vec![
         ("crash", Vec::new()),
         ("cut-off", Vec::new()),
         ("swap", Vec::new()),
     ];
-    for k in 0..runs {
+    for k in 0..runs_of("crash") {
         let what = format!("bench crash {k}");
         let old = r.primary;
         let (m, next) = crash(&mut c, r, &what);
@@ -924,7 +934,7 @@ fn bench_shared_ip_gap() {
             true,
         );
     }
-    for k in 0..runs {
+    for k in 0..runs_of("cut-off") {
         let what = format!("bench cut-off {k}");
         let (p, b) = names(&c, r);
         let (m, next) = cut_off(&mut c, r, &what);
@@ -932,7 +942,7 @@ fn bench_shared_ip_gap() {
         gaps[1].1.push(m.gap.as_millis());
         r = next;
     }
-    for k in 0..runs {
+    for k in 0..runs_of("swap") {
         let what = format!("bench swap {k}");
         let (p, b) = names(&c, r);
         let (m, next) = swap(&mut c, r, &what);
@@ -946,18 +956,21 @@ fn bench_shared_ip_gap() {
     // shared address.
     let services: Vec<CheckedService> = ["a", "b"]
         .iter()
+        .filter(|_| runs_of("check") > 0)
         .map(|h| CheckedService::start(&c.topo, h, SERVICE_PORT))
         .collect();
     let service = |name: &str| &services[usize::from(name == "b")];
-    c.put_settings(r.primary, |v| {
-        v["checks"] = serde_json::json!([{
-            "name": "web", "kind": "http",
-            "target": format!("http://127.0.0.1:{SERVICE_PORT}/")
-        }]);
-        v["check_hold_down_secs"] = serde_json::json!(0);
-    });
+    if runs_of("check") > 0 {
+        c.put_settings(r.primary, |v| {
+            v["checks"] = serde_json::json!([{
+                "name": "web", "kind": "http",
+                "target": format!("http://127.0.0.1:{SERVICE_PORT}/")
+            }]);
+            v["check_hold_down_secs"] = serde_json::json!(0);
+        });
+    }
     let mut fall_to_ip = Vec::new();
-    for k in 0..runs {
+    for k in 0..runs_of("check") {
         let what = format!("bench check {k}");
         let (p, b) = names(&c, r);
         wait_checks_healthy(&c, r);
@@ -985,6 +998,9 @@ fn bench_shared_ip_gap() {
         tandem_tests::tandem_bin().display()
     );
     for (name, mut v) in gaps {
+        if v.is_empty() {
+            continue;
+        }
         v.sort_unstable();
         let p50 = v[v.len() / 2];
         println!(
