@@ -413,7 +413,7 @@ async fn maintenance_section_in_a_real_browser() {
     };
     // Before the cluster: see `failover_page_in_a_real_browser`.
     let on_p = driver.browser(1280, 1000).await;
-    let c = Cluster::three(&[]).await;
+    let mut c = Cluster::three(&[]).await;
     let roles = c.wait_roles(WAIT).await;
     let (p, bk) = (roles.primary, roles.backup);
     let (p_url, b_name) = (c.nodes[p].api().to_owned(), c.nodes[bk].name.clone());
@@ -550,11 +550,23 @@ async fn maintenance_section_in_a_real_browser() {
         "nodes": [c.nodes[p].name], "interval_ms": 200, "timeout_ms": 100, "rise": 1, "fall": 2
     }]);
     fill(&on_p, "#checks", &check.to_string()).await;
+    // Failback to this node (already primary: nothing moves) and the
+    // check hold-down, from the same page.
+    let p_name = c.nodes[p].name.clone();
+    fill(&on_p, "#failback_preferred", &p_name).await;
+    fill(&on_p, "#failback_delay_secs", "5").await;
+    fill(&on_p, "#check_hold_down_secs", "120").await;
     click(&on_p, "#save-settings").await;
     wait_text(&on_p, "#settings-status", "the save", |t| {
         t.starts_with("Saved")
     })
     .await;
+    let saved: Value = c.get_json(p, "/api/v1/settings").await.expect("settings");
+    assert_eq!(
+        (&saved["failback"], &saved["check_hold_down_secs"]),
+        (&json!({"preferred": p_name, "delay_secs": 5}), &json!(120)),
+        "{saved}"
+    );
     on_p.goto(&format!("{p_url}/"))
         .await
         .expect("failover page");
@@ -565,7 +577,47 @@ async fn maintenance_section_in_a_real_browser() {
         |t| t == "healthy",
     )
     .await;
+    // Each peer's site (none given here).
+    assert_eq!(
+        text(&on_p, &format!("tr[data-peer=\"{b_name}\"] .peer-site")).await,
+        "–"
+    );
     shot(&on_p, "32-service-check").await;
+
+    // Become backup even if the peer cannot be contacted: the backup is
+    // stopped, the primary stands down; Become primary on it undoes that.
+    assert_eq!(c.stop(bk).await, Some(0));
+    click(&on_p, "#swap-force").await;
+    click(&on_p, "#swap").await;
+    wait_text(&on_p, "#confirm-text", "the forced confirmation", |t| {
+        t.contains("stands down anyway")
+    })
+    .await;
+    click(&on_p, "#confirm-ok").await;
+    let outcome = wait_text(&on_p, "#action-status", "the forced demotion", |t| {
+        t.starts_with("Stood down") || t.starts_with("Failed") || t.starts_with("Refused")
+    })
+    .await;
+    assert!(outcome.contains("by hand"), "{outcome}");
+    wait_text(&on_p, "#host-role", "the stood-down role", |t| {
+        t == "backup"
+    })
+    .await;
+    shot(&on_p, "33-stood-down").await;
+    click(&on_p, "#swap-force").await;
+    wait_text(&on_p, "#swap", "the undo button", |t| t == "Become primary").await;
+    click(&on_p, "#swap").await;
+    wait_text(&on_p, "#confirm-text", "the undo confirmation", |t| {
+        t.contains("becomes the primary")
+    })
+    .await;
+    click(&on_p, "#confirm-ok").await;
+    let undone = wait_text(&on_p, "#action-status", "the undo", |t| {
+        t.starts_with("Swap done") || t.starts_with("Failed") || t.starts_with("Refused")
+    })
+    .await;
+    assert!(undone.starts_with("Swap done"), "{undone}");
+    wait_text(&on_p, "#host-role", "primary again", |t| t == "primary").await;
     on_p.close().await.expect("closing the browser");
 }
 
