@@ -6,6 +6,7 @@
 //!
 //! A leaf: knows nothing of the node, Raft or the API.
 
+use tandem_storage::NodeKind;
 pub use tandem_storage::Refusal as StateRefusal;
 
 /// Failures of node operations.
@@ -289,6 +290,15 @@ pub enum JoinDenial {
     /// expired, not matching).
     #[error("{0}")]
     Token(StateRefusal),
+    /// The relationship has its two appliances (or its witness) already.
+    #[error("{}", match kind {
+        NodeKind::Appliance => "this relationship has two appliances already: remove one (break or rejoin) before another joins",
+        NodeKind::Witness => "this relationship has a witness already: remove it (remove-witness) before another joins",
+    })]
+    TopologyFull {
+        /// The kind that has no room.
+        kind: NodeKind,
+    },
     /// The joining appliance shares a site or host with an appliance of the
     /// relationship, and the administrator did not allow it.
     #[error("this node shares {shared} with appliance {name}: one failure there would take both; join from another site or host, or pass --allow-same-site (\"Allow the same site or host\" on the page) to accept it")]

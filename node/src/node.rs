@@ -180,6 +180,8 @@ pub struct Node {
     pub supervision: crate::supervise::Supervision,
     /// This node's site and host identity (from its configuration).
     pub place: Place,
+    /// Held while a join is served (one at a time).
+    join_lock: tokio::sync::Mutex<()>,
     db: sled::Db,
 }
 
@@ -246,6 +248,7 @@ impl Node {
         }
         Ok(Self {
             place: Place::local(cfg.site.as_deref(), cfg.host_id.as_deref()),
+            join_lock: tokio::sync::Mutex::new(()),
             cfg,
             dir,
             engine: std::sync::RwLock::new(Arc::new(engine)),
@@ -471,6 +474,9 @@ impl Node {
         if !self.raft().is_leader() {
             return Err(self.not_leader());
         }
+        // One join at a time: the room left in the topology is checked
+        // against a membership no other join is changing.
+        let _one = self.join_lock.lock().await;
         let ca = self
             .ca
             .as_ref()
@@ -482,17 +488,34 @@ impl Node {
             return Err(NodeError::JoinDenied(JoinDenial::OtherCluster));
         }
         validate_name(&req.name).map_err(NodeError::BadRequest)?;
+        // Checked here, on this node's applied state, before anything is
+        // proposed: a forged, spent or expired token, or one for the other
+        // kind, costs no replicated entry. The state machine checks again.
+        let secret_hash = hash_secret(&token.secret);
+        self.reader()
+            .check_join_token(&token.id, &secret_hash, now_ms(), req.kind)
+            .map_err(|r| NodeError::JoinDenied(JoinDenial::Token(r)))?;
+        let m = self.metrics();
+        let membership = m.membership_config.membership();
         // Names select a node's interfaces in the shared-IP settings: two
         // members must not share one.
-        if self
-            .metrics()
-            .membership_config
-            .membership()
-            .nodes()
-            .any(|(_, n)| n.name == req.name)
-        {
+        if membership.nodes().any(|(_, n)| n.name == req.name) {
             return Err(NodeError::JoinDenied(JoinDenial::NameTaken {
                 name: req.name.clone(),
+            }));
+        }
+        // Two appliances and one witness at most.
+        let same_kind = membership
+            .nodes()
+            .filter(|(_, n)| n.kind == req.kind)
+            .count();
+        let room = match req.kind {
+            NodeKind::Appliance => 2,
+            NodeKind::Witness => 1,
+        };
+        if same_kind >= room {
+            return Err(NodeError::JoinDenied(JoinDenial::TopologyFull {
+                kind: req.kind,
             }));
         }
         if let Some(site) = &req.place.site {
@@ -515,11 +538,13 @@ impl Node {
         // Check the CSR before the token is consumed, so a bad request does not burn it.
         tandem_certs::check_csr(&req.csr_pem)
             .map_err(|e| NodeError::BadRequest(format!("bad CSR: {e}")))?;
+        self.disk.check()?;
         let node_id = match self
-            .write(Request::JoinTokenConsume {
+            .write(Request::JoinTokenUse {
                 id: token.id,
-                secret_hash: hash_secret(&token.secret),
+                secret_hash,
                 now_ms: now_ms(),
+                kind: req.kind,
             })
             .await?
         {
@@ -562,6 +587,20 @@ impl Node {
                 Err(e) => return Err(NodeError::Unavailable(e.to_string())),
             }
         }
+        // The next join must see this learner in the membership.
+        let _ = self
+            .raft()
+            .wait(Some(self.timing().primary_timeout))
+            .metrics(
+                |m| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&node_id)
+                        .is_some()
+                },
+                "the joiner in the membership",
+            )
+            .await;
         tracing::info!(node = node_id, name = %req.name, kind = ?req.kind, "node joined as learner");
         if let Err(e) = self.record_place(node_id, &req.place, &req.actor).await {
             tracing::warn!(node = node_id, error = %e, "the joined node's site and host were not recorded");

@@ -272,6 +272,7 @@ fn addressed_key(req: &Request) -> Option<&str> {
         | Request::SessionDelete { id }
         | Request::JoinTokenCreate { id, .. }
         | Request::JoinTokenConsume { id, .. }
+        | Request::JoinTokenUse { id, .. }
         | Request::ApiTokenCreate { id, .. }
         | Request::ApiTokenRevoke { id } => Some(id),
         Request::UserPut { name, .. } | Request::UserDelete { name, .. } => Some(name),
@@ -375,7 +376,13 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             id,
             secret_hash,
             now_ms,
-        } => join_token_consume(ov, id, secret_hash, *now_ms)?,
+        } => join_token_consume(ov, id, secret_hash, *now_ms, None)?,
+        Request::JoinTokenUse {
+            id,
+            secret_hash,
+            now_ms,
+            kind,
+        } => join_token_consume(ov, id, secret_hash, *now_ms, Some(*kind))?,
         Request::Multi(reqs) => multi(ov, reqs)?,
         Request::RaiseEpoch {
             expected_epoch,
@@ -636,26 +643,50 @@ fn join_token_create(
 }
 
 /// Applies [`Request::JoinTokenConsume`].
+/// Whether `token` admits a joiner presenting `secret_hash` at `now_ms`
+/// as a node of `kind` (any kind when `None`, as the older command did).
+pub(crate) fn token_admits(
+    token: Option<&TokenRecord>,
+    secret_hash: &str,
+    now_ms: u64,
+    kind: Option<NodeKind>,
+) -> Result<(), Refusal> {
+    let Some(token) = token else {
+        return Err(Refusal::UnknownToken);
+    };
+    // The hash is checked first so that a caller without the secret
+    // learns nothing about the token's state.
+    if !ct_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
+        return Err(Refusal::TokenMismatch);
+    }
+    if token.used_by.is_some() {
+        return Err(Refusal::TokenUsed);
+    }
+    if now_ms >= token.expires_ms {
+        return Err(Refusal::TokenExpired);
+    }
+    match kind {
+        Some(asked) if asked != token.kind => Err(Refusal::TokenKind {
+            token: token.kind,
+            asked,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn join_token_consume(
     ov: &mut Overlay<'_>,
     id: &str,
     secret_hash: &str,
     now_ms: u64,
+    kind: Option<NodeKind>,
 ) -> Result<Response, StorageError> {
     let k = keys::token_key(id);
     let Some(mut token) = ov.get::<TokenRecord>(&k)? else {
         return Ok(Response::refused(Refusal::UnknownToken));
     };
-    // The hash is checked first so that a caller without the secret
-    // learns nothing about the token's state.
-    if !ct_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
-        return Ok(Response::refused(Refusal::TokenMismatch));
-    }
-    if token.used_by.is_some() {
-        return Ok(Response::refused(Refusal::TokenUsed));
-    }
-    if now_ms >= token.expires_ms {
-        return Ok(Response::refused(Refusal::TokenExpired));
+    if let Err(r) = token_admits(Some(&token), secret_hash, now_ms, kind) {
+        return Ok(Response::refused(r));
     }
     let counter_key = SmMetaKey::NextNodeId.as_bytes();
     let node_id = ov.get::<u64>(counter_key)?.unwrap_or(FIRST_JOINER_NODE_ID);
@@ -1100,6 +1131,59 @@ mod tests {
         assert_eq!(
             f.one(consume("t3", "h3", 10)),
             Response::NodeIdAssigned { node_id: 4 }
+        );
+    }
+
+    #[test]
+    fn a_token_admits_only_its_kind() {
+        let mut f = Fixture::new();
+        f.one(Request::JoinTokenCreate {
+            id: "w".into(),
+            secret_hash: "hw".into(),
+            expires_ms: 1000,
+            kind: NodeKind::Witness,
+            created_by: "admin".into(),
+        });
+        let use_as = |kind| Request::JoinTokenUse {
+            id: "w".into(),
+            secret_hash: "hw".into(),
+            now_ms: 10,
+            kind,
+        };
+        // Read locally first, as the leader does before proposing.
+        let reader = f.store.reader.clone();
+        assert_eq!(
+            reader.check_join_token("w", "hw", 10, NodeKind::Appliance),
+            Err(Refusal::TokenKind {
+                token: NodeKind::Witness,
+                asked: NodeKind::Appliance
+            })
+        );
+        assert_eq!(
+            reader.check_join_token("w", "bad", 10, NodeKind::Witness),
+            Err(Refusal::TokenMismatch)
+        );
+        assert_eq!(
+            reader.check_join_token("w", "hw", 10, NodeKind::Witness),
+            Ok(())
+        );
+        let before = state_without_applied(&f);
+        assert_eq!(
+            refused(&f.one(use_as(NodeKind::Appliance))),
+            "this token is for kind witness and the joining node is of kind appliance: make a token of kind appliance"
+        );
+        assert_eq!(
+            before,
+            state_without_applied(&f),
+            "the refusal changes nothing"
+        );
+        assert_eq!(
+            f.one(use_as(NodeKind::Witness)),
+            Response::NodeIdAssigned { node_id: 2 }
+        );
+        assert_eq!(
+            reader.check_join_token("w", "hw", 10, NodeKind::Witness),
+            Err(Refusal::TokenUsed)
         );
     }
 

@@ -15,6 +15,7 @@ use crate::state_machine::{read_applied_state, SmShared};
 use crate::types::{
     AdminUser, ApiToken, ConfigEntry, EpochRecord, HistoryEvent, JoinToken, Session, SettingsRecord,
 };
+use crate::{NodeKind, Refusal};
 
 /// Read-only view of the state machine. Cheap to clone; reads run
 /// concurrently with apply (sled is concurrent) and always see the current
@@ -144,6 +145,29 @@ impl StateReader {
             })
         });
         logged("join_token", r, None)
+    }
+
+    /// Whether the join token `id` would admit a joiner presenting
+    /// `secret_hash` at `now_ms` as a node of `kind`, read locally: the
+    /// leader asks this before it proposes anything, so a forged or spent
+    /// token costs no replicated entry. The state machine checks again
+    /// when the token is used.
+    ///
+    /// # Errors
+    /// The refusal the state machine would give.
+    pub fn check_join_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now_ms: u64,
+        kind: NodeKind,
+    ) -> Result<(), Refusal> {
+        let token = logged(
+            "join_token",
+            self.get::<TokenRecord>(&keys::token_key(id)),
+            None,
+        );
+        crate::apply::token_admits(token.as_ref(), secret_hash, now_ms, Some(kind))
     }
 
     /// One admin user.

@@ -252,6 +252,19 @@ pub enum Request {
         /// When (ms).
         at_ms: u64,
     },
+    /// Uses a join token for a node of `kind` and assigns the joiner a node
+    /// id: refused when the token admits another kind (a witness token
+    /// never admits an appliance, which would receive the CA key).
+    JoinTokenUse {
+        /// Token id.
+        id: String,
+        /// Hash of the secret presented by the joiner.
+        secret_hash: String,
+        /// The proposer's notion of now (ms).
+        now_ms: u64,
+        /// The kind of node joining.
+        kind: NodeKind,
+    },
     /// Replaces the placement record (each node's site and host identity,
     /// which the anti-affinity rules compare): a JSON object as text,
     /// stored like the settings.
@@ -287,6 +300,9 @@ impl fmt::Display for Request {
                 write!(f, "join_token_create(id={id}, kind={kind})")
             }
             Request::JoinTokenConsume { id, .. } => write!(f, "join_token_consume(id={id})"),
+            Request::JoinTokenUse { id, kind, .. } => {
+                write!(f, "join_token_use(id={id}, kind={kind})")
+            }
             Request::SetAdminTokenHash { .. } => f.write_str("set_admin_token_hash"),
             Request::Multi(reqs) => {
                 f.write_str("multi[")?;
@@ -521,6 +537,14 @@ pub enum Refusal {
     NoUser {
         /// The name asked for.
         user: String,
+    },
+    /// The join token admits another kind of node.
+    #[error("this token is for kind {token} and the joining node is of kind {asked}: make a token of kind {asked}")]
+    TokenKind {
+        /// What the token admits.
+        token: NodeKind,
+        /// What tried to join with it.
+        asked: NodeKind,
     },
 }
 

@@ -82,6 +82,15 @@ pub enum ApiError {
     /// `insufficient_storage`. Nothing was changed.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// Too many failed attempts from this client (joins with bad tokens):
+    /// 429 with `Retry-After`. Nothing was changed.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What to do.
+        message: String,
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
 }
 
 fn not_leader_message(leader_api: Option<&str>) -> String {
@@ -118,6 +127,7 @@ impl ApiError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -138,6 +148,7 @@ impl ApiError {
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
             Self::InsufficientStorage(_) => "insufficient_storage",
+            Self::TooManyRequests { .. } => "too_many_requests",
         }
     }
 
@@ -167,6 +178,10 @@ impl ApiError {
             Self::Refused(text()),
             Self::Internal(text()),
             Self::InsufficientStorage(text()),
+            Self::TooManyRequests {
+                message: text(),
+                retry_after_secs: 30,
+            },
         ];
         // No `_` arm: a new variant does not compile here until it is also
         // in the list above.
@@ -185,7 +200,8 @@ impl ApiError {
                 | Self::Invalid { .. }
                 | Self::Refused(_)
                 | Self::Internal(_)
-                | Self::InsufficientStorage(_) => {}
+                | Self::InsufficientStorage(_)
+                | Self::TooManyRequests { .. } => {}
             }
         }
         all
@@ -282,6 +298,12 @@ impl IntoResponse for ApiError {
             Self::Unauthorized => {
                 resp.headers_mut()
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             _ => {}
         }

@@ -97,6 +97,15 @@ pub(crate) struct E500(ErrorBody);
 )]
 pub(crate) struct E503(ErrorBody);
 
+/// Too many failed attempts from this client (`too_many_requests`):
+/// retry after the time given.
+#[derive(IntoResponses)]
+#[response(
+    status = 429,
+    headers(("Retry-After" = u64, description = "seconds to wait before retrying"))
+)]
+pub(crate) struct E429(ErrorBody);
+
 /// The node's disk is below its free-space reserve
 /// (`insufficient_storage`); nothing was changed.
 #[derive(IntoResponses)]

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, LOCATION,
 };
@@ -48,8 +48,8 @@ use crate::maintenance::{
     MaintenanceView, WindowRequest,
 };
 use crate::openapi::{
-    ref_inlined_schemas, BearerScheme, E400, E401, E403, E404, E405, E409, E413, E415, E421, E500,
-    E503, E507,
+    ref_inlined_schemas, BearerScheme, E400, E401, E403, E404, E405, E409, E413, E415, E421, E429,
+    E500, E503, E507,
 };
 use crate::settings::validate_settings;
 use crate::ui::{
@@ -1055,12 +1055,41 @@ async fn create_join_token<B: AdminBackend>(
     request_body = JoinRequest,
     responses(
         (status = 200, description = "admitted", body = JoinResponse),
-        E400, E403, E405, E413, E415, E421, E500, E503
+        E400, E403, E405, E409, E413, E415, E421, E429, E500, E503, E507
     ),
 )]
 async fn join<B: AdminBackend>(
     State(backend): State<Arc<B>>,
+    sessions: Option<Extension<Arc<Sessions>>>,
+    client: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     ApiJson(body): ApiJson<JoinRequest>,
+) -> Result<Response, ApiError> {
+    let Some(Extension(sessions)) = sessions else {
+        return join_checked(&*backend, body).await;
+    };
+    // A client whose join tokens keep failing waits: the same window and
+    // count as failed logins, per client address.
+    let client = client.map_or_else(|| "unknown".to_owned(), |c| c.0 .0.ip().to_string());
+    let key = [format!("join:{client}")];
+    if let Some(secs) = sessions.retry_after(&key) {
+        tracing::warn!(%client, "join attempts rate limited");
+        return Err(ApiError::TooManyRequests {
+            message: format!(
+                "too many refused joins from this address; try again in {secs} seconds"
+            ),
+            retry_after_secs: secs,
+        });
+    }
+    let answer = join_checked(&*backend, body).await;
+    if matches!(answer, Err(ApiError::Forbidden(_))) {
+        sessions.fail(&key);
+    }
+    answer
+}
+
+async fn join_checked<B: AdminBackend>(
+    backend: &B,
+    body: JoinRequest,
 ) -> Result<Response, ApiError> {
     validate_text("token", &body.token, MAX_NAME_LEN)?;
     validate_text("name", &body.name, MAX_NAME_LEN)?;

@@ -140,7 +140,7 @@ impl Sessions {
     }
 
     /// Seconds to wait when any of `keys` has too many recent failures.
-    fn retry_after(&self, keys: &[String]) -> Option<u64> {
+    pub(crate) fn retry_after(&self, keys: &[String]) -> Option<u64> {
         let now = Instant::now();
         let mut map = lock(&self.failures);
         let mut wait = None;
@@ -164,7 +164,7 @@ impl Sessions {
         wait
     }
 
-    fn fail(&self, keys: &[String]) {
+    pub(crate) fn fail(&self, keys: &[String]) {
         let now = Instant::now();
         let mut map = lock(&self.failures);
         for k in keys {

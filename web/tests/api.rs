@@ -1541,6 +1541,14 @@ async fn backend_errors_map_to_one_status_each() {
             507,
             "insufficient_storage",
         ),
+        (
+            ApiError::TooManyRequests {
+                message: "t".into(),
+                retry_after_secs: 7,
+            },
+            429,
+            "too_many_requests",
+        ),
     ];
     // The table covers every variant: `ApiError::examples` has one of each
     // (a new variant does not compile until it is there).

@@ -13,7 +13,9 @@ pub(super) fn api(e: NodeError) -> ApiError {
         NodeError::NotLeader { leader_api } => ApiError::NotLeader { leader_api },
         NodeError::Refused(_) | NodeError::PeerUnreachable { .. } => ApiError::Refused(message),
         NodeError::Rejected(r) => rejected(r),
-        NodeError::JoinDenied(JoinDenial::SameSite { .. }) => ApiError::Conflict(message),
+        NodeError::JoinDenied(JoinDenial::SameSite { .. } | JoinDenial::TopologyFull { .. }) => {
+            ApiError::Conflict(message)
+        }
         NodeError::JoinDenied(_) => ApiError::Forbidden(message),
         NodeError::BadRequest(m) => ApiError::BadRequest(m),
         NodeError::NotFound(m) => ApiError::NotFound(m),
@@ -41,7 +43,8 @@ pub(super) fn rejected(r: StateRefusal) -> ApiError {
         StateRefusal::UnknownToken
         | StateRefusal::TokenMismatch
         | StateRefusal::TokenUsed
-        | StateRefusal::TokenExpired => ApiError::Forbidden(message),
+        | StateRefusal::TokenExpired
+        | StateRefusal::TokenKind { .. } => ApiError::Forbidden(message),
         StateRefusal::LastAdmin => ApiError::Refused(message),
         StateRefusal::EpochMismatch { .. }
         | StateRefusal::EpochOverflow
@@ -96,6 +99,13 @@ mod tests {
                 NodeError::JoinDenied(JoinDenial::OtherCluster),
                 403,
                 "forbidden",
+            ),
+            (
+                NodeError::JoinDenied(JoinDenial::TopologyFull {
+                    kind: tandem_storage::NodeKind::Witness,
+                }),
+                409,
+                "conflict",
             ),
             (
                 NodeError::JoinDenied(JoinDenial::SameSite {
@@ -170,6 +180,13 @@ mod tests {
             (StateRefusal::TokenMismatch, 403),
             (StateRefusal::TokenUsed, 403),
             (StateRefusal::TokenExpired, 403),
+            (
+                StateRefusal::TokenKind {
+                    token: tandem_storage::NodeKind::Witness,
+                    asked: tandem_storage::NodeKind::Appliance,
+                },
+                403,
+            ),
             (StateRefusal::LastAdmin, 409),
             (
                 StateRefusal::EpochMismatch {

@@ -164,38 +164,111 @@ async fn three_nodes_join_and_bad_tokens_are_refused() {
     };
     assert_eq!(ids(&after), ids(&view));
 
-    // The genuine token was not burnt by the forged attempts.
-    let ok = c.join_cmd("x-genuine", &genuine, false).await;
-    assert_eq!(ok.code, Some(0), "genuine token after forgeries: {ok:?}");
-    assert!(c.path().join("x-genuine").join("node.toml").exists());
+    // The genuine token was not burnt by the forged attempts: it passes
+    // every token check, and is refused only because the relationship
+    // has its two appliances already.
+    assert_join_refused(&c, "x-genuine", &genuine, Some(3), "two appliances already").await;
+    // A second witness neither.
+    let witness = c.token(true, None).await;
+    let out = c.join_cmd("x-witness", &witness, true).await;
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.reason().contains("has a witness already"), "{out:?}");
+    assert_eq!(ids(&c.wait_voters(3).await), ids(&view));
 }
 
-/// Joins that overlap (three joiners at once, as an installer running
-/// on several machines would) must all succeed, or fail without burning
-/// their token so that a retry works.
+/// A token admits only its kind (a witness token never makes an appliance,
+/// which would receive the CA key), and a join with a made-up token costs
+/// no replicated entry: it is refused before anything is proposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_admit_their_kind_and_forged_joins_cost_nothing() {
+    let mut c = Cluster::init("a", &[]).await;
+    let witness = c.token(true, None).await;
+    assert_join_refused(&c, "x", &witness, Some(3), "for kind witness").await;
+    assert!(!c.path().join("x").join("ca.key").exists());
+    // The refusal did not spend it: it still admits a witness.
+    c.join_cmd("w", &witness, true)
+        .await
+        .expect_ok("the witness token admits a witness");
+    let appliance = c.token(false, None).await;
+    let out = c.join_cmd("y", &appliance, true).await;
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.reason().contains("for kind appliance"), "{out:?}");
+    c.add_node("b", false).await;
+
+    // 20 joins with made-up tokens of the right form and CA.
+    let fp = appliance
+        .rsplit('.')
+        .next()
+        .expect("a fingerprint")
+        .to_string();
+    let committed = |h: Option<tandem_web::HealthView>| h.and_then(|h| h.committed_index);
+    let l = c.leader().await;
+    let before = committed(c.health(l).await).expect("a committed index");
+    // Refused, and after five refusals from one address within a minute
+    // (two happened above: the kinds), rate limited.
+    let mut statuses = Vec::new();
+    for n in 0..20 {
+        let r = c
+            .req(l, Method::POST, "/api/v1/join")
+            .json(&json!({
+                "token": format!("f{n}.forgedsecret{n}.{fp}"), "name": format!("f{n}"),
+                "kind": "appliance", "peer_addr": "127.0.0.1:9", "api_addr": "https://127.0.0.1:9",
+                "csr_pem": "not a CSR"
+            }))
+            .send()
+            .await
+            .expect("POST /api/v1/join");
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(r.headers().contains_key("retry-after"), "{r:?}");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(
+        statuses,
+        [[403; 3].as_slice(), [429; 17].as_slice()].concat(),
+        "{statuses:?}"
+    );
+    let after = committed(c.health(l).await).expect("a committed index");
+    // Background duties may commit one or two entries meanwhile; before
+    // the local check every forged join committed one.
+    assert!(
+        after - before < 5,
+        "20 forged joins advanced the commit index from {before} to {after}"
+    );
+}
+
+/// Joins that overlap (joiners at once, as an installer running on
+/// several machines would): the witness and one appliance get in, or fail
+/// without burning their token so that a retry works; two appliances
+/// racing for the one free place never both get it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_joins_succeed_or_can_be_retried() {
-    let c = Cluster::three(&[]).await;
-    let mut tokens = Vec::new();
-    for _ in 0..3 {
-        tokens.push(c.token(false, None).await);
+    let c = Cluster::init("a", &[]).await;
+    let mut joiners = Vec::new();
+    for (name, witness) in [("j1", false), ("j2", false), ("jw", true)] {
+        joiners.push((name, witness, c.token(witness, None).await));
     }
-    let names = ["j1", "j2", "j3"];
     let first = futures::future::join_all(
-        names
+        joiners
             .iter()
-            .zip(&tokens)
-            .map(|(name, token)| c.join_cmd(name, token, false)),
+            .map(|(name, witness, token)| c.join_cmd(name, token, *witness)),
     )
     .await;
     let mut failures = Vec::new();
-    for ((name, token), out) in names.iter().zip(&tokens).zip(first) {
+    let mut full = 0;
+    for ((name, witness, token), out) in joiners.iter().zip(first) {
         if out.code == Some(0) {
             continue;
         }
+        if out.reason().contains("two appliances already") {
+            full += 1;
+            continue;
+        }
         // A failed join must leave its token usable: retry once.
-        let retry = c.join_cmd(&format!("{name}-retry"), token, false).await;
-        if retry.code != Some(0) {
+        let retry = c.join_cmd(&format!("{name}-retry"), token, *witness).await;
+        if retry.reason().contains("two appliances already") {
+            full += 1;
+        } else if retry.code != Some(0) {
             failures.push(format!(
                 "{name}: first {:?} {:?}; retry {:?} {:?}",
                 out.code,
@@ -206,4 +279,9 @@ async fn concurrent_joins_succeed_or_can_be_retried() {
         }
     }
     assert!(failures.is_empty(), "joins lost: {failures:#?}");
+    assert_eq!(full, 1, "exactly one appliance found the relationship full");
+    let view: tandem_web::ClusterView = c.get_json(0, "/api/v1/cluster").await.expect("cluster");
+    let mut kinds: Vec<&str> = view.members.iter().map(|m| m.kind.as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["appliance", "appliance", "witness"], "{view:?}");
 }
