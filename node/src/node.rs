@@ -859,8 +859,15 @@ impl crate::peer::server::PeerHandler for Node {
         Node::raft(self)
     }
 
-    fn saw_epoch(&self, epoch: u64) {
-        Node::saw_epoch(self, epoch);
+    fn saw_epoch(&self, peer: u64, epoch: u64) {
+        // Only members speak for the relationship: a removed or
+        // broken-away node (or any other holder of a cluster certificate)
+        // shows epochs nobody checks.
+        if crate::peer::server::PeerHandler::is_member(self, peer) == Some(true) {
+            Node::saw_epoch(self, epoch);
+        } else if epoch > self.epoch().epoch {
+            tracing::debug!(peer, epoch, "epoch shown by a non-member ignored");
+        }
     }
 
     fn leader_contact(&self) {

@@ -1,7 +1,9 @@
-//! What peers say about this node's membership: the highest epoch any
-//! peer has shown, and the notice of a peer that refused this node as a
-//! member. The client records them as answers arrive; the role rules read
-//! them. Plain data: nothing here acts on a notice.
+//! What peers say about this node's membership: the highest epoch a
+//! member has shown (pending until the role manager has checked it, then
+//! accepted or dismissed), and the notice of a peer that refused this node
+//! as a member. The transport records them as frames arrive; the role
+//! rules read the accepted ones. Plain data: nothing here acts on a
+//! notice.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -35,18 +37,42 @@ pub struct FenceNotice {
 #[derive(Default)]
 pub struct Fence {
     highest_seen: AtomicU64,
+    pending: AtomicU64,
     notice: Mutex<Option<FenceNotice>>,
 }
 
 impl Fence {
-    /// Notes an epoch seen from a peer.
+    /// Notes an epoch a member showed on the wire: pending until checked
+    /// (see `roles::manager`): one frame must not fence a primary that a
+    /// quorum still follows.
     pub fn saw_epoch(&self, epoch: u64) {
+        self.pending.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// The highest epoch seen and not checked yet (0: none).
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Accepts `epoch`: the role rules see it from now on.
+    pub fn accept(&self, epoch: u64) {
         self.highest_seen.fetch_max(epoch, Ordering::SeqCst);
+        let _ = self
+            .pending
+            .compare_exchange(epoch, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Forgets the pending `epoch` (a check showed it false), unless a
+    /// higher one arrived meanwhile.
+    pub fn dismiss(&self, epoch: u64) {
+        let _ = self
+            .pending
+            .compare_exchange(epoch, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Records a peer's refusal.
     pub fn fenced(&self, notice: FenceNotice) {
-        self.saw_epoch(notice.epoch);
+        self.accept(notice.epoch);
         let mut n = crate::util::lock(&self.notice);
         if n.is_none() {
             tracing::warn!(by = notice.by, epoch = notice.epoch, kind = ?notice.kind, "a peer refused this node as a member");
@@ -63,6 +89,7 @@ impl Fence {
     pub fn clear(&self) {
         *crate::util::lock(&self.notice) = None;
         self.highest_seen.store(0, Ordering::SeqCst);
+        self.pending.store(0, Ordering::SeqCst);
     }
 
     /// Highest epoch seen.

@@ -48,8 +48,8 @@ pub type PeerRaft = openraft::Raft<TypeConfig, StateMachineStore>;
 pub trait PeerHandler: Send + Sync + 'static {
     /// The current Raft instance (it changes after a reset).
     fn raft(&self) -> PeerRaft;
-    /// A peer showed this epoch (in its hello or a request).
-    fn saw_epoch(&self, epoch: u64);
+    /// Peer `peer` showed this epoch (in its hello or a request).
+    fn saw_epoch(&self, peer: u64, epoch: u64);
     /// The leader reached this node (an append or heartbeat arrived).
     fn leader_contact(&self);
     /// Why this node refuses every vote now, if it does: its engine was
@@ -169,7 +169,7 @@ async fn handle_connection<H: PeerHandler>(
         let _ = refuse(&mut tls, &reason).await;
         return;
     }
-    server.handler.saw_epoch(hello.epoch);
+    server.handler.saw_epoch(cert_id, hello.epoch);
     let welcome = PeerResponse::Welcome {
         node_id: server.me.node_id,
         epoch: (server.me.epoch)(),
@@ -192,7 +192,7 @@ async fn handle_connection<H: PeerHandler>(
                 return;
             }
         };
-        server.handler.saw_epoch(env.epoch);
+        server.handler.saw_epoch(cert_id, env.epoch);
         if let PeerRequest::AppendStream(first) = env.body {
             serve_append_stream(&server, tls, first, cert_id, env.epoch).await;
             return;
@@ -239,7 +239,7 @@ async fn serve_append_stream<H: PeerHandler>(
                         epoch,
                         body: PeerRequest::AppendStream(req),
                     }) => {
-                        node.saw_epoch(epoch);
+                        node.saw_epoch(peer, epoch);
                         (req, epoch)
                     }
                     Ok(_) => {

@@ -18,8 +18,9 @@ use crate::util::now_ms;
 const SETTLE_POLL: Duration = Duration::from_millis(3);
 
 impl Node {
-    /// Notes an epoch seen from a peer; a higher one than ours fences us
-    /// until we have applied it.
+    /// Notes an epoch a member showed; a higher one than ours fences us
+    /// until we have applied it, once the role manager has checked it
+    /// (a primary that a quorum still follows dismisses it).
     pub fn saw_epoch(&self, epoch: u64) {
         self.roles.fence.saw_epoch(epoch);
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::{Instant as _, ServerState};
+use openraft::{Instant as _, ReadPolicy, ServerState};
 use serde_json::json;
 use tandem_storage::{EpochRecord, NodeKind, Request, Response};
 use tokio_util::sync::CancellationToken;
@@ -159,6 +159,7 @@ async fn role_tick(node: &Arc<Node>) {
             "role changed"
         );
     }
+    check_seen_epoch(node, leader && lease, &ep);
     settings_duties(node, role, old_role, &ep);
     if let Some(flight) = raise {
         let node = node.clone();
@@ -195,6 +196,64 @@ async fn role_tick(node: &Arc<Node>) {
     crate::actions::checks::tick(node, role);
     crate::actions::failback::tick(node, role);
     crate::actions::placement::tick(node, role);
+}
+
+/// A higher epoch a member showed on the wire: accepted at once (the
+/// node stops serving until it has applied it) unless this node is the
+/// primary with a valid lease. Then one quorum round decides: if a quorum
+/// still follows this node as leader after the epoch was seen, no newer
+/// primary can exist in this lineage, and the epoch is dismissed (a lying
+/// member cannot fence the primary); otherwise it is accepted.
+fn check_seen_epoch(node: &Arc<Node>, leading_with_lease: bool, ep: &EpochRecord) {
+    let fence = &node.roles.fence;
+    let seen = fence.pending();
+    if seen == 0 {
+        return;
+    }
+    if seen <= ep.epoch.max(fence.highest()) {
+        fence.dismiss(seen);
+        return;
+    }
+    let me = node.cfg.node_id;
+    if !leading_with_lease || ep.primary != Some(me) {
+        fence.accept(seen);
+        return;
+    }
+    let Some(flight) = node.roles.checking_epoch.claim() else {
+        return;
+    };
+    let node = node.clone();
+    tokio::spawn(async move {
+        let _flight = flight;
+        let confirmed = node
+            .raft()
+            .ensure_linearizable(ReadPolicy::ReadIndex)
+            .await
+            .is_ok();
+        let ep = node.epoch();
+        let m = node.metrics();
+        if confirmed
+            && m.state == ServerState::Leader
+            && m.current_leader == Some(me)
+            && ep.primary == Some(me)
+            && ep.epoch < seen
+        {
+            tracing::warn!(
+                seen,
+                epoch = ep.epoch,
+                "a member showed a higher epoch, but a quorum still follows this node as the primary: ignored"
+            );
+            node.roles.fence.dismiss(seen);
+        } else {
+            tracing::warn!(
+                seen,
+                epoch = ep.epoch,
+                "a member showed a higher epoch: not serving until it is applied"
+            );
+            node.roles.fence.accept(seen);
+        }
+        node.roles.wake.notify_one();
+    });
 }
 
 /// A change of the primary timeout while the nodes run (`live_timing`):

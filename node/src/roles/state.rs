@@ -72,6 +72,8 @@ pub struct RoleState {
     pub(super) raising: SingleFlight,
     /// The engine rebuild for a new primary timeout, one at a time.
     pub(super) rebuilding: SingleFlight,
+    /// The quorum round that checks an epoch a member showed.
+    pub(super) checking_epoch: SingleFlight,
     /// A fence notice is being handled.
     pub(super) handling_fence: SingleFlight,
     /// History events the role manager records without waiting (see
@@ -124,6 +126,7 @@ impl RoleState {
             stood_down: AtomicBool::new(false),
             raising: SingleFlight::default(),
             rebuilding: SingleFlight::default(),
+            checking_epoch: SingleFlight::default(),
             handling_fence: SingleFlight::default(),
             recorder: std::sync::OnceLock::new(),
             inner: Mutex::new(RoleInner {

@@ -1,7 +1,7 @@
 use super::*;
 use std::sync::Arc;
 use tandem_node::frame::{read_frame, write_frame, FrameError};
-use tandem_node::protocol::{Hello, PeerResponse, PROTOCOL_VERSION};
+use tandem_node::protocol::{Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -341,4 +341,91 @@ async fn peer_listener_refuses_strangers_and_garbage() {
         assert_closed(&mut conn, what).await;
         still_serving(&c, l, what).await;
     }
+}
+
+/// Sends a hello showing `epoch`, then a request in an envelope showing
+/// it again; returns whether the node welcomed it.
+async fn show_epoch(
+    addr: &str,
+    target: u64,
+    tls: Arc<rustls::ClientConfig>,
+    cluster_id: &str,
+    me: u64,
+    epoch: u64,
+) -> bool {
+    let Ok(mut conn) = connect(addr, target, tls).await else {
+        return false;
+    };
+    let h = Hello {
+        protocol: PROTOCOL_VERSION,
+        cluster_id: cluster_id.to_string(),
+        node_id: me,
+        epoch,
+    };
+    write_frame(&mut conn, &h).await.expect("hello sent");
+    if !matches!(next(&mut conn).await, Ok(PeerResponse::Welcome { .. })) {
+        return false;
+    }
+    let env = Envelope {
+        epoch,
+        body: PeerRequest::Digest { at_index: 0 },
+    };
+    write_frame(&mut conn, &env).await.expect("envelope sent");
+    let _ = next(&mut conn).await;
+    true
+}
+
+/// One frame with a huge epoch, from a member (the witness's own
+/// certificate) or from a holder of a cluster certificate that is no
+/// member, does not fence the primary: a quorum still follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_epoch_does_not_fence_the_primary_by_itself() {
+    let c = Cluster::three(&[]).await;
+    let r = c.wait_roles(WAIT).await;
+    let (p, w) = (r.primary, r.witness);
+    let target = &c.nodes[p];
+    let addr = target.cfg.peer_listen.to_string();
+    let before = c.status(p).await.expect("status").epoch;
+    let huge = before + 1_000_000;
+
+    let read = |f: &str| std::fs::read_to_string(c.nodes[w].dir.join(f)).expect(f);
+    let tls = tandem_certs::peer_client_config(&c.ca_pem, &read("node.pem"), &read("node.key"))
+        .expect("client config");
+    assert!(
+        show_epoch(
+            &addr,
+            target.id(),
+            tls,
+            &c.cluster_id,
+            c.nodes[w].id(),
+            huge
+        )
+        .await,
+        "the witness's certificate is welcomed"
+    );
+
+    let ca_key = std::fs::read_to_string(c.nodes[0].dir.join("ca.key")).expect("ca.key");
+    let ca = tandem_certs::ClusterCa::from_pem(&c.ca_pem, &ca_key).expect("the CA");
+    let stranger = ca
+        .issue_node_cert(99, &["127.0.0.1".to_string()])
+        .expect("a certificate for no member");
+    let tls = tandem_certs::peer_client_config(&c.ca_pem, &stranger.cert_pem, &stranger.key_pem)
+        .expect("client config");
+    show_epoch(&addr, target.id(), tls, &c.cluster_id, 99, huge).await;
+
+    // Still the primary of the same epoch, acknowledging writes, for two
+    // seconds (ten writes 200 ms apart).
+    for n in 0..10 {
+        c.put_ok(p, &format!("epoch-shown/{n}"), &json!(n)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let s = c.status(p).await.expect("status");
+    assert_eq!(
+        (s.this_host.role.as_str(), s.epoch),
+        ("primary", before),
+        "{:?}",
+        s.this_host
+    );
+    let again = c.wait_roles(WAIT).await;
+    assert_eq!(again.primary, p);
 }
