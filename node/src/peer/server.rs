@@ -355,13 +355,11 @@ async fn dispatch<H: PeerHandler>(
     peer: u64,
     peer_epoch: u64,
 ) -> Result<PeerResponse, String> {
-    if matches!(
-        body,
-        PeerRequest::Append(_)
-            | PeerRequest::Vote(_)
-            | PeerRequest::PreVote(_)
-            | PeerRequest::SnapshotBegin { .. }
-    ) {
+    // Every request but a rejoin (which a removed node sends by design)
+    // is for members only: a certificate alone opens nothing (a removed
+    // node could otherwise break the relationship, read digests or move
+    // the leadership).
+    if !matches!(body, PeerRequest::Action(ActionRequest::Rejoin { .. })) {
         if let Some(fenced) = fence_check(&*server.handler, peer, peer_epoch) {
             return Ok(fenced);
         }

@@ -1,7 +1,9 @@
 use super::*;
 use std::sync::Arc;
 use tandem_node::frame::{read_frame, write_frame, FrameError};
-use tandem_node::protocol::{Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION};
+use tandem_node::protocol::{
+    ActionRequest, Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -343,19 +345,19 @@ async fn peer_listener_refuses_strangers_and_garbage() {
     }
 }
 
-/// Sends a hello showing `epoch`, then a request in an envelope showing
-/// it again; returns whether the node welcomed it.
-async fn show_epoch(
+/// Sends a hello showing `epoch`, then `body` in an envelope showing it
+/// again; returns the node's answer to it (`None`: not welcomed, or no
+/// answer).
+async fn ask(
     addr: &str,
     target: u64,
     tls: Arc<rustls::ClientConfig>,
     cluster_id: &str,
     me: u64,
     epoch: u64,
-) -> bool {
-    let Ok(mut conn) = connect(addr, target, tls).await else {
-        return false;
-    };
+    body: PeerRequest,
+) -> Option<PeerResponse> {
+    let mut conn = connect(addr, target, tls).await.ok()?;
     let h = Hello {
         protocol: PROTOCOL_VERSION,
         cluster_id: cluster_id.to_string(),
@@ -364,15 +366,12 @@ async fn show_epoch(
     };
     write_frame(&mut conn, &h).await.expect("hello sent");
     if !matches!(next(&mut conn).await, Ok(PeerResponse::Welcome { .. })) {
-        return false;
+        return None;
     }
-    let env = Envelope {
-        epoch,
-        body: PeerRequest::Digest { at_index: 0 },
-    };
-    write_frame(&mut conn, &env).await.expect("envelope sent");
-    let _ = next(&mut conn).await;
-    true
+    write_frame(&mut conn, &Envelope { epoch, body })
+        .await
+        .expect("envelope sent");
+    next(&mut conn).await.ok()
 }
 
 /// One frame with a huge epoch, from a member (the witness's own
@@ -391,17 +390,20 @@ async fn a_peers_epoch_does_not_fence_the_primary_by_itself() {
     let read = |f: &str| std::fs::read_to_string(c.nodes[w].dir.join(f)).expect(f);
     let tls = tandem_certs::peer_client_config(&c.ca_pem, &read("node.pem"), &read("node.key"))
         .expect("client config");
+    let digest = || PeerRequest::Digest { at_index: 0 };
+    let answer = ask(
+        &addr,
+        target.id(),
+        tls,
+        &c.cluster_id,
+        c.nodes[w].id(),
+        huge,
+        digest(),
+    )
+    .await;
     assert!(
-        show_epoch(
-            &addr,
-            target.id(),
-            tls,
-            &c.cluster_id,
-            c.nodes[w].id(),
-            huge
-        )
-        .await,
-        "the witness's certificate is welcomed"
+        matches!(answer, Some(PeerResponse::Digest(_))),
+        "a member is answered: {answer:?}"
     );
 
     let ca_key = std::fs::read_to_string(c.nodes[0].dir.join("ca.key")).expect("ca.key");
@@ -411,7 +413,29 @@ async fn a_peers_epoch_does_not_fence_the_primary_by_itself() {
         .expect("a certificate for no member");
     let tls = tandem_certs::peer_client_config(&c.ca_pem, &stranger.cert_pem, &stranger.key_pem)
         .expect("client config");
-    show_epoch(&addr, target.id(), tls, &c.cluster_id, 99, huge).await;
+    // A certificate alone opens nothing: a node that is no member is
+    // fenced for every request, a break of the relationship included.
+    for body in [
+        digest(),
+        PeerRequest::Action(ActionRequest::Break {
+            actor: "intruder".into(),
+        }),
+    ] {
+        let answer = ask(
+            &addr,
+            target.id(),
+            tls.clone(),
+            &c.cluster_id,
+            99,
+            huge,
+            body,
+        )
+        .await;
+        assert!(
+            matches!(answer, Some(PeerResponse::Fenced { .. })),
+            "a non-member got {answer:?}"
+        );
+    }
 
     // Still the primary of the same epoch, acknowledging writes, for two
     // seconds (ten writes 200 ms apart).
