@@ -318,10 +318,20 @@ impl DataDir {
         if self.config().exists() {
             return Err(ConfigError::AlreadyInitialised(self.root.clone()));
         }
-        std::fs::create_dir_all(&self.root).map_err(|source| ConfigError::Io {
+        self.create_private()
+    }
+
+    /// Creates the directory if needed and makes it 0700: what it holds
+    /// (keys, the replicated state with password hashes) is for the node's
+    /// own user only.
+    fn create_private(&self) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |source| ConfigError::Io {
             path: self.root.clone(),
             source,
-        })
+        };
+        std::fs::create_dir_all(&self.root).map_err(io)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(io)
     }
 
     /// Takes the exclusive lock on the directory for as long as the returned
@@ -330,10 +340,7 @@ impl DataDir {
     /// # Errors
     /// [`ConfigError::Locked`] if another process holds it.
     pub fn lock(&self) -> Result<DirLock, ConfigError> {
-        std::fs::create_dir_all(&self.root).map_err(|source| ConfigError::Io {
-            path: self.root.clone(),
-            source,
-        })?;
+        self.create_private()?;
         let path = self.lock_file();
         let file = File::options()
             .create(true)

@@ -59,6 +59,9 @@ const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::fro
 
 fn main() -> ExitCode {
     configure_allocator();
+    // Everything Tandem writes (log segments, snapshots, sled's files, the
+    // diverged export, keys) is for its own user only.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sled=warn,openraft=warn"))

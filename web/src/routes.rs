@@ -428,7 +428,16 @@ impl Future for AdminFuture {
         let this = &mut *self;
         let Ok(mut resp) = ready!(Pin::new(&mut this.inner).poll(cx));
         add_leader_location(&mut resp, &this.uri);
-        Poll::Ready(Ok(ensure_json_error(resp)))
+        let mut resp = ensure_json_error(resp);
+        // Answers carry tokens, hashes' owners, configuration: no cache
+        // keeps them, and no browser reads them as anything but what they
+        // say they are (a route that chose its own caching keeps it).
+        let h = resp.headers_mut();
+        h.entry(axum::http::header::CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+        h.entry(axum::http::header::X_CONTENT_TYPE_OPTIONS)
+            .or_insert(HeaderValue::from_static("nosniff"));
+        Poll::Ready(Ok(resp))
     }
 }
 

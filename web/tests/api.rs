@@ -1069,6 +1069,9 @@ async fn join_token_create() {
     .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.body["token"], "join-abc");
+    // A secret in the answer: kept by no cache, read as nothing but JSON.
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     call(
         &app,
         Method::POST,

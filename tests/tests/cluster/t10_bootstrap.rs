@@ -285,3 +285,44 @@ async fn concurrent_joins_succeed_or_can_be_retried() {
     kinds.sort_unstable();
     assert_eq!(kinds, ["appliance", "appliance", "witness"], "{view:?}");
 }
+
+/// Every file and directory a node keeps is for its own user only: the
+/// data directory 0700, nothing in it readable by group or others (keys,
+/// log segments, sled's files with the password hashes) but the
+/// certificates and node.toml.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_directory_is_for_its_user_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::three(&[]).await;
+    let l = c.leader().await;
+    for n in 0..20 {
+        c.put_ok(l, &format!("private/{n}"), &json!(n)).await;
+    }
+    fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+        for e in std::fs::read_dir(dir).expect("readable").flatten() {
+            let meta = e.metadata().expect("metadata");
+            out.push((e.path(), meta.permissions().mode() & 0o777));
+            if meta.is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    for node in &c.nodes {
+        let mode = std::fs::metadata(&node.dir)
+            .expect("the data directory")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", node.dir.display());
+        let mut all = Vec::new();
+        walk(&node.dir, &mut all);
+        assert!(all.len() > 5, "{all:?}");
+        // Certificates and node.toml hold nothing secret (0644, inside the
+        // 0700 directory).
+        let public = ["ca.pem", "node.pem", "node.toml"].map(|f| node.dir.join(f));
+        let open: Vec<_> = all
+            .iter()
+            .filter(|(p, m)| m & 0o077 != 0 && !public.contains(p))
+            .collect();
+        assert!(open.is_empty(), "readable by others: {open:?}");
+    }
+}
