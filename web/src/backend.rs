@@ -141,6 +141,16 @@ pub trait AdminBackend: Send + Sync + 'static {
         actor: String,
     ) -> impl Future<Output = Result<JoinTokenView, ApiError>> + Send;
 
+    /// Replaces the admin token with a new one (shown once, stored
+    /// hashed); the old one stops working at once, on every node.
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower.
+    fn rotate_admin_token(
+        &self,
+        actor: String,
+    ) -> impl Future<Output = Result<AdminTokenRotated, ApiError>> + Send;
+
     /// Admits a node: checks the join token, signs its CSR and adds it to the
     /// cluster. Not behind the bearer token: the join token is the credential.
     ///
@@ -627,6 +637,13 @@ pub struct JoinTokenView {
     pub token: String,
     /// Expiry, ms since the Unix epoch.
     pub expires_at_ms: u64,
+}
+
+/// Answer of `POST /api/v1/admin-token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdminTokenRotated {
+    /// The new admin token: shown this once, stored only hashed.
+    pub token: String,
 }
 
 /// Body of `POST /api/v1/join` (no bearer token; `token` is the credential).

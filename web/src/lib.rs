@@ -42,12 +42,13 @@ mod tls;
 mod ui;
 
 pub use backend::{
-    AdminBackend, ApiTokenCreated, ApiTokenRequest, ApiTokenView, BreakOutcome, ClusterView,
-    ConfigEntryView, ConfigPut, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
-    JoinResponse, JoinTokenRequest, JoinTokenView, ListView, MemberView, PasswordChange, PeerView,
-    ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView,
-    SetupOutcome, SetupRequest, SharedIpView, StatusView, SwapOutcome, SwapRequest, SyncReport,
-    SyncRequest, UserCreate, UserPassword, UserView, VerifyReport,
+    AdminBackend, AdminTokenRotated, ApiTokenCreated, ApiTokenRequest, ApiTokenView, BreakOutcome,
+    ClusterView, ConfigEntryView, ConfigPut, HealthView, HistoryEventView, HistoryPage, HostView,
+    JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, ListView, MemberView,
+    PasswordChange, PeerView, ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView,
+    SettingsUpdate, SettingsView, SetupOutcome, SetupRequest, SharedIpView, StatusView,
+    SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserCreate, UserPassword, UserView,
+    VerifyReport,
 };
 pub use backend::{
     Failback, FailbackOff, DEFAULT_MAINTENANCE_MAX_MINUTES, DEFAULT_MAINTENANCE_REMINDER_SECS,

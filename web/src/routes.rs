@@ -34,8 +34,8 @@ use futures::Stream;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::backend::{
-    AdminBackend, ApiTokenCreated, ApiTokenRequest, ApiTokenView, BreakOutcome, ClusterView,
-    ConfigEntryView, ConfigPut, HealthView, HistoryPage, JoinRequest, JoinResponse,
+    AdminBackend, AdminTokenRotated, ApiTokenCreated, ApiTokenRequest, ApiTokenView, BreakOutcome,
+    ClusterView, ConfigEntryView, ConfigPut, HealthView, HistoryPage, JoinRequest, JoinResponse,
     JoinTokenRequest, JoinTokenView, ListView, PasswordChange, ReadMeta, ReadinessView, RoleHealth,
     SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome, SetupRequest,
     StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserCreate, UserPassword,
@@ -123,6 +123,7 @@ pub const ROUTES: &[ApiRoute] = &[
     authed("DELETE", "/api/v1/sessions/{id}"),
     authed("GET", "/api/v1/cluster"),
     authed("POST", "/api/v1/join-tokens"),
+    authed("POST", "/api/v1/admin-token"),
     authed("GET", "/api/v1/status"),
     authed("GET", "/api/v1/history"),
     authed("GET", "/api/v1/settings"),
@@ -175,6 +176,7 @@ pub const ROUTES: &[ApiRoute] = &[
         session_delete,
         cluster,
         create_join_token,
+        rotate_admin_token,
         status,
         history,
         settings_get,
@@ -297,6 +299,7 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> AdminApp {
         )
         .route(listed("/api/v1/cluster"), get(cluster::<B>))
         .route(listed("/api/v1/join-tokens"), post(create_join_token::<B>))
+        .route(listed("/api/v1/admin-token"), post(rotate_admin_token::<B>))
         .route(listed("/api/v1/status"), get(status::<B>))
         .route(listed("/api/v1/history"), get(history::<B>))
         .route(
@@ -1054,6 +1057,27 @@ async fn create_join_token<B: AdminBackend>(
     let actor = actor(&headers)?;
     let view = backend.create_join_token(body, actor).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Replace the admin token: the new one is in the answer (shown once), the
+/// old one stops working at once on every node.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin-token",
+    tag = "cluster",
+    responses(
+        (status = 200, description = "rotated", body = AdminTokenRotated),
+        E401, E403, E405, E421, E500, E503, E507
+    ),
+    security(("bearer" = [])),
+)]
+async fn rotate_admin_token<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    let view = backend.rotate_admin_token(actor).await?;
+    Ok(Json(view).into_response())
 }
 
 /// Admit a node with a join token (the token is the credential).

@@ -9,12 +9,12 @@ use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use serde_json::{json, Value};
 use tandem_web::AdminApp;
 use tandem_web::{
-    openapi, router, AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome,
-    ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage, HostView, JoinRequest,
-    JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView, ReadMeta, ReadinessView,
-    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome,
-    SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView,
-    VerifyReport, LOGIN_MAX_FAILURES, MAX_BODY_BYTES, ROUTES,
+    openapi, router, AdminBackend, AdminTokenRotated, ApiError, ApiTokenCreated, ApiTokenView,
+    BreakOutcome, ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage,
+    HostView, JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView,
+    ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView,
+    SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest,
+    UserView, VerifyReport, LOGIN_MAX_FAILURES, MAX_BODY_BYTES, ROUTES,
 };
 use tandem_web::{
     HoldView, MaintenanceOutcome, MaintenanceStart, MaintenanceView, WindowRequest, WindowView,
@@ -423,6 +423,13 @@ impl AdminBackend for MemBackend {
         Ok(JoinTokenView {
             token: "join-abc".into(),
             expires_at_ms: 9_000,
+        })
+    }
+
+    async fn rotate_admin_token(&self, _actor: String) -> Result<AdminTokenRotated, ApiError> {
+        self.leader_check(false)?;
+        Ok(AdminTokenRotated {
+            token: "tdm_new".into(),
         })
     }
 
@@ -863,6 +870,7 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::DELETE, "/api/v1/sessions/s1", None),
         (Method::GET, "/api/v1/cluster", None),
         (Method::POST, "/api/v1/join-tokens", Some(json!({}))),
+        (Method::POST, "/api/v1/admin-token", None),
         (Method::GET, "/api/v1/status", None),
         (Method::GET, "/api/v1/history", None),
         (Method::GET, "/api/v1/settings", None),
@@ -939,7 +947,7 @@ async fn every_api_route_requires_the_bearer_token() {
     }
     // Every bearer-protected route in the table was exercised above.
     let protected = ROUTES.iter().filter(|r| r.auth).count();
-    assert_eq!(protected, 34, "new protected route: add it to this test");
+    assert_eq!(protected, 35, "new protected route: add it to this test");
 }
 
 #[tokio::test]

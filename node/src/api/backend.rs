@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use tandem_storage::{Request, Response};
 use tandem_web::{
-    AdminBackend, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome, ClusterView,
-    ConfigEntryView, HealthView, HistoryEventView, HistoryPage, JoinRequest, JoinResponse,
-    JoinTokenRequest, JoinTokenView, MaintenanceOutcome, MaintenanceStart, MaintenanceView,
-    MemberView, ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView, SettingsUpdate,
-    SettingsView, SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport,
-    SyncRequest, UserView, WindowRequest,
+    AdminBackend, AdminTokenRotated, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome,
+    ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage, JoinRequest,
+    JoinResponse, JoinTokenRequest, JoinTokenView, MaintenanceOutcome, MaintenanceStart,
+    MaintenanceView, MemberView, ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView,
+    SettingsUpdate, SettingsView, SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest,
+    SyncReport, SyncRequest, UserView, WindowRequest,
 };
 
 use crate::client::ApiClient;
@@ -381,6 +381,28 @@ impl AdminBackend for Backend {
             token,
             expires_at_ms,
         })
+    }
+
+    async fn rotate_admin_token(&self, actor: String) -> Result<AdminTokenRotated, ApiError> {
+        let token = format!("tdm_{}", random_secret(32));
+        let at_ms = now_ms();
+        let req = Request::Multi(vec![
+            Request::SetAdminTokenHash {
+                hash: crate::join::hash_secret(&token),
+            },
+            Request::HistoryAppend {
+                at_ms,
+                node: self.node.cfg.node_id,
+                kind: "admin_token_rotated".into(),
+                actor,
+                details_json: "{}".into(),
+            },
+        ]);
+        match self.node.write(req).await.map_err(api)? {
+            Response::Multi(_) => Ok(AdminTokenRotated { token }),
+            Response::Refused { reason } => Err(rejected(reason)),
+            other => Err(unexpected(other)),
+        }
     }
 
     async fn join(&self, req: JoinRequest) -> Result<JoinResponse, ApiError> {

@@ -229,15 +229,27 @@ impl ApiArgs {
 
 /// `tandem token`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct TokenArgs {
+    /// Without a subcommand: a one-time join token.
+    #[command(subcommand)]
+    pub(crate) action: Option<TokenAction>,
     #[command(flatten)]
-    pub(crate) api: ApiArgs,
+    pub(crate) api: Option<ApiArgs>,
     /// Lifetime of the token in seconds.
     #[arg(long, default_value_t = 900)]
     pub(crate) ttl: u64,
     /// The token is for a witness.
     #[arg(long)]
     pub(crate) witness: bool,
+}
+
+/// `tandem token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Replace the admin token: prints the new one (shown once); the old
+    /// one stops working at once on every node.
+    RotateAdmin(ApiArgs),
 }
 
 /// `tandem join`.

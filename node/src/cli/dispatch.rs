@@ -159,12 +159,24 @@ async fn init(a: InitArgs) -> Result<(), Failure> {
 
 /// `tandem token`: a one-time join token from the leader.
 async fn token(a: TokenArgs) -> Result<(), Failure> {
+    if let Some(TokenAction::RotateAdmin(api)) = a.action {
+        let v: Value = api
+            .client()?
+            .call_leader(Method::POST, "/api/v1/admin-token", None::<&Value>)
+            .await?;
+        let token = v.get("token").and_then(Value::as_str).unwrap_or_default();
+        println!("{token}");
+        eprintln!("the old admin token no longer works; store this one (it is not shown again)");
+        return Ok(());
+    }
     let body = json!({
         "ttl_secs": a.ttl,
         "kind": if a.witness { "witness" } else { "appliance" },
     });
-    let v: Value = a
-        .api
+    let Some(api) = a.api else {
+        return Err(anyhow::anyhow!("tandem token needs --token (and --dir or --api)").into());
+    };
+    let v: Value = api
         .client()?
         .call_leader(Method::POST, "/api/v1/join-tokens", Some(&body))
         .await?;

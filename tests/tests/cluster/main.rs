@@ -107,3 +107,4 @@ mod t94_failback;
 mod t95_setup_relationship;
 mod t96_sites;
 mod t97_live_timeout;
+mod t98_credentials;
