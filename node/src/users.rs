@@ -1,8 +1,13 @@
 //! Admin users' passwords (argon2id, PHC strings) and per-user API tokens.
 //!
 //! Hashing and verification run on the blocking pool: argon2id is made to
-//! be slow. Neither passwords nor hashes are ever logged.
+//! be slow. One runs at a time, and at most [`ARGON2_QUEUE`] wait for
+//! their turn; more are refused at once ("busy"): a flood of logins takes
+//! at most one core and one blocking thread, never the pool the storage's
+//! fsyncs run on, and never queues without bound. Neither passwords nor
+//! hashes are ever logged.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -46,23 +51,51 @@ pub fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password_blocking("not a password").unwrap_or_default())
 }
 
-/// [`hash_password_blocking`] on the blocking pool.
-///
-/// # Errors
-/// A failed hash or a cancelled task.
-pub async fn hash_password(password: String) -> Result<String, String> {
-    tokio::task::spawn_blocking(move || hash_password_blocking(&password))
+/// How many argon2 runs may wait for their turn.
+pub const ARGON2_QUEUE: usize = 8;
+
+/// The one argon2 run at a time.
+static ARGON2: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+/// Runs waiting or running.
+static ARGON2_IN_LINE: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `f` (an argon2 hash or verification) on the blocking pool when its
+/// turn comes; refused at once when [`ARGON2_QUEUE`] already wait.
+async fn argon2_turn<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    struct InLine;
+    impl Drop for InLine {
+        fn drop(&mut self) {
+            ARGON2_IN_LINE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    if ARGON2_IN_LINE.fetch_add(1, Ordering::SeqCst) > ARGON2_QUEUE {
+        ARGON2_IN_LINE.fetch_sub(1, Ordering::SeqCst);
+        return Err("busy checking other logins; try again in a moment".into());
+    }
+    let _in_line = InLine;
+    let _turn = ARGON2.acquire().await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
 }
 
-/// [`verify_password_blocking`] on the blocking pool (against the dummy
-/// hash when `hash` is `None`, answering false).
+/// [`hash_password_blocking`] on the blocking pool, in turn.
 ///
 /// # Errors
-/// A cancelled task.
+/// A failed hash, a cancelled task, or too many waiting.
+pub async fn hash_password(password: String) -> Result<String, String> {
+    argon2_turn(move || hash_password_blocking(&password)).await?
+}
+
+/// [`verify_password_blocking`] on the blocking pool, in turn (against the
+/// dummy hash when `hash` is `None`, answering false).
+///
+/// # Errors
+/// A cancelled task, or too many waiting.
 pub async fn verify_password(password: String, hash: Option<String>) -> Result<bool, String> {
-    tokio::task::spawn_blocking(move || match hash {
+    argon2_turn(move || match hash {
         Some(h) => verify_password_blocking(&password, &h),
         None => {
             let _ = verify_password_blocking(&password, dummy_hash());
@@ -70,7 +103,6 @@ pub async fn verify_password(password: String, hash: Option<String>) -> Result<b
         }
     })
     .await
-    .map_err(|e| e.to_string())
 }
 
 /// A new API token: `(id, token, hash of the token)`.
@@ -109,5 +141,28 @@ mod tests {
         assert_eq!(hash, hash_secret(&token));
         assert_eq!(api_token_id("tdm_abc"), None);
         assert_eq!(api_token_id("tdu_.x"), None);
+    }
+
+    /// 100 logins at once: one argon2 run at a time, a bounded line, the
+    /// rest refused at once as busy (never queued without bound).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_login_flood_waits_in_a_bounded_line() {
+        let hash = hash_password_blocking("correct horse").expect("hashes");
+        let tries = (0..100).map(|_| verify_password("wrong".into(), Some(hash.clone())));
+        let answers = futures::future::join_all(tries).await;
+        let checked = answers.iter().filter(|a| a.is_ok()).count();
+        let busy = answers
+            .iter()
+            .filter(|a| a.as_ref().is_err_and(|e| e.starts_with("busy")))
+            .count();
+        assert_eq!(checked + busy, 100, "{answers:?}");
+        assert!(checked <= ARGON2_QUEUE + 1, "{checked} checked");
+        assert!(busy >= 100 - ARGON2_QUEUE - 1, "{busy} busy");
+        assert!(answers.iter().flatten().all(|ok| !ok));
+        // Once the line is empty, a login is checked again.
+        assert_eq!(
+            verify_password("correct horse".into(), Some(hash)).await,
+            Ok(true)
+        );
     }
 }

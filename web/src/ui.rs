@@ -41,6 +41,8 @@ pub const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 /// Failed logins per user name, and per client address, within
 /// [`LOGIN_WINDOW`] after which further attempts get a 429.
 pub const LOGIN_MAX_FAILURES: usize = 5;
+/// Most keys (user@address, address) the login and join throttle keeps.
+const MAX_THROTTLE_KEYS: usize = 10_000;
 /// Longest accepted password.
 pub(crate) const MAX_PASSWORD_LEN: usize = 256;
 /// Shortest accepted new password.
@@ -167,6 +169,25 @@ impl Sessions {
     pub(crate) fn fail(&self, keys: &[String]) {
         let now = Instant::now();
         let mut map = lock(&self.failures);
+        if map.len() >= MAX_THROTTLE_KEYS {
+            // Forget what is older than the window; if that is not enough,
+            // the oldest entries (a flood of distinct keys cannot grow the
+            // map without bound).
+            map.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now.duration_since(*t) < LOGIN_WINDOW)
+            });
+            while map.len() >= MAX_THROTTLE_KEYS {
+                let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, q)| q.back().copied())
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                map.remove(&oldest);
+            }
+        }
         for k in keys {
             let q = map.entry(k.clone()).or_default();
             q.push_back(now);
@@ -178,6 +199,24 @@ impl Sessions {
 
     fn clear(&self, key: &str) {
         lock(&self.failures).remove(key);
+    }
+
+    /// Takes back the newest failure counted for `key` (a login counted
+    /// before its hash was checked turned out right).
+    fn forgive(&self, key: &str) {
+        let mut map = lock(&self.failures);
+        if let Some(q) = map.get_mut(key) {
+            q.pop_back();
+            if q.is_empty() {
+                map.remove(key);
+            }
+        }
+    }
+
+    /// How many keys the throttle holds.
+    #[cfg(test)]
+    fn throttle_keys(&self) -> usize {
+        lock(&self.failures).len()
     }
 }
 
@@ -418,7 +457,15 @@ async fn login<B: AdminBackend>(State(ui): State<Ui<B>>, req: Request) -> Respon
         }
     };
     let user = form.user.trim().to_owned();
-    let user_key = format!("user:{user}");
+    // Per user *and* address: a flood on `admin` from some addresses does
+    // not lock the real administrator out from another one. Keys are
+    // bounded in size (a name that is no valid user name is one key).
+    let user_part = if valid_user_name(&user) {
+        user.as_str()
+    } else {
+        "(invalid name)"
+    };
+    let user_key = format!("user:{user_part}@{addr}");
     let keys = [user_key.clone(), format!("addr:{addr}")];
     if let Some(secs) = ui.sessions.retry_after(&keys) {
         tracing::warn!(user = %user, %addr, "login rate limited");
@@ -434,6 +481,9 @@ async fn login<B: AdminBackend>(State(ui): State<Ui<B>>, req: Request) -> Respon
         r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
         return r;
     }
+    // Counted before the hash is checked: concurrent guesses cannot all
+    // pass the limit while the first ones are being hashed.
+    ui.sessions.fail(&keys);
     let plausible = valid_user_name(&user)
         && !form.password.is_empty()
         && form.password.len() <= MAX_PASSWORD_LEN;
@@ -452,14 +502,14 @@ async fn login<B: AdminBackend>(State(ui): State<Ui<B>>, req: Request) -> Respon
         false
     };
     if !ok {
-        ui.sessions.fail(&keys);
-        tracing::info!(user = %user, %addr, "failed login");
+        tracing::info!(user = %user_part, %addr, "failed login");
         return html(
             StatusCode::UNAUTHORIZED,
             login_html(Some("wrong user name or password"), &user),
         );
     }
     ui.sessions.clear(&user_key);
+    ui.sessions.forgive(&format!("addr:{addr}"));
     let (id, _) = ui.sessions.create(&user);
     tracing::info!(user = %user, %addr, "login");
     let mut r = redirect("/");
@@ -525,6 +575,24 @@ mod tests {
             esc("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+    }
+
+    #[test]
+    fn the_throttle_keeps_a_bounded_number_of_keys() {
+        let s = Sessions::default();
+        for n in 0..(MAX_THROTTLE_KEYS + 500) {
+            s.fail(&[format!("addr:10.0.{}.{}", n / 256, n % 256)]);
+        }
+        assert!(
+            s.throttle_keys() <= MAX_THROTTLE_KEYS,
+            "{}",
+            s.throttle_keys()
+        );
+        // The newest are kept.
+        let newest = MAX_THROTTLE_KEYS + 499;
+        let key = format!("addr:10.0.{}.{}", newest / 256, newest % 256);
+        s.fail(std::slice::from_ref(&key));
+        assert!(lock(&s.failures).get(&key).is_some_and(|q| q.len() == 2));
     }
 
     #[test]

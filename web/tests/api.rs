@@ -2618,6 +2618,27 @@ async fn login_failures_are_rate_limited_per_user_and_address() {
     // The same client address is limited for other users too.
     let r = raw(&app, login_request("bob", PASSWORD)).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    // Another address is not: a flood on `admin` from some addresses does
+    // not lock the administrator out from every one.
+    let mut from_elsewhere = login_request("admin", PASSWORD);
+    from_elsewhere
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [192, 0, 2, 7],
+            40_000,
+        ))));
+    let r = raw(&app, from_elsewhere).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+    // A huge user name is one key, not a key of its own.
+    let long = "x".repeat(100_000);
+    let mut huge = login_request(&long, "wrong password");
+    huge.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [192, 0, 2, 8],
+            40_000,
+        ))));
+    let r = raw(&app, huge).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

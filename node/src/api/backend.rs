@@ -100,9 +100,10 @@ impl Backend {
         actor: &str,
         kind: &str,
     ) -> Result<UserView, ApiError> {
+        // Busy (other argon2 runs waiting) is a moment's unavailability.
         let password_hash = crate::users::hash_password(password)
             .await
-            .map_err(ApiError::Internal)?;
+            .map_err(ApiError::Unavailable)?;
         let at_ms = now_ms();
         let req = Request::UserPut {
             name: name.to_owned(),
@@ -597,7 +598,7 @@ impl AdminBackend for Backend {
         let hash = self.node.reader().user(&name).map(|u| u.password_hash);
         crate::users::verify_password(password, hash)
             .await
-            .map_err(ApiError::Internal)
+            .map_err(ApiError::Unavailable)
     }
 
     async fn users(&self) -> Result<Vec<UserView>, ApiError> {
