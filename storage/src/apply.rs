@@ -823,7 +823,12 @@ fn user_put(
         return Ok(Response::refused(Refusal::PasswordHash));
     }
     let k = keys::user_key(name);
-    let created_ms = ov.get::<UserRecord>(&k)?.map_or(at_ms, |u| u.created_ms);
+    let before = ov.get::<UserRecord>(&k)?;
+    let created_ms = before.as_ref().map_or(at_ms, |u| u.created_ms);
+    // A new password ends what the old one gave: the user's API tokens.
+    if before.is_some_and(|u| u.password_hash != password_hash) {
+        remove_api_tokens_of(ov, name)?;
+    }
     ov.put(
         k,
         &UserRecord {
@@ -848,6 +853,12 @@ fn user_delete(ov: &mut Overlay<'_>, name: &str) -> Result<Response, StorageErro
     }
     ov.remove(k);
     // Its API tokens go with it.
+    remove_api_tokens_of(ov, name)?;
+    Ok(Response::Deleted { existed: true })
+}
+
+/// Removes every API token of user `name`.
+fn remove_api_tokens_of(ov: &mut Overlay<'_>, name: &str) -> Result<(), StorageError> {
     let tokens = ov.existing_keys_in(&[keys::prefix::API_TOKEN], &[keys::prefix::API_TOKEN + 1])?;
     for tk in tokens {
         if ov
@@ -857,7 +868,7 @@ fn user_delete(ov: &mut Overlay<'_>, name: &str) -> Result<Response, StorageErro
             ov.remove(tk);
         }
     }
-    Ok(Response::Deleted { existed: true })
+    Ok(())
 }
 
 /// Applies [`Request::ApiTokenCreate`].
@@ -1327,7 +1338,19 @@ mod tests {
             Response::Deleted { existed: false }
         );
 
+        // A new password for alice ends her tokens; the same hash again
+        // (a write that changes nothing) keeps them; admin's stay.
+        f.apply(vec![api_token("t4", "alice"), api_token("t5", "admin")]);
+        f.one(user("alice", "h3"));
+        assert!(f.store.reader.api_token("t4").is_some());
+        f.one(user("alice", "h4"));
+        assert!(f.store.reader.api_token("t1").is_none());
+        assert!(f.store.reader.api_token("t4").is_none());
+        assert!(f.store.reader.api_token("t5").is_some());
+        f.one(Request::ApiTokenRevoke { id: "t5".into() });
+
         // Deleting a user removes its tokens; then admin is the last one.
+        f.one(api_token("t1", "alice"));
         f.one(api_token("t3", "alice"));
         assert_eq!(
             f.one(user_delete("alice")),

@@ -64,6 +64,9 @@ const USERS_HTML: &str = include_str!("../assets/users.html");
 pub(crate) struct SessionUser {
     pub(crate) name: String,
     pub(crate) csrf: String,
+    /// The user's `updated_at_ms` at login: a later change of the user
+    /// (its password) ends the session, on every node.
+    pub(crate) stamp: u64,
 }
 
 /// Who made an authenticated API request: a login session, or `None` for a
@@ -100,12 +103,13 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Sessions {
     /// A new session for `user`: its id (the cookie value) and CSRF token.
-    fn create(&self, user: &str) -> (String, SessionUser) {
+    fn create(&self, user: &str, stamp: u64) -> (String, SessionUser) {
         let now = Instant::now();
         let id = random_token();
         let su = SessionUser {
             name: user.to_owned(),
             csrf: random_token(),
+            stamp,
         };
         let mut map = lock(&self.sessions);
         map.retain(|_, e| e.expires > now);
@@ -263,16 +267,24 @@ impl<B: AdminBackend> Ui<B> {
     /// request. A node that cannot read its users lets nobody in.
     pub(crate) async fn session(&self, headers: &HeaderMap) -> Option<(String, SessionUser)> {
         let (id, user) = self.sessions.lookup(headers)?;
-        let exists = self
+        let now = self
             .backend
             .users()
             .await
-            .is_ok_and(|users| users.iter().any(|u| u.name == user.name));
-        if !exists {
-            self.sessions.remove_user(&user.name);
-            return None;
+            .ok()
+            .and_then(|users| users.into_iter().find(|u| u.name == user.name));
+        match now {
+            None => {
+                self.sessions.remove_user(&user.name);
+                None
+            }
+            // Its password changed since this session logged in.
+            Some(u) if u.updated_at_ms != user.stamp => {
+                self.sessions.remove(&id);
+                None
+            }
+            Some(_) => Some((id, user)),
         }
-        Some((id, user))
     }
 }
 
@@ -510,7 +522,14 @@ async fn login<B: AdminBackend>(State(ui): State<Ui<B>>, req: Request) -> Respon
     }
     ui.sessions.clear(&user_key);
     ui.sessions.forgive(&format!("addr:{addr}"));
-    let (id, _) = ui.sessions.create(&user);
+    let stamp = ui
+        .backend
+        .users()
+        .await
+        .ok()
+        .and_then(|users| users.into_iter().find(|u| u.name == user))
+        .map_or(0, |u| u.updated_at_ms);
+    let (id, _) = ui.sessions.create(&user, stamp);
     tracing::info!(user = %user, %addr, "login");
     let mut r = redirect("/");
     let cookie = format!(

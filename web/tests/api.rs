@@ -140,11 +140,12 @@ impl AdminBackend for MemBackend {
         Ok(self
             .lock()
             .users
-            .keys()
-            .map(|n| UserView {
+            .iter()
+            .map(|(n, p)| UserView {
                 name: n.clone(),
                 created_at_ms: 1,
-                updated_at_ms: 1,
+                // Changes with the password, as a real user's does.
+                updated_at_ms: p.bytes().map(u64::from).sum::<u64>() + p.len() as u64,
                 updated_by: "init".into(),
             })
             .collect())
@@ -2712,6 +2713,33 @@ async fn a_session_ends_when_its_user_is_removed_elsewhere() {
     // Re-created with the same name, the old session does not come back.
     backend.lock().users.insert("admin".into(), PASSWORD.into());
     assert_eq!(status(app, cookie).await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_password_change_ends_the_users_sessions() {
+    let (backend, app) = ui_app();
+    let (cookie, _) = login(&app).await;
+    let status = |cookie: String| {
+        let app = app.clone();
+        async move {
+            raw(
+                &app,
+                with_cookie(Method::GET, "/api/v1/status", &cookie, None, None),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(status(cookie.clone()).await, StatusCode::OK);
+    // Changed through any node: the replicated user changes.
+    backend
+        .lock()
+        .users
+        .insert("admin".into(), "a new password".into());
+    assert_eq!(status(cookie).await, StatusCode::UNAUTHORIZED);
+    // A login with the new password works.
+    let r = raw(&app, login_request("admin", "a new password")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
 }
 
 #[tokio::test]
