@@ -64,9 +64,19 @@ impl ApiClient {
     /// # Errors
     /// If the CA does not parse.
     pub fn new(api: &str, ca_pem: &str, token: Option<String>) -> anyhow::Result<Self> {
+        if base_url(api).starts_with("http://") {
+            anyhow::bail!(
+                "refusing {api}: the token would travel in clear; use the node's https:// address"
+            );
+        }
         let tls = tandem_certs::admin_client_config(ca_pem)?;
+        // HTTPS only, also for a redirection's target; no redirection is
+        // followed by itself (the token goes only where `call_leader`
+        // decides, to a node that shows the cluster's certificate).
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured((*tls).clone())
+            .https_only(true)
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(512)
             .build()
@@ -244,5 +254,37 @@ impl ApiClient {
             kind: None,
             fields: BTreeMap::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_never_travels_in_clear() {
+        let ca = tandem_certs::ClusterCa::generate("c").expect("a CA");
+        let refused = ApiClient::new("http://127.0.0.1:8443", ca.cert_pem(), Some("t".into()));
+        let e = refused.err().expect("http:// refused").to_string();
+        assert!(e.contains("in clear"), "{e}");
+        assert!(ApiClient::new("127.0.0.1:8443", ca.cert_pem(), None).is_ok());
+        assert!(ApiClient::new("https://127.0.0.1:8443", ca.cert_pem(), None).is_ok());
+    }
+
+    /// A 421 pointing at an `http://` address is not followed with the
+    /// token: the client refuses to send it there.
+    #[tokio::test]
+    async fn a_redirection_to_http_is_not_followed() {
+        let ca = tandem_certs::ClusterCa::generate("c").expect("a CA");
+        let c = ApiClient::new("https://127.0.0.1:9", ca.cert_pem(), Some("t".into()))
+            .expect("client")
+            .with_base("http://127.0.0.1:9");
+        let e = c
+            .call::<(), serde_json::Value>(Method::GET, "/api/v1/status", None)
+            .await
+            .expect_err("refused");
+        // Refused before any connection (a connection to the closed port
+        // would say "connection refused").
+        assert!(e.to_string().contains("builder error"), "{e}");
     }
 }
