@@ -1663,7 +1663,7 @@ async fn account_password<B: AdminBackend>(
         ));
     };
     validate_password("new_password", &body.new_password)?;
-    if body.old_password.is_empty() || body.old_password.len() > MAX_PASSWORD_LEN {
+    if body.old_password.is_empty() || body.old_password.chars().count() > MAX_PASSWORD_LEN {
         return Err(ApiError::Forbidden("the current password is wrong".into()));
     }
     backend

@@ -498,7 +498,7 @@ async fn login<B: AdminBackend>(State(ui): State<Ui<B>>, req: Request) -> Respon
     ui.sessions.fail(&keys);
     let plausible = valid_user_name(&user)
         && !form.password.is_empty()
-        && form.password.len() <= MAX_PASSWORD_LEN;
+        && form.password.chars().count() <= MAX_PASSWORD_LEN;
     let ok = if plausible {
         match ui.backend.verify_user(user.clone(), form.password).await {
             Ok(ok) => ok,

@@ -2715,6 +2715,27 @@ async fn a_session_ends_when_its_user_is_removed_elsewhere() {
     assert_eq!(status(app, cookie).await, StatusCode::UNAUTHORIZED);
 }
 
+/// Password lengths count characters where a password is set and where
+/// it is checked: 200 three-byte characters (600 bytes) log in.
+#[tokio::test]
+async fn a_long_password_of_wide_characters_logs_in() {
+    let (backend, app) = ui_app();
+    let wide = "€".repeat(200);
+    backend.lock().users.insert("carol".into(), wide.clone());
+    let mut body = String::from("user=carol&password=");
+    for b in wide.bytes() {
+        body.push_str(&format!("%{b:02X}"));
+    }
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/ui/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .expect("valid request");
+    let r = raw(&app, req).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+}
+
 #[tokio::test]
 async fn a_password_change_ends_the_users_sessions() {
     let (backend, app) = ui_app();
