@@ -236,7 +236,14 @@ async fn run_once(
         let (stop, failed) = (admin_stop.clone(), failed.clone());
         async move {
             let app = tandem_web::router(backend);
-            let r = tandem_web::serve_tls(api_listener, admin_tls, app, stop.clone()).await;
+            let r = tandem_web::serve_tls(
+                api_listener,
+                admin_tls,
+                app,
+                stop.clone(),
+                tandem_web::ConnLimits::default(),
+            )
+            .await;
             if !stop.is_cancelled() {
                 tracing::error!(result = ?r, "admin listener stopped unexpectedly");
                 failed.cancel();

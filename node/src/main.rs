@@ -57,11 +57,34 @@ fn configure_allocator() {}
 /// How long an idle blocking-pool thread lives (see `main`).
 const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// Raises the soft limit of open files to the hard one (at most 65,536):
+/// the admin listener keeps up to 4,096 connections, and Raft's log,
+/// sled and the peer links must never run out of descriptors because of
+/// them.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = lim.rlim_max.min(65_536);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     configure_allocator();
     // Everything Tandem writes (log segments, snapshots, sled's files, the
     // diverged export, keys) is for its own user only.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    raise_open_files_limit();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sled=warn,openraft=warn"))

@@ -74,5 +74,5 @@ pub use settings::{
     validate_settings, MAX_INTERFACE_LEN, MAX_SHARED_IPS, MAX_TEST_IPS, MIN_BANDWIDTH_BPS,
     PRIMARY_TIMEOUT_MS, VERIFY_INTERVAL_SECS,
 };
-pub use tls::{serve_tls, SHUTDOWN_GRACE};
+pub use tls::{serve_tls, ConnLimits, SHUTDOWN_GRACE};
 pub use ui::{CSRF_HEADER, LOGIN_MAX_FAILURES, LOGIN_WINDOW, SESSION_COOKIE, SESSION_TTL};

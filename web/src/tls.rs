@@ -28,6 +28,82 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// Concurrent HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 128;
+/// HTTP/2 keep-alive: a ping after this much silence…
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// …that must be answered within this.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many connections the admin listener keeps open: beyond them a new
+/// connection is closed at once, before its TLS handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// In all.
+    pub total: usize,
+    /// From one client address.
+    pub per_address: usize,
+}
+
+impl Default for ConnLimits {
+    /// 4,096 in all, 1,024 per address (a benchmark's or a load balancer's
+    /// many connections come from one address).
+    fn default() -> Self {
+        Self {
+            total: 4096,
+            per_address: 1024,
+        }
+    }
+}
+
+/// Open connections per client address, under [`ConnLimits`].
+#[derive(Default)]
+struct OpenConns {
+    total: usize,
+    by_address: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// One admitted connection; gives its place back when dropped.
+struct Admitted {
+    open: Arc<std::sync::Mutex<OpenConns>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut o = self
+            .open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        o.total = o.total.saturating_sub(1);
+        if let Some(n) = o.by_address.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                o.by_address.remove(&self.ip);
+            }
+        }
+    }
+}
+
+fn admit(
+    open: &Arc<std::sync::Mutex<OpenConns>>,
+    limits: ConnLimits,
+    ip: std::net::IpAddr,
+) -> Option<Admitted> {
+    let mut o = open
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let here = o.by_address.get(&ip).copied().unwrap_or(0);
+    if o.total >= limits.total || here >= limits.per_address {
+        return None;
+    }
+    o.total += 1;
+    *o.by_address.entry(ip).or_insert(0) += 1;
+    Some(Admitted {
+        open: Arc::clone(open),
+        ip,
+    })
+}
 
 /// Serves `app` (an [`crate::AdminApp`] or any axum `Router`) over TLS on
 /// `listener` until `shutdown` is cancelled.
@@ -39,7 +115,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// peer. On shutdown the loop stops accepting, asks every connection to finish
 /// its in-flight requests and close, waits up to [`SHUTDOWN_GRACE`], then
 /// aborts what is left; the function returns once every connection task has
-/// ended.
+/// ended. Beyond `limits` a new connection is closed before its handshake.
 ///
 /// # Errors
 /// An accept error that says the listener itself is unusable (anything but
@@ -50,6 +126,7 @@ pub async fn serve_tls<S>(
     tls: Arc<rustls::ServerConfig>,
     app: S,
     shutdown: CancellationToken,
+    limits: ConnLimits,
 ) -> io::Result<()>
 where
     S: Service<hyper::Request<Incoming>, Response = Response, Error = Infallible>
@@ -58,6 +135,7 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let open = Arc::new(std::sync::Mutex::new(OpenConns::default()));
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -65,7 +143,12 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let local = listener.local_addr().ok();
     let mut conns = JoinSet::new();
     let mut result = Ok(());
@@ -97,6 +180,11 @@ where
             },
         };
 
+        let Some(admitted) = admit(&open, limits, peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: too many open");
+            drop(tcp);
+            continue;
+        };
         // Taken before the spawn so shutdown also waits for connections that
         // are still in their TLS handshake.
         let watcher = graceful.watcher();
@@ -104,6 +192,7 @@ where
         let builder = builder.clone();
         let app = app.clone();
         conns.spawn(async move {
+            let _admitted = admitted;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {

@@ -62,6 +62,7 @@ async fn serves_https_and_shuts_down() {
         server_cfg,
         app,
         shutdown.clone(),
+        tandem_web::ConnLimits::default(),
     ));
 
     // A client that is not speaking TLS only loses its own connection.
@@ -126,4 +127,72 @@ async fn fixture_handshake() {
     });
     let _client = tls_connect(&TlsConnector::from(client_cfg), addr).await;
     accept.await.expect("accept task");
+}
+
+/// Beyond the per-address limit a new connection is closed at once (before
+/// its handshake) while the open ones keep working; a closed one gives its
+/// place back.
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_at_once() {
+    let (server_cfg, client_cfg) = configs();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    let app = Router::new().route("/hello", get(|| async { "hello" }));
+    let shutdown = CancellationToken::new();
+    let limits = tandem_web::ConnLimits {
+        total: 100,
+        per_address: 3,
+    };
+    let server = tokio::spawn(tandem_web::serve_tls(
+        listener,
+        server_cfg,
+        app,
+        shutdown.clone(),
+        limits,
+    ));
+    let connector = TlsConnector::from(client_cfg);
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tls_connect(&connector, addr).await);
+    }
+    // The fourth: closed without a handshake.
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("valid name");
+    let fourth = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("answered at once");
+    assert!(
+        fourth.is_err(),
+        "a fourth connection from one address was served"
+    );
+    // The open ones still serve.
+    let mut first = idle.remove(0);
+    first
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    first
+        .read_to_end(&mut response)
+        .await
+        .expect("read response");
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
+    drop(first);
+    // Its place is given back (once the server has seen it close).
+    let mut served = false;
+    for _ in 0..50 {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("valid name");
+        if connector.connect(name, tcp).await.is_ok() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        served,
+        "the place of a closed connection was not given back"
+    );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
 }

@@ -326,3 +326,56 @@ async fn the_data_directory_is_for_its_user_only() {
         assert!(open.is_empty(), "readable by others: {open:?}");
     }
 }
+
+/// A node raises its open-files limit (to the hard limit, at most 65,536):
+/// its admin connections never starve Raft of descriptors. Started with a
+/// soft limit of 256 (`prlimit`, which execs the node: same PID).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_raises_its_open_files_limit() {
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let dir = root.path().join("a");
+    let (init, ca_pem, _) = tandem_tests::init_node(&dir, "a", &[]).await;
+    let limits_of = |pid: u32| -> (u64, String) {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap_or_default()
+            .to_string();
+        let soft = line
+            .split_whitespace()
+            .nth(3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let hard = line.split_whitespace().nth(4).unwrap_or("0").to_string();
+        (soft, hard)
+    };
+    let (_, hard) = limits_of(std::process::id());
+    let want = if hard == "unlimited" {
+        65_536
+    } else {
+        hard.parse::<u64>().expect("a number").min(65_536)
+    };
+    assert!(want > 256, "the hard limit {hard} leaves nothing to raise");
+    let mut child = tokio::process::Command::new("prlimit")
+        .arg(format!("--nofile=256:{hard}"))
+        .arg(tandem_tests::tandem_bin())
+        .arg("run")
+        .arg("--dir")
+        .arg(&dir)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit runs the node");
+    let pid = child.id().expect("a pid");
+    let http = tandem_tests::https_client(&ca_pem);
+    let api = init["api"].as_str().expect("api").to_string();
+    wait_until("the node to answer", WAIT, || async {
+        let r = http.get(format!("{api}/health")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let (soft, _) = limits_of(pid);
+    let _ = child.kill().await;
+    assert_eq!(soft, want, "the node runs with a soft limit of {soft}");
+}
