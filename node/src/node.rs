@@ -410,20 +410,22 @@ impl Node {
 
     /// Checks a bearer token: the admin token, or a per-user API token
     /// (`tdu_<id>.<secret>`) whose user still exists, against the
-    /// replicated hashes.
-    pub fn authorize(&self, bearer: &str) -> bool {
+    /// replicated hashes; answers who it is (`admin-token` or the user).
+    pub fn authorize(&self, bearer: &str) -> Option<String> {
         let got = hash_secret(bearer);
         if let Some(id) = crate::users::api_token_id(bearer) {
             let reader = self.reader();
-            return reader.api_token(id).is_some_and(|t| {
-                constant_time_eq(got.as_bytes(), t.secret_hash.as_bytes())
-                    && reader.user(&t.user).is_some()
-            });
+            return reader
+                .api_token(id)
+                .filter(|t| {
+                    constant_time_eq(got.as_bytes(), t.secret_hash.as_bytes())
+                        && reader.user(&t.user).is_some()
+                })
+                .map(|t| t.user);
         }
-        match self.reader().admin_token_hash() {
-            Some(expected) => constant_time_eq(got.as_bytes(), expected.as_bytes()),
-            None => false,
-        }
+        let expected = self.reader().admin_token_hash()?;
+        constant_time_eq(got.as_bytes(), expected.as_bytes())
+            .then(|| tandem_web::ADMIN_TOKEN_ACTOR.to_owned())
     }
 
     /// Creates a one-time join token: `<id>.<secret>.<ca-fingerprint>`.

@@ -30,12 +30,17 @@ use crate::ApiError;
 /// `stale == false` must be linearizable (or also answer `NotLeader`); with
 /// `stale == true` the node serves from its local state machine and reports
 /// how far it has applied in [`ReadMeta`].
+/// The caller the admin token is recorded as.
+pub const ADMIN_TOKEN_ACTOR: &str = "admin-token";
+
 pub trait AdminBackend: Send + Sync + 'static {
-    /// Whether `bearer_token` grants access to the authenticated API.
+    /// Who `bearer_token` is, if it grants access to the authenticated
+    /// API: [`ADMIN_TOKEN_ACTOR`] for the admin token, the user's name for
+    /// a per-user API token. Writes are recorded as that caller.
     ///
     /// Called on every `/api` request except `/api/v1/join`. The comparison
     /// must be constant-time; that is the implementation's job.
-    fn authorize(&self, bearer_token: &str) -> bool;
+    fn authorize(&self, bearer_token: &str) -> Option<String>;
 
     /// Liveness and role of this node (`GET /health`, no authentication).
     ///

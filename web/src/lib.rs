@@ -48,7 +48,7 @@ pub use backend::{
     PasswordChange, PeerView, ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView,
     SettingsUpdate, SettingsView, SetupOutcome, SetupRequest, SharedIpView, StatusView,
     SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserCreate, UserPassword, UserView,
-    VerifyReport,
+    VerifyReport, ADMIN_TOKEN_ACTOR,
 };
 pub use backend::{
     Failback, FailbackOff, DEFAULT_MAINTENANCE_MAX_MINUTES, DEFAULT_MAINTENANCE_REMINDER_SECS,

@@ -39,7 +39,7 @@ use crate::backend::{
     JoinTokenRequest, JoinTokenView, ListView, PasswordChange, ReadMeta, ReadinessView, RoleHealth,
     SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome, SetupRequest,
     StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserCreate, UserPassword,
-    UserView,
+    UserView, ADMIN_TOKEN_ACTOR,
 };
 use crate::error::{ErrorBody, LeaderRedirect};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
@@ -457,9 +457,29 @@ async fn require_auth<B: AdminBackend>(
     next: Next,
 ) -> Response {
     if req.headers().contains_key(AUTHORIZATION) {
-        let allowed = bearer_token(req.headers()).is_some_and(|t| ui.backend.authorize(t));
-        if !allowed {
+        let Some(who) = bearer_token(req.headers()).and_then(|t| ui.backend.authorize(t)) else {
             return ApiError::Unauthorized.into_response();
+        };
+        // Recorded as the credential's owner, never as what the request
+        // says: an API token's user, or the admin token with the name the
+        // caller gave (`admin-token:alice`) as a label.
+        let declared = req.headers().contains_key(ACTOR_HEADER);
+        let recorded = match (who.as_str(), declared) {
+            (ADMIN_TOKEN_ACTOR, true) => match actor(req.headers()) {
+                Ok(name) => {
+                    let room = MAX_ACTOR_LEN - ADMIN_TOKEN_ACTOR.len() - 1;
+                    let name: String = name.chars().take(room).collect();
+                    format!("{ADMIN_TOKEN_ACTOR}:{name}")
+                }
+                Err(e) => return e.into_response(),
+            },
+            _ => who,
+        };
+        match HeaderValue::from_str(&recorded) {
+            Ok(v) => {
+                req.headers_mut().insert(ACTOR_HEADER, v);
+            }
+            Err(_) => return ApiError::Unauthorized.into_response(),
         }
         req.extensions_mut().insert(Caller(None));
         return next.run(req).await;

@@ -247,13 +247,15 @@ impl AdminBackend for MemBackend {
             .collect())
     }
 
-    fn authorize(&self, bearer_token: &str) -> bool {
-        bearer_token == TOKEN
-            || self
-                .lock()
-                .api_tokens
-                .values()
-                .any(|(_, t)| t == bearer_token)
+    fn authorize(&self, bearer_token: &str) -> Option<String> {
+        if bearer_token == TOKEN {
+            return Some(tandem_web::ADMIN_TOKEN_ACTOR.into());
+        }
+        self.lock()
+            .api_tokens
+            .values()
+            .find(|(_, t)| t == bearer_token)
+            .map(|(user, _)| user.clone())
     }
 
     async fn health(&self) -> Result<HealthView, ApiError> {
@@ -1112,7 +1114,7 @@ async fn config_round_trip() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["key"], "app/db.url");
     assert_eq!(r.body["version"], 1);
-    assert_eq!(r.body["updated_by"], "api");
+    assert_eq!(r.body["updated_by"], "admin-token");
 
     let r = call(&app, Method::GET, "/api/v1/config/app/db.url", None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -1131,7 +1133,7 @@ async fn config_round_trip() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["version"], 2);
     assert_eq!(r.body["value"], Value::Null);
-    assert_eq!(r.body["updated_by"], "alice@ops");
+    assert_eq!(r.body["updated_by"], "admin-token:alice@ops");
 
     call(
         &app,
@@ -1157,7 +1159,7 @@ async fn config_round_trip() {
 
     let r = call(&app, Method::DELETE, "/api/v1/config/app/db.url", None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(backend.lock().last_actor.as_deref(), Some("api"));
+    assert_eq!(backend.lock().last_actor.as_deref(), Some("admin-token"));
     call(&app, Method::GET, "/api/v1/config/app/db.url", None)
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
@@ -1781,7 +1783,7 @@ async fn settings_round_trip() {
     let r = send(&app, req).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["version"], 1);
-    assert_eq!(r.body["updated_by"], "alice@ops");
+    assert_eq!(r.body["updated_by"], "admin-token:alice@ops");
     assert_eq!(r.body["shared_ips"][0]["interfaces"]["n2"], "ens3.100");
     let view: SettingsView = serde_json::from_value(r.body).expect("decodes");
     assert_eq!(view.primary_timeout_ms, 3000);
@@ -1800,9 +1802,9 @@ async fn settings_round_trip() {
         backend.calls(),
         [
             "settings",
-            "settings_put(alice@ops)",
-            "settings_put(api)",
-            "settings_put(api)"
+            "settings_put(admin-token:alice@ops)",
+            "settings_put(admin-token)",
+            "settings_put(admin-token)"
         ]
     );
 }
@@ -1960,7 +1962,7 @@ async fn settings_validation_names_the_fields() {
         backend.lock().calls.clear();
         let r = put_settings(&app, with(field, v.clone())).await;
         assert_eq!(r.status, StatusCode::OK, "{field}={v}: {}", r.body);
-        assert_eq!(backend.calls(), ["settings_put(api)"]);
+        assert_eq!(backend.calls(), ["settings_put(admin-token)"]);
     }
     backend.lock().calls.clear();
 
@@ -2058,14 +2060,14 @@ async fn relationship_actions() {
     assert_eq!(
         backend.calls(),
         [
-            "swap(pull_sync=true,force=false,bob)",
-            "swap(pull_sync=false,force=false,api)",
-            "swap(pull_sync=false,force=true,api)",
-            "swap(pull_sync=false,force=false,api)",
-            "sync(verify=true,api)",
-            "sync(verify=false,api)",
-            "break(api)",
-            "break(api)"
+            "swap(pull_sync=true,force=false,admin-token:bob)",
+            "swap(pull_sync=false,force=false,admin-token)",
+            "swap(pull_sync=false,force=true,admin-token)",
+            "swap(pull_sync=false,force=false,admin-token)",
+            "sync(verify=true,admin-token)",
+            "sync(verify=false,admin-token)",
+            "break(admin-token)",
+            "break(admin-token)"
         ]
     );
 }
@@ -2196,8 +2198,8 @@ async fn setup_checks_its_body_and_maps_refusals() {
     assert_eq!(
         backend.calls(),
         [
-            "setup(https://10.0.0.1:8443,t1,None,witness=true,discard=true,api)",
-            "setup(h:1,t2,Some(\"10.0.0.9:7400\"),witness=false,discard=false,api)",
+            "setup(https://10.0.0.1:8443,t1,None,witness=true,discard=true,admin-token)",
+            "setup(h:1,t2,Some(\"10.0.0.9:7400\"),witness=false,discard=false,admin-token)",
         ]
     );
 }
@@ -2862,7 +2864,7 @@ async fn bearer_calls_need_no_csrf_token() {
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.body["name"], "bob");
-    assert_eq!(backend.lock().last_actor.as_deref(), Some("api"));
+    assert_eq!(backend.lock().last_actor.as_deref(), Some("admin-token"));
     // A per-user API token made on the page works as a bearer token.
     let (cookie, csrf) = login(&app).await;
     let r = send(
@@ -2885,6 +2887,21 @@ async fn bearer_calls_need_no_csrf_token() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
+    // A write with it is recorded as its user, whatever the request says.
+    let mut req = request(
+        Method::POST,
+        "/api/v1/relationship/sync",
+        Some(&token),
+        Some(json!({})),
+    );
+    req.headers_mut()
+        .insert("x-tandem-actor", "mallory".parse().expect("ascii"));
+    let r = send(&app, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        backend.calls().last().map(String::as_str),
+        Some("sync(verify=false,admin)")
+    );
     let id = backend
         .lock()
         .api_tokens

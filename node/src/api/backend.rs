@@ -128,7 +128,7 @@ impl Backend {
 }
 
 impl AdminBackend for Backend {
-    fn authorize(&self, bearer_token: &str) -> bool {
+    fn authorize(&self, bearer_token: &str) -> Option<String> {
         self.node.authorize(bearer_token)
     }
 

@@ -322,7 +322,7 @@ async fn planned_swap_20_times_under_a_writer() {
     let ours = page
         .items
         .iter()
-        .filter(|e| e.kind == "swap" && e.actor == SWAP_ACTOR)
+        .filter(|e| e.kind == "swap" && e.actor == format!("admin-token:{SWAP_ACTOR}"))
         .count();
     assert!(
         ours >= 20,
@@ -701,7 +701,9 @@ async fn settings_replicate_and_record_history() {
     assert_eq!(loc, c.url(p, "/api/v1/settings"));
     let view: SettingsView = ok_json(put(loc).await.expect("PUT on the primary"), "PUT").await;
     assert_eq!(view.version, s0.version + 1);
-    assert_eq!(view.updated_by.as_deref(), Some(actor));
+    // The admin token is recorded as such, with the given name as a label.
+    let recorded = format!("admin-token:{actor}");
+    assert_eq!(view.updated_by.as_deref(), Some(recorded.as_str()));
     assert_eq!(view.primary_timeout_ms, 1500);
     assert!(view.auto_failover && view.backup_operations);
     assert_eq!(view.test_ips, ["127.0.0.1", "127.0.0.1:9"]);
@@ -725,7 +727,7 @@ async fn settings_replicate_and_record_history() {
     assert!(
         page.items
             .iter()
-            .any(|e| e.kind == "settings_change" && e.actor == actor),
+            .any(|e| e.kind == "settings_change" && e.actor == recorded),
         "no settings_change by {actor}: {:?}",
         page.items
     );

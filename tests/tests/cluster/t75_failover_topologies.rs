@@ -549,7 +549,7 @@ async fn break_leaves_everyone_standalone_with_their_data() {
     assert!(
         page.items
             .iter()
-            .any(|e| e.kind == "break" && e.actor == ACTOR),
+            .any(|e| e.kind == "break" && e.actor == format!("admin-token:{ACTOR}")),
         "{:?}",
         page.items
     );

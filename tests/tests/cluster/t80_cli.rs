@@ -5,6 +5,8 @@ use tandem_tests::{CliOutput, Roles};
 
 const SETTLE: Duration = Duration::from_secs(15);
 const ACTOR: &str = "t80-cli";
+/// How a call with the admin token and `--actor t80-cli` is recorded.
+const RECORDED: &str = "admin-token:t80-cli";
 
 /// `tandem <cmd...> --dir <node i> --token <admin> --actor t80-cli <extra...>`.
 async fn cli(c: &Cluster, i: usize, cmd: &[&str], extra: &[&str]) -> CliOutput {
@@ -189,7 +191,7 @@ async fn status_and_settings() {
     assert!(
         page["items"]
             .as_array()
-            .is_some_and(|items| items.iter().any(|e| e["actor"] == ACTOR)),
+            .is_some_and(|items| items.iter().any(|e| e["actor"] == RECORDED)),
         "{page}"
     );
 
@@ -248,7 +250,10 @@ async fn swap_sync_and_history() {
     assert!(
         lines.any(|l| {
             let cells: Vec<&str> = l.split_whitespace().collect();
-            cells.len() >= 6 && cells[1].ends_with('Z') && cells[3] == "swap" && cells[4] == ACTOR
+            cells.len() >= 6
+                && cells[1].ends_with('Z')
+                && cells[3] == "swap"
+                && cells[4] == RECORDED
         }),
         "no swap by {ACTOR}: {}",
         out.stdout

@@ -86,7 +86,7 @@ async fn maintenance_moves_the_role_and_a_node_in_maintenance_is_never_promoted(
     assert_eq!(outcome.moved_to, Some(c.nodes[b].id()), "{outcome:?}");
     assert_eq!(outcome.maintenance.nodes.len(), 1);
     assert_eq!(outcome.maintenance.nodes[0].node, pname);
-    assert_eq!(outcome.maintenance.nodes[0].by, "ops");
+    assert_eq!(outcome.maintenance.nodes[0].by, "admin-token:ops");
     let moved = c.wait_roles(WAIT).await;
     assert_eq!(moved.primary, b, "the role moved to the backup");
     assert_eq!(c.list(b, "before/", true).await, written);
@@ -182,7 +182,7 @@ async fn maintenance_moves_the_role_and_a_node_in_maintenance_is_never_promoted(
         .iter()
         .map(|e| e.actor.clone())
         .collect();
-    assert_eq!(kinds, vec!["ops".to_string()]);
+    assert_eq!(kinds, vec!["admin-token:ops".to_string()]);
     assert_eq!(history(&c, p, "maintenance_start").await.items.len(), 1);
 }
 

@@ -188,7 +188,7 @@ async fn standalone_node_joins_the_primary_from_the_page() {
     assert!(
         h.items
             .iter()
-            .any(|e| e.actor == "alice (on b)" && e.details["node"] == json!(b_id)),
+            .any(|e| e.actor == "admin-token:alice (on b)" && e.details["node"] == json!(b_id)),
         "{h:?}"
     );
     // The token is spent, and a node in a relationship cannot set one up.
