@@ -451,6 +451,11 @@ impl Future for AdminFuture {
 /// state-changing requests must carry the session's CSRF token (403
 /// otherwise) and act as the logged-in user (its name replaces any
 /// [`ACTOR_HEADER`]).
+/// Who a bearer call is: `None` for the admin token, else the API token's
+/// user.
+#[derive(Debug, Clone)]
+struct Bearer(Option<String>);
+
 async fn require_auth<B: AdminBackend>(
     State(ui): State<Ui<B>>,
     mut req: Request,
@@ -482,6 +487,10 @@ async fn require_auth<B: AdminBackend>(
             Err(_) => return ApiError::Unauthorized.into_response(),
         }
         req.extensions_mut().insert(Caller(None));
+        req.extensions_mut().insert(Bearer(
+            (recorded != ADMIN_TOKEN_ACTOR && !recorded.starts_with("admin-token:"))
+                .then(|| recorded.clone()),
+        ));
         return next.run(req).await;
     }
     let Some((_, user)) = ui.session(req.headers()).await else {
@@ -1730,16 +1739,27 @@ async fn api_token_list<B: AdminBackend>(
 async fn api_token_create<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     Extension(Caller(caller)): Extension<Caller>,
+    bearer: Option<Extension<Bearer>>,
     headers: HeaderMap,
     OptionalJson(body): OptionalJson<ApiTokenRequest>,
 ) -> Result<Response, ApiError> {
     let actor = actor(&headers)?;
-    let user = match (body.user.filter(|u| !u.is_empty()), caller) {
+    // A user makes tokens for itself; only the admin token makes them for
+    // anyone.
+    let own = caller
+        .map(|c| c.name)
+        .or_else(|| bearer.and_then(|Extension(Bearer(who))| who));
+    let user = match (body.user.filter(|u| !u.is_empty()), own) {
+        (Some(u), Some(me)) if u != me => {
+            return Err(ApiError::Forbidden(format!(
+                "{me} may create API tokens for itself only; the admin token creates them for other users"
+            )))
+        }
         (Some(u), _) => u,
-        (None, Some(c)) => c.name,
+        (None, Some(me)) => me,
         (None, None) => {
             return Err(ApiError::BadRequest(
-                "user is required with a bearer token".into(),
+                "user is required with the admin token".into(),
             ))
         }
     };

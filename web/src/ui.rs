@@ -247,7 +247,9 @@ pub(crate) fn csrf_ok(headers: &HeaderMap, user: &SessionUser) -> bool {
 
 /// Whether `name` is a valid user name: 1..=64 of `[A-Za-z0-9._@-]`.
 pub(crate) fn valid_user_name(name: &str) -> bool {
+    // `admin-token` names the admin token in the history: no user has it.
     !name.is_empty()
+        && name != crate::backend::ADMIN_TOKEN_ACTOR
         && name.len() <= MAX_USER_LEN
         && name
             .chars()
@@ -590,6 +592,10 @@ mod tests {
         assert!(!valid_user_name(""));
         assert!(!valid_user_name("a b"));
         assert!(!valid_user_name(&"a".repeat(65)));
+        assert!(
+            !valid_user_name("admin-token"),
+            "reserved for the admin token"
+        );
         assert_eq!(
             esc("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"

@@ -2902,6 +2902,33 @@ async fn bearer_calls_need_no_csrf_token() {
         backend.calls().last().map(String::as_str),
         Some("sync(verify=false,admin)")
     );
+    // A user makes API tokens for itself only; the admin token for anyone.
+    backend
+        .lock()
+        .users
+        .insert("bob".into(), "bob's password".into());
+    let for_bob = || Some(json!({"user": "bob"}));
+    let r = send(
+        &app,
+        request(Method::POST, "/api/v1/api-tokens", Some(&token), for_bob()),
+    )
+    .await;
+    r.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let r = send(
+        &app,
+        with_cookie(
+            Method::POST,
+            "/api/v1/api-tokens",
+            &cookie,
+            Some(&csrf),
+            for_bob(),
+        ),
+    )
+    .await;
+    r.assert_error(StatusCode::FORBIDDEN, "forbidden");
+    let r = call(&app, Method::POST, "/api/v1/api-tokens", for_bob()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["user"], "bob");
     let id = backend
         .lock()
         .api_tokens
