@@ -208,6 +208,11 @@ impl Node {
         plan.put_hold(hold.clone());
         let details = json!({ "node": node, "reason": req.reason, "until_ms": until_ms,
                               "force": req.force });
+        // This request moves the role itself: the duty that moves it away
+        // from a held primary waits its retry time, not to race it.
+        if is_primary {
+            *crate::util::lock(&self.duties.maintenance_moved) = Some(Instant::now());
+        }
         self.put_plan(&plan, version, actor, vec![("maintenance_start", details)])
             .await?;
         if !is_primary {
@@ -224,6 +229,11 @@ impl Node {
                     e.message()
                 )),
             )),
+            // The role left this node all the same (a peer took it
+            // meanwhile): the hold stands and the move is done.
+            Err(_) if self.epoch().primary.is_some_and(|p| p != node) => {
+                Ok(self.outcome(self.epoch().primary, None))
+            }
             Err(e) => {
                 // Nothing changes: take the hold back.
                 let (mut plan, version) = self.plan();
