@@ -13,7 +13,7 @@ use tandem_storage::{LogReaderHandle, NodeInfo, NodeKind, Request, Response, Sta
 
 use crate::config::{DataDir, NodeConfig, Tuning};
 use crate::peer::client::{PeerIdentity, PeerNetwork};
-use crate::placement::{Place, Places, Shared};
+use crate::placement::Place;
 use crate::settings::{Settings, Timing};
 use crate::util::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +24,6 @@ const NEW_LEADER_GRACE: Duration = Duration::from_secs(2);
 const NEW_LEADER_POLL: Duration = Duration::from_millis(20);
 /// Pause between attempts to add a learner while another membership change finishes.
 const MEMBERSHIP_RETRY: Duration = Duration::from_millis(100);
-/// Writes of the placement record retried after a concurrent writer.
-const PLACE_WRITE_TRIES: usize = 3;
 
 /// How long a join token lives unless the caller asks otherwise.
 pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
@@ -625,126 +623,6 @@ impl Node {
             ca_pem: self.ca_pem.clone(),
             ca_key_pem: (req.kind == NodeKind::Appliance).then(|| ca.key_pem().to_string()),
         })
-    }
-
-    /// The replicated placement record (each node's site and host).
-    pub fn places(&self) -> Places {
-        Places::from_json(
-            self.reader()
-                .places()
-                .as_ref()
-                .map_or("{}", |r| r.settings_json.as_str()),
-        )
-    }
-
-    /// `id`'s place: this node's from its configuration, another's from
-    /// the replicated record.
-    pub fn place_of(&self, id: u64) -> Option<Place> {
-        if id == self.cfg.node_id {
-            Some(self.place.clone())
-        } else {
-            self.places().get(id).cloned()
-        }
-    }
-
-    /// The appliances of the membership (other than a joiner) that share a
-    /// site or host with `place`, by name, and what they share.
-    pub fn appliance_sharing_with(&self, place: &Place) -> Vec<(String, Vec<Shared>)> {
-        let m = self.metrics();
-        m.membership_config
-            .membership()
-            .nodes()
-            .filter(|(_, n)| n.kind == NodeKind::Appliance)
-            .filter_map(|(id, n)| {
-                let shared = self.place_of(*id)?.shared_with(place);
-                (!shared.is_empty()).then(|| (n.name.clone(), shared))
-            })
-            .collect()
-    }
-
-    /// What the administrator should be warned of about where the members
-    /// run: two appliances sharing a site or host, a witness on an
-    /// appliance's host.
-    pub fn placement_warnings(&self) -> Vec<String> {
-        let m = self.metrics();
-        let members: Vec<(u64, NodeInfo)> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .map(|(id, n)| (*id, n.clone()))
-            .collect();
-        let mut out = Vec::new();
-        for (i, (a, na)) in members.iter().enumerate() {
-            for (b, nb) in &members[i + 1..] {
-                let (Some(pa), Some(pb)) = (self.place_of(*a), self.place_of(*b)) else {
-                    continue;
-                };
-                let shared = pa.shared_with(&pb);
-                match (na.kind, nb.kind) {
-                    (NodeKind::Appliance, NodeKind::Appliance) if !shared.is_empty() => {
-                        out.push(format!(
-                            "appliances {} and {} share {}: one failure there takes both",
-                            na.name,
-                            nb.name,
-                            crate::placement::describe(&shared)
-                        ));
-                    }
-                    (NodeKind::Appliance, NodeKind::Witness)
-                    | (NodeKind::Witness, NodeKind::Appliance) => {
-                        if let Some(h) = shared.iter().find(|s| matches!(s, Shared::Host(_))) {
-                            let (app, wit) = if na.kind == NodeKind::Witness {
-                                (&nb.name, &na.name)
-                            } else {
-                                (&na.name, &nb.name)
-                            };
-                            out.push(format!(
-                                "witness {wit} runs on the same {h} as appliance {app}: losing that host loses two votes"
-                            ));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        out
-    }
-
-    /// Writes `id`'s place into the replicated record (on the leader),
-    /// re-reading it after a concurrent writer.
-    pub async fn record_place(&self, id: u64, place: &Place, actor: &str) -> Result<(), NodeError> {
-        for _ in 0..PLACE_WRITE_TRIES {
-            let rec = self.reader().places();
-            let version = rec.as_ref().map_or(0, |r| r.version);
-            let mut places =
-                Places::from_json(rec.as_ref().map_or("{}", |r| r.settings_json.as_str()));
-            if places.get(id) == Some(place) {
-                return Ok(());
-            }
-            places.0.insert(id, place.clone());
-            match self
-                .write(Request::PlacesPut {
-                    doc_json: places.to_json(),
-                    if_version: Some(version),
-                    actor: actor.to_string(),
-                    at_ms: now_ms(),
-                })
-                .await?
-            {
-                Response::PlacesWritten { .. } => return Ok(()),
-                Response::Refused {
-                    reason: tandem_storage::Refusal::VersionConflict { .. },
-                } => continue,
-                Response::Refused { reason } => return Err(NodeError::Rejected(reason)),
-                other => {
-                    return Err(NodeError::Internal(format!(
-                        "unexpected response {other:?}"
-                    )))
-                }
-            }
-        }
-        Err(NodeError::Unavailable(
-            "the placement record kept changing; try again".into(),
-        ))
     }
 
     /// On the leader, keeps the membership in the shape of the topology:
