@@ -132,17 +132,7 @@ impl Node {
             let ep = self.epoch();
             if let Some(p) = ep.primary {
                 if p != self.cfg.node_id || self.compute_role().0 == Role::Primary {
-                    return Ok(SwapOutcome {
-                        previous_primary: None,
-                        new_primary: p,
-                        epoch: ep.epoch,
-                        forced: false,
-                        pull_sync: false,
-                        duration_ms: started.elapsed().as_millis() as u64,
-                        sync: None,
-                        demoted: false,
-                        warning: None,
-                    });
+                    return Ok(super::swap::followed_outcome(None, p, ep.epoch, started));
                 }
             }
             if Instant::now() > deadline {

@@ -257,17 +257,12 @@ impl Node {
         while Instant::now() < deadline {
             let ep = self.epoch();
             if ep.primary == Some(self.cfg.node_id) && self.compute_role().0 == Role::Primary {
-                return Some(SwapOutcome {
-                    previous_primary: before.primary,
-                    new_primary: self.cfg.node_id,
-                    epoch: ep.epoch,
-                    forced: false,
-                    pull_sync: false,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    sync: None,
-                    demoted: false,
-                    warning: None,
-                });
+                return Some(super::swap::followed_outcome(
+                    before.primary,
+                    self.cfg.node_id,
+                    ep.epoch,
+                    started,
+                ));
             }
             tokio::time::sleep(TAKEOVER_POLL).await;
         }

@@ -23,6 +23,27 @@ const HAND_OVER_LIMIT: Duration = Duration::from_secs(10);
 /// How often a planned swap looks whether the new primary raised the epoch.
 const HAND_OVER_POLL: Duration = Duration::from_millis(2);
 
+/// The outcome of a role change this node waited for rather than made (an
+/// election won, a demotion undone): not forced, no sync, no demotion.
+pub(super) fn followed_outcome(
+    previous_primary: Option<u64>,
+    new_primary: u64,
+    epoch: u64,
+    started: Instant,
+) -> SwapOutcome {
+    SwapOutcome {
+        previous_primary,
+        new_primary,
+        epoch,
+        forced: false,
+        pull_sync: false,
+        duration_ms: started.elapsed().as_millis() as u64,
+        sync: None,
+        demoted: false,
+        warning: None,
+    }
+}
+
 impl Node {
     /// *Become primary* / *Become backup*, from either side.
     ///
