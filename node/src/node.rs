@@ -30,6 +30,21 @@ pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 /// The longest a join token may live.
 pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// A join or rejoin token's lifetime: the default when not given.
+///
+/// # Errors
+/// [`NodeError::BadRequest`] for zero or more than the maximum.
+pub(crate) fn token_ttl(ttl: Option<Duration>) -> Result<Duration, NodeError> {
+    let ttl = ttl.unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
+    if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
+        return Err(NodeError::BadRequest(format!(
+            "ttl must be between 1 s and {} s",
+            MAX_JOIN_TOKEN_TTL.as_secs()
+        )));
+    }
+    Ok(ttl)
+}
+
 use crate::errors::JoinDenial;
 pub use crate::errors::NodeError;
 use crate::join::{
@@ -179,7 +194,7 @@ pub struct Node {
     /// This node's site and host identity (from its configuration).
     pub place: Place,
     /// Held while a join is served (one at a time).
-    join_lock: tokio::sync::Mutex<()>,
+    pub(crate) join_lock: tokio::sync::Mutex<()>,
     db: sled::Db,
 }
 
@@ -436,13 +451,7 @@ impl Node {
         kind: NodeKind,
         actor: &str,
     ) -> Result<(String, u64), NodeError> {
-        let ttl = ttl.unwrap_or(DEFAULT_JOIN_TOKEN_TTL);
-        if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
-            return Err(NodeError::BadRequest(format!(
-                "ttl must be between 1 s and {} s",
-                MAX_JOIN_TOKEN_TTL.as_secs()
-            )));
-        }
+        let ttl = token_ttl(ttl)?;
         let id = random_hex(8);
         let secret = random_secret(24);
         let expires_ms = now_ms() + ttl.as_millis() as u64;

@@ -242,7 +242,7 @@ pub(crate) fn stage_entries(
 }
 
 /// Constant-time equality of two byte strings of public length.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -273,6 +273,8 @@ fn addressed_key(req: &Request) -> Option<&str> {
         | Request::JoinTokenCreate { id, .. }
         | Request::JoinTokenConsume { id, .. }
         | Request::JoinTokenUse { id, .. }
+        | Request::RejoinTokenCreate { id, .. }
+        | Request::RejoinTokenUse { id, .. }
         | Request::ApiTokenCreate { id, .. }
         | Request::ApiTokenRevoke { id } => Some(id),
         Request::UserPut { name, .. } | Request::UserDelete { name, .. } => Some(name),
@@ -383,6 +385,19 @@ pub(crate) fn apply_request(ov: &mut Overlay<'_>, req: &Request) -> Result<Respo
             now_ms,
             kind,
         } => join_token_consume(ov, id, secret_hash, *now_ms, Some(*kind))?,
+        Request::RejoinTokenCreate {
+            id,
+            node,
+            secret_hash,
+            expires_ms,
+            created_by,
+        } => crate::rejoin::create(ov, id, *node, secret_hash, *expires_ms, created_by)?,
+        Request::RejoinTokenUse {
+            id,
+            secret_hash,
+            now_ms,
+            node,
+        } => crate::rejoin::use_token(ov, id, secret_hash, *now_ms, *node)?,
         Request::Multi(reqs) => multi(ov, reqs)?,
         Request::RaiseEpoch {
             expected_epoch,
@@ -1774,5 +1789,50 @@ mod tests {
         }
         expected.insert(b"zz".to_vec(), codec::encode(&4u64).expect("enc"));
         assert_eq!(merged, expected.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_rejoin_token_admits_its_node_once() {
+        let mut f = Fixture::new();
+        let create = Request::RejoinTokenCreate {
+            id: "r1".into(),
+            node: 3,
+            secret_hash: "hr".into(),
+            expires_ms: 1000,
+            created_by: "admin".into(),
+        };
+        assert_eq!(f.one(create.clone()), Response::Ok);
+        assert_eq!(refused(&f.one(create)), "token id already exists");
+        let use_by = |node, hash: &str, now_ms| Request::RejoinTokenUse {
+            id: "r1".into(),
+            secret_hash: hash.into(),
+            now_ms,
+            node,
+        };
+        let reader = f.store.reader.clone();
+        assert_eq!(
+            reader.check_rejoin_token("r1", "hr", 10, 4),
+            Err(Refusal::TokenForOtherNode { token: 3, asked: 4 })
+        );
+        assert_eq!(
+            reader.check_rejoin_token("nope", "hr", 10, 3),
+            Err(Refusal::UnknownToken)
+        );
+        assert_eq!(reader.check_rejoin_token("r1", "hr", 10, 3), Ok(()));
+        // Refusals change nothing: the right node can still use it.
+        assert!(refused(&f.one(use_by(4, "hr", 10))).contains("for node 3"));
+        assert_eq!(
+            refused(&f.one(use_by(3, "bad", 10))),
+            "token does not match"
+        );
+        assert_eq!(refused(&f.one(use_by(3, "hr", 1000))), "token expired");
+        assert_eq!(f.one(use_by(3, "hr", 10)), Response::Ok);
+        assert_eq!(refused(&f.one(use_by(3, "hr", 10))), "token already used");
+        assert_eq!(
+            reader.check_rejoin_token("r1", "hr", 10, 3),
+            Err(Refusal::TokenUsed)
+        );
+        // A join token with the same id is another record.
+        assert!(matches!(f.one(token("r1", "hj", 1000)), Response::Ok));
     }
 }

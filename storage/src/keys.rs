@@ -62,6 +62,8 @@ pub(crate) mod prefix {
     pub(crate) const USER: u8 = b'u';
     /// Per-user API tokens: `a` ++ id (UTF-8) → [`super::ApiTokenRecord`].
     pub(crate) const API_TOKEN: u8 = b'a';
+    /// Rejoin tokens: `r` ++ id (UTF-8) → [`super::RejoinTokenRecord`].
+    pub(crate) const REJOIN_TOKEN: u8 = b'r';
 }
 
 /// Typed singleton keys of the state machine's meta keyspace.
@@ -125,6 +127,10 @@ pub(crate) fn session_key(id: &str) -> Vec<u8> {
 
 pub(crate) fn token_key(id: &str) -> Vec<u8> {
     prefixed(prefix::TOKEN, id)
+}
+
+pub(crate) fn rejoin_token_key(id: &str) -> Vec<u8> {
+    prefixed(prefix::REJOIN_TOKEN, id)
 }
 
 pub(crate) fn user_key(name: &str) -> Vec<u8> {
@@ -199,6 +205,18 @@ pub(crate) struct TokenRecord {
     pub(crate) created_by: String,
     /// Node id assigned when the token was consumed.
     pub(crate) used_by: Option<u64>,
+}
+
+/// Stored rejoin token: admits one removed or replaced node (by its id,
+/// which its certificate carries) back as a backup. Kept when used, so its
+/// id can never be used again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RejoinTokenRecord {
+    pub(crate) node: u64,
+    pub(crate) secret_hash: String,
+    pub(crate) expires_ms: u64,
+    pub(crate) created_by: String,
+    pub(crate) used: bool,
 }
 
 /// Stored status history event (its seq is in the key).

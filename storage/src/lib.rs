@@ -40,6 +40,7 @@ mod log_store;
 mod offline;
 mod reader;
 mod redo;
+mod rejoin;
 mod segment_log;
 mod snapshot;
 mod state_machine;

@@ -170,6 +170,27 @@ impl StateReader {
         crate::apply::token_admits(token.as_ref(), secret_hash, now_ms, Some(kind))
     }
 
+    /// Whether the rejoin token `id` would admit node `node` presenting
+    /// `secret_hash` at `now_ms`, read locally before anything is
+    /// proposed (the state machine checks again when it is used).
+    ///
+    /// # Errors
+    /// The refusal the state machine would give.
+    pub fn check_rejoin_token(
+        &self,
+        id: &str,
+        secret_hash: &str,
+        now_ms: u64,
+        node: u64,
+    ) -> Result<(), Refusal> {
+        let token = logged(
+            "rejoin_token",
+            self.get::<crate::keys::RejoinTokenRecord>(&keys::rejoin_token_key(id)),
+            None,
+        );
+        crate::rejoin::admits(token.as_ref(), secret_hash, now_ms, node)
+    }
+
     /// One admin user.
     pub fn user(&self, name: &str) -> Option<AdminUser> {
         let r = self

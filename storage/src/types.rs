@@ -280,6 +280,31 @@ pub enum Request {
         /// When (ms).
         at_ms: u64,
     },
+    /// Creates a one-time rejoin token for node `node` (a node removed by a
+    /// break or replaced by a forced promotion comes back with it).
+    RejoinTokenCreate {
+        /// Token id.
+        id: String,
+        /// The node it admits.
+        node: u64,
+        /// SHA-256 (hex) of the secret.
+        secret_hash: String,
+        /// Expiry (ms).
+        expires_ms: u64,
+        /// Who created it.
+        created_by: String,
+    },
+    /// Uses a rejoin token for node `node`: refused for any other node.
+    RejoinTokenUse {
+        /// Token id.
+        id: String,
+        /// Hash of the secret presented by the rejoining node.
+        secret_hash: String,
+        /// The proposer's notion of now (ms).
+        now_ms: u64,
+        /// The node rejoining (as its certificate names it).
+        node: u64,
+    },
 }
 
 impl fmt::Display for Request {
@@ -302,6 +327,12 @@ impl fmt::Display for Request {
             Request::JoinTokenConsume { id, .. } => write!(f, "join_token_consume(id={id})"),
             Request::JoinTokenUse { id, kind, .. } => {
                 write!(f, "join_token_use(id={id}, kind={kind})")
+            }
+            Request::RejoinTokenCreate { id, node, .. } => {
+                write!(f, "rejoin_token_create(id={id}, node={node})")
+            }
+            Request::RejoinTokenUse { id, node, .. } => {
+                write!(f, "rejoin_token_use(id={id}, node={node})")
             }
             Request::SetAdminTokenHash { .. } => f.write_str("set_admin_token_hash"),
             Request::Multi(reqs) => {
@@ -545,6 +576,14 @@ pub enum Refusal {
         token: NodeKind,
         /// What tried to join with it.
         asked: NodeKind,
+    },
+    /// The rejoin token admits another node.
+    #[error("this rejoin token is for node {token} and node {asked} presented it: make a rejoin token for node {asked}")]
+    TokenForOtherNode {
+        /// The node the token admits.
+        token: u64,
+        /// The node that presented it.
+        asked: u64,
     },
 }
 

@@ -146,6 +146,17 @@ pub trait AdminBackend: Send + Sync + 'static {
         actor: String,
     ) -> impl Future<Output = Result<JoinTokenView, ApiError>> + Send;
 
+    /// Mints a one-time token with which node `req.node` (removed by a
+    /// break or replaced by a forced promotion) rejoins as the backup.
+    ///
+    /// # Errors
+    /// `NotLeader` on a follower; `BadRequest` for a node that is a member.
+    fn create_rejoin_token(
+        &self,
+        req: RejoinTokenRequest,
+        actor: String,
+    ) -> impl Future<Output = Result<JoinTokenView, ApiError>> + Send;
+
     /// Replaces the admin token with a new one (shown once, stored
     /// hashed); the old one stops working at once, on every node.
     ///
@@ -255,8 +266,13 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// /api/v1/relationship/rejoin`): it discards its copy and resyncs.
     ///
     /// # Errors
-    /// `Refused` when there is nothing to rejoin or the other side refuses.
-    fn rejoin(&self, actor: String) -> impl Future<Output = Result<BreakOutcome, ApiError>> + Send;
+    /// `Refused` when there is nothing to rejoin or the other side refuses
+    /// (a token that is not for this node, spent or expired).
+    fn rejoin(
+        &self,
+        token: String,
+        actor: String,
+    ) -> impl Future<Output = Result<BreakOutcome, ApiError>> + Send;
 
     /// *Set up relationship* from a standalone node (`POST
     /// /api/v1/relationship/setup`): joins the primary's cluster with a join
@@ -633,6 +649,29 @@ pub struct JoinTokenRequest {
     /// Kind of node the token admits: `appliance` or `witness`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+}
+
+/// Body of `POST /api/v1/rejoin-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejoinTokenRequest {
+    /// The id of the node a break removed or a forced promotion replaced
+    /// (history and `tandem status` name it); only that node can use the
+    /// token.
+    pub node: u64,
+    /// Token lifetime in seconds (1..=31_536_000); the backend's default
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// Body of `POST /api/v1/relationship/rejoin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejoinRequest {
+    /// The one-time rejoin token an administrator made for this node on
+    /// the primary (`POST /api/v1/rejoin-tokens`, `tandem token --rejoin`).
+    pub token: String,
 }
 
 /// A minted join token.

@@ -36,10 +36,10 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use crate::backend::{
     AdminBackend, AdminTokenRotated, ApiTokenCreated, ApiTokenRequest, ApiTokenView, BreakOutcome,
     ClusterView, ConfigEntryView, ConfigPut, HealthView, HistoryPage, JoinRequest, JoinResponse,
-    JoinTokenRequest, JoinTokenView, ListView, PasswordChange, ReadMeta, ReadinessView, RoleHealth,
-    SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome, SetupRequest,
-    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserCreate, UserPassword,
-    UserView, ADMIN_TOKEN_ACTOR,
+    JoinTokenRequest, JoinTokenView, ListView, PasswordChange, ReadMeta, ReadinessView,
+    RejoinRequest, RejoinTokenRequest, RoleHealth, SessionCreate, SessionView, SettingsUpdate,
+    SettingsView, SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport,
+    SyncRequest, UserCreate, UserPassword, UserView, ADMIN_TOKEN_ACTOR,
 };
 use crate::error::{ErrorBody, LeaderRedirect};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
@@ -123,6 +123,7 @@ pub const ROUTES: &[ApiRoute] = &[
     authed("DELETE", "/api/v1/sessions/{id}"),
     authed("GET", "/api/v1/cluster"),
     authed("POST", "/api/v1/join-tokens"),
+    authed("POST", "/api/v1/rejoin-tokens"),
     authed("POST", "/api/v1/admin-token"),
     authed("GET", "/api/v1/status"),
     authed("GET", "/api/v1/history"),
@@ -176,6 +177,7 @@ pub const ROUTES: &[ApiRoute] = &[
         session_delete,
         cluster,
         create_join_token,
+        create_rejoin_token,
         rotate_admin_token,
         status,
         history,
@@ -299,6 +301,10 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> AdminApp {
         )
         .route(listed("/api/v1/cluster"), get(cluster::<B>))
         .route(listed("/api/v1/join-tokens"), post(create_join_token::<B>))
+        .route(
+            listed("/api/v1/rejoin-tokens"),
+            post(create_rejoin_token::<B>),
+        )
         .route(listed("/api/v1/admin-token"), post(rotate_admin_token::<B>))
         .route(listed("/api/v1/status"), get(status::<B>))
         .route(listed("/api/v1/history"), get(history::<B>))
@@ -1088,6 +1094,33 @@ async fn create_join_token<B: AdminBackend>(
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
+/// Mint a one-time rejoin token for a node that a break removed or a forced
+/// promotion replaced: only that node (by the id its certificate carries)
+/// can use it, once, to come back as the backup.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rejoin-tokens",
+    tag = "cluster",
+    request_body = RejoinTokenRequest,
+    responses(
+        (status = 201, description = "created", body = JoinTokenView),
+        E400, E401, E403, E405, E413, E415, E421, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
+async fn create_rejoin_token<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RejoinTokenRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(ttl) = body.ttl_secs {
+        validate_ttl(ttl)?;
+    }
+    let actor = actor(&headers)?;
+    let view = backend.create_rejoin_token(body, actor).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
 /// Replace the admin token: the new one is in the answer (shown once), the
 /// old one stops working at once on every node.
 #[utoipa::path(
@@ -1421,16 +1454,13 @@ async fn break_relationship<B: AdminBackend>(
 }
 
 /// Come back as the backup after a forced promotion or a break: discard
-/// this copy and resync.
+/// this copy and resync. The primary admits the node only with a rejoin
+/// token an administrator made there for it.
 #[utoipa::path(
     post,
     path = "/api/v1/relationship/rejoin",
     tag = "relationship",
-    request_body(
-        content = ref("#/components/schemas/BreakRequest"),
-        content_type = "application/json",
-        description = "Optional: no body at all means every default."
-    ),
+    request_body = RejoinRequest,
     responses(
         (status = 200, description = "rejoined", body = BreakOutcome),
         E400, E401, E403, E405, E409, E413, E415, E500, E503
@@ -1440,15 +1470,20 @@ async fn break_relationship<B: AdminBackend>(
 async fn rejoin<B: AdminBackend>(
     State(backend): State<Arc<B>>,
     headers: HeaderMap,
-    OptionalJson(BreakRequest {}): OptionalJson<BreakRequest>,
+    ApiJson(body): ApiJson<RejoinRequest>,
 ) -> Result<Response, ApiError> {
+    if body.token.trim().is_empty() || body.token.len() > MAX_TOKEN_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "token must be a rejoin token (1 to {MAX_TOKEN_LEN} bytes): make one for this node on the primary with `tandem token --rejoin <node-id>`"
+        )));
+    }
     let actor = actor(&headers)?;
-    Ok(Json(backend.rejoin(actor).await?).into_response())
+    Ok(Json(backend.rejoin(body.token, actor).await?).into_response())
 }
 
 /// Longest accepted address in a setup request.
 const MAX_ADDRESS_LEN: usize = 256;
-/// Longest accepted join token.
+/// Longest accepted join or rejoin token.
 const MAX_TOKEN_LEN: usize = 512;
 
 /// Set up relationship from a standalone node: join the primary's cluster

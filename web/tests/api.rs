@@ -12,9 +12,9 @@ use tandem_web::{
     openapi, router, AdminBackend, AdminTokenRotated, ApiError, ApiTokenCreated, ApiTokenView,
     BreakOutcome, ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage,
     HostView, JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView,
-    ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView,
-    SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest,
-    UserView, VerifyReport, LOGIN_MAX_FAILURES, MAX_BODY_BYTES, ROUTES,
+    ReadMeta, ReadinessView, RejoinTokenRequest, RoleHealth, SessionCreate, SessionView,
+    SettingsUpdate, SettingsView, SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest,
+    SyncReport, SyncRequest, UserView, VerifyReport, LOGIN_MAX_FAILURES, MAX_BODY_BYTES, ROUTES,
 };
 use tandem_web::{
     HoldView, MaintenanceOutcome, MaintenanceStart, MaintenanceView, WindowRequest, WindowView,
@@ -429,6 +429,18 @@ impl AdminBackend for MemBackend {
         })
     }
 
+    async fn create_rejoin_token(
+        &self,
+        req: RejoinTokenRequest,
+        _actor: String,
+    ) -> Result<JoinTokenView, ApiError> {
+        self.leader_check(false)?;
+        Ok(JoinTokenView {
+            token: format!("rejoin-{}", req.node),
+            expires_at_ms: 9_000,
+        })
+    }
+
     async fn rotate_admin_token(&self, _actor: String) -> Result<AdminTokenRotated, ApiError> {
         self.leader_check(false)?;
         Ok(AdminTokenRotated {
@@ -627,8 +639,8 @@ impl AdminBackend for MemBackend {
         })
     }
 
-    async fn rejoin(&self, actor: String) -> Result<BreakOutcome, ApiError> {
-        self.record(format!("rejoin({actor})"));
+    async fn rejoin(&self, token: String, actor: String) -> Result<BreakOutcome, ApiError> {
+        self.record(format!("rejoin({token}, {actor})"));
         self.refusal()?;
         Ok(BreakOutcome {
             former_peers: vec![1],
@@ -873,6 +885,11 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::DELETE, "/api/v1/sessions/s1", None),
         (Method::GET, "/api/v1/cluster", None),
         (Method::POST, "/api/v1/join-tokens", Some(json!({}))),
+        (
+            Method::POST,
+            "/api/v1/rejoin-tokens",
+            Some(json!({"node": 2})),
+        ),
         (Method::POST, "/api/v1/admin-token", None),
         (Method::GET, "/api/v1/status", None),
         (Method::GET, "/api/v1/history", None),
@@ -881,7 +898,11 @@ async fn every_api_route_requires_the_bearer_token() {
         (Method::POST, "/api/v1/relationship/swap", Some(json!({}))),
         (Method::POST, "/api/v1/relationship/sync", Some(json!({}))),
         (Method::POST, "/api/v1/relationship/break", None),
-        (Method::POST, "/api/v1/relationship/rejoin", None),
+        (
+            Method::POST,
+            "/api/v1/relationship/rejoin",
+            Some(json!({"token": "t"})),
+        ),
         (Method::POST, "/api/v1/relationship/remove-witness", None),
         (
             Method::POST,
@@ -950,7 +971,7 @@ async fn every_api_route_requires_the_bearer_token() {
     }
     // Every bearer-protected route in the table was exercised above.
     let protected = ROUTES.iter().filter(|r| r.auth).count();
-    assert_eq!(protected, 35, "new protected route: add it to this test");
+    assert_eq!(protected, 36, "new protected route: add it to this test");
 }
 
 #[tokio::test]

@@ -3,8 +3,10 @@
 //! - [`swap`]: planned swap from either side, the actions peers ask over
 //!   the peer link, and leadership hand-over;
 //! - [`sync`]: *sync now* and *verify*;
-//! - [`reset`]: forced promotion, *break relationship*, *rejoin*: Raft
-//!   rebuilt in place over the node's own data;
+//! - [`reset`]: forced promotion, *break relationship*: Raft rebuilt in
+//!   place over the node's own data;
+//! - [`rejoin`]: rejoin tokens and *rejoin*, which a removed or replaced
+//!   node asks of the primary with one;
 //! - [`failover`]: the periodic duties (pair-only automatic failover,
 //!   scheduled verify) and removing the witness;
 //! - [`setup`]: *set up relationship* from a running standalone node;
@@ -30,6 +32,7 @@ pub(crate) mod failback;
 pub(crate) mod failover;
 pub(crate) mod maintenance;
 pub(crate) mod placement;
+pub(crate) mod rejoin;
 pub(crate) mod reset;
 pub(crate) mod setup;
 mod swap;

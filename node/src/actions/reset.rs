@@ -14,20 +14,16 @@ use serde_json::json;
 use tandem_storage::{CatchUp, NodeKind, Request, Response};
 use tandem_web::{BreakOutcome, SwapOutcome};
 
-use crate::errors::{Action, Peer, Refusal, Remedy};
+use crate::errors::{Action, Refusal};
 use crate::node::{start_engine, Node, NodeError, ResetTo};
 use crate::peer::fence::FenceKind;
-use crate::peer::protocol::{ActionRequest, PeerRequest, PeerResponse};
+use crate::peer::protocol::ActionRequest;
 use crate::roles::Role;
 use crate::settings::Timing;
 use crate::util::now_ms;
 
 /// How long a reset waits for Raft's tasks to let go of the store.
 const STORE_RELEASE_WAIT: Duration = Duration::from_secs(10);
-/// Bound on the other side's answer to a rejoin.
-const REJOIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause between attempts to add a rejoining node while a membership change finishes.
-const REJOIN_RETRY: Duration = Duration::from_millis(100);
 /// How long a reset waits for the rebuilt Raft to elect this node.
 const ELECT_WAIT: Duration = Duration::from_secs(10);
 /// How often a manual failover looks whether it won.
@@ -36,7 +32,7 @@ const TAKEOVER_POLL: Duration = Duration::from_millis(10);
 impl Node {
     /// Replaces the Raft engine as `to` says. Returns the last log index the
     /// new engine starts from (the fork point), if any.
-    async fn reset_engine(&self, to: ResetTo) -> Result<Option<u64>, NodeError> {
+    pub(super) async fn reset_engine(&self, to: ResetTo) -> Result<Option<u64>, NodeError> {
         let _lock = self.reset_lock.lock().await;
         let internal = |e: &dyn std::fmt::Display| NodeError::Internal(format!("reset: {e}"));
         let db_dir = self.dir.db();
@@ -491,7 +487,7 @@ impl Node {
                         if let Err(e) = self.raft().shutdown().await {
                             tracing::warn!(error = %e, "stopping the old lineage's Raft");
                         }
-                        tracing::warn!(path = %path, by = notice.by, "replaced by a forced promotion; diverged writes exported; rejoin with `POST /api/v1/relationship/rejoin`");
+                        tracing::warn!(path = %path, by = notice.by, "replaced by a forced promotion; diverged writes exported; rejoin with a token made on the primary (`tandem token --rejoin ID` there, then `tandem rejoin --rejoin-token`)");
                         self.roles.set_diverged_export(path);
                     }
                     Err(e) => tracing::error!(error = %e, "could not export diverged writes"),
@@ -533,85 +529,6 @@ impl Node {
         .map_err(NodeError::Internal)?;
         tracing::warn!(entries = count, path = %path.display(), "diverged export written");
         Ok(path.display().to_string())
-    }
-
-    /// *Rejoin* on a node that was replaced by a forced promotion or
-    /// removed: asks the other side to take it back as a backup, then
-    /// discards its own copy and resyncs.
-    ///
-    /// # Errors
-    /// [`NodeError::Refused`] when there is nothing to rejoin or the other
-    /// side refuses.
-    pub async fn rejoin(&self, actor: &str) -> Result<BreakOutcome, NodeError> {
-        let notice = self
-            .roles
-            .fence
-            .notice()
-            .ok_or(NodeError::Refused(Refusal::NothingToRejoin))?;
-        let action = ActionRequest::Rejoin {
-            info: self.info(),
-            diverged_export: self.roles.diverged_export(),
-            actor: actor.to_string(),
-        };
-        match self
-            .network
-            .call(
-                notice.by,
-                &notice.by_addr,
-                PeerRequest::Action(action),
-                REJOIN_CALL_TIMEOUT,
-            )
-            .await
-        {
-            Ok(PeerResponse::Action(Ok(_))) => {}
-            Ok(PeerResponse::Action(Err(reason))) => {
-                return Err(NodeError::Refused(Refusal::ByPeer { reason }))
-            }
-            Ok(other) => return Err(NodeError::Internal(format!("unexpected answer {other:?}"))),
-            Err(e) => {
-                return Err(NodeError::PeerUnreachable {
-                    peer: Peer::Node(notice.by),
-                    reason: Some(e.to_string()),
-                    remedy: Remedy::None,
-                })
-            }
-        }
-        let _pause = self.roles.pause();
-        self.reset_engine(ResetTo::Pristine).await?;
-        self.roles.clear_diverged_export();
-        tracing::info!(primary = notice.by, "rejoined as backup; resyncing");
-        Ok(BreakOutcome {
-            former_peers: vec![notice.by],
-            role: Role::Backup.into(),
-        })
-    }
-
-    /// On the primary: takes a rejoining node back as a learner.
-    pub(crate) async fn accept_rejoin(
-        &self,
-        info: tandem_storage::NodeInfo,
-        id: u64,
-        diverged_export: Option<String>,
-        actor: &str,
-    ) -> Result<String, String> {
-        self.record(
-            "rejoin",
-            actor,
-            json!({ "node": id, "name": info.name, "diverged_export": diverged_export }),
-        )
-        .await;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.raft().add_learner(id, info.clone(), false).await {
-                Ok(_) => return Ok("{}".into()),
-                Err(e) if attempt < 50 => {
-                    tracing::debug!(error = %e, "add_learner for rejoin deferred");
-                    tokio::time::sleep(REJOIN_RETRY).await;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
     }
 }
 

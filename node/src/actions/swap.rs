@@ -173,9 +173,10 @@ impl Node {
                 info,
                 diverged_export,
                 actor,
+                token,
             } => {
                 return self
-                    .accept_rejoin(info, from, diverged_export, &actor)
+                    .accept_rejoin(info, from, diverged_export, &token, &actor)
                     .await
             }
             ActionRequest::SwapTo {

@@ -11,9 +11,9 @@ use tandem_web::{
     AdminBackend, AdminTokenRotated, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome,
     ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage, JoinRequest,
     JoinResponse, JoinTokenRequest, JoinTokenView, MaintenanceOutcome, MaintenanceStart,
-    MaintenanceView, MemberView, ReadMeta, ReadinessView, RoleHealth, SessionCreate, SessionView,
-    SettingsUpdate, SettingsView, SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest,
-    SyncReport, SyncRequest, UserView, WindowRequest,
+    MaintenanceView, MemberView, ReadMeta, ReadinessView, RejoinTokenRequest, RoleHealth,
+    SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome, SetupRequest,
+    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView, WindowRequest,
 };
 
 use crate::client::ApiClient;
@@ -384,6 +384,23 @@ impl AdminBackend for Backend {
         })
     }
 
+    async fn create_rejoin_token(
+        &self,
+        req: RejoinTokenRequest,
+        actor: String,
+    ) -> Result<JoinTokenView, ApiError> {
+        let ttl = req.ttl_secs.map(Duration::from_secs);
+        let (token, expires_at_ms) = self
+            .node
+            .create_rejoin_token(ttl, req.node, &actor)
+            .await
+            .map_err(api)?;
+        Ok(JoinTokenView {
+            token,
+            expires_at_ms,
+        })
+    }
+
     async fn rotate_admin_token(&self, actor: String) -> Result<AdminTokenRotated, ApiError> {
         let token = format!("tdm_{}", random_secret(32));
         let at_ms = now_ms();
@@ -531,8 +548,8 @@ impl AdminBackend for Backend {
         self.node.remove_witness(&actor).await.map_err(api)
     }
 
-    async fn rejoin(&self, actor: String) -> Result<BreakOutcome, ApiError> {
-        self.node.rejoin(&actor).await.map_err(api)
+    async fn rejoin(&self, token: String, actor: String) -> Result<BreakOutcome, ApiError> {
+        self.node.rejoin(&token, &actor).await.map_err(api)
     }
 
     async fn setup(&self, req: SetupRequest, actor: String) -> Result<SetupOutcome, ApiError> {

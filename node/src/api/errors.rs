@@ -44,7 +44,8 @@ pub(super) fn rejected(r: StateRefusal) -> ApiError {
         | StateRefusal::TokenMismatch
         | StateRefusal::TokenUsed
         | StateRefusal::TokenExpired
-        | StateRefusal::TokenKind { .. } => ApiError::Forbidden(message),
+        | StateRefusal::TokenKind { .. }
+        | StateRefusal::TokenForOtherNode { .. } => ApiError::Forbidden(message),
         StateRefusal::LastAdmin => ApiError::Refused(message),
         StateRefusal::EpochMismatch { .. }
         | StateRefusal::EpochOverflow

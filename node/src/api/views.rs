@@ -291,7 +291,7 @@ impl Backend {
         }
         if let Some(n) = node.roles.fence.notice() {
             notes.push(format!(
-                "node {} no longer counts this node as a member ({:?}, its epoch {}); this node does not serve; rejoin to resync as backup",
+                "node {} no longer counts this node as a member ({:?}, its epoch {}); this node does not serve; rejoin (with a rejoin token made on the primary) to resync as backup",
                 n.by, n.kind, n.epoch
             ));
         }

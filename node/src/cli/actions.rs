@@ -238,7 +238,12 @@ pub(crate) async fn sync(a: SyncArgs) -> Result<(), Failure> {
     }
 }
 
-pub(crate) async fn break_or_rejoin(a: ConfirmArgs, rejoin: bool) -> Result<(), Failure> {
+/// `tandem break`, or `tandem rejoin` when `rejoin_token` is given.
+pub(crate) async fn break_or_rejoin(
+    a: ConfirmArgs,
+    rejoin_token: Option<String>,
+) -> Result<(), Failure> {
+    let rejoin = rejoin_token.is_some();
     let command = if rejoin { "rejoin" } else { "break" };
     check_confirmable(a.confirm.yes, command)?;
     let client = a.api.client()?;
@@ -264,15 +269,14 @@ pub(crate) async fn break_or_rejoin(a: ConfirmArgs, rejoin: bool) -> Result<(), 
         };
         ask(&plan)?;
     }
-    let path = if rejoin {
-        "/api/v1/relationship/rejoin"
-    } else {
-        "/api/v1/relationship/break"
+    let (path, body) = match rejoin_token {
+        Some(token) => ("/api/v1/relationship/rejoin", json!({ "token": token })),
+        None => ("/api/v1/relationship/break", json!({})),
     };
     let out: BreakOutcome = client
         .clone()
         .with_timeout(ACTION_TIMEOUT)
-        .call(Method::POST, path, Some(&json!({})))
+        .call(Method::POST, path, Some(&body))
         .await?;
     if a.json {
         return print_json(&out);

@@ -53,7 +53,7 @@ pub enum Command {
     /// End the relationship: each side becomes standalone with its own copy.
     Break(ConfirmArgs),
     /// Take this node back into the relationship as the backup (discards its copy).
-    Rejoin(ConfirmArgs),
+    Rejoin(RejoinArgs),
     /// Show or change the replicated relationship settings.
     Settings(SettingsArgs),
     /// Show the status history, newest first.
@@ -242,6 +242,11 @@ pub struct TokenArgs {
     /// The token is for a witness.
     #[arg(long)]
     pub(crate) witness: bool,
+    /// Instead of a join token: a one-time rejoin token for the node with
+    /// this id (removed by a break or replaced by a forced promotion), to
+    /// pass to `tandem rejoin --rejoin-token` on that node.
+    #[arg(long, value_name = "NODE_ID", conflicts_with = "witness")]
+    pub(crate) rejoin: Option<u64>,
 }
 
 /// `tandem token` subcommands.
@@ -334,7 +339,7 @@ pub struct SyncArgs {
     pub(crate) json: bool,
 }
 
-/// `tandem break` and `tandem rejoin`.
+/// `tandem break` (and, with its token, `tandem rejoin`).
 #[derive(Debug, Args)]
 pub struct ConfirmArgs {
     #[command(flatten)]
@@ -344,6 +349,17 @@ pub struct ConfirmArgs {
     /// Print the outcome as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `tandem rejoin`.
+#[derive(Debug, Args)]
+pub struct RejoinArgs {
+    #[command(flatten)]
+    pub(crate) confirm: ConfirmArgs,
+    /// The one-time rejoin token made for this node on the primary
+    /// (`tandem token --rejoin <this node's id>` there).
+    #[arg(long, value_name = "TOKEN")]
+    pub(crate) rejoin_token: String,
 }
 
 /// `tandem settings`.

@@ -54,8 +54,8 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
         }
         Command::Swap(a) => swap(a).await,
         Command::Sync(a) => sync(a).await,
-        Command::Break(a) => break_or_rejoin(a, false).await,
-        Command::Rejoin(a) => break_or_rejoin(a, true).await,
+        Command::Break(a) => break_or_rejoin(a, None).await,
+        Command::Rejoin(a) => break_or_rejoin(a.confirm, Some(a.rejoin_token)).await,
         Command::Settings(a) => match a.command {
             SettingsCommand::Show(a) => {
                 show(
@@ -169,16 +169,25 @@ async fn token(a: TokenArgs) -> Result<(), Failure> {
         eprintln!("the old admin token no longer works; store this one (it is not shown again)");
         return Ok(());
     }
-    let body = json!({
-        "ttl_secs": a.ttl,
-        "kind": if a.witness { "witness" } else { "appliance" },
-    });
+    let (path, body) = match a.rejoin {
+        Some(node) => (
+            "/api/v1/rejoin-tokens",
+            json!({ "ttl_secs": a.ttl, "node": node }),
+        ),
+        None => (
+            "/api/v1/join-tokens",
+            json!({
+                "ttl_secs": a.ttl,
+                "kind": if a.witness { "witness" } else { "appliance" },
+            }),
+        ),
+    };
     let Some(api) = a.api else {
         return Err(anyhow::anyhow!("tandem token needs --token (and --dir or --api)").into());
     };
     let v: Value = api
         .client()?
-        .call_leader(Method::POST, "/api/v1/join-tokens", Some(&body))
+        .call_leader(Method::POST, path, Some(&body))
         .await?;
     let token = v.get("token").and_then(Value::as_str).unwrap_or_default();
     println!("{token}");

@@ -116,6 +116,9 @@ pub enum ActionRequest {
         diverged_export: Option<String>,
         /// Who asked.
         actor: String,
+        /// The one-time rejoin token an administrator made for this node
+        /// on the primary.
+        token: String,
     },
 }
 

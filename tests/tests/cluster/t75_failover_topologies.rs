@@ -31,6 +31,23 @@ async fn ok_json<T: serde::de::DeserializeOwned>(resp: reqwest::Response, what: 
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: {e}: {text}"))
 }
 
+/// A rejoin token made on node `primary` for node id `node`.
+async fn rejoin_token(c: &Cluster, primary: usize, node: u64) -> String {
+    let resp = post(
+        c,
+        primary,
+        "/api/v1/rejoin-tokens",
+        &json!({ "node": node }),
+    )
+    .await;
+    let text = resp.text().await.unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    v["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {text}"))
+        .to_string()
+}
+
 async fn status(c: &Cluster, i: usize) -> StatusView {
     c.status(i)
         .await
@@ -417,8 +434,47 @@ async fn pair_only_sigstop_promotes_only_when_the_network_answers() {
         page.items
     );
 
-    // Rejoin: a becomes the backup of b and holds b's data.
+    // Rejoin needs a token made on the primary for this very node: none,
+    // or one made for another node, is refused and changes nothing.
     let resp = post(&c, a, "/api/v1/relationship/rejoin", &json!({})).await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::BAD_REQUEST,
+        "rejoin without a token"
+    );
+    let other = rejoin_token(&c, b, c.nodes[a].id() + 40).await;
+    let resp = post(
+        &c,
+        a,
+        "/api/v1/relationship/rejoin",
+        &json!({ "token": other }),
+    )
+    .await;
+    let (code, text) = (resp.status(), resp.text().await.unwrap_or_default());
+    assert_eq!(
+        code,
+        StatusCode::CONFLICT,
+        "rejoin with another node's token: {text}"
+    );
+    assert!(text.contains("for node"), "{text}");
+    assert!(
+        status(&c, a)
+            .await
+            .this_host
+            .notes
+            .iter()
+            .any(|n| n.contains("no longer counts")),
+        "a refused rejoin changed a's state"
+    );
+    // Rejoin: a becomes the backup of b and holds b's data.
+    let token = rejoin_token(&c, b, c.nodes[a].id()).await;
+    let resp = post(
+        &c,
+        a,
+        "/api/v1/relationship/rejoin",
+        &json!({ "token": token }),
+    )
+    .await;
     let out: BreakOutcome = ok_json(resp, "rejoin on a").await;
     assert_eq!(out.former_peers, vec![c.nodes[b].id()], "{out:?}");
     wait_role(&c, a, "backup", SETTLE).await;
@@ -505,11 +561,37 @@ async fn forced_swap_scenario(witness_first: bool) {
     assert_eq!(sb.this_host.role, "primary");
     assert_eq!(sb.epoch, out.epoch);
 
-    for i in [p, w] {
-        let resp = post(&c, i, "/api/v1/relationship/rejoin", &json!({})).await;
-        let o: BreakOutcome = ok_json(resp, &format!("rejoin on {}", c.nodes[i].name)).await;
-        assert_eq!(o.former_peers, vec![c.nodes[b].id()], "{o:?}");
-    }
+    let token = rejoin_token(&c, b, c.nodes[p].id()).await;
+    let resp = post(
+        &c,
+        p,
+        "/api/v1/relationship/rejoin",
+        &json!({ "token": token }),
+    )
+    .await;
+    let o: BreakOutcome = ok_json(resp, &format!("rejoin on {}", c.nodes[p].name)).await;
+    assert_eq!(o.former_peers, vec![c.nodes[b].id()], "{o:?}");
+    // The witness rejoins from the command line: `tandem token --rejoin ID`
+    // on the primary, `tandem rejoin --rejoin-token` on the witness.
+    let cli = |args: &[&str], on: usize| {
+        let mut v: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        v.extend([
+            "--dir".into(),
+            c.nodes[on].dir.clone().into(),
+            "--token".into(),
+            c.admin_token.clone().into(),
+        ]);
+        tandem(v)
+    };
+    let w_id = c.nodes[w].id().to_string();
+    let made = cli(&["token", "--rejoin", &w_id], b)
+        .await
+        .expect_ok("tandem token --rejoin");
+    let token = made.stdout.trim().to_string();
+    cli(&["rejoin", "--yes", "--json", "--rejoin-token", &token], w)
+        .await
+        .expect_ok("tandem rejoin --rejoin-token");
+
     let roles = c.wait_roles(WAIT).await;
     assert_eq!(roles.primary, b, "{roles:?}");
     assert_eq!(roles.epoch, out.epoch, "{roles:?}");
