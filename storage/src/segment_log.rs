@@ -32,7 +32,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::codec;
 use crate::error::StorageError;
@@ -156,6 +156,26 @@ impl Inner {
 pub(crate) struct SegmentLog {
     dir: PathBuf,
     inner: RwLock<Inner>,
+    /// Held by [`SegmentLog::sync`] from taking the unsynced files until
+    /// their fsyncs returned, so a sync that finds nothing left to take
+    /// knows that no other sync is still making earlier writes durable.
+    /// Not `inner`'s lock: appends keep going while a sync waits on the
+    /// disk (the log store's group commit queues them for the next sync).
+    sync_lock: Mutex<()>,
+    /// Test hook: what [`SegmentLog::sync`] is doing, as it does it.
+    #[cfg(test)]
+    sync_hook: Option<Box<dyn Fn(SyncStep) + Send + Sync>>,
+}
+
+/// The steps of a [`SegmentLog::sync`] a test can watch, with the number of
+/// files it took.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SyncStep {
+    /// The unsynced files were taken; their fsyncs come next.
+    Taken(usize),
+    /// Their fsyncs returned.
+    Synced(usize),
 }
 
 /// What [`SegmentLog::open`] repaired, for its log line.
@@ -308,6 +328,9 @@ impl SegmentLog {
                 segments,
                 ..Inner::default()
             }),
+            sync_lock: Mutex::new(()),
+            #[cfg(test)]
+            sync_hook: None,
         };
         // The last segments too, once the marker covers them (their removal
         // may have been cut short).
@@ -454,12 +477,20 @@ impl SegmentLog {
         Ok(())
     }
 
-    /// Makes every append, truncation and segment removal so far durable.
-    /// Blocking.
+    /// Makes every append, truncation and segment removal so far durable:
+    /// returns once every write made before the call is synced, whichever
+    /// call synced it. Blocking.
     ///
     /// # Errors
     /// I/O errors (the files stay marked unsynced, so the next sync retries).
     pub(crate) fn sync(&self) -> Result<(), StorageError> {
+        // Held until the fsyncs below returned: a concurrent sync waits here
+        // instead of finding the list empty and returning while these files
+        // are still on their way to the disk.
+        let _sync = self
+            .sync_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let (files, dir_dirty) = {
             let mut inner = self.write();
             (
@@ -467,6 +498,8 @@ impl SegmentLog {
                 std::mem::take(&mut inner.dir_dirty),
             )
         };
+        #[cfg(test)]
+        self.hook(SyncStep::Taken(files.len()));
         let result = (|| -> Result<(), StorageError> {
             for f in &files {
                 f.sync_data()?;
@@ -477,13 +510,23 @@ impl SegmentLog {
             Ok(())
         })();
         if result.is_err() {
+            // Under the sync lock still: the next sync takes them again.
             let mut inner = self.write();
             for f in &files {
                 inner.mark_unsynced(f);
             }
             inner.dir_dirty |= dir_dirty;
         }
+        #[cfg(test)]
+        self.hook(SyncStep::Synced(files.len()));
         result
+    }
+
+    #[cfg(test)]
+    fn hook(&self, step: SyncStep) {
+        if let Some(hook) = &self.sync_hook {
+            hook(step);
+        }
     }
 
     /// Removes every entry with index `>= from`, durably. Blocking.

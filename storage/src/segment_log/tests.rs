@@ -1,5 +1,8 @@
 //! Tests of the segment files: appends, reopen, torn tails, truncation,
-//! purge and the tail cache.
+//! purge, the tail cache, and concurrent syncs.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 
 use super::*;
 use crate::log_runs::tests::entry_of as sized;
@@ -218,4 +221,65 @@ fn purge_removes_whole_segments_and_open_finishes_it() {
     drop(log);
     let (log, _) = SegmentLog::open(tmp.path(), Some(500)).unwrap();
     assert_eq!(indexes(&log.read_range(0, None, 10).unwrap()), [501]);
+}
+
+/// A sync that finds nothing left to take, because a concurrent sync took
+/// the files, returns only after that sync's fsyncs returned: every write
+/// made before a sync is durable when it returns.
+#[test]
+fn a_sync_returns_only_after_a_concurrent_sync_made_earlier_writes_durable() {
+    const TOOK: &str = "first sync took the files";
+    const CALLED: &str = "second sync called";
+    const SYNCED: &str = "first sync's fsyncs returned";
+    const RETURNED: &str = "second sync returned";
+    let tmp = tempfile::tempdir().unwrap();
+    let mut buf = Vec::new();
+    let (mut log, _) = SegmentLog::open(tmp.path(), None).unwrap();
+    log.append((1..=3).map(|i| entry(1, i)), &mut buf).unwrap();
+    let seen = Arc::new((Mutex::new(Vec::<&str>::new()), Condvar::new()));
+    let hook_seen = seen.clone();
+    log.sync_hook = Some(Box::new(move |step| {
+        let (events, cv) = &*hook_seen;
+        let mut ev = events.lock().unwrap();
+        match step {
+            SyncStep::Taken(0) | SyncStep::Synced(0) => {}
+            SyncStep::Taken(_) => {
+                ev.push(TOOK);
+                cv.notify_all();
+                // The fsyncs wait for the second sync to be called, then
+                // for it to return, for at most 300 ms: a second sync that
+                // waits for these fsyncs never returns meanwhile, so with
+                // the fix only the bound ends this wait.
+                ev = cv.wait_while(ev, |ev| !ev.contains(&CALLED)).unwrap();
+                let _ = cv
+                    .wait_timeout_while(ev, Duration::from_millis(300), |ev| {
+                        !ev.contains(&RETURNED)
+                    })
+                    .unwrap();
+            }
+            SyncStep::Synced(_) => ev.push(SYNCED),
+        }
+    }));
+    let log = Arc::new(log);
+    let first = {
+        let log = log.clone();
+        std::thread::spawn(move || log.sync())
+    };
+    let (events, cv) = &*seen;
+    drop(cv.wait_while(events.lock().unwrap(), |ev| ev.is_empty()));
+    let second = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let (events, cv) = &*seen;
+            events.lock().unwrap().push(CALLED);
+            cv.notify_all();
+            let r = log.sync();
+            events.lock().unwrap().push(RETURNED);
+            cv.notify_all();
+            r
+        })
+    };
+    first.join().unwrap().unwrap();
+    second.join().unwrap().unwrap();
+    assert_eq!(*events.lock().unwrap(), [TOOK, CALLED, SYNCED, RETURNED]);
 }
