@@ -175,6 +175,7 @@ pub fn open_with_db(db: sled::Db, dir: &Path) -> Result<Store, StorageError> {
     let shared = Arc::new(state_machine::SmShared::open(
         db.clone(),
         snapshot_dir.clone(),
+        sled_sync.clone(),
     )?);
     Ok(Store {
         log,

@@ -1,6 +1,6 @@
 //! The durable sled flush, the one every path that must survive a power
 //! loss takes after writing to sled: the vote and the purge marker (log
-//! store), a reset, `Store::flush`.
+//! store), a snapshot install (state machine), a reset, `Store::flush`.
 //! sled's own flush is not enough (storage/DESIGN.md "What sled's flush
 //! guarantees"): it ends with `sync_file_range`, and it never syncs its blob
 //! files at all.
@@ -126,18 +126,24 @@ impl SledSync {
         Ok(())
     }
 
-    /// The blob files synced so far.
+    /// The blob files there are, and those of them not synced yet.
     #[cfg(test)]
-    pub(crate) fn synced_blobs(&self) -> HashSet<OsString> {
-        self.synced_blobs
+    pub(crate) fn blobs(&self) -> (HashSet<OsString>, HashSet<OsString>) {
+        let all: HashSet<OsString> = fs::read_dir(&self.blob_dir)
+            .expect("blob directory")
+            .map(|e| e.expect("blob directory entry").file_name())
+            .collect();
+        let synced = self
+            .synced_blobs
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .unwrap_or_else(PoisonError::into_inner);
+        let unsynced = all.difference(&synced).cloned().collect();
+        (all, unsynced)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
@@ -146,7 +152,7 @@ mod tests {
 
     /// Opens the store in `dir`, waiting for sled's lock on it to go (sled
     /// releases it a moment after the last `Db` handle is dropped).
-    fn open(dir: &Path) -> crate::Store {
+    pub(crate) fn open(dir: &Path) -> crate::Store {
         for _ in 0..250 {
             match crate::open(dir, 4 << 20) {
                 Err(e) if e.to_string().contains("could not acquire lock") => {
@@ -156,13 +162,6 @@ mod tests {
             }
         }
         panic!("sled's lock on {} was never released", dir.display());
-    }
-
-    fn blob_files(dir: &Path) -> HashSet<OsString> {
-        fs::read_dir(dir.join(crate::SLED_DIR).join(BLOB_DIR))
-            .expect("blob directory")
-            .map(|e| e.expect("entry").file_name())
-            .collect()
     }
 
     /// Twenty 60 KiB values, each below the 64 KiB a command may store,
@@ -187,14 +186,9 @@ mod tests {
                     .expect("apply");
             }
             store.flush().expect("durable flush");
-            let blobs = blob_files(tmp.path());
+            let (blobs, unsynced) = store.sled_sync.blobs();
             assert!(!blobs.is_empty(), "sled wrote no blob file");
-            let synced = store.sled_sync.synced_blobs();
-            assert!(
-                blobs.is_subset(&synced),
-                "unsynced: {:?}",
-                blobs.difference(&synced)
-            );
+            assert!(unsynced.is_empty(), "unsynced: {unsynced:?}");
             assert_eq!(store.sled_sync.data_syncs.load(Ordering::SeqCst), 1);
         }
         let store = open(tmp.path());
