@@ -26,9 +26,10 @@ use crate::types::{
     StoredMembership,
 };
 
-/// Largest value (JSON text) a command may store. sled writes values larger
-/// than about 128 KiB as separate blob files that it never fsyncs, so the
-/// state machine refuses them; the node should refuse them before proposing.
+/// Largest value (JSON text) a command may store: larger ones are refused
+/// (the node should refuse them before proposing). It does not keep sled's
+/// blob files away, which hold whole tree nodes: the durable flush syncs
+/// those (`sled_sync`).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// Longest configuration key, session id or token id a command may use.

@@ -23,6 +23,8 @@
 //!   ([`build_snapshot_file_offline`], [`wipe`]) or in place on the open
 //!   `sled::Db` ([`reset_to_single_voter`], then [`open_with_db`]).
 //! - `in_use`: [`store_in_use`], whether a store's writers are still alive.
+//! - `sled_sync`: the durable sled flush (sled's flush, its blob files and
+//!   an `fdatasync` of its data file).
 //! - `keys`: tree names, key encodings and stored records.
 //!
 //! See `storage/DESIGN.md` for the on-disk format and the crash-safety
@@ -42,10 +44,10 @@ mod reader;
 mod redo;
 mod rejoin;
 mod segment_log;
+mod sled_sync;
 mod snapshot;
 mod state_machine;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -93,19 +95,18 @@ pub struct Store {
     /// The sled database (one per data directory, separate trees).
     pub db: sled::Db,
     snapshot_dir: PathBuf,
-    sled_dir: PathBuf,
+    sled_sync: Arc<sled_sync::SledSync>,
 }
 
 impl Store {
-    /// Makes every write so far durable (sled flush plus `fdatasync` of its
-    /// data file). Blocking: call it from `spawn_blocking` or at shutdown.
+    /// Makes every write so far durable (sled flush, `fsync` of its blob
+    /// files, `fdatasync` of its data file). Blocking: call it from
+    /// `spawn_blocking` or at shutdown.
     ///
     /// # Errors
     /// I/O errors from sled or the fsync.
     pub fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
-        File::open(self.sled_dir.join("db"))?.sync_data()?;
-        Ok(())
+        self.sled_sync.flush(&self.db)
     }
 
     /// A handle reading the Raft log directly (for the diverged export). Take
@@ -161,21 +162,21 @@ pub fn open_with_db(db: sled::Db, dir: &Path) -> Result<Store, StorageError> {
     let sled_dir = dir.join(SLED_DIR);
     let snapshot_dir = dir.join(SNAPSHOT_DIR);
     std::fs::create_dir_all(&snapshot_dir)?;
-    // sled's data file, for the fdatasync after each log flush (see
-    // log_store). Read-only is enough for fsync on Linux.
-    let data_file = File::open(sled_dir.join("db"))?;
+    // The durable flush of every path below (see sled_sync).
+    let sled_sync = Arc::new(sled_sync::SledSync::open(&sled_dir)?);
     let writer = in_use::register(dir)?;
-    offline::finish_interrupted_reset(&db, dir, &data_file)?;
+    offline::finish_interrupted_reset(&db, dir, &sled_sync)?;
     snapshot::cleanup(&snapshot_dir)?;
     let log = LogStore::new(log_store::LogShared::open(
         db.clone(),
         dir,
-        Some(data_file),
+        sled_sync.clone(),
         writer.clone(),
     )?);
     let shared = Arc::new(state_machine::SmShared::open(
         db.clone(),
         snapshot_dir.clone(),
+        sled_sync.clone(),
     )?);
     Ok(Store {
         log,
@@ -186,6 +187,6 @@ pub fn open_with_db(db: sled::Db, dir: &Path) -> Result<Store, StorageError> {
         reader: StateReader { shared },
         db,
         snapshot_dir,
-        sled_dir,
+        sled_sync,
     })
 }

@@ -11,7 +11,6 @@
 //! machine's durable applied index (storage/DESIGN.md).
 
 use std::fmt::Debug;
-use std::fs::File;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -26,6 +25,7 @@ use crate::error::StorageError;
 use crate::keys::RaftMetaKey;
 use crate::log_runs;
 use crate::segment_log::{Recovery, SegmentLog};
+use crate::sled_sync::SledSync;
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 
 pub(crate) struct LogShared {
@@ -33,10 +33,8 @@ pub(crate) struct LogShared {
     meta: sled::Tree,
     /// The log entries (segment files beside sled).
     pub(crate) seg: Arc<SegmentLog>,
-    /// sled's data file, opened a second time: sled's own flush ends with
-    /// `sync_file_range`, which neither persists file metadata nor flushes
-    /// the drive's write cache; an `fdatasync` on this handle does both.
-    data_file: Option<File>,
+    /// The durable flush of sled (vote, purge marker).
+    sled_sync: Arc<SledSync>,
     queue: Mutex<FlushQueue>,
     /// One past the highest purged index (0: nothing purged). Entries at or
     /// below it may still be in a segment that straddles the purge point, or
@@ -61,7 +59,7 @@ impl LogShared {
     pub(crate) fn open(
         db: sled::Db,
         dir: &Path,
-        data_file: Option<File>,
+        sled_sync: Arc<SledSync>,
         writer: Arc<crate::in_use::WriterToken>,
     ) -> Result<Self, StorageError> {
         let meta = db.open_tree(crate::keys::RAFT_META_TREE)?;
@@ -76,7 +74,7 @@ impl LogShared {
             db,
             meta,
             seg: Arc::new(seg),
-            data_file,
+            sled_sync,
             queue: Mutex::new(FlushQueue::default()),
             purged_below: Arc::new(AtomicU64::new(purged_below)),
             _writer: writer,
@@ -137,11 +135,7 @@ impl LogShared {
     /// Makes every sled write so far durable (vote, purge marker, and the
     /// state machine with them). Blocking.
     fn meta_flush_blocking(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
-        if let Some(f) = &self.data_file {
-            f.sync_data()?;
-        }
-        Ok(())
+        self.sled_sync.flush(&self.db)
     }
 
     async fn meta_flush(self: &Arc<Self>) -> Result<(), StorageError> {

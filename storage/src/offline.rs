@@ -14,6 +14,7 @@ use crate::codec;
 use crate::error::StorageError;
 use crate::keys::{self, RaftMetaKey, SmMetaKey};
 use crate::segment_log::SegmentLog;
+use crate::sled_sync::SledSync;
 use crate::snapshot;
 use crate::state_machine::read_applied_state;
 use crate::types::{LogId, NodeInfo, SnapshotMeta, StoredMembership};
@@ -256,7 +257,8 @@ pub fn pending_forced_snapshot(
 /// 3. Clears the store: every file of `dir/snapshots`, the state machine
 ///    (`sm_root` pointer and every `sm.*` generation), the log tree, the
 ///    `raft_meta` tree (vote, committed, last purged).
-/// 4. Durable flush (sled flush + `fdatasync` of its data file).
+/// 4. Durable flush (`SledSync::flush`: sled's blob files, its flush, then
+///    `fdatasync` of its data file).
 /// 5. Removes the marker and fsyncs `dir`.
 ///
 /// A crash during 3–4 leaves the marker, and the next [`crate::open`] or
@@ -290,7 +292,7 @@ pub fn reset_to_single_voter(
              and install the existing forced snapshot",
         ));
     }
-    let data_file = fs::File::open(dir.join(SLED_DIR).join("db"))?;
+    let sled_sync = SledSync::open(&dir.join(SLED_DIR))?;
 
     // 1. The snapshot, durably, before anything is cleared.
     let out = dir.join(FORCED_SNAPSHOT_FILE);
@@ -319,7 +321,7 @@ pub fn reset_to_single_voter(
     snapshot::sync_dir(dir)?;
 
     // 3.-5.
-    clear_and_unmark(db, dir, &data_file)?;
+    clear_and_unmark(db, dir, &sled_sync)?;
     tracing::warn!(dir = %dir.display(), node_id, last_log_id = ?meta.last_log_id, "store reset in place for a forced promotion");
     Ok((meta, out))
 }
@@ -328,17 +330,17 @@ pub fn reset_to_single_voter(
 pub(crate) fn finish_interrupted_reset(
     db: &sled::Db,
     dir: &Path,
-    data_file: &fs::File,
+    sled_sync: &SledSync,
 ) -> Result<(), StorageError> {
     if dir.join(RESET_MARKER_FILE).exists() {
         tracing::warn!(dir = %dir.display(), "finishing an interrupted reset to a single voter");
-        clear_and_unmark(db, dir, data_file)?;
+        clear_and_unmark(db, dir, sled_sync)?;
     }
     Ok(())
 }
 
 /// Steps 3–5 of [`reset_to_single_voter`]. Idempotent.
-fn clear_and_unmark(db: &sled::Db, dir: &Path, data_file: &fs::File) -> Result<(), StorageError> {
+fn clear_and_unmark(db: &sled::Db, dir: &Path, sled_sync: &SledSync) -> Result<(), StorageError> {
     // Snapshot files first: openraft installs a snapshot it finds at start.
     let snap_dir = dir.join(SNAPSHOT_DIR);
     if snap_dir.exists() {
@@ -362,8 +364,7 @@ fn clear_and_unmark(db: &sled::Db, dir: &Path, data_file: &fs::File) -> Result<(
     // Vote, committed, last purged.
     db.open_tree(keys::RAFT_META_TREE)?.clear()?;
     // Durable, as the log store's flush.
-    db.flush()?;
-    data_file.sync_data()?;
+    sled_sync.flush(db)?;
     fs::remove_file(dir.join(RESET_MARKER_FILE))?;
     snapshot::sync_dir(dir)?;
     Ok(())

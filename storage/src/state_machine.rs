@@ -13,6 +13,7 @@ use crate::apply;
 use crate::codec;
 use crate::error::StorageError;
 use crate::keys::{self, SmMetaKey};
+use crate::sled_sync::SledSync;
 use crate::snapshot;
 use crate::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
@@ -36,6 +37,8 @@ pub(crate) struct SmShared {
     /// sees the state between two batches, never in the middle of one.
     gate: RwLock<()>,
     pub(crate) snapshot_dir: PathBuf,
+    /// The durable flush of sled (installs).
+    sled_sync: Arc<SledSync>,
     /// Records in the newest snapshot (0: none yet, or unreadable).
     snapshot_records: AtomicU64,
 }
@@ -43,7 +46,11 @@ pub(crate) struct SmShared {
 impl SmShared {
     /// Opens the current generation and drops leftovers of interrupted
     /// installs (generations that are not current).
-    pub(crate) fn open(db: sled::Db, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
+    pub(crate) fn open(
+        db: sled::Db,
+        snapshot_dir: PathBuf,
+        sled_sync: Arc<SledSync>,
+    ) -> Result<Self, StorageError> {
         let root = db.open_tree(keys::SM_ROOT_TREE)?;
         let number = match root.get(keys::SM_ROOT_CURRENT)? {
             Some(v) => codec::decode::<u64>(&v)?,
@@ -77,6 +84,7 @@ impl SmShared {
             current: RwLock::new(Generation { number, tree }),
             gate: RwLock::new(()),
             snapshot_dir,
+            sled_sync,
             snapshot_records: AtomicU64::new(records),
         })
     }
@@ -186,13 +194,13 @@ impl SmShared {
             }
         };
         // 1. The new generation is durable (but not yet current).
-        self.db.flush()?;
+        self.sled_sync.flush(&self.db)?;
         // 2. The snapshot file is durable and the newest one.
         let path = snapshot::publish_copy(&self.snapshot_dir, seq, &tmp, copy)?;
         // 3. One durable insert makes the new generation current.
         self.root
             .insert(keys::SM_ROOT_CURRENT, codec::encode(&new_number)?)?;
-        self.db.flush()?;
+        self.sled_sync.flush(&self.db)?;
         {
             let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
             *cur = Generation {
@@ -367,5 +375,39 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use crate::log_runs::tests::entry_of;
+    use crate::sled_sync::tests::open;
+
+    /// Installing a snapshot makes the new generation durable, then the
+    /// switch to it, each with the durable flush (blob files, sled's flush,
+    /// `fdatasync` of its data file), not with sled's flush alone.
+    #[test]
+    fn install_flushes_durably() {
+        let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let source = open(from.path());
+        for i in 1..=20 {
+            // 60 KiB values: the loaded tree's nodes become blob files.
+            let batch = [entry_of(1, i, 60 * 1024 - 2)];
+            source.sm.shared.apply_blocking(&batch).unwrap();
+        }
+        let (path, meta) = source.sm.shared.dump_snapshot().unwrap();
+
+        let target = open(to.path());
+        let before = target.sled_sync.data_syncs.load(Ordering::SeqCst);
+        let file = std::fs::File::open(&path).unwrap();
+        target.sm.shared.install_blocking(&meta, file).unwrap();
+        let after = target.sled_sync.data_syncs.load(Ordering::SeqCst);
+        assert_eq!(after - before, 2, "durable flushes during the install");
+        let (blobs, unsynced) = target.sled_sync.blobs();
+        assert!(!blobs.is_empty(), "sled wrote no blob file");
+        assert!(unsynced.is_empty(), "unsynced: {unsynced:?}");
+        assert_eq!(target.reader.applied_index(), Some(20));
     }
 }
