@@ -111,6 +111,7 @@ pub async fn start_engine(
     use anyhow::Context;
     let reader = store.reader.clone();
     let log_reader = store.log_reader();
+    let flusher = store.flusher();
     let raft = TandemRaft::new(
         cfg.node_id,
         raft_config(&cfg.tuning, timing, cfg.kind)?,
@@ -124,6 +125,7 @@ pub async fn start_engine(
         raft,
         reader,
         log_reader,
+        flusher,
     })
 }
 
@@ -148,6 +150,8 @@ pub struct Engine {
     pub reader: StateReader,
     /// Concurrent reader of the Raft log (diverged exports, lag in bytes).
     pub log_reader: LogReaderHandle,
+    /// The durable flush of its store (shutdown's last step).
+    pub flusher: tandem_storage::DurableFlush,
 }
 
 /// A node with its Raft instance running.
@@ -718,13 +722,14 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// Flushes sled (shutdown's last step).
+    /// Makes every write durable (shutdown's last step): sled's flush,
+    /// its blob files and the `fdatasync`, as every other durable path.
     ///
     /// # Errors
-    /// sled's flush error.
+    /// The flush's or the syncs' I/O error.
     pub async fn flush(&self) -> anyhow::Result<()> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush()).await??;
+        let flusher = self.engine().flusher.clone();
+        tokio::task::spawn_blocking(move || flusher.flush()).await??;
         Ok(())
     }
 }

@@ -83,6 +83,24 @@ pub(crate) const SNAPSHOT_DIR: &str = "snapshots";
 /// `segment_log`).
 pub(crate) const LOG_DIR: &str = "raft-log";
 
+/// Makes every write so far durable (see [`Store::flush`]); cheap to
+/// clone, usable after the store was handed to Raft.
+#[derive(Clone)]
+pub struct DurableFlush {
+    db: sled::Db,
+    sync: Arc<sled_sync::SledSync>,
+}
+
+impl DurableFlush {
+    /// As [`Store::flush`].
+    ///
+    /// # Errors
+    /// I/O errors of the flush or the syncs.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.sync.flush(&self.db)
+    }
+}
+
 /// An opened storage directory: the log store and state machine for
 /// openraft, a reader for everyone else, and the sled database underneath.
 pub struct Store {
@@ -107,6 +125,15 @@ impl Store {
     /// I/O errors from sled or the fsync.
     pub fn flush(&self) -> Result<(), StorageError> {
         self.sled_sync.flush(&self.db)
+    }
+
+    /// A handle that makes every write so far durable, as [`Store::flush`]
+    /// does; take it before the store is moved into `Raft::new`.
+    pub fn flusher(&self) -> DurableFlush {
+        DurableFlush {
+            db: self.db.clone(),
+            sync: self.sled_sync.clone(),
+        }
     }
 
     /// A handle reading the Raft log directly (for the diverged export). Take
