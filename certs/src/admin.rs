@@ -29,7 +29,7 @@ pub const CLUSTER_ALPN: &[u8] = b"tandem-cluster";
 
 /// Certificate resolver of the admin listener (see the module documentation).
 pub struct AdminCerts {
-    cluster: Arc<CertifiedKey>,
+    cluster: RwLock<Arc<CertifiedKey>>,
     custom: RwLock<Option<Arc<CertifiedKey>>>,
 }
 
@@ -61,9 +61,21 @@ impl AdminCerts {
     /// [`CertError::KeyMismatch`] or [`CertError::Tls`] for an unusable key.
     pub fn new(cluster_chain_pem: &str, key_pem: &str) -> Result<Arc<Self>, CertError> {
         Ok(Arc::new(Self {
-            cluster: certified_key(cluster_chain_pem, key_pem)?,
+            cluster: RwLock::new(certified_key(cluster_chain_pem, key_pem)?),
             custom: RwLock::new(None),
         }))
+    }
+
+    /// Replaces the cluster chain (a renewed node certificate): presented
+    /// to Tandem's clients, and to browsers when no custom certificate is
+    /// installed, from the next handshake on.
+    ///
+    /// # Errors
+    /// As [`AdminCerts::new`]; nothing changes then.
+    pub fn set_cluster(&self, cluster_chain_pem: &str, key_pem: &str) -> Result<(), CertError> {
+        let ck = certified_key(cluster_chain_pem, key_pem)?;
+        *self.cluster.write().unwrap_or_else(PoisonError::into_inner) = ck;
+        Ok(())
     }
 
     /// Checks an administrator-provided chain (leaf first) and key, then
@@ -118,7 +130,12 @@ impl ResolvesServerCert for AdminCerts {
                 return Some(ck);
             }
         }
-        Some(self.cluster.clone())
+        Some(
+            self.cluster
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        )
     }
 }
 

@@ -53,6 +53,84 @@ pub fn expires_at(pem: &str) -> Result<i64, CertError> {
     Ok(cert.validity().not_after.timestamp())
 }
 
+/// When a certificate starts and stops being valid, in seconds since the
+/// Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Not valid before.
+    pub not_before: i64,
+    /// Not valid after.
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// The validity of the certificate `der`.
+    ///
+    /// # Errors
+    /// [`CertError::InvalidCertificate`] if it is not X.509.
+    pub fn of_der(der: &[u8]) -> Result<Self, CertError> {
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| CertError::InvalidCertificate {
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+        })
+    }
+
+    /// The validity of the first certificate in `pem`.
+    ///
+    /// # Errors
+    /// As [`expires_at`].
+    pub fn of_pem(pem: &str) -> Result<Self, CertError> {
+        Self::of_der(crate::tls::certs_from_pem(pem)?[0].as_ref())
+    }
+
+    /// When a certificate is renewed: at two thirds of its life.
+    pub fn renew_at(&self) -> i64 {
+        self.not_before + (self.not_after - self.not_before) / 3 * 2
+    }
+}
+
+/// The names (DNS and IP SANs) of the first certificate in `pem`, other
+/// than its `tandem-node-<id>` name: what a renewal must name again.
+///
+/// # Errors
+/// As [`expires_at`].
+pub fn extra_names_of_pem(pem: &str) -> Result<Vec<String>, CertError> {
+    use x509_parser::extensions::GeneralName;
+    let certs = crate::tls::certs_from_pem(pem)?;
+    let (_, cert) = X509Certificate::from_der(certs[0].as_ref()).map_err(|e| {
+        CertError::InvalidCertificate {
+            reason: e.to_string(),
+        }
+    })?;
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) if !d.starts_with(NODE_NAME_PREFIX) => {
+                    out.push((*d).to_string());
+                }
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => out.push(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())
+                            .to_string(),
+                    ),
+                    16 => out.push(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())
+                            .to_string(),
+                    ),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads the node id from a certificate whose subject is `CN=tandem-node-<id>`.
 ///
 /// This only parses: it does not verify the certificate. Call it on a peer

@@ -36,6 +36,7 @@ mod error;
 mod files;
 mod identity;
 mod pinning;
+mod reload;
 mod service;
 mod tls;
 
@@ -47,9 +48,11 @@ pub use ca::{check_csr, ClusterCa, NodeCert, NodeKey};
 pub use error::CertError;
 pub use files::{write_key_file, write_public_file};
 pub use identity::{
-    expires_at, fingerprint_of_pem, fingerprint_sha256, node_id_from_cert, server_name_for,
+    expires_at, extra_names_of_pem, fingerprint_of_pem, fingerprint_sha256, node_id_from_cert,
+    server_name_for, Validity,
 };
 pub use pinning::{pinned_ca_client_config, PinnedCa};
+pub use reload::NodeCerts;
 pub use service::service_check_client_config;
 pub use tls::{
     admin_client_config, admin_server_config, chain_pem, peer_client_config, peer_server_config,

@@ -39,6 +39,7 @@ pub(crate) mod actions;
 pub(crate) mod admin_tls;
 pub(crate) mod api;
 pub(crate) mod bootstrap;
+pub(crate) mod cert_files;
 pub(crate) mod checks;
 pub mod cli;
 pub mod client;
@@ -193,6 +194,7 @@ async fn run_once(
         .await
         .with_context(|| format!("binding the admin listener on {}", cfg.api_listen))?;
 
+    cert_files::finish_staged(&dir).context("finishing a certificate renewal")?;
     let cert_pem = std::fs::read_to_string(dir.node_cert()).context("reading node.pem")?;
     let key_pem = std::fs::read_to_string(dir.node_key()).context("reading node.key")?;
     let ca_pem = std::fs::read_to_string(dir.ca_cert()).context("reading ca.pem")?;
@@ -207,7 +209,8 @@ async fn run_once(
     let admin_tls = admin_certs.server_config()?;
     let node = Arc::new(Node::open(dir.clone(), cfg.clone()).await?);
     node.resume_pending_reset().await?;
-    let peer_tls = tandem_certs::peer_server_config(&node.ca_pem, &cert_pem, &key_pem)?;
+    let peer_tls = node.certs.peer_server_config()?;
+    let _ = node.admin_certs.set(admin_certs.clone());
 
     let tasks = TaskTracker::new();
     let peer_stop = CancellationToken::new();
@@ -256,6 +259,10 @@ async fn run_once(
         "leader duties",
         &background_stop,
         background(node.clone(), background_stop.clone()),
+    ));
+    tasks.spawn(actions::certs::renew_when_due(
+        node.clone(),
+        background_stop.clone(),
     ));
     tasks.spawn(actions::checks::run_checks(
         node.clone(),

@@ -199,6 +199,14 @@ pub struct Node {
     pub place: Place,
     /// Held while a join is served (one at a time).
     pub(crate) join_lock: tokio::sync::Mutex<()>,
+    /// This node's certificate and key, as every new connection presents
+    /// them (replaced by a renewal).
+    pub certs: Arc<tandem_certs::NodeCerts>,
+    /// The admin listener's certificates, once it runs (a renewal replaces
+    /// its cluster chain).
+    pub admin_certs: std::sync::OnceLock<Arc<tandem_certs::AdminCerts>>,
+    /// Held while this node's certificate is renewed.
+    pub(crate) renewing: tokio::sync::Mutex<()>,
     db: sled::Db,
 }
 
@@ -215,9 +223,12 @@ impl Node {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).context("reading ca.key"),
         };
+        crate::cert_files::finish_staged(&dir).context("finishing a certificate renewal")?;
         let cert_pem = std::fs::read_to_string(dir.node_cert()).context("reading node.pem")?;
         let key_pem = std::fs::read_to_string(dir.node_key()).context("reading node.key")?;
-        let client_tls = tandem_certs::peer_client_config(&ca_pem, &cert_pem, &key_pem)?;
+        let certs = tandem_certs::NodeCerts::new(&ca_pem, &cert_pem, &key_pem)
+            .context("loading this node's certificate")?;
+        let client_tls = certs.peer_client_config()?;
 
         let db_dir = dir.db();
         // sled asserts (panics) on a cache under 256 bytes: refuse it here.
@@ -253,6 +264,7 @@ impl Node {
             // Refreshed from the replicated settings on every role tick.
             bandwidth_limit: Box::new(move || bandwidth_now.load(Ordering::Relaxed)),
             heartbeat: timing.heartbeat,
+            seen_certs: Default::default(),
         });
         let network = PeerNetwork::new(identity.clone(), client_tls);
         let engine = start_engine(&cfg, timing, network.clone(), store).await?;
@@ -266,6 +278,9 @@ impl Node {
         Ok(Self {
             place: Place::local(cfg.site.as_deref(), cfg.host_id.as_deref()),
             join_lock: tokio::sync::Mutex::new(()),
+            certs,
+            admin_certs: std::sync::OnceLock::new(),
+            renewing: tokio::sync::Mutex::new(()),
             cfg,
             dir,
             engine: std::sync::RwLock::new(Arc::new(engine)),

@@ -157,6 +157,17 @@ pub trait AdminBackend: Send + Sync + 'static {
         actor: String,
     ) -> impl Future<Output = Result<JoinTokenView, ApiError>> + Send;
 
+    /// Renews this node's certificate now (`POST /api/v1/certs/renew`): a
+    /// new key and certificate, presented from the next connection on.
+    ///
+    /// # Errors
+    /// `Refused` when a witness's primary cannot sign now; `Internal` when
+    /// signing or writing fails (the old certificate stays in force).
+    fn renew_certificate(
+        &self,
+        actor: String,
+    ) -> impl Future<Output = Result<CertificateView, ApiError>> + Send;
+
     /// Replaces the admin token with a new one (shown once, stored
     /// hashed); the old one stops working at once, on every node.
     ///
@@ -1185,6 +1196,24 @@ pub struct ReadinessView {
     /// appliance's host.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Each member's certificate as this node knows it (its own, and the
+    /// ones its peers presented).
+    #[serde(default)]
+    pub certificates: Vec<CertificateView>,
+}
+
+/// A member's node certificate (readiness; `POST /api/v1/certs/renew`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateView {
+    /// Node id.
+    pub node: u64,
+    /// Node name.
+    pub name: String,
+    /// When it expires (ms since the Unix epoch); absent when this node has
+    /// not seen that member's certificate since it started.
+    pub not_after_ms: Option<u64>,
+    /// When it is renewed automatically (two thirds of its life).
+    pub renew_at_ms: Option<u64>,
 }
 
 // ---- admin users and API tokens ------------------------------------------

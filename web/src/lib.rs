@@ -43,12 +43,12 @@ mod ui;
 
 pub use backend::{
     AdminBackend, AdminTokenRotated, ApiTokenCreated, ApiTokenRequest, ApiTokenView, BreakOutcome,
-    ClusterView, ConfigEntryView, ConfigPut, HealthView, HistoryEventView, HistoryPage, HostView,
-    JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, ListView, MemberView,
-    PasswordChange, PeerView, ReadMeta, ReadinessView, RejoinRequest, RejoinTokenRequest,
-    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome,
-    SetupRequest, SharedIpView, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest,
-    UserCreate, UserPassword, UserView, VerifyReport, ADMIN_TOKEN_ACTOR,
+    CertificateView, ClusterView, ConfigEntryView, ConfigPut, HealthView, HistoryEventView,
+    HistoryPage, HostView, JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, ListView,
+    MemberView, PasswordChange, PeerView, ReadMeta, ReadinessView, RejoinRequest,
+    RejoinTokenRequest, RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView,
+    SetupOutcome, SetupRequest, SharedIpView, StatusView, SwapOutcome, SwapRequest, SyncReport,
+    SyncRequest, UserCreate, UserPassword, UserView, VerifyReport, ADMIN_TOKEN_ACTOR,
 };
 pub use backend::{
     Failback, FailbackOff, DEFAULT_MAINTENANCE_MAX_MINUTES, DEFAULT_MAINTENANCE_REMINDER_SECS,

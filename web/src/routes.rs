@@ -35,11 +35,11 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::backend::{
     AdminBackend, AdminTokenRotated, ApiTokenCreated, ApiTokenRequest, ApiTokenView, BreakOutcome,
-    ClusterView, ConfigEntryView, ConfigPut, HealthView, HistoryPage, JoinRequest, JoinResponse,
-    JoinTokenRequest, JoinTokenView, ListView, PasswordChange, ReadMeta, ReadinessView,
-    RejoinRequest, RejoinTokenRequest, RoleHealth, SessionCreate, SessionView, SettingsUpdate,
-    SettingsView, SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport,
-    SyncRequest, UserCreate, UserPassword, UserView, ADMIN_TOKEN_ACTOR,
+    CertificateView, ClusterView, ConfigEntryView, ConfigPut, HealthView, HistoryPage, JoinRequest,
+    JoinResponse, JoinTokenRequest, JoinTokenView, ListView, PasswordChange, ReadMeta,
+    ReadinessView, RejoinRequest, RejoinTokenRequest, RoleHealth, SessionCreate, SessionView,
+    SettingsUpdate, SettingsView, SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest,
+    SyncReport, SyncRequest, UserCreate, UserPassword, UserView, ADMIN_TOKEN_ACTOR,
 };
 use crate::error::{ErrorBody, LeaderRedirect};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, OptionalJson};
@@ -125,6 +125,7 @@ pub const ROUTES: &[ApiRoute] = &[
     authed("POST", "/api/v1/join-tokens"),
     authed("POST", "/api/v1/rejoin-tokens"),
     authed("POST", "/api/v1/admin-token"),
+    authed("POST", "/api/v1/certs/renew"),
     authed("GET", "/api/v1/status"),
     authed("GET", "/api/v1/history"),
     authed("GET", "/api/v1/settings"),
@@ -179,6 +180,7 @@ pub const ROUTES: &[ApiRoute] = &[
         create_join_token,
         create_rejoin_token,
         rotate_admin_token,
+        renew_certificate,
         status,
         history,
         settings_get,
@@ -306,6 +308,7 @@ pub fn router<B: AdminBackend>(backend: Arc<B>) -> AdminApp {
             post(create_rejoin_token::<B>),
         )
         .route(listed("/api/v1/admin-token"), post(rotate_admin_token::<B>))
+        .route(listed("/api/v1/certs/renew"), post(renew_certificate::<B>))
         .route(listed("/api/v1/status"), get(status::<B>))
         .route(listed("/api/v1/history"), get(history::<B>))
         .route(
@@ -1119,6 +1122,33 @@ async fn create_rejoin_token<B: AdminBackend>(
     let actor = actor(&headers)?;
     let view = backend.create_rejoin_token(body, actor).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Renew this node's certificate now: a new key and a certificate for the
+/// same names, presented from the next connection on (no restart). Nodes
+/// also do it by themselves at two thirds of the certificate's life.
+#[utoipa::path(
+    post,
+    path = "/api/v1/certs/renew",
+    tag = "cluster",
+    request_body(
+        content = ref("#/components/schemas/BreakRequest"),
+        content_type = "application/json",
+        description = "Optional: no body at all means every default."
+    ),
+    responses(
+        (status = 200, description = "renewed", body = CertificateView),
+        E400, E401, E403, E405, E409, E413, E415, E500, E503
+    ),
+    security(("bearer" = [])),
+)]
+async fn renew_certificate<B: AdminBackend>(
+    State(backend): State<Arc<B>>,
+    headers: HeaderMap,
+    OptionalJson(BreakRequest {}): OptionalJson<BreakRequest>,
+) -> Result<Response, ApiError> {
+    let actor = actor(&headers)?;
+    Ok(Json(backend.renew_certificate(actor).await?).into_response())
 }
 
 /// Replace the admin token: the new one is in the answer (shown once), the

@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 use tandem_web::AdminApp;
 use tandem_web::{
     openapi, router, AdminBackend, AdminTokenRotated, ApiError, ApiTokenCreated, ApiTokenView,
-    BreakOutcome, ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage,
-    HostView, JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, MemberView, PeerView,
-    ReadMeta, ReadinessView, RejoinTokenRequest, RoleHealth, SessionCreate, SessionView,
+    BreakOutcome, CertificateView, ClusterView, ConfigEntryView, HealthView, HistoryEventView,
+    HistoryPage, HostView, JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, MemberView,
+    PeerView, ReadMeta, ReadinessView, RejoinTokenRequest, RoleHealth, SessionCreate, SessionView,
     SettingsUpdate, SettingsView, SetupOutcome, SetupRequest, StatusView, SwapOutcome, SwapRequest,
     SyncReport, SyncRequest, UserView, VerifyReport, LOGIN_MAX_FAILURES, MAX_BODY_BYTES, ROUTES,
 };
@@ -441,6 +441,16 @@ impl AdminBackend for MemBackend {
         })
     }
 
+    async fn renew_certificate(&self, actor: String) -> Result<CertificateView, ApiError> {
+        self.record(format!("renew_certificate({actor})"));
+        Ok(CertificateView {
+            node: 1,
+            name: "a".into(),
+            not_after_ms: Some(9_000),
+            renew_at_ms: Some(6_000),
+        })
+    }
+
     async fn rotate_admin_token(&self, _actor: String) -> Result<AdminTokenRotated, ApiError> {
         self.leader_check(false)?;
         Ok(AdminTokenRotated {
@@ -697,6 +707,7 @@ impl AdminBackend for MemBackend {
             certificates_ok: true,
             shared_ips_ok: true,
             warnings: Vec::new(),
+            certificates: Vec::new(),
         })
     }
 
@@ -891,6 +902,7 @@ async fn every_api_route_requires_the_bearer_token() {
             Some(json!({"node": 2})),
         ),
         (Method::POST, "/api/v1/admin-token", None),
+        (Method::POST, "/api/v1/certs/renew", None),
         (Method::GET, "/api/v1/status", None),
         (Method::GET, "/api/v1/history", None),
         (Method::GET, "/api/v1/settings", None),
@@ -971,7 +983,7 @@ async fn every_api_route_requires_the_bearer_token() {
     }
     // Every bearer-protected route in the table was exercised above.
     let protected = ROUTES.iter().filter(|r| r.auth).count();
-    assert_eq!(protected, 36, "new protected route: add it to this test");
+    assert_eq!(protected, 37, "new protected route: add it to this test");
 }
 
 #[tokio::test]

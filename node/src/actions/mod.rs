@@ -18,13 +18,15 @@
 //!   and its undo;
 //! - [`failback`]: the role back to the preferred appliance after a delay;
 //! - [`placement`]: the primary's own site and host in the replicated
-//!   placement record.
+//!   placement record;
+//! - [`certs`]: node certificates renewed without a restart.
 //!
 //! Actions decide and order; they do not compute roles (that is
 //! `roles`), touch shared IPs directly (that is `shared_ip` through the
 //! role manager), or speak HTTP (that is `api`). A refusal changes nothing
 //! and is a typed [`crate::errors::Refusal`].
 
+pub(crate) mod certs;
 pub(crate) mod checks;
 pub(crate) mod demote;
 pub(crate) mod duties;

@@ -189,6 +189,9 @@ impl Node {
                     .await
                     .map_err(|e| e.message())?,
             ),
+            ActionRequest::RenewCertificate { csr_pem } => {
+                return self.sign_peer_renewal(from, &csr_pem).await
+            }
             ActionRequest::Sync { verify, actor } => serde_json::to_string(
                 &self
                     .sync_now(verify, &actor)

@@ -9,11 +9,12 @@ use std::time::Duration;
 use tandem_storage::{Request, Response};
 use tandem_web::{
     AdminBackend, AdminTokenRotated, ApiError, ApiTokenCreated, ApiTokenView, BreakOutcome,
-    ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage, JoinRequest,
-    JoinResponse, JoinTokenRequest, JoinTokenView, MaintenanceOutcome, MaintenanceStart,
-    MaintenanceView, MemberView, ReadMeta, ReadinessView, RejoinTokenRequest, RoleHealth,
-    SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome, SetupRequest,
-    StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView, WindowRequest,
+    CertificateView, ClusterView, ConfigEntryView, HealthView, HistoryEventView, HistoryPage,
+    JoinRequest, JoinResponse, JoinTokenRequest, JoinTokenView, MaintenanceOutcome,
+    MaintenanceStart, MaintenanceView, MemberView, ReadMeta, ReadinessView, RejoinTokenRequest,
+    RoleHealth, SessionCreate, SessionView, SettingsUpdate, SettingsView, SetupOutcome,
+    SetupRequest, StatusView, SwapOutcome, SwapRequest, SyncReport, SyncRequest, UserView,
+    WindowRequest,
 };
 
 use crate::client::ApiClient;
@@ -399,6 +400,10 @@ impl AdminBackend for Backend {
             token,
             expires_at_ms,
         })
+    }
+
+    async fn renew_certificate(&self, actor: String) -> Result<CertificateView, ApiError> {
+        self.node.renew_certificate(&actor).await.map_err(api)
     }
 
     async fn rotate_admin_token(&self, actor: String) -> Result<AdminTokenRotated, ApiError> {

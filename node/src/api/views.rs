@@ -4,10 +4,11 @@
 use openraft::ServerState;
 use tandem_storage::NodeKind;
 use tandem_web::{
-    ApiError, HealthView, HostView, PeerView, ReadinessView, RoleName, StatusView, Topology,
+    ApiError, CertificateView, HealthView, HostView, PeerView, ReadinessView, RoleName, StatusView,
+    Topology,
 };
 
-use crate::node::kind_view;
+use crate::node::{kind_view, Node};
 use crate::util::now_ms;
 
 use super::backend::Backend;
@@ -338,23 +339,7 @@ impl Backend {
         let ep = node.epoch();
         let membership = m.membership_config.membership().clone();
         let mut reasons = Vec::new();
-        let cert_pem = std::fs::read_to_string(node.dir.node_cert()).unwrap_or_default();
-        let certificates_ok = match tandem_certs::expires_at(&cert_pem) {
-            Ok(t) => {
-                let left = t - (now_ms() / 1000) as i64;
-                if left < 30 * 86_400 {
-                    reasons.push(format!(
-                        "this node's certificate expires in {} days",
-                        left / 86_400
-                    ));
-                }
-                left >= 30 * 86_400
-            }
-            Err(e) => {
-                reasons.push(format!("this node's certificate cannot be read: {e}"));
-                false
-            }
-        };
+        let (certificates, certificates_ok) = certificate_list(node, &membership, &mut reasons);
         let settings = node.settings();
         let report = node.shared_ips.get().map(|h| h.report());
         let spec_errors = crate::shared_ip::specs_for_node(&settings.shared_ips, &node.cfg.name).1;
@@ -475,6 +460,41 @@ impl Backend {
             certificates_ok,
             shared_ips_ok,
             warnings: node.placement_warnings(),
+            certificates,
         })
     }
+}
+
+/// Days before expiry from which a certificate is reported as not ok.
+const CERT_WARN_DAYS: i64 = 30;
+
+/// Each member's certificate as `node` knows it, and whether all are ok
+/// (none expires within [`CERT_WARN_DAYS`]); reasons for the others.
+fn certificate_list(
+    node: &Node,
+    membership: &openraft::Membership<u64, tandem_storage::NodeInfo>,
+    reasons: &mut Vec<String>,
+) -> (Vec<CertificateView>, bool) {
+    let me = node.cfg.node_id;
+    let mut list = vec![node.own_certificate()];
+    for (id, info) in membership.nodes().filter(|(id, _)| **id != me) {
+        let seen = node.identity.seen_certs.get(*id);
+        list.push(crate::actions::certs::certificate_view(
+            *id, &info.name, seen,
+        ));
+    }
+    let now_ms = now_ms();
+    let mut ok = true;
+    for c in &list {
+        let Some(end) = c.not_after_ms else { continue };
+        let left_days = (end as i64 - now_ms as i64) / 86_400_000;
+        if left_days < CERT_WARN_DAYS {
+            ok = false;
+            reasons.push(format!(
+                "the certificate of {} expires in {left_days} days: renew it (`tandem certs renew` on that node)",
+                c.name
+            ));
+        }
+    }
+    (list, ok)
 }

@@ -62,6 +62,9 @@ pub enum Command {
     Readiness(ReadinessArgs),
     /// Hold an appliance out of service (start, end, schedule, cancel, list).
     Maintenance(MaintenanceArgs),
+    /// This node's certificate: `renew` it now (nodes also renew by
+    /// themselves at two thirds of its life).
+    Certs(CertsArgs),
     /// Start a local primary, backup and witness on loopback.
     Demo(DemoArgs),
     /// Internal: the shared-IP guard `tandem run` starts (see `ip_guard`).
@@ -349,6 +352,22 @@ pub struct ConfirmArgs {
     /// Print the outcome as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `tandem certs`.
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) action: CertsAction,
+}
+
+/// `tandem certs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertsAction {
+    /// Renew this node's certificate now (new key, same names); every new
+    /// connection presents it, no restart.
+    Renew(ApiArgs),
 }
 
 /// `tandem rejoin`.

@@ -35,6 +35,19 @@ pub async fn execute(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Token(a) => token(a).await,
+        Command::Certs(CertsArgs {
+            action: CertsAction::Renew(api),
+        }) => {
+            let v: Value = api
+                .client()?
+                .call(Method::POST, "/api/v1/certs/renew", None::<&Value>)
+                .await?;
+            let when = v["not_after_ms"]
+                .as_u64()
+                .map_or_else(|| "unknown".to_string(), iso8601);
+            println!("certificate renewed; valid until {when}");
+            Ok(())
+        }
         Command::Join(a) => join(a).await,
         Command::Status(a) if a.members => {
             show(&a.api, "/api/v1/cluster", a.json, "cluster", |v: &Value| {

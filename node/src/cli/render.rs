@@ -569,6 +569,10 @@ pub fn render_readiness(r: &ReadinessView) -> String {
         "shared IPs:      {}",
         if r.shared_ips_ok { "ok" } else { "NOT OK" }
     );
+    for c in &r.certificates {
+        let until = c.not_after_ms.map_or("not seen".to_string(), iso8601);
+        let _ = writeln!(s, "  {:<14} valid until {until}", c.name);
+    }
     if r.reasons.is_empty() {
         let _ = writeln!(s, "reasons:         -");
     } else {

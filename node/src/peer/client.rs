@@ -84,6 +84,8 @@ pub struct PeerIdentity {
     /// The Raft heartbeat interval: the longest pause openraft makes
     /// between replication attempts to a peer that does not answer.
     pub heartbeat: Duration,
+    /// The certificates peers presented.
+    pub seen_certs: crate::peer::seen_certs::SeenCerts,
 }
 
 // ---------------------------------------------------------------- client
@@ -263,6 +265,9 @@ impl PeerClient {
                 .connect(name, tcp)
                 .await
                 .map_err(|e| self.unreachable(format!("TLS handshake: {e}")))?;
+            if let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                me.seen_certs.saw(self.target, leaf.as_ref());
+            }
             let hello = Hello {
                 protocol: PROTOCOL_VERSION,
                 cluster_id: me.cluster_id.clone(),
@@ -732,6 +737,7 @@ mod tests {
             fence: Arc::new(crate::peer::fence::Fence::default()),
             bandwidth_limit: Box::new(move || limit),
             heartbeat: Duration::from_millis(100),
+            seen_certs: Default::default(),
         })
     }
 

@@ -22,4 +22,5 @@ pub mod frame;
 pub mod protocol;
 pub mod rate;
 pub mod reach;
+pub mod seen_certs;
 pub mod server;

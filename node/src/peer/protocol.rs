@@ -120,6 +120,12 @@ pub enum ActionRequest {
         /// on the primary.
         token: String,
     },
+    /// A member (a witness, which holds no CA key) asks the primary to sign
+    /// its renewed certificate; the answer is the certificate, PEM.
+    RenewCertificate {
+        /// Its certificate signing request for a new key.
+        csr_pem: String,
+    },
 }
 
 /// Responses to [`Hello`] and [`Envelope`]s.

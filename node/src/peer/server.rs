@@ -146,7 +146,12 @@ async fn handle_connection<H: PeerHandler>(
             .map(|c| tandem_certs::node_id_from_cert(c.as_ref()))
     };
     let cert_id = match cert_id {
-        Some(Ok(id)) => id,
+        Some(Ok(id)) => {
+            if let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                server.me.seen_certs.saw(id, leaf.as_ref());
+            }
+            id
+        }
         _ => {
             tracing::warn!(%remote, "peer certificate names no tandem node");
             let _ = refuse(&mut tls, "certificate names no tandem node").await;

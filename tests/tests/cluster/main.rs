@@ -108,3 +108,4 @@ mod t95_setup_relationship;
 mod t96_sites;
 mod t97_live_timeout;
 mod t98_credentials;
+mod t99_certificates;
