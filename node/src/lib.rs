@@ -36,6 +36,7 @@
 //! `ARCHITECTURE.md` says what each room must not touch.
 
 pub(crate) mod actions;
+pub(crate) mod admin_runtime;
 pub(crate) mod admin_tls;
 pub(crate) mod api;
 pub(crate) mod bootstrap;
@@ -235,7 +236,9 @@ async fn run_once(
         }
     });
     let backend = Arc::new(api::Backend::new(node.clone()));
-    let admin_task = tokio::spawn({
+    // The admin listener runs apart, at a lower priority (admin_runtime).
+    let admin_rt = admin_runtime::AdminRuntime::new().context("starting the admin runtime")?;
+    let admin_task = admin_rt.handle().spawn({
         let (stop, failed) = (admin_stop.clone(), failed.clone());
         async move {
             let app = tandem_web::router(backend);

@@ -1,10 +1,11 @@
 //! Admin users' passwords (argon2id, PHC strings) and per-user API tokens.
 //!
-//! Hashing and verification run on the blocking pool: argon2id is made to
-//! be slow. One runs at a time, and at most [`ARGON2_QUEUE`] wait for
-//! their turn; more are refused at once ("busy"): a flood of logins takes
-//! at most one core and one blocking thread, never the pool the storage's
-//! fsyncs run on, and never queues without bound. Neither passwords nor
+//! Hashing and verification run on one thread of their own at the lowest
+//! priority (`admin_runtime`): argon2id is made to be slow. One runs at a
+//! time, and at most [`ARGON2_QUEUE`] wait for their turn; more are refused
+//! at once ("busy"): a flood of logins takes at most one core, only when
+//! nothing else wants it, never the pool the storage's fsyncs run on, and
+//! never queues without bound. Neither passwords nor
 //! hashes are ever logged.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,7 +60,7 @@ static ARGON2: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 /// Runs waiting or running.
 static ARGON2_IN_LINE: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs `f` (an argon2 hash or verification) on the blocking pool when its
+/// Runs `f` (an argon2 hash or verification) on the argon2 thread when its
 /// turn comes; refused at once when [`ARGON2_QUEUE`] already wait.
 async fn argon2_turn<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -76,12 +77,10 @@ async fn argon2_turn<T: Send + 'static>(
     }
     let _in_line = InLine;
     let _turn = ARGON2.acquire().await.map_err(|e| e.to_string())?;
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())
+    crate::admin_runtime::on_argon2_thread(f).await
 }
 
-/// [`hash_password_blocking`] on the blocking pool, in turn.
+/// [`hash_password_blocking`] on the argon2 thread, in turn.
 ///
 /// # Errors
 /// A failed hash, a cancelled task, or too many waiting.
@@ -89,7 +88,7 @@ pub async fn hash_password(password: String) -> Result<String, String> {
     argon2_turn(move || hash_password_blocking(&password)).await?
 }
 
-/// [`verify_password_blocking`] on the blocking pool, in turn (against the
+/// [`verify_password_blocking`] on the argon2 thread, in turn (against the
 /// dummy hash when `hash` is `None`, answering false).
 ///
 /// # Errors
