@@ -586,11 +586,13 @@ pub struct ConfigPut {
 #[serde(deny_unknown_fields)]
 pub struct SessionCreate {
     /// Who owns the session (1..=256 chars).
+    #[schema(min_length = 1, max_length = 256)]
     pub owner: String,
     /// Free-form data (default `null`).
     #[serde(default)]
     pub data: serde_json::Value,
     /// Lifetime in seconds, 1..=31_536_000 (one year).
+    #[schema(minimum = 1, maximum = 31_536_000)]
     pub ttl_secs: u64,
 }
 
@@ -1236,8 +1238,10 @@ pub struct UserView {
 #[serde(deny_unknown_fields)]
 pub struct UserCreate {
     /// 1..=64 chars of `[A-Za-z0-9._@-]`.
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub name: String,
     /// 8..=256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
 }
 
@@ -1246,6 +1250,7 @@ pub struct UserCreate {
 #[serde(deny_unknown_fields)]
 pub struct UserPassword {
     /// 8..=256 characters.
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
 }
 
@@ -1265,6 +1270,7 @@ pub struct PasswordChange {
 pub struct ApiTokenRequest {
     /// The user the token acts for; default: the logged-in user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = r"^[A-Za-z0-9._@-]{1,64}$")]
     pub user: Option<String>,
 }
 

@@ -8,8 +8,13 @@ use utoipa::ToSchema;
 
 /// Declares a name enum: its variants and their strings, with `as_str`,
 /// `Display` and comparison with `&str`.
+///
+/// Each string is taken as a token tree, not a `literal` fragment: utoipa's
+/// derive does not read a `#[serde(rename = ...)]` whose value comes in as a
+/// `literal` fragment, and the OpenAPI document then listed the variants'
+/// Rust names (`"Primary"`) instead of the strings the JSON has.
 macro_rules! names {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal,)+ }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:tt,)+ }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
         pub enum $name {
@@ -108,6 +113,30 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&KindName::Appliance).unwrap(),
             "\"appliance\""
+        );
+    }
+
+    /// The `enum` of a name's schema, as the OpenAPI document lists it.
+    fn schema_enum<T: utoipa::PartialSchema>() -> Vec<String> {
+        let schema = serde_json::to_value(T::schema()).unwrap();
+        schema["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no enum in {schema}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_document_lists_the_strings_the_json_has() {
+        assert_eq!(
+            schema_enum::<RoleName>(),
+            ["primary", "backup", "witness", "standalone"]
+        );
+        assert_eq!(schema_enum::<KindName>(), ["appliance", "witness"]);
+        assert_eq!(
+            schema_enum::<Topology>(),
+            ["pair+witness", "pair", "standalone"]
         );
     }
 }

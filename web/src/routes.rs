@@ -984,7 +984,7 @@ async fn session_list<B: AdminBackend>(
     get,
     path = "/api/v1/sessions/{id}",
     tag = "sessions",
-    params(("id" = String, Path, description = "session id"), ReadQuery),
+    params(("id" = String, Path, description = "session id", pattern = r"^[A-Za-z0-9._:-]{1,256}$"), ReadQuery),
     responses(
         (
             status = 200,
@@ -1014,7 +1014,7 @@ async fn session_get<B: AdminBackend>(
     delete,
     path = "/api/v1/sessions/{id}",
     tag = "sessions",
-    params(("id" = String, Path, description = "session id")),
+    params(("id" = String, Path, description = "session id", pattern = r"^[A-Za-z0-9._:-]{1,256}$")),
     responses(
         (status = 204, description = "removed"),
         E400, E401, E403, E404, E405, E421, E500, E503, E507
@@ -1684,7 +1684,7 @@ async fn user_create<B: AdminBackend>(
     put,
     path = "/api/v1/users/{name}",
     tag = "users",
-    params(("name" = String, Path, description = "user name")),
+    params(("name" = String, Path, description = "user name", pattern = r"^[A-Za-z0-9._@-]{1,64}$")),
     request_body = UserPassword,
     responses(
         (status = 200, description = "changed", body = UserView),
@@ -1713,7 +1713,7 @@ async fn user_set_password<B: AdminBackend>(
     delete,
     path = "/api/v1/users/{name}",
     tag = "users",
-    params(("name" = String, Path, description = "user name")),
+    params(("name" = String, Path, description = "user name", pattern = r"^[A-Za-z0-9._@-]{1,64}$")),
     responses(
         (status = 204, description = "removed"),
         E400, E401, E403, E404, E405, E409, E421, E500, E503
@@ -1838,7 +1838,12 @@ async fn api_token_create<B: AdminBackend>(
     delete,
     path = "/api/v1/api-tokens/{id}",
     tag = "users",
-    params(("id" = String, Path, description = "API token id")),
+    params((
+        "id" = String,
+        Path,
+        description = "API token id",
+        pattern = r"^[A-Za-z0-9._:-]{1,256}$"
+    )),
     responses(
         (status = 204, description = "revoked"),
         E400, E401, E403, E404, E405, E421, E500, E503

@@ -4,12 +4,18 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, HttpBody};
 use axum::extract::ConnectInfo;
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, Version};
 use axum::response::Response;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -105,6 +111,64 @@ fn admit(
     })
 }
 
+/// A request body that records whether it was read to its end.
+struct Watched {
+    inner: Incoming,
+    read_to_end: Arc<AtomicBool>,
+}
+
+impl HttpBody for Watched {
+    type Data = <Incoming as HttpBody>::Data;
+    type Error = <Incoming as HttpBody>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read_to_end.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Calls `app` with `req`. An HTTP/1 answer given without reading the
+/// request's body to its end (a 404, 405 or 401, a body over the limit, a
+/// handler that takes no body) says `Connection: close`: hyper closes such
+/// a connection after the answer, and a client told nothing would send its
+/// next request on it and find it closed under that request.
+async fn call_app<S>(app: S, req: hyper::Request<Incoming>) -> Result<Response, Infallible>
+where
+    S: Service<hyper::Request<Body>, Response = Response, Error = Infallible>,
+{
+    let watch = (req.version() <= Version::HTTP_11 && !req.body().is_end_stream())
+        .then(|| Arc::new(AtomicBool::new(false)));
+    let req = match &watch {
+        Some(flag) => req.map(|inner| {
+            Body::new(Watched {
+                inner,
+                read_to_end: Arc::clone(flag),
+            })
+        }),
+        None => req.map(Body::new),
+    };
+    let mut resp = app.oneshot(req).await?;
+    if watch.is_some_and(|flag| !flag.load(Ordering::Relaxed)) {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
 /// Serves `app` (an [`crate::AdminApp`] or any axum `Router`) over TLS on
 /// `listener` until `shutdown` is cancelled.
 ///
@@ -116,6 +180,8 @@ fn admit(
 /// its in-flight requests and close, waits up to [`SHUTDOWN_GRACE`], then
 /// aborts what is left; the function returns once every connection task has
 /// ended. Beyond `limits` a new connection is closed before its handshake.
+/// An HTTP/1 answer given before the request body was read to its end
+/// closes the connection and says so (`Connection: close`).
 ///
 /// # Errors
 /// An accept error that says the listener itself is unusable (anything but
@@ -129,7 +195,7 @@ pub async fn serve_tls<S>(
     limits: ConnLimits,
 ) -> io::Result<()>
 where
-    S: Service<hyper::Request<Incoming>, Response = Response, Error = Infallible>
+    S: Service<hyper::Request<Body>, Response = Response, Error = Infallible>
         + Clone
         + Send
         + 'static,
@@ -204,9 +270,9 @@ where
                     return;
                 }
             };
-            let svc = app.map_request(move |mut req: hyper::Request<Incoming>| {
+            let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req
+                call_app(app.clone(), req)
             });
             let conn =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));

@@ -323,7 +323,13 @@ impl Node {
             Role::Standalone => Err(NodeError::Refused(Refusal::NoRelationship(Action::Break))),
             Role::Primary => self.break_as_primary(actor).await,
             Role::Backup | Role::Witness => {
-                if let Some(primary) = self.epoch().primary {
+                // A primary that stood down without a quorum to record it,
+                // or that was just fenced, still finds itself named as the
+                // primary: there is no other primary to ask then (asking
+                // itself would take its own request for the primary's
+                // break notice).
+                let me = self.cfg.node_id;
+                if let Some(primary) = self.epoch().primary.filter(|p| *p != me) {
                     match self
                         .ask_primary(
                             primary,

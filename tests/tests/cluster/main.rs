@@ -95,6 +95,7 @@ mod t50_bad_input;
 mod t60_demo;
 mod t70_relationship;
 mod t75_failover_topologies;
+mod t76_stood_down;
 mod t80_cli;
 mod t85_bandwidth;
 mod t87_dead_peer;
