@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::CertError;
 
 /// Peer traffic: TLS 1.3 only.
-const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+pub(crate) const TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 /// Admin listener: browsers and tools may still speak TLS 1.2.
 pub(crate) const TLS12_AND_13: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
@@ -94,6 +94,9 @@ pub fn admin_server_config(
 /// `http/1.1`, so that a listener with an administrator-provided certificate
 /// still presents the cluster chain (see [`crate::AdminCerts`]).
 ///
+/// Any member's certificate valid for the address passes; a client that
+/// knows which node it calls uses [`crate::node_admin_client_config`].
+///
 /// # Errors
 ///
 /// [`CertError::Pem`]/[`CertError::NoCertificate`] for unreadable PEM,
@@ -147,7 +150,7 @@ pub(crate) fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, CertErro
 }
 
 /// A root store holding the certificate(s) of `ca_pem` and nothing else.
-fn root_store(ca_pem: &str) -> Result<Arc<RootCertStore>, CertError> {
+pub(crate) fn root_store(ca_pem: &str) -> Result<Arc<RootCertStore>, CertError> {
     let mut roots = RootCertStore::empty();
     for cert in certs_from_pem(ca_pem)? {
         roots.add(cert)?;
