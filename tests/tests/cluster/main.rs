@@ -102,6 +102,7 @@ mod t88_supervision;
 mod t89_returning_voter;
 mod t90_admin_tls;
 mod t91_maintenance;
+mod t92_certificate_names;
 mod t93_service_checks;
 mod t94_failback;
 mod t95_setup_relationship;
