@@ -22,6 +22,8 @@
 //! - `files`: [`write_key_file`] (0600) and [`write_public_file`] (0644), atomic.
 //! - `tls`: [`peer_server_config`], [`peer_client_config`],
 //!   [`admin_server_config`], [`admin_client_config`].
+//! - `admin_identity`: [`node_admin_client_config`], the admin client that
+//!   also checks the node's identity `tandem-node-<id>`.
 //! - `pinning`: [`pinned_ca_client_config`], the pinning verifier, [`PinnedCa`].
 //! - `admin`: [`AdminCerts`], the admin listener's certificate resolver: an
 //!   administrator-provided certificate for browsers, the cluster chain for
@@ -31,6 +33,7 @@
 //! [`CryptoProvider`]: rustls::crypto::CryptoProvider
 
 mod admin;
+mod admin_identity;
 mod ca;
 mod error;
 mod files;
@@ -44,6 +47,7 @@ mod tls;
 mod test_support;
 
 pub use admin::{AdminCerts, CLUSTER_ALPN};
+pub use admin_identity::node_admin_client_config;
 pub use ca::{check_csr, ClusterCa, NodeCert, NodeKey};
 pub use error::CertError;
 pub use files::{write_key_file, write_public_file};

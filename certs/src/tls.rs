@@ -94,6 +94,9 @@ pub fn admin_server_config(
 /// `http/1.1`, so that a listener with an administrator-provided certificate
 /// still presents the cluster chain (see [`crate::AdminCerts`]).
 ///
+/// Any member's certificate valid for the address passes; a client that
+/// knows which node it calls uses [`crate::node_admin_client_config`].
+///
 /// # Errors
 ///
 /// [`CertError::Pem`]/[`CertError::NoCertificate`] for unreadable PEM,

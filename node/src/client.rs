@@ -1,8 +1,10 @@
-//! A small client of the admin API, used by the CLI, the demo and the
-//! benchmark. It trusts only the cluster CA.
+//! A small client of the admin API, used by the CLI, the demo, the status
+//! page's probes of peers and the benchmark. It trusts only the cluster CA,
+//! and checks the node's identity when it knows the node's id.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +14,7 @@ use serde::Serialize;
 
 use crate::bootstrap::base_url;
 use crate::config::DataDir;
+use crate::util::lock;
 
 /// Bound on one admin API request (an action such as a swap answers well within it).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,11 +58,44 @@ pub struct ApiClient {
     token: Option<String>,
     actor: Option<String>,
     timeout: Option<Duration>,
+    /// The client for the node aimed at: checking its identity when known.
     http: reqwest::Client,
+    https: Arc<Https>,
+}
+
+/// At most this many node ids keep an HTTPS client (a relationship has
+/// three members; ids are never reused, so old ones only accumulate).
+const MAX_NODE_CLIENTS: usize = 16;
+
+/// The HTTPS clients of one cluster CA: one that checks the address only,
+/// and one per node id whose identity is checked too. Each has its own
+/// connection pool, so a connection verified for one node never serves a
+/// request meant for another at the same address.
+struct Https {
+    ca_pem: String,
+    any_node: reqwest::Client,
+    by_node: Mutex<BTreeMap<u64, reqwest::Client>>,
+}
+
+/// An HTTPS client over `tls`.
+fn https_client(tls: Arc<rustls::ClientConfig>) -> anyhow::Result<reqwest::Client> {
+    // HTTPS only, also for a redirection's target; no redirection is
+    // followed by itself (the token goes only where `call_leader`
+    // decides, to a node that shows the cluster's certificate).
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(Arc::unwrap_or_clone(tls))
+        .https_only(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(512)
+        .build()
+        .context("building the HTTPS client")
 }
 
 impl ApiClient {
     /// A client of the node at `api` (URL or `host:port`) trusting `ca_pem`.
+    /// Any member's certificate valid for the address is accepted; use
+    /// [`ApiClient::for_node`] when the node's id is known.
     ///
     /// # Errors
     /// If the CA does not parse.
@@ -69,29 +105,24 @@ impl ApiClient {
                 "refusing {api}: the token would travel in clear; use the node's https:// address"
             );
         }
-        let tls = tandem_certs::admin_client_config(ca_pem)?;
-        // HTTPS only, also for a redirection's target; no redirection is
-        // followed by itself (the token goes only where `call_leader`
-        // decides, to a node that shows the cluster's certificate).
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured((*tls).clone())
-            .https_only(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(REQUEST_TIMEOUT)
-            .pool_max_idle_per_host(512)
-            .build()
-            .context("building the HTTPS client")?;
+        let any_node = https_client(tandem_certs::admin_client_config(ca_pem)?)?;
         Ok(Self {
             base: base_url(api),
             token,
             actor: None,
             timeout: None,
-            http,
+            http: any_node.clone(),
+            https: Arc::new(Https {
+                ca_pem: ca_pem.to_owned(),
+                any_node,
+                by_node: Mutex::new(BTreeMap::new()),
+            }),
         })
     }
 
-    /// A client of the node whose data directory is `dir` (API address and
-    /// CA from there).
+    /// A client of the node whose data directory is `dir` (API address, node
+    /// id and CA from there): the node must show its own certificate
+    /// (`tandem-node-<id>`), not another member's.
     ///
     /// # Errors
     /// If the directory is not initialised.
@@ -99,13 +130,43 @@ impl ApiClient {
         let d = DataDir::new(dir);
         let cfg = d.load()?;
         let ca = std::fs::read_to_string(d.ca_cert()).context("reading ca.pem")?;
-        Self::new(&cfg.api_advertise, &ca, token)
+        Self::new(&cfg.api_advertise, &ca, token)?.for_node(&cfg.api_advertise, cfg.node_id)
     }
 
-    /// The same client aimed at another node of the cluster.
+    /// The same client aimed at node `node_id` of the cluster at `api`: its
+    /// certificate must be valid for the address and for `tandem-node-<id>`
+    /// (`tandem_certs::node_admin_client_config`).
+    ///
+    /// # Errors
+    /// If the HTTPS client cannot be built.
+    pub fn for_node(&self, api: &str, node_id: u64) -> anyhow::Result<Self> {
+        let mut clients = lock(&self.https.by_node);
+        let http = match clients.get(&node_id) {
+            Some(http) => http.clone(),
+            None => {
+                let tls = tandem_certs::node_admin_client_config(&self.https.ca_pem, node_id)?;
+                let http = https_client(tls)?;
+                if clients.len() >= MAX_NODE_CLIENTS {
+                    clients.clear();
+                }
+                clients.insert(node_id, http.clone());
+                http
+            }
+        };
+        Ok(Self {
+            base: base_url(api),
+            http,
+            ..self.clone()
+        })
+    }
+
+    /// The same client aimed at another node of the cluster whose id it
+    /// does not know (the leader a 421 names): any member's certificate
+    /// valid for the address is accepted.
     pub fn with_base(&self, api: &str) -> Self {
         Self {
             base: base_url(api),
+            http: self.https.any_node.clone(),
             ..self.clone()
         }
     }

@@ -286,6 +286,16 @@ pub enum JoinDenial {
         /// The name asked for.
         name: String,
     },
+    /// The joiner's certificate would name an address (or DNS name) that
+    /// another member's certificate holds: it would pass for that member
+    /// with clients that check only the address.
+    #[error("{address} is an address of member {name}: a node's certificate may not name another member's address; advertise this node's own addresses (--peer-advertise, --api-advertise)")]
+    AddressTaken {
+        /// The address or name, as the joiner gave it.
+        address: String,
+        /// The member that holds it.
+        name: String,
+    },
     /// The replicated token store refused the token (unknown, used,
     /// expired, not matching).
     #[error("{0}")]

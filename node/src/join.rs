@@ -2,8 +2,10 @@
 //! (`id.secret.ca-fingerprint`), names and certificate SANs, and the
 //! secret helpers tokens use. A leaf: strings and hashes only.
 
+use std::net::IpAddr;
+
 use rand::RngCore;
-use tandem_storage::NodeKind;
+use tandem_storage::{NodeInfo, NodeKind};
 
 /// SHA-256 of `secret`, hex: how tokens are stored.
 pub fn hash_secret(secret: &str) -> String {
@@ -158,6 +160,52 @@ pub fn sans_for(peer_addr: &str, api_addr: &str) -> Result<Vec<String>, String> 
     Ok(sans)
 }
 
+/// Whether the SAN `name` only means "this machine": an address of
+/// 127.0.0.0/8 or `::1` (also IPv4-mapped), or `localhost`. Every node of
+/// a cluster on one machine (the demo, the tests) holds these names, and no
+/// client takes them for one member, so they are not refused at a join.
+pub fn is_loopback_name(name: &str) -> bool {
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical().is_loopback(),
+        Err(_) => name.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Whether two SANs name the same thing: equal addresses (in any spelling),
+/// or DNS names equal but for case and a final dot.
+fn same_name(a: &str, b: &str) -> bool {
+    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(a), Ok(b)) => a.to_canonical() == b.to_canonical(),
+        (Err(_), Err(_)) => a
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(b.trim_end_matches('.')),
+        _ => false,
+    }
+}
+
+/// The first of a joiner's certificate `sans` that the certificate of one
+/// of `others` (the members but the joiner) also holds, and that member's
+/// name. A member's SANs are computed from its advertised addresses, as
+/// its certificate's were ([`sans_for`]). Loopback names
+/// ([`is_loopback_name`]) are shared by design and never clash.
+///
+/// A certificate naming another member's address would pass for that
+/// member with every client that checks only the address.
+pub fn san_held_by_other<'a>(
+    sans: &[String],
+    others: impl IntoIterator<Item = &'a NodeInfo>,
+) -> Option<(String, String)> {
+    others.into_iter().find_map(|member| {
+        // A member's addresses gave its certificate's SANs once; if they no
+        // longer parse, they name nothing to compare with.
+        let held = sans_for(&member.peer_addr, &member.api_addr).ok()?;
+        sans.iter()
+            .filter(|san| !is_loopback_name(san))
+            .find(|san| held.iter().any(|h| same_name(san, h)))
+            .map(|san| (san.clone(), member.name.clone()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +231,81 @@ mod tests {
         );
         let sans = sans_for("10.0.0.1:7001", "https://10.0.0.1:8001").expect("valid");
         assert_eq!(sans, vec!["10.0.0.1".to_string(), "localhost".to_string()]);
+    }
+
+    fn member(name: &str, peer: &str, api: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            kind: NodeKind::Appliance,
+            peer_addr: peer.into(),
+            api_addr: api.into(),
+        }
+    }
+
+    #[test]
+    fn loopback_names() {
+        for name in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "localhost",
+            "LocalHost.",
+        ] {
+            assert!(is_loopback_name(name), "{name}");
+        }
+        for name in [
+            "10.0.0.1",
+            "0.0.0.0",
+            "::",
+            "fe80::1",
+            "localhost.example",
+            "a",
+        ] {
+            assert!(!is_loopback_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_joiner_may_not_hold_another_members_names() {
+        let members = [
+            member("a", "10.0.0.1:7001", "https://10.0.0.1:8443"),
+            member("b", "node-b.example:7001", "https://[fd00::2]:8443"),
+        ];
+        let clash = |peer: &str, api: &str| {
+            let sans = sans_for(peer, api).expect("valid addresses");
+            san_held_by_other(&sans, &members)
+        };
+        let taken = |address: &str, name: &str| Some((address.to_string(), name.to_string()));
+        // Another member's address, by either of the joiner's addresses,
+        // whatever the port.
+        assert_eq!(
+            clash("10.0.0.3:7001", "https://10.0.0.1:9999"),
+            taken("10.0.0.1", "a")
+        );
+        assert_eq!(
+            clash("10.0.0.1:7002", "https://10.0.0.3:8443"),
+            taken("10.0.0.1", "a")
+        );
+        // Names compare as names: case, a final dot, an address's spelling.
+        assert_eq!(
+            clash("NODE-B.example.:7001", "https://10.0.0.3:8443"),
+            taken("NODE-B.example.", "b")
+        );
+        assert_eq!(
+            clash("10.0.0.3:7001", "https://[fd00:0::2]:8443"),
+            taken("fd00:0::2", "b")
+        );
+        // Its own addresses are fine.
+        assert_eq!(clash("10.0.0.3:7001", "https://10.0.0.3:8443"), None);
+        // Loopback names are everyone's: a cluster on one machine.
+        let local = [member("a", "127.0.0.1:7001", "https://127.0.0.1:8443")];
+        let sans = sans_for("127.0.0.1:7002", "https://127.0.0.1:8444").expect("valid");
+        assert_eq!(san_held_by_other(&sans, &local), None);
+        let sans = sans_for("[::1]:7002", "https://localhost:8444").expect("valid");
+        assert_eq!(san_held_by_other(&sans, &local), None);
+        // No member, no clash.
+        assert_eq!(san_held_by_other(&sans, &[]), None);
     }
 
     #[test]

@@ -48,7 +48,8 @@ pub(crate) fn token_ttl(ttl: Option<Duration>) -> Result<Duration, NodeError> {
 use crate::errors::JoinDenial;
 pub use crate::errors::NodeError;
 use crate::join::{
-    constant_time_eq, hash_secret, random_hex, random_secret, sans_for, validate_name, ParsedToken,
+    constant_time_eq, hash_secret, random_hex, random_secret, san_held_by_other, sans_for,
+    validate_name, ParsedToken,
 };
 pub use crate::join::{JoinGrant, JoinRequest};
 
@@ -496,7 +497,9 @@ impl Node {
     /// learner; the promotion task makes it a voter once it has caught up.
     ///
     /// # Errors
-    /// [`NodeError::JoinDenied`] for a bad, reused or expired token;
+    /// [`NodeError::JoinDenied`] for a bad, reused or expired token, a
+    /// taken name or place, or an address another member's certificate
+    /// holds (all refused before the token is spent);
     /// [`NodeError::BadRequest`] for a malformed request; [`NodeError::NotLeader`].
     pub async fn handle_join(&self, req: JoinRequest) -> Result<JoinGrant, NodeError> {
         if !self.raft().is_leader() {
@@ -563,6 +566,13 @@ impl Node {
             }
         }
         let sans = sans_for(&req.peer_addr, &req.api_addr).map_err(NodeError::BadRequest)?;
+        if let Some((address, name)) = san_held_by_other(&sans, membership.nodes().map(|(_, n)| n))
+        {
+            return Err(NodeError::JoinDenied(JoinDenial::AddressTaken {
+                address,
+                name,
+            }));
+        }
         // Check the CSR before the token is consumed, so a bad request does not burn it.
         tandem_certs::check_csr(&req.csr_pem)
             .map_err(|e| NodeError::BadRequest(format!("bad CSR: {e}")))?;

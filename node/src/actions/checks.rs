@@ -126,13 +126,16 @@ impl Node {
         lock(&self.duties.check_blocked).clone()
     }
 
-    /// The backup's own view of its checks (its `/health`).
+    /// The backup's own view of its checks (its `/health`), from that
+    /// backup (node `id`'s certificate) only.
     pub(crate) async fn backup_health(
         &self,
+        id: u64,
         backup: &tandem_storage::NodeInfo,
     ) -> Result<HealthView, String> {
-        let client =
-            ApiClient::new(&backup.api_addr, &self.ca_pem, None).map_err(|e| e.to_string())?;
+        let client = ApiClient::new(&backup.api_addr, &self.ca_pem, None)
+            .and_then(|c| c.for_node(&backup.api_addr, id))
+            .map_err(|e| e.to_string())?;
         match tokio::time::timeout(PEER_HEALTH_TIMEOUT, client.get::<HealthView>("/health")).await {
             Ok(Ok(h)) => Ok(h),
             Ok(Err(e)) => Err(e.to_string()),
@@ -199,7 +202,7 @@ async fn move_for_check(node: &Node, check: &str) -> Result<u64, String> {
         return Err(format!("the backup {} is in maintenance", info.name));
     }
     let health = node
-        .backup_health(&info)
+        .backup_health(to, &info)
         .await
         .map_err(|e| format!("the backup {} does not answer: {e}", info.name))?;
     if !health.checks_ok {

@@ -101,7 +101,7 @@ async fn eligible(node: &Node, preferred: &str) -> Result<u64, String> {
     if !reachable {
         return Err(format!("{preferred} is not reachable"));
     }
-    let health = node.backup_health(&info).await?;
+    let health = node.backup_health(id, &info).await?;
     if !health.checks_ok {
         return Err(format!("{preferred}'s service checks are failing"));
     }

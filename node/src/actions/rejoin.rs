@@ -165,6 +165,17 @@ impl Node {
         {
             return Err(JoinDenial::NameTaken { name: info.name }.to_string());
         }
+        // The rejoiner keeps its certificate, but the addresses it comes
+        // back with must not be another member's (one may have taken them
+        // meanwhile): peers and probes would dial it for that member.
+        let sans = crate::join::sans_for(&info.peer_addr, &info.api_addr)?;
+        let others = membership
+            .nodes()
+            .filter(|(n, _)| **n != id)
+            .map(|(_, o)| o);
+        if let Some((address, name)) = crate::join::san_held_by_other(&sans, others) {
+            return Err(JoinDenial::AddressTaken { address, name }.to_string());
+        }
         let same_kind = membership
             .nodes()
             .filter(|(n, other)| **n != id && other.kind == info.kind)

@@ -31,7 +31,9 @@ use serde_json::json;
 /// The admin backend of one node.
 pub struct Backend {
     pub(super) node: Arc<Node>,
-    /// Unauthenticated client (for peers' `/health`), trusting the cluster CA.
+    /// Unauthenticated client (for peers' `/health`), trusting the cluster
+    /// CA; aimed at a member with `ApiClient::for_node`, which checks it is
+    /// that member.
     pub(super) probe: Option<ApiClient>,
 }
 
@@ -63,6 +65,23 @@ impl Backend {
             stale,
         }
     }
+}
+
+/// Member `id`'s own `/health` at `api_addr`, asked through `probe` so
+/// that only that member's certificate (`tandem-node-<id>`) is accepted;
+/// `None` when it does not answer in time (or cannot be asked).
+pub(super) async fn peer_health(probe: &ApiClient, id: u64, api_addr: &str) -> Option<HealthView> {
+    let client = match probe.for_node(api_addr, id) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(peer = id, error = %e, "no client to probe the peer");
+            return None;
+        }
+    };
+    tokio::time::timeout(PEER_PROBE_TIMEOUT, client.get::<HealthView>("/health"))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Default `max_lag` of `/health/backup`, in entries.
@@ -334,13 +353,7 @@ impl AdminBackend for Backend {
             async move {
                 let health = match (local, probe) {
                     (Some(h), _) => Some(h),
-                    (None, Some(client)) => {
-                        let c = client.with_base(&info.api_addr);
-                        tokio::time::timeout(PEER_PROBE_TIMEOUT, c.get::<HealthView>("/health"))
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                    }
+                    (None, Some(client)) => peer_health(&client, id, &info.api_addr).await,
                     (None, None) => None,
                 };
                 MemberView {

@@ -102,6 +102,14 @@ mod tests {
                 "forbidden",
             ),
             (
+                NodeError::JoinDenied(JoinDenial::AddressTaken {
+                    address: "10.0.0.1".into(),
+                    name: "a".into(),
+                }),
+                403,
+                "forbidden",
+            ),
+            (
                 NodeError::JoinDenied(JoinDenial::TopologyFull {
                     kind: tandem_storage::NodeKind::Witness,
                 }),

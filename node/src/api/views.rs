@@ -11,8 +11,7 @@ use tandem_web::{
 use crate::node::{kind_view, Node};
 use crate::util::now_ms;
 
-use super::backend::Backend;
-use super::convert::*;
+use super::backend::{peer_health, Backend};
 
 /// What the status page says about a node's health, from its `/health`:
 /// a disk below the reserve, an essential task that died, and Raft stopped
@@ -123,11 +122,7 @@ impl Backend {
                 // (its own view: the shared IPs it holds, its indexes).
                 let health = match (f.reachable, probe, &info) {
                     (None | Some(true), Some(client), Some(info)) => {
-                        let c = client.with_base(&info.api_addr);
-                        tokio::time::timeout(PEER_PROBE_TIMEOUT, c.get::<HealthView>("/health"))
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
+                        peer_health(&client, f.id, &info.api_addr).await
                     }
                     _ => None,
                 };
@@ -225,15 +220,14 @@ impl Backend {
         let (Some(client), Some(info)) = (self.probe.clone(), membership.get_node(&id)) else {
             return Vec::new();
         };
-        let c = client.with_base(&info.api_addr);
-        match tokio::time::timeout(PEER_PROBE_TIMEOUT, c.get::<HealthView>("/health")).await {
-            Ok(Ok(h)) => h
+        match peer_health(&client, id, &info.api_addr).await {
+            Some(h) => h
                 .checks
                 .into_iter()
                 .filter(|c| c.state == "failing")
                 .map(|c| c.name)
                 .collect(),
-            _ => Vec::new(),
+            None => Vec::new(),
         }
     }
 

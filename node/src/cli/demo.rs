@@ -118,7 +118,6 @@ impl LocalCluster {
         args.extend_from_slice(tuning_flags);
         let out = run_to_end(exe, &args, &root.join("a-init.log")).await?;
         let init: InitOutcome = serde_json::from_str(&out).context("reading init output")?;
-        let ca_pem = std::fs::read_to_string(&init.ca_file).context("reading the CA")?;
         let child = spawn_run(exe, &dir_a, &root.join("a.log"))?;
         let mut cluster = Self {
             exe: exe.to_path_buf(),
@@ -134,7 +133,7 @@ impl LocalCluster {
                 child,
             }],
         };
-        let client = ApiClient::new(&init.api, &ca_pem, Some(init.admin_token.clone()))?;
+        let client = cluster.client(0)?;
         wait_healthy(&client).await?;
         for (name, witness) in [("b", false), ("w", true)] {
             let v: Value = client
@@ -221,13 +220,12 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// A client of node `i` with the admin token.
+    /// A client of node `i` with the admin token, checking it is that node.
     ///
     /// # Errors
-    /// If the CA cannot be read.
+    /// If its directory's configuration or CA cannot be read.
     pub fn client(&self, i: usize) -> anyhow::Result<ApiClient> {
-        let ca = std::fs::read_to_string(&self.ca_file)?;
-        ApiClient::new(&self.nodes[i].api, &ca, Some(self.token.clone()))
+        ApiClient::for_dir(&self.nodes[i].dir, Some(self.token.clone()))
     }
 
     /// The `demo.json` document.

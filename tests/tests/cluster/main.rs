@@ -103,6 +103,7 @@ mod t88_supervision;
 mod t89_returning_voter;
 mod t90_admin_tls;
 mod t91_maintenance;
+mod t92_certificate_names;
 mod t92_login_flood;
 mod t93_service_checks;
 mod t94_failback;
