@@ -259,7 +259,12 @@ fn actions_without_yes_and_without_a_terminal_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let missing = dir.path().join("nothing-here");
     let missing = missing.to_string_lossy();
-    for cmd in [&["swap"][..], &["swap", "--force"], &["break"], &["rejoin", "--rejoin-token", "t"]] {
+    for cmd in [
+        &["swap"][..],
+        &["swap", "--force"],
+        &["break"],
+        &["rejoin", "--rejoin-token", "t"],
+    ] {
         let mut args = cmd.to_vec();
         args.extend(["--dir", &missing, "--token", "x"]);
         let out = tandem(&args);
