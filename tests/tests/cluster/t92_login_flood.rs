@@ -154,11 +154,9 @@ async fn a_login_flood_with_a_busy_core_costs_no_election_and_no_write() {
     );
     assert_eq!(failed, 0, "writes failed during the flood");
     assert!(hist.len() >= 20, "too few writes to judge: {}", hist.len());
-    // The p99 target (under 100 ms on an otherwise idle machine, release
-    // build) is measured by the benchmark (README); here, under a debug
-    // build and whatever else the machine runs, a bound that only a stall
-    // of the primary's writes exceeds.
-    assert!(p99_ms < 1000.0, "write p99 {p99_ms:.1} ms during the flood");
+    // Latency is a figure, not an assertion (README, measured figures: run
+    // this test with a release build on an otherwise idle machine); a
+    // write that stalled for its 5 s timeout counts as failed above.
     let h = c.health(p).await.expect("health after");
     assert_eq!(h.term, term, "an election happened during the flood");
     assert_eq!(c.wait_roles(WAIT).await.primary, p, "the primary changed");
