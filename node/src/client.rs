@@ -18,6 +18,10 @@ use crate::util::lock;
 
 /// Bound on one admin API request (an action such as a swap answers well within it).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle connection stays pooled: below the admin listener's
+/// keep-alive bound (10 s), so a pooled connection is never reused just as
+/// the node closes it.
+const POOL_IDLE: Duration = Duration::from_secs(5);
 
 /// An error answered by the API, with its status, or a transport failure.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,7 @@ fn https_client(tls: Arc<rustls::ClientConfig>) -> anyhow::Result<reqwest::Clien
         .redirect(reqwest::redirect::Policy::none())
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(512)
+        .pool_idle_timeout(POOL_IDLE)
         .build()
         .context("building the HTTPS client")
 }

@@ -31,7 +31,9 @@
 //!   names and SANs), `maintenance` (the maintenance plan and its pure
 //!   rules), `checks` (running one service check; each check's dampened
 //!   state), `users`, `disk` (free-space reserve),
-//!   `admin_tls`, `supervise` (essential tasks), [`log_limit`], `util`.
+//!   `admin_tls`, `handshakes` (the low-priority thread both listeners'
+//!   TLS handshakes run on), `supervise` (essential tasks), [`log_limit`],
+//!   `util`.
 //!
 //! `ARCHITECTURE.md` says what each room must not touch.
 
@@ -47,6 +49,7 @@ pub mod client;
 pub mod config;
 pub(crate) mod disk;
 pub(crate) mod errors;
+pub(crate) mod handshakes;
 pub(crate) mod join;
 pub(crate) mod live_timing;
 pub mod log_limit;
@@ -77,6 +80,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::DataDir;
+use crate::handshakes::HandshakeThread;
 use crate::node::Node;
 use crate::peer::server::{serve_peers, PeerServer};
 
@@ -213,6 +217,9 @@ async fn run_once(
     let peer_tls = node.certs.peer_server_config()?;
     let _ = node.admin_certs.set(admin_certs.clone());
 
+    // Both listeners' TLS handshakes run on this thread, below the
+    // runtime's priority; it ends when this life of the node does.
+    let handshakes = HandshakeThread::start().context("starting the TLS handshake thread")?;
     let tasks = TaskTracker::new();
     let peer_stop = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -224,6 +231,7 @@ async fn run_once(
         me: node.identity.clone(),
         handler: node.clone(),
         snapshot_dir: node.snapshot_dir.join("incoming"),
+        handshakes: handshakes.handle(),
     });
     let peer_task = tasks.spawn({
         let (stop, tasks2, failed) = (peer_stop.clone(), tasks.clone(), failed.clone());
@@ -236,10 +244,10 @@ async fn run_once(
         }
     });
     let backend = Arc::new(api::Backend::new(node.clone()));
-    // The admin listener runs apart, at a lower priority (admin_runtime).
+    // The admin listener runs apart (admin_runtime).
     let admin_rt = admin_runtime::AdminRuntime::new().context("starting the admin runtime")?;
     let admin_task = admin_rt.handle().spawn({
-        let (stop, failed) = (admin_stop.clone(), failed.clone());
+        let (stop, failed, handshakes) = (admin_stop.clone(), failed.clone(), handshakes.handle());
         async move {
             let app = tandem_web::router(backend);
             let r = tandem_web::serve_tls(
@@ -247,7 +255,8 @@ async fn run_once(
                 admin_tls,
                 app,
                 stop.clone(),
-                tandem_web::ConnLimits::default(),
+                admin_conn_limits(),
+                handshakes,
             )
             .await;
             if !stop.is_cancelled() {
@@ -314,6 +323,43 @@ async fn run_once(
         anyhow::bail!("a critical task died");
     }
     Ok(node.restart.is_cancelled().then(|| Arc::downgrade(&node)))
+}
+
+/// Descriptors kept for everything but the admin listener's connections:
+/// the peer listener's connections, log segments, sled, snapshots, the
+/// runtime, children.
+const FD_RESERVE: u64 = 1024 + peer::admit::PEER_CONNS_TOTAL as u64;
+/// The fewest admin connections kept, however low the open-files limit.
+const MIN_ADMIN_CONNS: u64 = 64;
+
+/// The admin listener's [`tandem_web::ConnLimits`]: the defaults, fewer
+/// when the open-files limit (raised by `main` to its hard limit) leaves
+/// less than [`FD_RESERVE`] beside them, so a flood of admin connections
+/// never takes the descriptors Raft and storage need.
+fn admin_conn_limits() -> tandem_web::ConnLimits {
+    let d = tandem_web::ConnLimits::default();
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return d;
+    }
+    let room = lim.rlim_cur.saturating_sub(FD_RESERVE).max(MIN_ADMIN_CONNS);
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    if room < d.total {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            admin_connections = room,
+            "the open-files limit is low: the admin listener keeps fewer connections"
+        );
+    }
+    tandem_web::ConnLimits {
+        total: d.total.min(room),
+        per_address: d.per_address.min(room),
+        ..d
+    }
 }
 
 /// Starts the shared-IP manager (with its guard process when a driver is

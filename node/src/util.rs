@@ -33,9 +33,9 @@ pub fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 /// A spawned task that is aborted when this handle is dropped.
-pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+pub struct AbortOnDrop<T = ()>(pub tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

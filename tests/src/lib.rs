@@ -282,6 +282,9 @@ pub fn https_client(ca_pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_backend_preconfigured((*tls).clone())
         .timeout(HTTP_TIMEOUT)
+        // Below the admin listener's keep-alive bound (10 s): a pooled
+        // connection is never reused just as the node closes it.
+        .pool_idle_timeout(Duration::from_secs(5))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("building the HTTPS client")

@@ -24,6 +24,9 @@
 //! - `openapi`: the document's shared parts: one error response per status
 //!   [`ApiError`] maps to (all with the [`ErrorBody`] schema) and the bearer
 //!   security scheme.
+//! - `conn`: one admin connection's bounds ([`ConnLimits`]): admission,
+//!   the deadline to its first request, request bodies' deadline, the
+//!   close of an idle connection.
 //! - `tls`: [`serve_tls`], the accept loop with graceful shutdown.
 //! - `ui`: the admin web UI: login sessions (cookie + CSRF token), login
 //!   rate limits, the HTML pages and their embedded assets, server-sent
@@ -31,6 +34,7 @@
 
 mod backend;
 mod checks;
+mod conn;
 mod error;
 mod extract;
 mod maintenance;
@@ -57,6 +61,7 @@ pub use checks::{
     CheckSpec, CheckView, CHECK_COUNT, CHECK_HOLD_DOWN_SECS, CHECK_INTERVAL_MS,
     DEFAULT_CHECK_HOLD_DOWN_SECS, MAX_CHECKS,
 };
+pub use conn::{BodyTimeout, ConnLimits};
 pub use error::{ApiError, ErrorBody};
 pub use maintenance::{
     validate_maintenance_start, validate_window, HoldView, MaintenanceOutcome, MaintenanceStart,
@@ -74,5 +79,5 @@ pub use settings::{
     validate_settings, MAX_INTERFACE_LEN, MAX_SHARED_IPS, MAX_TEST_IPS, MIN_BANDWIDTH_BPS,
     PRIMARY_TIMEOUT_MS, VERIFY_INTERVAL_SECS,
 };
-pub use tls::{serve_tls, ConnLimits, SHUTDOWN_GRACE};
+pub use tls::{serve_tls, SHUTDOWN_GRACE};
 pub use ui::{CSRF_HEADER, LOGIN_MAX_FAILURES, LOGIN_WINDOW, SESSION_COOKIE, SESSION_TTL};

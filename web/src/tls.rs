@@ -1,12 +1,13 @@
 //! The HTTPS accept loop: tokio-rustls for TLS, hyper-util for HTTP/1.1 and
-//! HTTP/2, graceful shutdown with a bound.
+//! HTTP/2, each connection under the bounds of `conn`, graceful shutdown
+//! with a bound.
 
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,18 +19,16 @@ use axum::response::Response;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an HTTP/1 client may take to send request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::conn::{admit, drive, Activity, Busy, ConnLimits, Handshake, OpenConns, TimedBody};
+
 /// How long in-flight connections get to finish after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Pause after an accept error such as EMFILE, so the loop does not spin.
@@ -40,76 +39,6 @@ const H2_MAX_STREAMS: u32 = 128;
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// …that must be answered within this.
 const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How many connections the admin listener keeps open: beyond them a new
-/// connection is closed at once, before its TLS handshake.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    /// In all.
-    pub total: usize,
-    /// From one client address.
-    pub per_address: usize,
-}
-
-impl Default for ConnLimits {
-    /// 4,096 in all, 1,024 per address (a benchmark's or a load balancer's
-    /// many connections come from one address).
-    fn default() -> Self {
-        Self {
-            total: 4096,
-            per_address: 1024,
-        }
-    }
-}
-
-/// Open connections per client address, under [`ConnLimits`].
-#[derive(Default)]
-struct OpenConns {
-    total: usize,
-    by_address: std::collections::HashMap<std::net::IpAddr, usize>,
-}
-
-/// One admitted connection; gives its place back when dropped.
-struct Admitted {
-    open: Arc<std::sync::Mutex<OpenConns>>,
-    ip: std::net::IpAddr,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let mut o = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        o.total = o.total.saturating_sub(1);
-        if let Some(n) = o.by_address.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                o.by_address.remove(&self.ip);
-            }
-        }
-    }
-}
-
-fn admit(
-    open: &Arc<std::sync::Mutex<OpenConns>>,
-    limits: ConnLimits,
-    ip: std::net::IpAddr,
-) -> Option<Admitted> {
-    let mut o = open
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let here = o.by_address.get(&ip).copied().unwrap_or(0);
-    if o.total >= limits.total || here >= limits.per_address {
-        return None;
-    }
-    o.total += 1;
-    *o.by_address.entry(ip).or_insert(0) += 1;
-    Some(Admitted {
-        open: Arc::clone(open),
-        ip,
-    })
-}
 
 /// A request body that records whether it was read to its end.
 struct Watched {
@@ -146,7 +75,12 @@ impl HttpBody for Watched {
 /// handler that takes no body) says `Connection: close`: hyper closes such
 /// a connection after the answer, and a client told nothing would send its
 /// next request on it and find it closed under that request.
-async fn call_app<S>(app: S, req: hyper::Request<Incoming>) -> Result<Response, Infallible>
+/// The body is read under `body_limit` ([`TimedBody`]).
+async fn call_app<S>(
+    app: S,
+    req: hyper::Request<Incoming>,
+    body_limit: Duration,
+) -> Result<Response, Infallible>
 where
     S: Service<hyper::Request<Body>, Response = Response, Error = Infallible>,
 {
@@ -154,12 +88,15 @@ where
         .then(|| Arc::new(AtomicBool::new(false)));
     let req = match &watch {
         Some(flag) => req.map(|inner| {
-            Body::new(Watched {
-                inner,
-                read_to_end: Arc::clone(flag),
-            })
+            Body::new(TimedBody::new(
+                Watched {
+                    inner,
+                    read_to_end: Arc::clone(flag),
+                },
+                body_limit,
+            ))
         }),
-        None => req.map(Body::new),
+        None => req.map(|b| Body::new(TimedBody::new(b, body_limit))),
     };
     let mut resp = app.oneshot(req).await?;
     if watch.is_some_and(|flag| !flag.load(Ordering::Relaxed)) {
@@ -172,16 +109,25 @@ where
 /// Serves `app` (an [`crate::AdminApp`] or any axum `Router`) over TLS on
 /// `listener` until `shutdown` is cancelled.
 ///
-/// Each connection runs in its own task: TLS handshake (bounded by 10 s; a
-/// failure is logged at `debug` and only drops that connection), then HTTP/1.1
+/// Each connection runs in its own task: the TLS handshake (on
+/// `handshakes`, a runtime the caller gives: a thread of its own at a
+/// lower CPU priority keeps a flood of handshakes, the costly part of a new
+/// connection, from starving the rest of the process), then HTTP/1.1
 /// or HTTP/2 (auto-detected; offer `h2` in `tls.alpn_protocols` to let
 /// clients negotiate it). Requests carry `ConnectInfo<SocketAddr>` of the
-/// peer. On shutdown the loop stops accepting, asks every connection to finish
-/// its in-flight requests and close, waits up to [`SHUTDOWN_GRACE`], then
-/// aborts what is left; the function returns once every connection task has
-/// ended. Beyond `limits` a new connection is closed before its handshake.
-/// An HTTP/1 answer given before the request body was read to its end
-/// closes the connection and says so (`Connection: close`).
+/// peer. Beyond `limits` a new connection is closed before its handshake;
+/// one that has no complete request header within
+/// [`ConnLimits::request_header`] of its accept (handshake included) is
+/// closed, as is an HTTP/1 one whose next header is that late, a request
+/// body that is not in within [`ConnLimits::request_body`] fails (400),
+/// and a connection without a request in flight for [`ConnLimits::idle`]
+/// is closed. A failed handshake is logged at `debug` and drops only that
+/// connection. On shutdown the loop stops accepting, asks every
+/// connection to finish its in-flight requests and close, waits up to
+/// [`SHUTDOWN_GRACE`], then aborts what is left; the function returns once
+/// every connection task has ended. An HTTP/1 answer given before the
+/// request body was read to its end closes the connection and says so
+/// (`Connection: close`).
 ///
 /// # Errors
 /// An accept error that says the listener itself is unusable (anything but
@@ -193,6 +139,7 @@ pub async fn serve_tls<S>(
     app: S,
     shutdown: CancellationToken,
     limits: ConnLimits,
+    handshakes: tokio::runtime::Handle,
 ) -> io::Result<()>
 where
     S: Service<hyper::Request<Body>, Response = Response, Error = Infallible>
@@ -201,14 +148,15 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let open = Arc::new(std::sync::Mutex::new(OpenConns::default()));
+    let open = Arc::new(Mutex::new(OpenConns::default()));
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        // hyper starts this timer when it starts reading a head: on a new
+        // connection and whenever a kept-alive one goes idle.
+        .header_read_timeout(limits.request_header);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -251,34 +199,61 @@ where
             drop(tcp);
             continue;
         };
-        // Taken before the spawn so shutdown also waits for connections that
-        // are still in their TLS handshake.
-        let watcher = graceful.watcher();
+        let first_deadline = Instant::now() + limits.request_header;
         let acceptor = acceptor.clone();
+        let handshakes = handshakes.clone();
         let builder = builder.clone();
         let app = app.clone();
+        let shutdown = shutdown.clone();
         conns.spawn(async move {
             let _admitted = admitted;
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let handshake = Handshake(handshakes.spawn(async move {
+                tokio::time::timeout_at(first_deadline, acceptor.accept(tcp)).await
+            }));
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = handshake => match r {
+                    Some(Ok(Ok(stream))) => stream,
+                    Some(Ok(Err(e))) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Some(Err(_)) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                    None => return,
+                },
             };
-            let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                call_app(app.clone(), req)
-            });
+            let activity = Activity::new();
+            let svc = {
+                let activity = Arc::clone(&activity);
+                let body_limit = limits.request_body;
+                tower::service_fn(move |req: hyper::Request<Incoming>| {
+                    let in_flight = activity.begin();
+                    let mut req = req;
+                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    let answer = call_app(app.clone(), req, body_limit);
+                    async move {
+                        let resp = answer.await?;
+                        Ok::<_, Infallible>(resp.map(|body| Busy {
+                            body,
+                            _in_flight: in_flight,
+                        }))
+                    }
+                })
+            };
             let conn =
                 builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
+            drive(
+                conn,
+                &activity,
+                first_deadline,
+                limits.idle,
+                &shutdown,
+                peer,
+            )
+            .await;
         });
     }
 
@@ -288,10 +263,11 @@ where
         open = conns.len(),
         "admin listener closed; draining connections"
     );
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!(
             ?local,
             open = conns.len(),

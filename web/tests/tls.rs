@@ -63,6 +63,7 @@ async fn serves_https_and_shuts_down() {
         app,
         shutdown.clone(),
         tandem_web::ConnLimits::default(),
+        tokio::runtime::Handle::current(),
     ));
 
     // A client that is not speaking TLS only loses its own connection.
@@ -142,6 +143,7 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     let limits = tandem_web::ConnLimits {
         total: 100,
         per_address: 3,
+        ..Default::default()
     };
     let server = tokio::spawn(tandem_web::serve_tls(
         listener,
@@ -149,6 +151,7 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
         app,
         shutdown.clone(),
         limits,
+        tokio::runtime::Handle::current(),
     ));
     let connector = TlsConnector::from(client_cfg);
     let mut idle = Vec::new();
@@ -197,6 +200,208 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
 }
 
+/// Starts `serve_tls` with `limits` on a route `/hello` and a route
+/// `/echo` that reads the whole body.
+async fn serve_with(
+    limits: tandem_web::ConnLimits,
+    client_alpn: &[&[u8]],
+) -> (
+    std::net::SocketAddr,
+    TlsConnector,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (server_cfg, client_cfg) = configs();
+    let mut client_cfg = (*client_cfg).clone();
+    client_cfg.alpn_protocols = client_alpn.iter().map(|p| p.to_vec()).collect();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("bound address");
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/echo",
+            axum::routing::put(|b: axum::body::Bytes| async move { b.len().to_string() }),
+        );
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(tandem_web::serve_tls(
+        listener,
+        server_cfg,
+        app,
+        shutdown.clone(),
+        limits,
+        tokio::runtime::Handle::current(),
+    ));
+    (
+        addr,
+        TlsConnector::from(Arc::new(client_cfg)),
+        shutdown,
+        server,
+    )
+}
+
+/// Reads until the server closes `conn`; how long that took from `since`.
+/// Panics if it is still open after `within`.
+async fn closed_after<R: tokio::io::AsyncRead + Unpin>(
+    conn: &mut R,
+    since: std::time::Instant,
+    within: Duration,
+) -> (Duration, Vec<u8>) {
+    let mut got = Vec::new();
+    match tokio::time::timeout(within, conn.read_to_end(&mut got)).await {
+        Ok(_) => (since.elapsed(), got),
+        Err(_) => panic!("the server kept the connection open past {within:?}"),
+    }
+}
+
+/// A connection that sends nothing (after its handshake, or not even a
+/// ClientHello) and one that sends its header a byte at a time are closed
+/// once `request_header` has passed since their accept; a prompt client
+/// is served meanwhile.
+#[tokio::test]
+async fn silent_and_slow_header_clients_are_cut_off() {
+    let bound = Duration::from_millis(800);
+    let limits = tandem_web::ConnLimits {
+        request_header: bound,
+        ..Default::default()
+    };
+    let (addr, connector, shutdown, server) = serve_with(limits, &[b"http/1.1"]).await;
+
+    let start = std::time::Instant::now();
+    let mut silent_tls = tls_connect(&connector, addr).await;
+    let mut silent_tcp = TcpStream::connect(addr).await.expect("connect");
+    let slow = tls_connect(&connector, addr).await;
+    let slow_writer = tokio::spawn(async move {
+        let (mut rd, mut wr) = tokio::io::split(slow);
+        let writes = async move {
+            for b in b"GET /hello HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1234567890\r\n" {
+                if wr.write_all(&[*b]).await.is_err() || wr.flush().await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let reads = closed_after(&mut rd, start, Duration::from_secs(5));
+        tokio::select! {
+            r = reads => r,
+            () = writes => panic!("the whole slow header was taken"),
+        }
+    });
+
+    let mut prompt = tls_connect(&connector, addr).await;
+    prompt
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    prompt.read_to_end(&mut response).await.expect("response");
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 200"));
+
+    let within = bound + Duration::from_secs(2);
+    let (t, got) = closed_after(&mut silent_tls, start, within).await;
+    assert!(
+        got.is_empty() && t >= bound / 2,
+        "silent TLS: {t:?} {got:?}"
+    );
+    let (t, _) = closed_after(&mut silent_tcp, start, within).await;
+    assert!(t >= bound / 2, "silent TCP closed after {t:?}");
+    let (t, _) = slow_writer.await.expect("slow client task");
+    assert!(t >= bound / 2, "slow header closed after {t:?}");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}
+
+/// A body that does not arrive within `request_body` fails the request
+/// (400) and ends the connection; a prompt body is read in full.
+#[tokio::test]
+async fn a_slow_body_fails_in_time() {
+    let bound = Duration::from_millis(800);
+    let limits = tandem_web::ConnLimits {
+        request_body: bound,
+        ..Default::default()
+    };
+    let (addr, connector, shutdown, server) = serve_with(limits, &[b"http/1.1"]).await;
+
+    let mut prompt = tls_connect(&connector, addr).await;
+    prompt
+        .write_all(b"PUT /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        .await
+        .expect("write request");
+    let mut response = Vec::new();
+    prompt.read_to_end(&mut response).await.expect("response");
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with('5'),
+        "{response}"
+    );
+
+    let mut slow = tls_connect(&connector, addr).await;
+    let start = std::time::Instant::now();
+    slow.write_all(
+        b"PUT /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .expect("write request");
+    let (t, got) = closed_after(&mut slow, start, bound + Duration::from_secs(2)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(t >= bound / 2, "answered after {t:?}");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}
+
+/// A kept-alive HTTP/1 connection is closed once `request_header` passes
+/// without a next request; an HTTP/2 connection gets `GOAWAY` and is
+/// closed once `idle` passes without a request in flight.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let limits = tandem_web::ConnLimits {
+        request_header: Duration::from_millis(800),
+        idle: Duration::from_millis(800),
+        ..Default::default()
+    };
+    let (addr, connector, shutdown, server) = serve_with(limits, &[b"http/1.1"]).await;
+    let mut h1 = tls_connect(&connector, addr).await;
+    h1.write_all(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut buf = [0u8; 512];
+    let n = h1.read(&mut buf).await.expect("response");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let start = std::time::Instant::now();
+    let (t, _) = closed_after(&mut h1, start, Duration::from_secs(3)).await;
+    assert!(
+        t >= Duration::from_millis(400),
+        "HTTP/1 idle closed after {t:?}"
+    );
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+
+    let (addr, connector, shutdown, server) = serve_with(limits, &[b"h2"]).await;
+    let tls = tls_connect(&connector, addr).await;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = hyper::Request::get("https://localhost/hello")
+        .body(axum::body::Body::empty())
+        .expect("a request");
+    let resp = send.send_request(req).await.expect("an answer");
+    assert_eq!(resp.status(), hyper::StatusCode::OK);
+    drop(resp);
+    let start = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the server closed the idle HTTP/2 connection")
+        .expect("connection task")
+        .expect("closed cleanly, with GOAWAY");
+    assert!(start.elapsed() >= Duration::from_millis(400));
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+}
+
 /// Reads one HTTP/1.1 answer (head and a `content-length` body) from
 /// `stream`, leaving the connection open; returns the head in lower case.
 async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> String {
@@ -235,6 +440,7 @@ async fn an_answer_that_leaves_the_body_unread_says_connection_close() {
         app,
         shutdown.clone(),
         tandem_web::ConnLimits::default(),
+        tokio::runtime::Handle::current(),
     ));
     let connector = TlsConnector::from(client_cfg);
     let mut tls = tls_connect(&connector, addr).await;

@@ -8,6 +8,8 @@
 //!   connection pool, pipelined append streams, the replication backoff.
 //! - [`server`]: the listener; requests go to a [`server::PeerHandler`]
 //!   that this room declares and the node implements.
+//! - [`admit`]: the listener's connection caps (in all, per address) and
+//!   the keepalive that frees the places of vanished peers.
 //! - [`rate`]: the bandwidth limit on what this node sends.
 //! - [`reach`]: which peers answer, logged once per loss and return.
 //! - [`fence`]: epochs and refusals peers showed this node.
@@ -16,6 +18,7 @@
 //! What the server needs from the node goes through `PeerHandler`; what
 //! the client needs (this node's id, epoch, limits) through `PeerIdentity`.
 
+pub mod admit;
 pub mod client;
 pub mod fence;
 pub mod frame;

@@ -26,17 +26,20 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admit::{admit, tune, OpenPeers, Refusals};
 use super::client::PeerIdentity;
 use super::fence::FenceKind;
 use super::frame::{read_frame, write_frame, FrameError};
 use super::protocol::{
     ActionRequest, Envelope, Hello, PeerRequest, PeerResponse, PROTOCOL_VERSION,
 };
+use crate::util::AbortOnDrop;
 
 /// Pause after a failed accept (out of file descriptors) before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
-/// Bound on an idle server-side wait for the hello.
+/// From accept to a good hello, the TLS handshake included. A peer's own
+/// dial takes 3 s at most (`client::CONNECT_TIMEOUT`).
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Raft answers an append stream may have queued before it reads more.
 const STREAM_QUEUE: usize = 32;
@@ -81,13 +84,19 @@ pub struct PeerServer<H> {
     pub handler: Arc<H>,
     /// Where incoming snapshots are spooled before installing.
     pub snapshot_dir: PathBuf,
+    /// Where TLS handshakes and hellos run: a thread below the runtime's
+    /// priority, so a flood of handshakes cannot starve Raft.
+    pub handshakes: tokio::runtime::Handle,
 }
 
 /// Runs the peer listener until `shutdown` is cancelled.
 ///
-/// Each connection is handled in its own task, tracked by `tasks`. A failed
-/// TLS handshake (unknown certificate, wrong CA, no certificate) or a bad
-/// hello is logged and closes that connection only.
+/// Each connection is handled in its own task, tracked by `tasks`. Beyond
+/// the caps of [`super::admit`] a new connection is closed at once; an
+/// admitted one must finish its TLS handshake and send a good hello within
+/// [`HELLO_TIMEOUT`] of its accept, and is never cut for idleness after
+/// that. A failed handshake (unknown certificate, wrong CA, no
+/// certificate) or a bad hello is logged and closes that connection only.
 pub async fn serve_peers<H: PeerHandler>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -96,6 +105,8 @@ pub async fn serve_peers<H: PeerHandler>(
     tasks: TaskTracker,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let open = Arc::new(std::sync::Mutex::new(OpenPeers::default()));
+    let mut refused = Refusals::default();
     loop {
         let (tcp, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -103,15 +114,23 @@ pub async fn serve_peers<H: PeerHandler>(
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "peer accept failed");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                    continue;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_RETRY) => continue,
+                    }
                 }
             },
+        };
+        let Some(place) = admit(&open, remote.ip()) else {
+            drop(tcp);
+            refused.note(remote);
+            continue;
         };
         let acceptor = acceptor.clone();
         let server = server.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
+            let _place = place;
             tokio::select! {
                 _ = stop.cancelled() => {}
                 _ = handle_connection(acceptor, tcp, remote, server) => {}
@@ -121,22 +140,19 @@ pub async fn serve_peers<H: PeerHandler>(
     tracing::info!("peer listener closed");
 }
 
-async fn handle_connection<H: PeerHandler>(
+/// The handshake and the hello, within [`HELLO_TIMEOUT`] of the accept:
+/// the authenticated stream and the node id its certificate names.
+async fn greet<H: PeerHandler>(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
-    server: Arc<PeerServer<H>>,
-) {
-    let _ = tcp.set_nodelay(true);
-    let mut tls = match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => {
+    server: &PeerServer<H>,
+) -> Option<(ServerTls<TcpStream>, u64)> {
+    let mut tls = match acceptor.accept(tcp).await {
+        Ok(t) => t,
+        Err(e) => {
             tracing::warn!(%remote, error = %e, "peer TLS handshake refused");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%remote, "peer TLS handshake timed out");
-            return;
+            return None;
         }
     };
     let cert_id = {
@@ -155,26 +171,50 @@ async fn handle_connection<H: PeerHandler>(
         _ => {
             tracing::warn!(%remote, "peer certificate names no tandem node");
             let _ = refuse(&mut tls, "certificate names no tandem node").await;
-            return;
+            return None;
         }
     };
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame::<Hello, _>(&mut tls)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
+    let hello = match read_frame::<Hello, _>(&mut tls).await {
+        Ok(h) => h,
+        Err(e) => {
             tracing::warn!(%remote, peer = cert_id, error = %e, "closing peer connection: bad hello");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!(%remote, peer = cert_id, "closing peer connection: no hello");
-            return;
+            return None;
         }
     };
     if let Err(reason) = check_hello(&hello, cert_id, &server.me) {
         tracing::warn!(%remote, peer = cert_id, %reason, "peer refused");
         let _ = refuse(&mut tls, &reason).await;
-        return;
+        return None;
     }
     server.handler.saw_epoch(cert_id, hello.epoch);
+    Some((tls, cert_id))
+}
+
+async fn handle_connection<H: PeerHandler>(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    server: Arc<PeerServer<H>>,
+) {
+    // From the accept, however long the handshake thread takes to start.
+    let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
+    tune(&tcp);
+    let greeting = {
+        let server = server.clone();
+        server.handshakes.clone().spawn(async move {
+            tokio::time::timeout_at(deadline, greet(acceptor, tcp, remote, &server)).await
+        })
+    };
+    // Aborted if this connection's task ends first (shutdown).
+    let mut greeting = AbortOnDrop(greeting);
+    let (mut tls, cert_id) = match (&mut greeting.0).await {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) | Err(_) => return,
+        Ok(Err(_)) => {
+            tracing::warn!(%remote, "closing peer connection: no handshake and hello in time");
+            return;
+        }
+    };
     let welcome = PeerResponse::Welcome {
         node_id: server.me.node_id,
         epoch: (server.me.epoch)(),

@@ -92,6 +92,7 @@ mod t20_replication;
 mod t30_failover;
 mod t40_snapshot_catch_up;
 mod t50_bad_input;
+mod t52_slow_clients;
 mod t60_demo;
 mod t70_relationship;
 mod t75_failover_topologies;
