@@ -1,12 +1,12 @@
-//! The thread both listeners run their TLS handshakes on, at a lower CPU
-//! priority than the runtime's threads.
+//! The thread the admin listener runs its TLS handshakes on, at a lower
+//! CPU priority than the runtime's threads.
 //!
 //! A handshake is the costly part of a new connection (a key exchange and
-//! a signature, before anything is known of the client: on the peer
-//! listener too, a stranger makes the node sign before its certificate is
-//! refused). Run on the runtime, a flood of them took the CPU the
-//! heartbeats need, and a primary lost its leadership to a flood of
-//! connections; on this thread a flood only delays other handshakes.
+//! a signature, before anything is known of the client). Run on the
+//! runtime, a flood of them took the CPU the heartbeats need, and a
+//! primary lost its leadership to a flood of connections; on this thread
+//! a flood only delays other handshakes. The peer listener does not use
+//! it: members' own connections must not wait behind a busy CPU.
 
 use tokio_util::sync::{CancellationToken, DropGuard};
 

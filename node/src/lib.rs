@@ -31,7 +31,7 @@
 //!   names and SANs), `maintenance` (the maintenance plan and its pure
 //!   rules), `checks` (running one service check; each check's dampened
 //!   state), `users`, `disk` (free-space reserve),
-//!   `admin_tls`, `handshakes` (the low-priority thread both listeners'
+//!   `admin_tls`, `handshakes` (the low-priority thread the admin listener's
 //!   TLS handshakes run on), `supervise` (essential tasks), [`log_limit`],
 //!   `util`.
 //!
@@ -217,7 +217,7 @@ async fn run_once(
     let peer_tls = node.certs.peer_server_config()?;
     let _ = node.admin_certs.set(admin_certs.clone());
 
-    // Both listeners' TLS handshakes run on this thread, below the
+    // The admin listener's TLS handshakes run on this thread, below the
     // runtime's priority; it ends when this life of the node does.
     let handshakes = HandshakeThread::start().context("starting the TLS handshake thread")?;
     let tasks = TaskTracker::new();
@@ -231,7 +231,6 @@ async fn run_once(
         me: node.identity.clone(),
         handler: node.clone(),
         snapshot_dir: node.snapshot_dir.join("incoming"),
-        handshakes: handshakes.handle(),
     });
     let peer_task = tasks.spawn({
         let (stop, tasks2, failed) = (peer_stop.clone(), tasks.clone(), failed.clone());

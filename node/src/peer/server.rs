@@ -84,9 +84,6 @@ pub struct PeerServer<H> {
     pub handler: Arc<H>,
     /// Where incoming snapshots are spooled before installing.
     pub snapshot_dir: PathBuf,
-    /// Where TLS handshakes and hellos run: a thread below the runtime's
-    /// priority, so a flood of handshakes cannot starve Raft.
-    pub handshakes: tokio::runtime::Handle,
 }
 
 /// Runs the peer listener until `shutdown` is cancelled.
@@ -196,12 +193,15 @@ async fn handle_connection<H: PeerHandler>(
     remote: SocketAddr,
     server: Arc<PeerServer<H>>,
 ) {
-    // From the accept, however long the handshake thread takes to start.
+    // From the accept. Peer handshakes run at the runtime's own priority:
+    // on the low-priority thread the admin listener uses, a busy CPU
+    // delayed the members' own connections past a heartbeat and cost
+    // elections; the listener's caps bound what strangers can make it do.
     let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     tune(&tcp);
     let greeting = {
         let server = server.clone();
-        server.handshakes.clone().spawn(async move {
+        tokio::spawn(async move {
             tokio::time::timeout_at(deadline, greet(acceptor, tcp, remote, &server)).await
         })
     };
