@@ -32,6 +32,8 @@
 //!   rules), `checks` (running one service check; each check's dampened
 //!   state), `users`, `disk` (free-space reserve),
 //!   `admin_tls`, `supervise` (essential tasks), [`log_limit`], `util`.
+//! - `fuzzing` (hidden): entry points of the fuzz targets in `fuzz/` and of
+//!   the corpus regression test; not an API.
 //!
 //! `ARCHITECTURE.md` says what each room must not touch.
 
@@ -45,6 +47,8 @@ pub mod client;
 pub mod config;
 pub(crate) mod disk;
 pub(crate) mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod join;
 pub(crate) mod live_timing;
 pub mod log_limit;

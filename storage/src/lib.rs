@@ -24,11 +24,15 @@
 //!   `sled::Db` ([`reset_to_single_voter`], then [`open_with_db`]).
 //! - `in_use`: [`store_in_use`], whether a store's writers are still alive.
 //! - `keys`: tree names, key encodings and stored records.
+//! - `fuzzing` (hidden): entry points of the fuzz targets in `fuzz/` and of
+//!   the corpus regression test; not an API.
 //!
 //! See `storage/DESIGN.md` for the on-disk format and the crash-safety
 //! argument.
 
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod types;
 
 mod apply;
