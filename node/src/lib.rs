@@ -34,6 +34,8 @@
 //!   `admin_tls`, `handshakes` (the low-priority thread the admin listener's
 //!   TLS handshakes run on), `supervise` (essential tasks), [`log_limit`],
 //!   `util`.
+//! - `fuzzing` (hidden): entry points of the fuzz targets in `fuzz/` and of
+//!   the corpus regression test; not an API.
 //!
 //! `ARCHITECTURE.md` says what each room must not touch.
 
@@ -49,6 +51,8 @@ pub mod client;
 pub mod config;
 pub(crate) mod disk;
 pub(crate) mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod handshakes;
 pub(crate) mod join;
 pub(crate) mod live_timing;

@@ -26,11 +26,15 @@
 //! - `sled_sync`: the durable sled flush (sled's flush, its blob files and
 //!   an `fdatasync` of its data file).
 //! - `keys`: tree names, key encodings and stored records.
+//! - `fuzzing` (hidden): entry points of the fuzz targets in `fuzz/` and of
+//!   the corpus regression test; not an API.
 //!
 //! See `storage/DESIGN.md` for the on-disk format and the crash-safety
 //! argument.
 
 pub mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod types;
 
 mod apply;

@@ -50,7 +50,7 @@ pub(crate) const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 pub(crate) const TAIL_CACHE_BYTES: usize = 1024 * 1024;
 
 /// Bytes before each payload: length and CRC.
-const HEADER: usize = 8;
+pub(crate) const HEADER: usize = 8;
 
 /// Suffix of segment file names.
 const SUFFIX: &str = ".seg";
@@ -213,7 +213,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Appends one record holding `entry` to `buf`.
-fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> Result<(), StorageError> {
+pub(crate) fn encode_record(buf: &mut Vec<u8>, entry: &Entry) -> Result<(), StorageError> {
     let at = buf.len();
     buf.extend_from_slice(&[0; HEADER]);
     if let Err(e) = codec::encode_into(buf, entry) {
@@ -673,14 +673,14 @@ impl SegmentLog {
 /// the offset just past its record, until the first record that is short,
 /// fails its CRC, does not decode or carries another index; that one is
 /// `Err(offset where it starts)`, and the last item.
-struct Records<'b> {
+pub(crate) struct Records<'b> {
     bytes: &'b [u8],
     at: usize,
     expected: u64,
 }
 
 impl<'b> Records<'b> {
-    fn new(bytes: &'b [u8], first: u64) -> Self {
+    pub(crate) fn new(bytes: &'b [u8], first: u64) -> Self {
         Self {
             bytes,
             at: 0,

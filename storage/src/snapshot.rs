@@ -33,7 +33,7 @@ const MAGIC: &[u8; 8] = b"TNDMSNAP";
 pub const SNAPSHOT_FORMAT: u8 = 1;
 const TAG_RECORD: u8 = 1;
 const TAG_END: u8 = 0;
-const MAX_KEY_LEN: usize = 64 * 1024;
+pub(crate) const MAX_KEY_LEN: usize = 64 * 1024;
 const MAX_META_LEN: usize = 16 * 1024 * 1024;
 const LOAD_BATCH: usize = 4096;
 const SNAP_EXT: &str = "snap";
@@ -105,14 +105,26 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8]) -> Result<(), StorageError> {
     })
 }
 
+/// First step of [`read_len_prefixed`]'s buffer growth.
+const FIRST_READ: usize = 64 * 1024;
+
 fn read_len_prefixed(r: &mut impl Read, max: usize, buf: &mut Vec<u8>) -> Result<(), StorageError> {
     let len = read_u32(r)? as usize;
     if len > max {
         return Err(bad(format!("field of {len} bytes exceeds {max}")));
     }
+    // The buffer grows (doubling from FIRST_READ, never past `len`) as the
+    // bytes arrive, so a length that claims more than the file holds costs
+    // the bytes that are there, not `max`.
     buf.clear();
-    buf.resize(len, 0);
-    read_exact(r, buf)
+    while buf.len() < len {
+        let at = buf.len();
+        let step = (len - at).min(at.max(FIRST_READ));
+        buf.reserve_exact(step);
+        buf.resize(at + step, 0);
+        read_exact(r, &mut buf[at..])?;
+    }
+    Ok(())
 }
 
 fn write_len_prefixed(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
@@ -169,27 +181,10 @@ pub(crate) fn write_snapshot_file(
     meta: &SnapshotMeta,
 ) -> Result<u64, StorageError> {
     let file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    let mut w = HashWriter {
-        inner: BufWriter::with_capacity(256 * 1024, file),
-        ctx: digest::Context::new(&digest::SHA256),
-    };
     let res = (|| -> Result<u64, StorageError> {
-        w.write_all(MAGIC)?;
-        w.write_all(&[SNAPSHOT_FORMAT])?;
-        write_len_prefixed(&mut w, &codec::encode(meta)?)?;
-        let mut count = 0u64;
-        for kv in records {
-            let (k, v) = kv?;
-            w.write_all(&[TAG_RECORD])?;
-            write_len_prefixed(&mut w, &k)?;
-            write_len_prefixed(&mut w, &v)?;
-            count += 1;
-        }
-        w.write_all(&[TAG_END])?;
-        w.write_all(&count.to_be_bytes())?;
-        let sum = w.ctx.clone().finish();
-        w.inner.write_all(sum.as_ref())?;
-        let file = w.inner.into_inner().map_err(|e| e.into_error())?;
+        let mut w = BufWriter::with_capacity(256 * 1024, file);
+        let count = write_stream(&mut w, records, meta)?;
+        let file = w.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         Ok(count)
     })();
@@ -197,6 +192,35 @@ pub(crate) fn write_snapshot_file(
         let _ = fs::remove_file(path);
     }
     res
+}
+
+/// Writes a whole snapshot (header, `records` in key order, trailer with
+/// the checksum) to `out`; returns how many records it holds.
+pub(crate) fn write_stream<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+    out: &mut impl Write,
+    records: impl Iterator<Item = Result<(K, V), StorageError>>,
+    meta: &SnapshotMeta,
+) -> Result<u64, StorageError> {
+    let mut w = HashWriter {
+        inner: out,
+        ctx: digest::Context::new(&digest::SHA256),
+    };
+    w.write_all(MAGIC)?;
+    w.write_all(&[SNAPSHOT_FORMAT])?;
+    write_len_prefixed(&mut w, &codec::encode(meta)?)?;
+    let mut count = 0u64;
+    for kv in records {
+        let (k, v) = kv?;
+        w.write_all(&[TAG_RECORD])?;
+        write_len_prefixed(&mut w, k.as_ref())?;
+        write_len_prefixed(&mut w, v.as_ref())?;
+        count += 1;
+    }
+    w.write_all(&[TAG_END])?;
+    w.write_all(&count.to_be_bytes())?;
+    let sum = w.ctx.clone().finish();
+    w.inner.write_all(sum.as_ref())?;
+    Ok(count)
 }
 
 /// Renames a complete, fsynced `.tmp` file to its `.snap` name, fsyncs the
@@ -223,36 +247,62 @@ pub(crate) fn load_snapshot<R: Read, W: Write>(
         ctx: digest::Context::new(&digest::SHA256),
         tee: copy_to,
     };
-    let meta = read_header(&mut r)?;
-    if meta.last_log_id != expected.last_log_id || meta.last_membership != expected.last_membership
-    {
-        return Err(bad(format!(
-            "snapshot header {meta} does not match the expected {expected}"
-        )));
-    }
-    let (mut key, mut value) = (Vec::new(), Vec::new());
     let mut batch = sled::Batch::default();
     let mut in_batch = 0usize;
+    read_stream(
+        &mut r,
+        |meta| {
+            if meta.last_log_id != expected.last_log_id
+                || meta.last_membership != expected.last_membership
+            {
+                return Err(bad(format!(
+                    "snapshot header {meta} does not match the expected {expected}"
+                )));
+            }
+            Ok(())
+        },
+        |key, value| {
+            batch.insert(key, value);
+            in_batch += 1;
+            if in_batch == LOAD_BATCH {
+                target.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
+            Ok(())
+        },
+    )?;
+    // The last batch only once the checksum held (on an error the caller
+    // drops `target` anyway).
+    target.apply_batch(batch)?;
+    Ok(r.tee)
+}
+
+/// Reads a whole snapshot stream from `r`: the header, which `check_meta`
+/// accepts or refuses, then every record, each handed to `sink` in file
+/// order, then the trailer, checking the record count and the checksum.
+/// Returns the number of records.
+fn read_stream<R: Read, W: Write>(
+    r: &mut HashReader<R, W>,
+    check_meta: impl FnOnce(&SnapshotMeta) -> Result<(), StorageError>,
+    mut sink: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+) -> Result<u64, StorageError> {
+    let meta = read_header(r)?;
+    check_meta(&meta)?;
+    let (mut key, mut value) = (Vec::new(), Vec::new());
     let mut count = 0u64;
     loop {
-        match read_u8(&mut r)? {
+        match read_u8(r)? {
             TAG_RECORD => {
-                read_len_prefixed(&mut r, MAX_KEY_LEN, &mut key)?;
-                read_len_prefixed(&mut r, codec::BINCODE_LIMIT + 1, &mut value)?;
-                batch.insert(&key[..], &value[..]);
-                in_batch += 1;
+                read_len_prefixed(r, MAX_KEY_LEN, &mut key)?;
+                read_len_prefixed(r, codec::BINCODE_LIMIT + 1, &mut value)?;
+                sink(&key, &value)?;
                 count += 1;
-                if in_batch == LOAD_BATCH {
-                    target.apply_batch(std::mem::take(&mut batch))?;
-                    in_batch = 0;
-                }
             }
             TAG_END => break,
             t => return Err(bad(format!("unknown record tag {t}"))),
         }
     }
-    target.apply_batch(batch)?;
-    let declared = read_u64(&mut r)?;
+    let declared = read_u64(r)?;
     if declared != count {
         return Err(bad(format!(
             "snapshot declares {declared} records, has {count}"
@@ -260,11 +310,37 @@ pub(crate) fn load_snapshot<R: Read, W: Write>(
     }
     let computed = r.ctx.clone().finish();
     let mut sum = [0u8; 32];
-    read_exact(&mut r, &mut sum)?;
+    read_exact(r, &mut sum)?;
     if computed.as_ref() != sum {
         return Err(bad("snapshot checksum mismatch"));
     }
-    Ok(r.tee)
+    Ok(count)
+}
+
+/// Reads a snapshot held in memory as [`load_snapshot`] reads a file,
+/// without a target tree: every record goes to `sink`, and any header is
+/// accepted. For the fuzz target (see [`crate::fuzzing`]).
+pub(crate) fn read_snapshot_bytes(
+    bytes: &[u8],
+    sink: impl FnMut(&[u8], &[u8]) -> Result<(), StorageError>,
+) -> Result<(SnapshotMeta, u64), StorageError> {
+    let mut r = HashReader::<_, io::Sink> {
+        inner: bytes,
+        ctx: digest::Context::new(&digest::SHA256),
+        tee: None,
+    };
+    let mut meta = None;
+    let count = read_stream(
+        &mut r,
+        |m| {
+            meta = Some(m.clone());
+            Ok(())
+        },
+        sink,
+    )?;
+    // read_stream calls check_meta before it can return Ok.
+    let meta = meta.ok_or_else(|| bad("no header"))?;
+    Ok((meta, count))
 }
 
 /// Creates the `.tmp` file a received snapshot is copied into while it is
@@ -414,5 +490,59 @@ pub fn incoming_snapshot_file(dir: &Path) -> io::Result<(PathBuf, File)> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefixed(len: u32, body: &[u8]) -> Vec<u8> {
+        let mut out = len.to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn a_length_over_the_file_costs_only_the_bytes_there() {
+        // Claims 60 MiB, holds 10 bytes: truncated, and the buffer never
+        // grew to the claim.
+        let input = prefixed(60 << 20, &[7; 10]);
+        let mut buf = Vec::new();
+        let err = read_len_prefixed(&mut &input[..], 64 << 20, &mut buf).unwrap_err();
+        assert!(matches!(err, StorageError::BadSnapshot(_)), "{err}");
+        assert!(buf.capacity() <= FIRST_READ, "grew to {}", buf.capacity());
+    }
+
+    #[test]
+    fn long_fields_read_whole_in_an_exact_buffer() {
+        let body: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let input = prefixed(body.len() as u32, &body);
+        let mut buf = vec![1, 2, 3];
+        read_len_prefixed(&mut &input[..], body.len(), &mut buf).expect("reads");
+        assert_eq!(buf, body);
+        assert_eq!(buf.capacity(), body.len());
+        let err = read_len_prefixed(&mut &input[..], body.len() - 1, &mut buf).unwrap_err();
+        assert!(matches!(err, StorageError::BadSnapshot(_)), "{err}");
+    }
+
+    #[test]
+    fn a_written_stream_reads_back() {
+        let meta = SnapshotMeta::default();
+        let records: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"b", &[9; 70_000])];
+        let mut file = Vec::new();
+        let n = write_stream(&mut file, records.iter().map(|&kv| Ok(kv)), &meta).expect("writes");
+        assert_eq!(n, 2);
+        let mut seen = Vec::new();
+        let (back, count) = read_snapshot_bytes(&file, |k, v| {
+            seen.push((k.to_vec(), v.len()));
+            Ok(())
+        })
+        .expect("reads");
+        assert_eq!((back, count), (meta, 2));
+        assert_eq!(seen, vec![(b"a".to_vec(), 1), (b"b".to_vec(), 70_000)]);
+        // One flipped byte anywhere is refused.
+        file[20] ^= 1;
+        assert!(read_snapshot_bytes(&file, |_, _| Ok(())).is_err());
     }
 }

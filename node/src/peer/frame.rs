@@ -7,7 +7,9 @@
 //!
 //! The length is checked against [`MAX_FRAME`] *before* any buffer is
 //! allocated: a peer that announces a huge frame costs us four bytes of
-//! reading, not an allocation.
+//! reading, not an allocation. Below the limit, [`read_frame`]'s buffer
+//! grows with the bytes that arrive, so announcing 32 MiB and sending less
+//! does not cost 32 MiB either.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -17,6 +19,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// `max_payload_entries` and the API's value size limit so that they stay
 /// well below it; snapshot chunks are 1 MiB.
 pub const MAX_FRAME: usize = 32 * 1024 * 1024;
+
+/// Payload bytes [`read_frame`] allocates before any of them has arrived;
+/// a larger frame's buffer doubles as it fills. Heartbeats and most append
+/// batches fit in it.
+const FIRST_READ: usize = 64 * 1024;
 
 /// What can go wrong while reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
@@ -129,8 +136,14 @@ where
             max: MAX_FRAME,
         });
     }
-    let mut payload = vec![0u8; len];
-    reader.read_exact(&mut payload).await?;
+    let mut payload = Vec::new();
+    while payload.len() < len {
+        let at = payload.len();
+        let step = (len - at).min(at.max(FIRST_READ));
+        payload.reserve_exact(step);
+        payload.resize(at + step, 0);
+        reader.read_exact(&mut payload[at..]).await?;
+    }
     tandem_storage::decode(&payload).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
@@ -229,6 +242,24 @@ mod tests {
         assert!(matches!(
             decode_frame::<Msg>(&bytes),
             Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_reads_whole_and_a_cut_one_is_an_io_error() {
+        let big = Msg {
+            id: 1,
+            name: "big".into(),
+            data: vec![5; 3 * FIRST_READ + 17],
+        };
+        let bytes = encode_frame(&big).expect("encodes");
+        let got: Msg = read_frame(&mut &bytes[..]).await.expect("reads");
+        assert_eq!(got, big);
+        // A peer that announces the whole frame and stops short.
+        let cut = &bytes[..bytes.len() - 1];
+        assert!(matches!(
+            read_frame::<Msg, _>(&mut &cut[..]).await,
+            Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof
         ));
     }
 

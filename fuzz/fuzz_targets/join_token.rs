@@ -1,0 +1,15 @@
+//! Join tokens, node names and addresses: `tandem_node::fuzzing::join_token`.
+//!
+//! Every allocation is checked against `tandem_node::fuzzing::JOIN_ALLOC_LIMIT` by the global allocator
+//! (`LimitAlloc` aborts above it, and libFuzzer keeps the input).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tandem_storage::fuzzing::LimitAlloc;
+
+#[global_allocator]
+static ALLOC: LimitAlloc = LimitAlloc::new(tandem_node::fuzzing::JOIN_ALLOC_LIMIT);
+
+fuzz_target!(|data: &[u8]| {
+    let _ = tandem_node::fuzzing::join_token(data);
+});
