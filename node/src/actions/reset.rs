@@ -386,10 +386,23 @@ impl Node {
         }
         let addresses = self.peer_addresses(&former);
         let keep = std::collections::BTreeSet::from([me]);
-        self.raft()
+        if let Err(e) = self
+            .raft()
             .change_membership(openraft::ChangeMembers::ReplaceAllVoters(keep), false)
             .await
-            .map_err(|e| NodeError::Unavailable(format!("removing the other members: {e}")))?;
+        {
+            // The other side may have acted on the break first: a fence
+            // notice handled meanwhile rebuilds this node's engine as a
+            // single voter (its Raft stops under this call). Once that
+            // reset is over, a standalone node has what was asked.
+            drop(self.reset_lock.lock().await);
+            if self.compute_role().0 != Role::Standalone {
+                return Err(NodeError::Unavailable(format!(
+                    "removing the other members: {e}"
+                )));
+            }
+            tracing::info!(error = %e, "the break finished by a reset of its own");
+        }
         // Former members learn it at their next Raft message (they are
         // answered "removed"); nudge them now so they need not wait.
         self.notify_removed(&addresses, actor).await;
