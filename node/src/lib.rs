@@ -203,6 +203,7 @@ async fn run_once(
         .await
         .with_context(|| format!("binding the admin listener on {}", cfg.api_listen))?;
 
+    // A renewal a crash interrupted is finished before any file is read.
     cert_files::finish_staged(&dir).context("finishing a certificate renewal")?;
     let cert_pem = std::fs::read_to_string(dir.node_cert()).context("reading node.pem")?;
     let key_pem = std::fs::read_to_string(dir.node_key()).context("reading node.key")?;

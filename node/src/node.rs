@@ -224,7 +224,6 @@ impl Node {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).context("reading ca.key"),
         };
-        crate::cert_files::finish_staged(&dir).context("finishing a certificate renewal")?;
         let cert_pem = std::fs::read_to_string(dir.node_cert()).context("reading node.pem")?;
         let key_pem = std::fs::read_to_string(dir.node_key()).context("reading node.key")?;
         let certs = tandem_certs::NodeCerts::new(&ca_pem, &cert_pem, &key_pem)

@@ -80,8 +80,8 @@ impl Node {
     /// the other side refuses (the token is not for this node, spent or
     /// expired).
     pub async fn rejoin(&self, token: &str, actor: &str) -> Result<BreakOutcome, NodeError> {
-        let parsed = ParsedToken::parse(token).map_err(|e| {
-            NodeError::BadRequest(format!("{}: make a rejoin token for this node on the primary with `tandem token --rejoin {}`", e.replace("join token", "rejoin token"), self.cfg.node_id))
+        let parsed = parse_rejoin_token(token).map_err(|e| {
+            NodeError::BadRequest(format!("{e}: make a rejoin token for this node on the primary with `tandem token --rejoin {}`", self.cfg.node_id))
         })?;
         let fp = tandem_certs::fingerprint_of_pem(&self.ca_pem)
             .map_err(|e| NodeError::Internal(e.to_string()))?;
@@ -146,8 +146,7 @@ impl Node {
         actor: &str,
     ) -> Result<String, String> {
         let _one = self.join_lock.lock().await;
-        let token =
-            ParsedToken::parse(token).map_err(|e| e.replace("join token", "rejoin token"))?;
+        let token = parse_rejoin_token(token)?;
         let fp = tandem_certs::fingerprint_of_pem(&self.ca_pem).map_err(|e| e.to_string())?;
         if !token.ca_fingerprint.eq_ignore_ascii_case(&fp) {
             return Err(JoinDenial::OtherCluster.to_string());
@@ -220,4 +219,10 @@ impl Node {
             }
         }
     }
+}
+
+/// A rejoin token has a join token's shape (`id.secret.ca-fingerprint`);
+/// a malformed one is named for what it is.
+fn parse_rejoin_token(token: &str) -> Result<ParsedToken, String> {
+    ParsedToken::parse(token).map_err(|e| e.replace("join token", "rejoin token"))
 }
